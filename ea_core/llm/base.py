@@ -1,0 +1,80 @@
+"""The one interface of every large-model (LM) provider: classify a batch of inputs into labels.
+
+A provider turns inputs into `LMAnswer`s. An answer's `label` indexes the task's label list, or
+is `UNPARSEABLE` (the LM answered but named no label, or several) or `FAILED` (no usable
+response after retries; it can be retried later). Neither is ever mapped to a label.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Sequence
+
+from ea_core.events import CancelToken, ProgressCallback
+
+UNPARSEABLE = -1
+FAILED = -2
+
+LMInput = tuple[str, Optional[str]]  # (text, second text of a pair or None)
+
+
+@dataclass
+class LMAnswer:
+    label: int
+    confidence: Optional[float] = None  # from token log-probs or label scores; None if unknown
+    raw: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    cached: bool = False
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.label >= 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LMUsage:
+    """Running totals of one `classify` call (also streamed in progress events)."""
+
+    calls: int = 0  # paid requests actually sent and answered
+    cache_hits: int = 0
+    failures: int = 0
+    unparseable: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    budget_exhausted: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class LMProvider(ABC):
+    """A large model behind some transport (HTTP API, in-process model)."""
+
+    #: True when answers carry a confidence usable for routing.
+    gives_confidence: bool = False
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Settings that identify this LM, safe to save (never the API key)."""
+
+    @abstractmethod
+    def classify(
+        self,
+        inputs: Sequence[LMInput],
+        labels: Sequence[str],
+        *,
+        stage: str = "lm",
+        callback: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> tuple[list[LMAnswer], LMUsage]:
+        """Classify every input; one answer per input, in order."""
