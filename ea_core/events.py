@@ -18,7 +18,10 @@ from ea_core.errors import Cancelled
 
 @dataclass
 class ProgressEvent:
-    """One step of progress of a stage (e.g. ``train:tfidf``, ``lm:mine``, ``assm``)."""
+    """One step of progress of a stage (e.g. ``train:tfidf``, ``lm:mine``, ``assm``).
+
+    An event with ``total == 0`` is a message (``message``), not a step of a bar.
+    """
 
     stage: str
     step: int

@@ -1,0 +1,130 @@
+"""Large-model (LM) providers: build one from a spec string.
+
+A spec names where the LM runs:
+
+* ``openai`` — any OpenAI-compatible chat API (`OpenAIProvider`); ``--lm-base-url`` picks the
+  endpoint, the key comes from an environment variable (``OPENAI_API_KEY`` unless told);
+* a preset name (``deepseek``, ``qwen``, ``glm``, ``doubao``, ``openrouter``, ``together``,
+  ``ollama``, ``vllm``, ``llamacpp``) — the same with that provider's URL and key variable;
+* ``local`` — the packaged offline SmolLM2 stand-in, scoring labels in-process (`LocalHFProvider`);
+* ``local:PATH_OR_ID`` — any local causal LM folder, ``.gguf`` file, or cached hub id.
+
+Every provider caches its answers in an `AnswerCache`, so an answer is paid for once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from ea_core.errors import ConfigError
+from ea_core.llm.base import FAILED, UNPARSEABLE, LMAnswer, LMInput, LMProvider, LMUsage
+from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
+from ea_core.llm.cost import DEFAULT_PRICES, Budget, CostEstimate, PriceTable, estimate_tokens
+from ea_core.llm.openai_api import OpenAIProvider
+from ea_core.llm.presets import PRESETS, Preset, get_preset, is_local_url
+from ea_core.llm.prompt import Example, PromptTemplate, find_label, parse_answer, select_examples
+
+__all__ = [
+    "FAILED",
+    "UNPARSEABLE",
+    "AnswerCache",
+    "Budget",
+    "CachedAnswer",
+    "CostEstimate",
+    "DEFAULT_PRICES",
+    "Example",
+    "LMAnswer",
+    "LMInput",
+    "LMProvider",
+    "LMUsage",
+    "LocalHFProvider",
+    "OpenAIProvider",
+    "PRESETS",
+    "Preset",
+    "PriceTable",
+    "PromptTemplate",
+    "estimate_tokens",
+    "find_label",
+    "get_preset",
+    "is_local_url",
+    "make_key",
+    "make_provider",
+    "parse_answer",
+    "select_examples",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The local provider pulls in torch/transformers: import it only when asked for.
+    if name == "LocalHFProvider":
+        from ea_core.llm.local_hf import LocalHFProvider
+
+        return LocalHFProvider
+    raise AttributeError(name)
+
+
+def make_provider(
+    spec: str,
+    *,
+    model: Optional[str] = None,
+    base_url: Optional[str] = None,
+    key_env: str = "OPENAI_API_KEY",
+    api_key: Optional[str] = None,
+    cache: Optional[AnswerCache] = None,
+    concurrency: int = 8,
+    budget_usd: Optional[float] = None,
+    prices: Union[PriceTable, dict[str, Any], str, Path, None] = None,
+    prompt: Optional[PromptTemplate] = None,
+    few_shot_examples: Optional[Sequence[Example]] = None,
+    **options: Any,
+) -> LMProvider:
+    """The LM provider a spec names (see the module docstring).
+
+    For API specs `model` is required (a preset supplies an example default); `base_url`
+    overrides the preset's URL. `budget_usd` caps the spend of this provider (share a `Budget`
+    between providers by passing ``budget=`` in `options`). Other `options` go to the provider.
+    """
+    spec = (spec or "").strip()
+    if not spec:
+        raise ConfigError("Choose an LM: 'openai' (or a preset such as 'deepseek'), 'local' or 'local:PATH'.")
+    head, _, rest = spec.partition(":")
+    kind = head.strip().lower()
+    if kind == "local":
+        from ea_core.llm.local_hf import LocalHFProvider
+
+        local_model = rest.strip() or model or None
+        return LocalHFProvider(
+            local_model, cache=cache, prompt=prompt, few_shot=few_shot_examples, **options
+        )
+    if kind == "openai" and not rest:
+        preset: Optional[Preset] = None
+    else:
+        preset = get_preset(rest if kind == "openai" else head)
+    url = base_url or (preset.base_url if preset else None)
+    env = key_env
+    if preset is not None and preset.key_env and key_env == "OPENAI_API_KEY":
+        env = preset.key_env
+    if preset is None and base_url is None:
+        preset_default: Optional[str] = PRESETS["openai"].example_model
+    else:
+        preset_default = preset.example_model if preset else None
+    chosen = model or preset_default
+    if not chosen:
+        raise ConfigError("Name the LM model to use (e.g. --lm-model gpt-4o-mini).")
+    budget = options.pop("budget", None)
+    if budget is None and budget_usd is not None:
+        budget = Budget(budget_usd)
+    return OpenAIProvider(
+        chosen,
+        base_url=url,
+        api_key=api_key,
+        key_env=env,
+        cache=cache,
+        concurrency=concurrency,
+        prompt=prompt,
+        few_shot=few_shot_examples,
+        prices=PriceTable.coerce(prices),
+        budget=budget,
+        **options,
+    )

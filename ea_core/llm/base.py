@@ -51,6 +51,7 @@ class LMUsage:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     budget_exhausted: bool = False
+    price_unknown: bool = False  # the model has no price in the price table: cost_usd stays 0
 
     @property
     def tokens(self) -> int:

@@ -1,0 +1,123 @@
+"""Export an adapted system as a self-contained folder, and load it back for prediction.
+
+A bundle holds the stage models (safetensors + JSON), the thresholds, the label list, the
+calibration temperatures and the LM settings (endpoint, model, prompt; never the API key, which
+is read from the environment variable named in the bundle when the LM is needed). Loading a
+bundle runs no pickled code.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from ea_core.errors import ConfigError
+from ea_core.runfolder import read_json, write_json
+from ea_core.system import AdaptedSystem, SystemStage
+
+BUNDLE_FORMAT = "ea-bundle/1"
+BUNDLE_JSON = "bundle.json"
+
+
+def export_bundle(
+    out_dir: str | Path,
+    *,
+    labels: list[str],
+    stages: list[dict[str, Any]],
+    lm: Optional[dict[str, Any]] = None,
+    task: Optional[dict[str, Any]] = None,
+    metrics: Optional[dict[str, Any]] = None,
+) -> Path:
+    """Write a bundle. `stages`: dicts with name, threshold, and for small models `folder` (a saved
+    model) and `temperature`; the LM stage has no folder. `lm`: settings to rebuild the provider."""
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "models").mkdir(parents=True)
+    entries = []
+    for i, st in enumerate(stages):
+        entry = {"name": st["name"], "threshold": float(st["threshold"])}
+        if st.get("folder"):
+            rel = f"models/{i:02d}"
+            shutil.copytree(st["folder"], out / rel)
+            entry.update(folder=rel, temperature=float(st.get("temperature", 1.0)))
+        else:
+            entry["lm"] = True
+        entries.append(entry)
+    if any(e.get("lm") for e in entries) and not lm:
+        raise ConfigError("A bundle with an LM stage needs the LM settings.")
+    write_json(out / BUNDLE_JSON, {"format": BUNDLE_FORMAT, "labels": labels, "stages": entries,
+                                   "lm": _without_secrets(lm), "task": task or {}, "metrics": metrics or {}})
+    return out
+
+
+def _without_secrets(lm: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    if lm is None:
+        return None
+    return {k: v for k, v in lm.items() if "key" not in k.lower() or k == "key_env"}
+
+
+def load_bundle(folder: str | Path, *, api_key: Optional[str] = None, cache_path: Optional[str] = None,
+                use_lm: bool = True) -> AdaptedSystem:
+    """Rebuild the adapted system. With `use_lm=False`, the LM stage is dropped and the last small
+    model answers whatever reaches it (offline use; say so to the user)."""
+    from ea_core.models import load_model
+
+    folder = Path(folder)
+    path = folder / BUNDLE_JSON
+    if not path.is_file():
+        raise ConfigError(f"{folder} is not an EA bundle (no {BUNDLE_JSON}). Export one with "
+                          "`python -m ea_core run ... --out DIR` (it writes DIR/bundle).")
+    meta = read_json(path)
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise ConfigError(f"{path}: unsupported bundle format {meta.get('format')!r} (expected {BUNDLE_FORMAT}).")
+    stages: list[SystemStage] = []
+    for e in meta["stages"]:
+        if e.get("lm"):
+            if use_lm:
+                stages.append(SystemStage(name=e["name"], threshold=e["threshold"]))
+        else:
+            stages.append(SystemStage(name=e["name"], threshold=e["threshold"],
+                                      model=load_model(folder / e["folder"]), temperature=e["temperature"]))
+    provider = None
+    if any(s.is_lm for s in stages):
+        provider = make_bundle_provider(meta["lm"], api_key=api_key, cache_path=cache_path)
+    return AdaptedSystem(meta["labels"], stages, provider)
+
+
+def make_bundle_provider(lm: dict[str, Any], *, api_key: Optional[str], cache_path: Optional[str]):
+    from ea_core.llm import make_provider
+    from ea_core.llm.cache import AnswerCache
+
+    cache = AnswerCache(Path(cache_path)) if cache_path else None
+    return make_provider(lm["spec"], model=lm.get("model"), base_url=lm.get("base_url"),
+                         key_env=lm.get("key_env") or "OPENAI_API_KEY", api_key=api_key, cache=cache,
+                         few_shot_examples=[tuple(x) for x in lm["few_shot_examples"]]
+                         if lm.get("few_shot_examples") else None)
+
+
+def export_run_bundle(state, rows: list[dict[str, Any]], out_dir: str | Path, system: Optional[str] = None) -> Path:
+    """Export a finished run's best cascade (``ea`` if trained, else ``specific_layer``) as a bundle,
+    with the thresholds tuned on validation."""
+    by_name = {r["system"]: r for r in rows}
+    system = system or ("ea" if "ea" in by_name else "specific_layer")
+    if system not in by_name or "thresholds" not in by_name[system]:
+        raise ConfigError(f"No routed system {system!r} in this run; have: {', '.join(by_name)}.")
+    thresholds = by_name[system]["thresholds"]
+    records = {r.name: r for r in state.ssms + state.assms + state.assm_full}
+    stages = []
+    for name, thr in thresholds.items():
+        if name == "lm":
+            stages.append({"name": "lm", "threshold": thr})
+        else:
+            rec = records[name]
+            stages.append({"name": name, "threshold": thr, "folder": rec.folder / "model",
+                           "temperature": state.temperatures.get(name, 1.0)})
+    cfg = state.config
+    lm = {"spec": cfg.lm, "model": cfg.lm_model, "base_url": cfg.lm_base_url, "key_env": cfg.lm_key_env,
+          "describe": state.lm_describe}
+    task = {"name": state.task.name, "pair": state.task.is_pair, "text_col": state.task.text_col,
+            "pair_col": state.task.pair_col}
+    metrics = {k: v for k, v in by_name[system].items() if k not in ("thresholds",)}
+    return export_bundle(out_dir, labels=state.task.labels, stages=stages, lm=lm, task=task, metrics=metrics)

@@ -1,0 +1,269 @@
+"""Command line: the same EA run as the app, without a UI.
+
+    python -m ea_core train   --data PATH_OR_NAME --ssm SPEC [--ssm SPEC ...] [--out DIR]
+    python -m ea_core run     --data ... --ssm ... --lm openai --lm-model NAME | --lm local[:PATH] [--out DIR]
+    python -m ea_core demo    [--out DIR]
+    python -m ea_core predict --bundle DIR --input FILE [--output FILE]
+
+Bad input exits with code 2 and a specific message on stderr, never a traceback. The API key is
+read from an environment variable (OPENAI_API_KEY, or the one named by --lm-key-env), never from
+the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ea_core.errors import EAError
+from ea_core.events import ProgressEvent
+
+SPEC_HELP = ("small model SPEC: 'tfidf' (TF-IDF + logistic regression), 'head:MODEL' (frozen encoder + "
+             "trained head) or 'finetune:MODEL' (full fine-tuning); MODEL is a Hugging Face id, a local "
+             "folder or a catalog name ('minilm' = the packaged all-MiniLM-L6-v2). Repeat for several.")
+
+# The offline default run: demo tweets, two offline SSMs, the packaged local LM.
+DEMO_SSMS = ["tfidf", "head:minilm"]
+DEMO_SIZES = {"max_train": 1500, "max_val": 300, "max_test": 300}
+
+
+class TerminalProgress:
+    """Prints progress events as one tqdm bar per stage on stderr."""
+
+    def __init__(self, stream=None) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.stream = stream or sys.stderr
+        self.bar = None
+        self.stage: Optional[str] = None
+
+    def __call__(self, ev: ProgressEvent) -> None:
+        if ev.stage == "run":
+            self.close()
+            if ev.message and ev.message != "done":
+                print(f"== {ev.message}", file=self.stream, flush=True)
+            return
+        if not ev.total:  # a message, not a step
+            if ev.message:
+                self.close()
+                print(f"   {ev.message}", file=self.stream, flush=True)
+            return
+        if ev.stage != self.stage:
+            self.close()
+            self.stage = ev.stage
+            self.bar = self._tqdm(total=ev.total or None, desc=ev.stage, file=self.stream, mininterval=0.5,
+                                  leave=True, dynamic_ncols=True)
+        assert self.bar is not None
+        if ev.total and self.bar.total != ev.total:
+            self.bar.total = ev.total
+        self.bar.n = ev.step
+        post = {}
+        for key, fmt in (("loss", "{:.3f}"), ("val_accuracy", "{:.1%}"), ("calls", "{}"), ("cache_hits", "{}"),
+                         ("failures", "{}"), ("tokens", "{}"), ("cost_usd", "${:.4f}")):
+            value = getattr(ev, key)
+            if value is not None:
+                post[key.replace("val_accuracy", "val_acc")] = fmt.format(value)
+        if post:
+            self.bar.set_postfix(post, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+            self.stage = None
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, metavar="PATH_OR_NAME",
+                   help="CSV, TSV, JSONL or Parquet file; 'demo:tweets' (offline demo); or a Hugging Face dataset name")
+    g.add_argument("--text-col", metavar="C", help="column holding the text (detected when obvious)")
+    g.add_argument("--text-pair-col", metavar="C", help="second text column for pair tasks (e.g. NLI hypothesis)")
+    g.add_argument("--label-col", metavar="C", help="column holding the label (detected when obvious)")
+    g.add_argument("--split-col", metavar="C", help="column naming each row's split (train/validation/test)")
+    g.add_argument("--val-data", metavar="PATH", help="separate validation file")
+    g.add_argument("--test-data", metavar="PATH", help="separate test file")
+    g.add_argument("--val-frac", type=float, default=0.15, help="validation share when splitting (default 0.15)")
+    g.add_argument("--test-frac", type=float, default=0.15, help="test share when splitting (default 0.15)")
+    g.add_argument("--max-train", type=int, metavar="N", help="cap the training split (stratified sample)")
+    g.add_argument("--max-val", type=int, metavar="N", help="cap the validation split")
+    g.add_argument("--max-test", type=int, metavar="N", help="cap the test split")
+    g.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and training (default 0)")
+
+
+def _add_ssm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("small models")
+    g.add_argument("--ssm", action="append", required=required, metavar="SPEC", help=SPEC_HELP)
+    g.add_argument("--epochs", type=int, help="training epochs for the neural small models (default: per kind)")
+
+
+def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("large model")
+    g.add_argument("--lm", required=required, metavar="PROVIDER",
+                   help="'openai' (any OpenAI-compatible endpoint) or 'local[:PATH_OR_ID]' (in-process Hugging Face "
+                        "causal LM; default: the packaged SmolLM2-135M-Instruct, a weak offline stand-in)")
+    g.add_argument("--lm-model", metavar="NAME", help="model name at the endpoint (required with --lm openai)")
+    g.add_argument("--lm-base-url", metavar="URL", help="endpoint base URL (default: OpenAI's)")
+    g.add_argument("--lm-key-env", metavar="VAR", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key (default OPENAI_API_KEY); keys are never "
+                        "taken on the command line")
+    g.add_argument("--budget-usd", type=float, metavar="X", help="stop calling the LM once X USD are spent")
+    g.add_argument("--concurrency", type=int, default=8, metavar="N", help="parallel LM requests (default 8)")
+    g.add_argument("--few-shot", type=int, default=0, metavar="K", help="K examples per label in the prompt")
+    g.add_argument("--cache", metavar="PATH", help="LM answer cache (default: lm_cache.sqlite beside the run folder)")
+    g.add_argument("--mining", choices=("all", "top"), default="all",
+                   help="send to the LM the training examples every SSM gets wrong (all) or the top SSM gets wrong (top)")
+    g.add_argument("--oof-folds", type=int, default=0, metavar="K",
+                   help="find SSM-wrong examples with K-fold cross-fitted SSMs (0 = off)")
+    g.add_argument("--assm", choices=("top", "each"), default="top",
+                   help="augment the top-ranked SSM only, or each SSM (default top)")
+    g.add_argument("--ea-full", action="store_true",
+                   help="also run the EA(Full) ablation (LM answers for the whole training split)")
+    g.add_argument("--max-lm-rate", type=float, default=0.3, metavar="R",
+                   help="LM budget for the reported operating point: max share of inputs sent to the LM (default 0.3)")
+    g.add_argument("--no-calibration", action="store_true", help="skip temperature scaling of the small models")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ea_core", description=(
+        "Easy Adaptation: adapt a large model to your classification task without touching its weights."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train and rank the small models (Specific Layer) only",
+                       description="Train the chosen SSMs, evaluate on validation and test, rank by validation "
+                                   "accuracy, print a table and write DIR/results.json.")
+    _add_data_args(p)
+    _add_ssm_args(p)
+    p.add_argument("--out", default="runs/train", metavar="DIR", help="run folder (default runs/train)")
+
+    p = sub.add_parser("run", help="the whole EA run: SSMs, LM, underfit mining, ASSMs, routing, results",
+                       description="Run every EA stage with progress, resumable: run the same command again "
+                                   "after an interruption and completed stages are not redone.")
+    _add_data_args(p)
+    _add_ssm_args(p)
+    _add_lm_args(p)
+    p.add_argument("--out", default="runs/run", metavar="DIR", help="run folder (default runs/run)")
+
+    p = sub.add_parser("demo", help="the whole EA run on the offline default (demo tweets, local models)",
+                       description=f"Demo tweets ({DEMO_SIZES['max_train']}/{DEMO_SIZES['max_val']}/"
+                                   f"{DEMO_SIZES['max_test']} examples), SSMs {', '.join(DEMO_SSMS)}, and the packaged "
+                                   "SmolLM2-135M-Instruct as the LM (a weak stand-in: use a real LM for real gains).")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (default runs/demo)")
+    p.add_argument("--max-train", type=int, default=DEMO_SIZES["max_train"], metavar="N")
+    p.add_argument("--max-val", type=int, default=DEMO_SIZES["max_val"], metavar="N")
+    p.add_argument("--max-test", type=int, default=DEMO_SIZES["max_test"], metavar="N")
+    p.add_argument("--ssm", action="append", metavar="SPEC", help=f"override the demo SSMs (default {DEMO_SSMS})")
+    p.add_argument("--lm", default="local", metavar="PROVIDER", help="LM provider (default: local)")
+    p.add_argument("--max-lm-rate", type=float, default=0.3, metavar="R", help="LM budget (default 0.3)")
+
+    p = sub.add_parser("predict", help="batch prediction with an exported bundle",
+                       description="Route every input of FILE through an exported adapted system.")
+    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder (a run writes DIR/bundle)")
+    p.add_argument("--input", required=True, metavar="FILE", help="CSV, TSV, JSONL, Parquet or .txt (one input per line)")
+    p.add_argument("--output", metavar="FILE", help="write predictions here as CSV (default: FILE.predictions.csv)")
+    p.add_argument("--text-col", metavar="C", help="text column of FILE (default: as in training / detected)")
+    p.add_argument("--text-pair-col", metavar="C", help="second text column for pair tasks")
+    p.add_argument("--lm-key-env", metavar="VAR", help="environment variable with the API key (default: the bundle's)")
+    p.add_argument("--cache", metavar="PATH", help="LM answer cache file")
+    p.add_argument("--no-lm", action="store_true", help="never call the LM: the last small model answers the rest")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace, lm: bool):
+    from ea_core.pipeline import RunConfig
+
+    settings = {}
+    if getattr(args, "epochs", None):
+        settings = {"head": {"epochs": args.epochs}, "finetune": {"epochs": args.epochs}}
+    cfg = RunConfig(
+        data=args.data, ssm=list(args.ssm), text_col=args.text_col, text_pair_col=args.text_pair_col,
+        label_col=args.label_col, split_col=args.split_col, val_source=args.val_data, test_source=args.test_data,
+        val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed, max_train=args.max_train,
+        max_val=args.max_val, max_test=args.max_test, ssm_settings=settings,
+    )
+    if lm:
+        cfg.lm, cfg.lm_model, cfg.lm_base_url, cfg.lm_key_env = args.lm, args.lm_model, args.lm_base_url, args.lm_key_env
+        cfg.budget_usd, cfg.concurrency, cfg.few_shot, cfg.cache = args.budget_usd, args.concurrency, args.few_shot, args.cache
+        cfg.mining, cfg.oof_folds, cfg.assm, cfg.ea_full = args.mining, args.oof_folds, args.assm, args.ea_full
+        cfg.max_lm_rate, cfg.calibrate = args.max_lm_rate, not args.no_calibration
+    return cfg
+
+
+def run_and_report(cfg, out: str) -> int:
+    """Run (or resume) a pipeline, then print and save the results table and export the bundle."""
+    from ea_core.bundle import export_run_bundle
+    from ea_core.pipeline import Pipeline
+    from ea_core.report import build_rows, format_table, write_results
+
+    progress = TerminalProgress()
+    try:
+        pipe = Pipeline(cfg, out, callback=progress)
+        state = pipe.run()
+    finally:
+        progress.close()
+    rows = build_rows(state)
+    out_dir = Path(out)
+    write_results(rows, out_dir)
+    if cfg.lm:
+        bundle = export_run_bundle(state, rows, out_dir / "bundle")
+        print(f"Exported the adapted system to {bundle}", file=sys.stderr)
+    if state.mining is not None:
+        m = state.mining.summary()
+        print(f"Mining: {m['sent_to_lm']} of {m['n_train']} training examples sent to the LM, "
+              f"{m['underfit']} underfit (LM wrong too), {m['lm_failed']} failed calls.")
+    for note in state.notes:
+        print(f"note: {note}")
+    print(format_table(rows))
+    print(f"Results written to {out_dir / 'results.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ea_core.bundle import load_bundle
+    from ea_core.inputs import read_inputs, write_predictions
+
+    key = None
+    if args.lm_key_env:
+        key = os.environ.get(args.lm_key_env)
+    system = load_bundle(args.bundle, api_key=key, cache_path=args.cache, use_lm=not args.no_lm)
+    split, table = read_inputs(args.input, text_col=args.text_col, pair_col=args.text_pair_col,
+                               labels=system.labels)
+    progress = TerminalProgress()
+    try:
+        preds = system.predict(split, callback=progress)
+    finally:
+        progress.close()
+    output = args.output or f"{args.input}.predictions.csv"
+    summary = write_predictions(output, split, preds, system.labels)
+    print(summary)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return run_and_report(_config_from_args(args, lm=False), args.out)
+        if args.command == "run":
+            return run_and_report(_config_from_args(args, lm=True), args.out)
+        if args.command == "demo":
+            from ea_core.pipeline import RunConfig
+
+            cfg = RunConfig(data="demo:tweets", ssm=args.ssm or list(DEMO_SSMS), lm=args.lm,
+                            max_train=args.max_train, max_val=args.max_val, max_test=args.max_test,
+                            max_lm_rate=args.max_lm_rate)
+            return run_and_report(cfg, args.out)
+        if args.command == "predict":
+            return cmd_predict(args)
+    except EAError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nInterrupted. Run the same command again to resume where it stopped.", file=sys.stderr)
+        return 130
+    return 2

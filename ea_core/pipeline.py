@@ -1,0 +1,490 @@
+"""The EA run: every stage of EA_METHOD.md in order, with progress events, checkpoints and resume.
+
+Stages: load data -> train the SSMs (Specific Layer) -> rank them -> mine underfit examples with
+the LM -> LM answers on validation and test -> train the ASSMs (Augmented Layer) -> optional
+EA(Full) -> calibrate -> tune thresholds on validation, report on test -> export a bundle.
+
+Each stage's outputs (model weights, probability arrays, LM answers) are cached in the run
+folder with a completion mark, so running the same command again resumes where it stopped and
+the UI can re-route any thresholds from the cached arrays without recomputing anything. The LM
+answer cache (SQLite) lives beside the run folders, so paid answers are bought once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ea_core import mining
+from ea_core.errors import ConfigError
+from ea_core.events import CancelToken, ProgressCallback, ProgressEvent
+from ea_core.llm.base import FAILED, LMAnswer, LMProvider
+from ea_core.resources import ResourceMeter
+from ea_core.router import StageOutput
+from ea_core.runfolder import RunFolder, fingerprint, load_arrays, read_json, save_arrays, write_json
+from ea_core.splits import Split, TaskData
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Saved as config.json; never holds an API key."""
+
+    data: str
+    ssm: list[str]
+    text_col: Optional[str] = None
+    text_pair_col: Optional[str] = None
+    label_col: Optional[str] = None
+    split_col: Optional[str] = None
+    val_source: Optional[str] = None
+    test_source: Optional[str] = None
+    val_frac: float = 0.15
+    test_frac: float = 0.15
+    seed: int = 0
+    max_train: Optional[int] = None
+    max_val: Optional[int] = None
+    max_test: Optional[int] = None
+    ssm_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per SPEC kind
+    lm: Optional[str] = None  # "openai", "local", "local:PATH"; None = Specific Layer only
+    lm_model: Optional[str] = None
+    lm_base_url: Optional[str] = None
+    lm_key_env: str = "OPENAI_API_KEY"
+    budget_usd: Optional[float] = None
+    concurrency: int = 8
+    few_shot: int = 0
+    cache: Optional[str] = None
+    mining: str = "all"  # "all": every SSM wrong; "top": the top-ranked SSM wrong
+    oof_folds: int = 0  # >= 2: find SSM-wrong examples with k-fold cross-fitted SSMs
+    assm: str = "top"  # "top" or "each"
+    ea_full: bool = False
+    calibrate: bool = True
+    max_lm_rate: float = 0.3  # LM budget used to pick the reported operating point
+
+    def validate(self) -> None:
+        if not self.ssm:
+            raise ConfigError("Give at least one small model with --ssm (e.g. --ssm tfidf --ssm head:minilm).")
+        if len(set(self.ssm)) != len(self.ssm):
+            raise ConfigError(f"The same --ssm is given twice: {self.ssm}.")
+        if self.mining not in mining.MINING_RULES:
+            raise ConfigError(f"--mining must be one of {', '.join(mining.MINING_RULES)}.")
+        if self.assm not in ("top", "each"):
+            raise ConfigError("--assm must be 'top' or 'each'.")
+        if not 0.0 <= self.max_lm_rate <= 1.0:
+            raise ConfigError("--max-lm-rate must be between 0 and 1.")
+        if self.oof_folds == 1 or self.oof_folds < 0:
+            raise ConfigError("--oof-folds must be 0 (off) or at least 2.")
+        if self.budget_usd is not None and self.budget_usd < 0:
+            raise ConfigError("--budget-usd must be >= 0.")
+        if self.concurrency < 1:
+            raise ConfigError("--concurrency must be >= 1.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def data_fingerprint(self) -> str:
+        keys = ("data", "text_col", "text_pair_col", "label_col", "split_col", "val_source", "test_source",
+                "val_frac", "test_frac", "seed", "max_train", "max_val", "max_test")
+        return fingerprint({k: getattr(self, k) for k in keys})
+
+    def lm_identity(self) -> dict[str, Any]:
+        return {"lm": self.lm, "model": self.lm_model, "base_url": self.lm_base_url, "few_shot": self.few_shot}
+
+
+@dataclass
+class StageRecord:
+    """A trained small model in the run folder (SSM or ASSM) and its cached outputs."""
+
+    name: str  # SPEC for SSMs, "assm:SPEC" / "assm_full:SPEC" for augmented ones
+    folder: Path
+    val_accuracy: float
+    test_accuracy: float
+    train_time_s: float
+    peak_rss_mb: float
+    trained_on: int
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        return load_arrays(self.folder / "outputs.npz")
+
+
+@dataclass
+class RunState:
+    """What a (possibly partial) run holds, handed to the report, the tuner and the UI."""
+
+    folder: RunFolder
+    config: RunConfig
+    task: TaskData
+    ssms: list[StageRecord] = field(default_factory=list)  # rank order
+    assms: list[StageRecord] = field(default_factory=list)
+    assm_full: list[StageRecord] = field(default_factory=list)
+    lm_answers: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # split -> arrays
+    lm_describe: dict[str, Any] = field(default_factory=dict)
+    lm_gives_confidence: bool = False
+    mining: Optional[mining.MiningResult] = None
+    lm_usage: dict[str, Any] = field(default_factory=dict)
+    temperatures: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def stage_outputs(self, split: str, layers: tuple[str, ...] = ("ssm", "assm", "lm")) -> list[StageOutput]:
+        """Calibrated per-stage outputs on a split, in routing order, for `router.route`."""
+        out: list[StageOutput] = []
+        groups = {"ssm": self.ssms, "assm": self.assms, "assm_full": self.assm_full}
+        for layer in layers:
+            if layer == "lm":
+                if split in self.lm_answers:
+                    out.append(lm_stage_output(self.lm_answers[split]))
+                continue
+            for rec in groups[layer]:
+                proba = rec.outputs()[split]
+                out.append(StageOutput.from_proba(rec.name, _calibrated(proba, self.temperatures.get(rec.name, 1.0))))
+        return out
+
+
+def _calibrated(proba: np.ndarray, temperature: float) -> np.ndarray:
+    if temperature == 1.0:
+        return proba
+    from ea_core.tuning import apply_temperature
+
+    return apply_temperature(proba, temperature)
+
+
+def lm_stage_output(answers: dict[str, np.ndarray]) -> StageOutput:
+    """The LM as a routing stage: its label, its confidence (1 when unknown) and its cost per input."""
+    conf = answers["confidence"].astype(np.float64)
+    conf = np.where(np.isnan(conf), 1.0, conf)
+    return StageOutput(name="lm", pred=answers["label"].astype(np.int64), conf=conf, is_lm=True,
+                       cost_usd=answers["cost_usd"].astype(np.float64))
+
+
+def answers_to_arrays(answers: list[LMAnswer]) -> dict[str, np.ndarray]:
+    return {
+        "label": np.array([a.label for a in answers], dtype=np.int64),
+        "confidence": np.array([np.nan if a.confidence is None else a.confidence for a in answers], dtype=np.float64),
+        "cost_usd": np.array([a.cost_usd for a in answers], dtype=np.float64),
+        "tokens": np.array([a.prompt_tokens + a.completion_tokens for a in answers], dtype=np.int64),
+        "latency_s": np.array([a.latency_s for a in answers], dtype=np.float64),
+        "cached": np.array([a.cached for a in answers], dtype=bool),
+    }
+
+
+class Pipeline:
+    """Runs (or resumes) one EA run in a folder. `api_key` stays in memory only."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: str | Path,
+        *,
+        api_key: Optional[str] = None,
+        callback: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+        provider: Optional[LMProvider] = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.folder = RunFolder(out_dir)
+        self._api_key = api_key
+        self._user_callback = callback
+        self.cancel = cancel or CancelToken()
+        self._provider = provider
+        self._check_config()
+
+    # -- plumbing -------------------------------------------------------------------------
+    def __repr__(self) -> str:  # never show the key
+        return f"Pipeline(out_dir={str(self.folder.root)!r}, ssm={self.config.ssm!r}, lm={self.config.lm!r})"
+
+    def emit(self, event: ProgressEvent) -> None:
+        self.folder.log_event(event)
+        if self._user_callback is not None:
+            self._user_callback(event)
+
+    def _check_config(self) -> None:
+        path = self.folder.path("config.json")
+        new = self.config.to_dict()
+        if path.is_file():
+            old = read_json(path)
+            if old.get("data") != new["data"] or old.get("ssm") != new["ssm"]:
+                raise ConfigError(
+                    f"{self.folder.root} already holds a run on other data or models "
+                    f"(data={old.get('data')!r}, ssm={old.get('ssm')}). Use a new --out folder to start a new run."
+                )
+        write_json(path, new)
+
+    def provider(self) -> LMProvider:
+        if self._provider is None:
+            from ea_core.llm import make_provider
+            from ea_core.llm.cache import AnswerCache
+
+            cfg = self.config
+            cache_path = Path(cfg.cache) if cfg.cache else self.folder.root.resolve().parent / "lm_cache.sqlite"
+            examples = None
+            if cfg.few_shot > 0:
+                from ea_core.llm.prompt import select_examples
+
+                examples = select_examples(self.task.train, self.task.labels, cfg.few_shot, cfg.seed)
+            self._provider = make_provider(
+                cfg.lm, model=cfg.lm_model, base_url=cfg.lm_base_url, key_env=cfg.lm_key_env, api_key=self._api_key,
+                cache=AnswerCache(cache_path), concurrency=cfg.concurrency, budget_usd=cfg.budget_usd,
+                few_shot_examples=examples,
+            )
+        return self._provider
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self) -> RunState:
+        """Run every stage not yet done; returns the complete state (also written to disk)."""
+        cfg = self.config
+        steps: list[tuple[str, Callable[[], None]]] = [("data", self.stage_data), ("ssm", self.stage_ssms)]
+        if cfg.lm:
+            steps += [("mine", self.stage_mine), ("lm_eval", self.stage_lm_eval), ("assm", self.stage_assm)]
+            if cfg.ea_full:
+                steps.append(("ea_full", self.stage_ea_full))
+        steps.append(("calibrate", self.stage_calibrate))
+        t0 = time.perf_counter()
+        for i, (name, fn) in enumerate(steps):
+            self.cancel.check()
+            self.emit(ProgressEvent(stage="run", step=i, total=len(steps), message=name,
+                                    elapsed_s=time.perf_counter() - t0))
+            fn()
+        self.emit(ProgressEvent(stage="run", step=len(steps), total=len(steps), message="done",
+                                elapsed_s=time.perf_counter() - t0))
+        write_json(self.folder.path("summary.json"), self.summary())
+        return self.state
+
+    # -- stages ---------------------------------------------------------------------------
+    def stage_data(self) -> None:
+        cfg = self.config
+        fp = cfg.data_fingerprint()
+        data_dir = self.folder.path("data")
+        if self.folder.is_done("data", fp):
+            self.task = load_task(data_dir)
+        else:
+            from ea_core.data import load_dataset
+
+            self.task = load_dataset(
+                cfg.data, text_col=cfg.text_col, text_pair_col=cfg.text_pair_col, label_col=cfg.label_col,
+                split_col=cfg.split_col, val_source=cfg.val_source, test_source=cfg.test_source,
+                val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed,
+                max_train=cfg.max_train, max_val=cfg.max_val, max_test=cfg.max_test,
+            )
+            save_task(self.task, data_dir)
+            self.folder.mark_done("data", fp)
+        self.state = RunState(folder=self.folder, config=cfg, task=self.task)
+        for w in self.task.warnings:
+            self.emit(ProgressEvent(stage="data", step=0, total=0, message=f"warning: {w}"))
+
+    def _train_small_model(self, name: str, folder: Path, fp: str, build: Callable[[], Any], train: Split,
+                           warm: bool) -> StageRecord:
+        """Train (or reload) one small model and cache its probabilities on every split."""
+        info_path = folder / "info.json"
+        if not self.folder.is_done(f"model_{folder.parent.name}_{folder.name}", fp):
+            model = build()
+            with ResourceMeter() as meter:
+                model.fit(train, self.task.val, self.task.labels, callback=self.emit, cancel=self.cancel,
+                          warm_start=warm, stage=f"train:{name}")
+            model.save(folder / "model")
+            outputs = {s: model.predict_proba(self.task.split(s)) for s in SPLITS}
+            save_arrays(folder / "outputs.npz", **outputs)
+            acc = {s: float(np.mean(outputs[s].argmax(1) == self.task.split(s).labels)) for s in ("val", "test")}
+            info = {"name": name, "val_accuracy": acc["val"], "test_accuracy": acc["test"],
+                    "train_time_s": meter.elapsed_s, "peak_rss_mb": meter.peak_rss_mb, "trained_on": len(train)}
+            write_json(info_path, info)
+            self.folder.mark_done(f"model_{folder.parent.name}_{folder.name}", fp)
+        info = read_json(info_path)
+        return StageRecord(folder=folder, **info)
+
+    def stage_ssms(self) -> None:
+        from ea_core.models import make_model
+
+        cfg = self.config
+        records = []
+        for i, spec in enumerate(cfg.ssm):
+            settings = cfg.ssm_settings.get(spec.split(":", 1)[0], {})
+            fp = fingerprint(cfg.data_fingerprint(), spec, settings)
+            folder = self.folder.path("ssm", f"{i:02d}_{_safe(spec)}")
+            records.append(self._train_small_model(
+                spec, folder, fp, lambda spec=spec, settings=settings: make_model(spec, self.task.labels, **settings),
+                self.task.train, warm=False))
+        # Eq. 7-8: rank by validation accuracy, best first (stable for ties: command-line order).
+        self.state.ssms = sorted(records, key=lambda r: -r.val_accuracy)
+        write_json(self.folder.path("ranking.json"), [r.name for r in self.state.ssms])
+
+    def _train_probs_for_mining(self) -> list[np.ndarray]:
+        """SSM probabilities on the training split, in rank order (out-of-fold when asked)."""
+        cfg = self.config
+        if cfg.oof_folds < 2:
+            return [r.outputs()["train"] for r in self.state.ssms]
+        from ea_core.models import make_model
+
+        folds = mining.kfold_indices(self.task.train.labels, cfg.oof_folds, cfg.seed)
+        probs = []
+        for rec in self.state.ssms:
+            path = rec.folder / f"oof{cfg.oof_folds}.npz"
+            if not path.is_file():
+                oof = np.zeros((len(self.task.train), self.task.n_labels))
+                settings = cfg.ssm_settings.get(rec.name.split(":", 1)[0], {})
+                for f, held in enumerate(folds):
+                    self.cancel.check()
+                    keep = np.setdiff1d(np.arange(len(self.task.train)), held)
+                    model = make_model(rec.name, self.task.labels, **settings)
+                    model.fit(self.task.train.subset(keep), self.task.val, self.task.labels, callback=self.emit,
+                              cancel=self.cancel, stage=f"oof:{rec.name}:{f + 1}/{len(folds)}")
+                    oof[held] = model.predict_proba(self.task.train.subset(held))
+                save_arrays(path, proba=oof)
+            probs.append(load_arrays(path)["proba"])
+        return probs
+
+    def _lm_answers(self, split_name: str, index: np.ndarray, stage: str) -> dict[str, np.ndarray]:
+        """LM answers for `index` of a split; cached on disk, retried while any call failed."""
+        path = self.folder.path("lm", fingerprint(self.config.lm_identity()), f"{stage}.npz")
+        if path.is_file():
+            cached = load_arrays(path)
+            usage_path = path.with_name(f"{stage}_usage.json")
+            if np.array_equal(cached["index"], index) and not np.any(cached["label"] == FAILED):
+                if usage_path.is_file():
+                    self.state.lm_usage[stage] = read_json(usage_path)
+                return cached
+        split = self.task.split(split_name)
+        inputs = [split.input(int(i)) for i in index]
+        answers, usage = self.provider().classify(inputs, self.task.labels, stage=f"lm:{stage}",
+                                                  callback=self.emit, cancel=self.cancel)
+        arrays = {"index": np.asarray(index, dtype=np.int64), **answers_to_arrays(answers)}
+        save_arrays(path, **arrays)
+        usage_d = dataclasses.asdict(usage)
+        self.state.lm_usage[stage] = usage_d
+        write_json(path.with_name(f"{stage}_usage.json"), usage_d)
+        if usage.budget_exhausted:
+            self.state.notes.append(f"LM budget exhausted during {stage}: remaining inputs have no LM answer "
+                                    "(run again with a higher --budget-usd to complete them).")
+        if usage.failures:
+            self.state.notes.append(f"{usage.failures} LM calls failed during {stage}; run the same command "
+                                    "again to retry only those.")
+        return arrays
+
+    def stage_mine(self) -> None:
+        cfg = self.config
+        self._load_lm_description()
+        train_probs = self._train_probs_for_mining()
+        y = self.task.train.labels
+        candidates = mining.ssm_wrong(train_probs, y, cfg.mining)
+        self.emit(ProgressEvent(stage="mine", step=0, total=0,
+                                message=f"{len(candidates)} of {len(y)} training examples are wrong for "
+                                        f"{'every SSM' if cfg.mining == 'all' else 'the top SSM'}; asking the LM"))
+        answers = self._lm_answers("train", candidates, "mine")
+        usage = self.state.lm_usage.get("mine", {})
+        self.state.mining = mining.split_underfit(candidates, answers["label"], y, len(y), usage)
+        write_json(self.folder.path("mining.json"), self.state.mining.summary())
+        save_arrays(self.folder.path("mining.npz"), underfit=self.state.mining.underfit,
+                    candidates=candidates, failed=self.state.mining.failed)
+
+    def _load_lm_description(self) -> None:
+        """What the LM is (settings safe to save); asks the provider once per LM identity."""
+        path = self.folder.path("lm", fingerprint(self.config.lm_identity()), "describe.json")
+        if not path.is_file():
+            prov = self.provider()
+            write_json(path, {"describe": prov.describe()})
+        self.state.lm_describe = read_json(path)["describe"]
+
+    def stage_lm_eval(self) -> None:
+        for split in ("val", "test"):
+            n = len(self.task.split(split))
+            self.state.lm_answers[split] = self._lm_answers(split, np.arange(n), split)
+        # The LM-first order needs the LM's own confidence (token log-probs or label scores).
+        self.state.lm_gives_confidence = bool(np.isfinite(self.state.lm_answers["val"]["confidence"]).any())
+
+    def _assm_sources(self) -> list[StageRecord]:
+        return self.state.ssms[:1] if self.config.assm == "top" else list(self.state.ssms)
+
+    def _train_augmented(self, layer: str, index: np.ndarray) -> list[StageRecord]:
+        from ea_core.models import load_model
+
+        if len(index) < 2:
+            self.state.notes.append(f"{layer}: only {len(index)} training examples to learn from; skipped.")
+            return []
+        train = self.task.train.subset(index)
+        records = []
+        for src in self._assm_sources():
+            fp = fingerprint(index, src.name, read_json(src.folder / "info.json"))
+            folder = self.folder.path(layer, src.folder.name)
+            records.append(self._train_small_model(
+                f"{layer}:{src.name}", folder, fp, lambda src=src: load_model(src.folder / "model"), train, warm=True))
+        return records
+
+    def stage_assm(self) -> None:
+        assert self.state.mining is not None
+        self.state.assms = self._train_augmented("assm", self.state.mining.underfit)
+
+    def stage_ea_full(self) -> None:
+        """EA(Full) ablation: LM answers for the whole training split, ASSM on every LM error."""
+        n = len(self.task.train)
+        answers = self._lm_answers("train", np.arange(n), "train_full")
+        errors = mining.lm_errors(answers["label"], self.task.train.labels)
+        self.state.assm_full = self._train_augmented("assm_full", errors)
+
+    def stage_calibrate(self) -> None:
+        from ea_core.tuning import apply_temperature, expected_calibration_error, fit_temperature
+
+        y = self.task.val.labels
+        for rec in self.state.ssms + self.state.assms + self.state.assm_full:
+            out = rec.outputs()
+            t = fit_temperature(out["val"], y) if self.config.calibrate else 1.0
+            self.state.temperatures[rec.name] = float(t)
+            yt = self.task.test.labels
+            self.state.calibration[rec.name] = {
+                "temperature": float(t),
+                "ece_val_before": float(expected_calibration_error(out["val"], y)),
+                "ece_val_after": float(expected_calibration_error(apply_temperature(out["val"], t), y)),
+                "ece_test_before": float(expected_calibration_error(out["test"], yt)),
+                "ece_test_after": float(expected_calibration_error(apply_temperature(out["test"], t), yt)),
+            }
+        write_json(self.folder.path("calibration.json"), self.state.calibration)
+
+    def summary(self) -> dict[str, Any]:
+        st = self.state
+        return {
+            "task": {"name": st.task.name, "labels": st.task.labels, "pair": st.task.is_pair,
+                     "sizes": {s: len(st.task.split(s)) for s in SPLITS}, "warnings": st.task.warnings},
+            "ranking": [r.name for r in st.ssms],
+            "mining": st.mining.summary() if st.mining else None,
+            "lm": st.lm_describe,
+            "lm_usage": st.lm_usage,
+            "calibration": st.calibration,
+            "notes": st.notes,
+        }
+
+
+def _safe(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)[:60]
+
+
+def save_task(task: TaskData, folder: Path) -> None:
+    """Freeze the splits in the run folder, so a resumed run sees exactly the same data."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        split = task.split(name)
+        cols = {"text": pa.array(split.texts, pa.string()), "label": pa.array(split.labels)}
+        if split.pairs is not None:
+            cols["pair"] = pa.array(split.pairs, pa.string())
+        pq.write_table(pa.table(cols), folder / f"{name}.parquet")
+    write_json(folder / "task.json", {"name": task.name, "labels": task.labels, "warnings": task.warnings,
+                                      "text_col": task.text_col, "pair_col": task.pair_col,
+                                      "label_col": task.label_col})
+
+
+def load_task(folder: Path) -> TaskData:
+    meta = read_json(folder / "task.json")
+    splits = {}
+    for name in SPLITS:
+        t = pq.read_table(folder / f"{name}.parquet")
+        pairs = t.column("pair").to_pylist() if "pair" in t.column_names else None
+        splits[name] = Split(t.column("text").to_pylist(), t.column("label").to_numpy(), pairs)
+    return TaskData(name=meta["name"], labels=meta["labels"], train=splits["train"], val=splits["val"],
+                    test=splits["test"], warnings=meta["warnings"], text_col=meta["text_col"],
+                    pair_col=meta["pair_col"], label_col=meta["label_col"])

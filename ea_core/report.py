@@ -1,0 +1,178 @@
+"""The results table of a run, in the shape of the paper's Tables 1, 3 and 4.
+
+Rows: each SSM alone (named by its SPEC), the LM alone (``lm``), the Specific Layer with the
+LM behind it (``specific_layer``), EA with both layers (``ea``), EA(Full) (``ea_full``) when
+run, the alternative order LM-before-ASSM (``ea_lm_first``) when the LM gives confidences, and
+the ``oracle`` (right if any EA stage is right). Thresholds are tuned on validation for the
+run's LM budget; every ``test_*`` number is on the test split, ``val_accuracy`` beside it shows
+when tuning overfits.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ea_core.pipeline import RunState, StageRecord
+from ea_core.router import StageOutput, evaluate
+from ea_core.runfolder import write_json
+from ea_core.tuning import autotune, pareto_front
+
+# Printed columns: (key, header, format)
+TABLE_COLUMNS = (
+    ("system", "system", "{}"),
+    ("val_accuracy", "val acc", "{:.2%}"),
+    ("test_accuracy", "test acc", "{:.2%}"),
+    ("macro_f1", "macro-F1", "{:.3f}"),
+    ("lm_call_rate", "LM calls %", "{:.1%}"),
+    ("train_time_s", "train s", "{:.1f}"),
+    ("peak_rss_mb", "peak MB", "{:.0f}"),
+    ("lm_calls", "LM calls", "{}"),
+    ("lm_cost_usd", "LM $", "{:.4f}"),
+)
+
+
+def ssm_rows(records: Sequence[StageRecord], y_test: np.ndarray) -> list[dict[str, Any]]:
+    """One row per small model alone (the Specific Layer's members, in rank order)."""
+    rows = []
+    for rec in records:
+        pred = rec.outputs()["test"].argmax(1)
+        m = evaluate([StageOutput(rec.name, pred, np.ones(len(pred)))], [0.0], y_test)
+        rows.append({
+            "system": rec.name, "val_accuracy": rec.val_accuracy, "test_accuracy": rec.test_accuracy,
+            "macro_f1": m.macro_f1, "lm_call_rate": 0.0, "train_time_s": rec.train_time_s,
+            "peak_rss_mb": rec.peak_rss_mb, "lm_calls": 0, "lm_tokens": 0, "lm_cost_usd": 0.0,
+        })
+    return rows
+
+
+def routed_row(
+    system: str,
+    val_stages: list[StageOutput],
+    test_stages: list[StageOutput],
+    y_val: np.ndarray,
+    y_test: np.ndarray,
+    max_lm_rate: float,
+    records: Sequence[StageRecord],
+    lm_tokens: Optional[np.ndarray] = None,
+) -> dict[str, Any]:
+    """Tune thresholds on validation within the LM budget, then report the cascade on test."""
+    point = autotune(val_stages, y_val, max_lm_rate=max_lm_rate)
+    thresholds = list(point.thresholds)
+    val = evaluate(val_stages, thresholds, y_val)
+    test = evaluate(test_stages, thresholds, y_test)
+    n = len(y_test)
+    lm_calls, tokens = 0, 0
+    if any(s.is_lm for s in test_stages):
+        from ea_core.router import route
+
+        reached = lm_reached(route(test_stages, thresholds).answered_by, test_stages)
+        lm_calls = int(reached.sum())
+        tokens = int(lm_tokens[reached].sum()) if lm_tokens is not None else 0
+    return {
+        "system": system,
+        "val_accuracy": val.accuracy,
+        "test_accuracy": test.accuracy,
+        "macro_f1": test.macro_f1,
+        "lm_call_rate": test.lm_call_rate,
+        "val_lm_call_rate": val.lm_call_rate,
+        "stage_shares": {s.name: share for s, share in zip(test_stages, test.shares)},
+        "stage_accuracy": {s.name: acc for s, acc in zip(test_stages, test.stage_accuracy)},
+        "thresholds": {s.name: t for s, t in zip(test_stages, thresholds)},
+        "oracle_accuracy": test.oracle_accuracy,
+        "train_time_s": float(sum(r.train_time_s for r in records)),
+        "peak_rss_mb": float(max((r.peak_rss_mb for r in records), default=0.0)),
+        "lm_calls": lm_calls,
+        "lm_tokens": tokens,
+        "lm_cost_usd": test.cost_per_1k_usd * n / 1000.0,
+    }
+
+
+def lm_reached(answered_by: np.ndarray, stages: Sequence[StageOutput]) -> np.ndarray:
+    """Inputs for which the LM was called: those that reached the first LM stage."""
+    first_lm = next(i for i, s in enumerate(stages) if s.is_lm)
+    return answered_by >= first_lm
+
+
+def build_rows(state: RunState) -> list[dict[str, Any]]:
+    """Every row of the results table for a finished (or partial) run."""
+    task, cfg = state.task, state.config
+    y_val, y_test = task.val.labels, task.test.labels
+    rows = ssm_rows(state.ssms, y_test)
+    if not state.lm_answers:
+        return rows
+    lm_val, lm_test = state.stage_outputs("val", ("lm",)), state.stage_outputs("test", ("lm",))
+    lm_m_val = evaluate(lm_val, [0.0], y_val)
+    lm_m_test = evaluate(lm_test, [0.0], y_test)
+    tokens = state.lm_answers["test"]["tokens"]
+    rows.append({
+        "system": "lm", "val_accuracy": lm_m_val.accuracy, "test_accuracy": lm_m_test.accuracy,
+        "macro_f1": lm_m_test.macro_f1, "lm_call_rate": 1.0, "train_time_s": 0.0, "peak_rss_mb": 0.0,
+        "lm_calls": len(y_test), "lm_tokens": int(tokens.sum()),
+        "lm_cost_usd": float(state.lm_answers["test"]["cost_usd"].sum()),
+        "lm_unparseable_rate": float(np.mean(state.lm_answers["test"]["label"] == -1)),
+        "lm_failed_rate": float(np.mean(state.lm_answers["test"]["label"] == -2)),
+    })
+
+    def add(system: str, layers: tuple[str, ...], records: Sequence[StageRecord]) -> dict[str, Any]:
+        row = routed_row(system, state.stage_outputs("val", layers), state.stage_outputs("test", layers),
+                         y_val, y_test, cfg.max_lm_rate, records, tokens)
+        rows.append(row)
+        return row
+
+    add("specific_layer", ("ssm", "lm"), state.ssms)
+    ea = add("ea", ("ssm", "assm", "lm"), state.ssms + state.assms) if state.assms else None
+    if state.assms and state.lm_gives_confidence:
+        add("ea_lm_first", ("ssm", "lm", "assm"), state.ssms + state.assms)
+    if state.assm_full:
+        add("ea_full", ("ssm", "assm_full", "lm"), state.ssms + state.assm_full)
+    layers = ("ssm", "assm", "lm") if state.assms else ("ssm", "lm")
+    oracle = evaluate(state.stage_outputs("test", layers), [0.0] * len(state.stage_outputs("test", layers)), y_test)
+    rows.append({"system": "oracle", "val_accuracy": evaluate(state.stage_outputs("val", layers),
+                                                              [0.0] * len(state.stage_outputs("val", layers)),
+                                                              y_val).oracle_accuracy,
+                 "test_accuracy": oracle.oracle_accuracy, "lm_call_rate": 1.0,
+                 "train_time_s": (ea or rows[-1]).get("train_time_s", 0.0)})
+    return rows
+
+
+def pareto_table(state: RunState, layers: tuple[str, ...] = ("ssm", "assm", "lm")) -> list[dict[str, Any]]:
+    """The validation Pareto front (accuracy vs LM calls) with each point's test figures beside it."""
+    val, test = state.stage_outputs("val", layers), state.stage_outputs("test", layers)
+    out = []
+    for p in pareto_front(val, state.task.val.labels):
+        t = evaluate(test, list(p.thresholds), state.task.test.labels)
+        out.append({"thresholds": list(map(float, p.thresholds)), "val_accuracy": p.accuracy,
+                    "val_lm_call_rate": p.lm_call_rate, "test_accuracy": t.accuracy,
+                    "test_lm_call_rate": t.lm_call_rate})
+    return out
+
+
+def write_results(rows: list[dict[str, Any]], out_dir: Path) -> None:
+    """results.json (``{"rows": [...]}``) and results.csv (nested columns as JSON text)."""
+    write_json(out_dir / "results.json", {"rows": rows})
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of the main columns (what the CLI prints)."""
+    cols = [c for c in TABLE_COLUMNS if any(c[0] in r for r in rows)]
+    cells = [[h for _, h, _ in cols]]
+    for r in rows:
+        cells.append([fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in cols])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

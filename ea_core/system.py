@@ -1,0 +1,148 @@
+"""An adapted system: the real models in routing order, with thresholds, answering new inputs.
+
+This is the cascade of `router.route` run on live inputs instead of cached arrays: a stage is
+only computed for the inputs that reached it, so the LM is called only for what the small models
+passed on. `route_one` explains one decision stage by stage, for the "try an input" view.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from ea_core.errors import ConfigError
+from ea_core.events import CancelToken, ProgressCallback
+from ea_core.llm.base import LMProvider
+from ea_core.models.base import SmallModel
+from ea_core.splits import Split
+
+
+@dataclass
+class SystemStage:
+    """One stage: a small model (with its calibration temperature) or the LM."""
+
+    name: str
+    threshold: float
+    model: Optional[SmallModel] = None  # None for the LM stage
+    temperature: float = 1.0
+
+    @property
+    def is_lm(self) -> bool:
+        return self.model is None
+
+
+@dataclass
+class StageTrace:
+    stage: str
+    confidence: Optional[float]
+    threshold: float
+    answer: Optional[str]
+    took: bool
+    latency_s: float
+    cost_usd: float = 0.0
+
+
+@dataclass
+class RouteTrace:
+    """Why an input got its answer: every stage reached, in order, and who answered."""
+
+    prediction: Optional[str]
+    answered_by: str
+    stages: list[StageTrace] = field(default_factory=list)
+    latency_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Predictions:
+    """Batch predictions: label index (-1/-2 when the LM gave no usable answer), who answered, confidence."""
+
+    pred: np.ndarray
+    answered_by: np.ndarray
+    confidence: np.ndarray
+    stage_names: list[str]
+
+
+class AdaptedSystem:
+    """SSMs -> ASSMs -> LM (or any order), each stage answering what it is confident about."""
+
+    def __init__(self, labels: list[str], stages: list[SystemStage], provider: Optional[LMProvider] = None) -> None:
+        if not stages:
+            raise ConfigError("An adapted system needs at least one stage.")
+        if any(s.is_lm for s in stages) and provider is None:
+            raise ConfigError("This system has an LM stage but no LM provider was given.")
+        self.labels = list(labels)
+        self.stages = stages
+        self.provider = provider
+
+    def _stage_proba(self, stage: SystemStage, split: Split) -> np.ndarray:
+        assert stage.model is not None
+        proba = stage.model.predict_proba(split)
+        if stage.temperature != 1.0:
+            from ea_core.tuning import apply_temperature
+
+            proba = apply_temperature(proba, stage.temperature)
+        return proba
+
+    def predict(self, split: Split, *, callback: Optional[ProgressCallback] = None,
+                cancel: Optional[CancelToken] = None) -> Predictions:
+        """Route a batch; each stage runs only on the inputs still open when it is reached."""
+        n = len(split)
+        pred = np.full(n, -2, dtype=np.int64)
+        conf = np.full(n, np.nan)
+        answered_by = np.full(n, -1, dtype=np.int64)
+        open_idx = np.arange(n)
+        for k, stage in enumerate(self.stages):
+            if len(open_idx) == 0:
+                break
+            last = k == len(self.stages) - 1
+            part = split.subset(open_idx)
+            if stage.is_lm:
+                assert self.provider is not None
+                answers, _ = self.provider.classify([part.input(i) for i in range(len(part))], self.labels,
+                                                    stage="lm:predict", callback=callback, cancel=cancel)
+                p = np.array([a.label for a in answers], dtype=np.int64)
+                c = np.array([1.0 if a.confidence is None else a.confidence for a in answers])
+            else:
+                proba = self._stage_proba(stage, part)
+                p, c = proba.argmax(1), proba.max(1)
+            take = np.ones(len(open_idx), bool) if last else c >= stage.threshold
+            pred[open_idx[take]] = p[take]
+            conf[open_idx[take]] = c[take]
+            answered_by[open_idx[take]] = k
+            open_idx = open_idx[~take]
+        return Predictions(pred, answered_by, conf, [s.name for s in self.stages])
+
+    def route_one(self, text: str, pair: Optional[str] = None) -> RouteTrace:
+        """One input through the real models, with a trace of every stage it reached."""
+        split = Split.from_texts([text], None if pair is None else [pair])
+        trace = RouteTrace(prediction=None, answered_by="")
+        t_all = time.perf_counter()
+        for k, stage in enumerate(self.stages):
+            last = k == len(self.stages) - 1
+            t0 = time.perf_counter()
+            cost = 0.0
+            if stage.is_lm:
+                assert self.provider is not None
+                answers, _ = self.provider.classify([(text, pair)], self.labels, stage="lm:route_one")
+                a = answers[0]
+                label_idx, c, cost = a.label, a.confidence, a.cost_usd
+                answer = self.labels[label_idx] if label_idx >= 0 else ("(unparseable)" if label_idx == -1 else None)
+            else:
+                proba = self._stage_proba(stage, split)[0]
+                label_idx, c = int(proba.argmax()), float(proba.max())
+                answer = self.labels[label_idx]
+            took = last or (c if c is not None else 1.0) >= stage.threshold
+            trace.stages.append(StageTrace(stage.name, c, stage.threshold, answer, took,
+                                           time.perf_counter() - t0, cost))
+            if took:
+                trace.prediction = answer if label_idx >= 0 else None
+                trace.answered_by = stage.name
+                break
+        trace.latency_s = time.perf_counter() - t_all
+        return trace
