@@ -196,9 +196,8 @@ def _config_from_args(args: argparse.Namespace, lm: bool):
 
 def run_and_report(cfg, out: str) -> int:
     """Run (or resume) a pipeline, then print and save the results table and export the bundle."""
-    from ea_core.bundle import export_run_bundle
     from ea_core.pipeline import Pipeline
-    from ea_core.report import build_rows, format_table, write_results
+    from ea_core.report import finish_run, format_table
 
     progress = TerminalProgress()
     try:
@@ -206,12 +205,10 @@ def run_and_report(cfg, out: str) -> int:
         state = pipe.run()
     finally:
         progress.close()
-    rows = build_rows(state)
+    rows = finish_run(state)
     out_dir = Path(out)
-    write_results(rows, out_dir)
     if cfg.lm:
-        bundle = export_run_bundle(state, rows, out_dir / "bundle")
-        print(f"Exported the adapted system to {bundle}", file=sys.stderr)
+        print(f"Exported the adapted system to {out_dir / 'bundle'}", file=sys.stderr)
     if state.mining is not None:
         m = state.mining.summary()
         print(f"Mining: {m['sent_to_lm']} of {m['n_train']} training examples sent to the LM, "

@@ -176,3 +176,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
              for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def finish_run(state: RunState) -> list[dict[str, Any]]:
+    """After `Pipeline.run`: write results.json/.csv, the Pareto front, and (with an LM) the bundle."""
+    rows = build_rows(state)
+    out_dir = state.folder.root
+    write_results(rows, out_dir)
+    if state.lm_answers:
+        from ea_core.bundle import export_run_bundle
+
+        layers = ("ssm", "assm", "lm") if state.assms else ("ssm", "lm")
+        write_json(out_dir / "pareto.json", {"stages": [s.name for s in state.stage_outputs("val", layers)],
+                                             "points": pareto_table(state, layers)})
+        export_run_bundle(state, rows, out_dir / "bundle")
+    return rows

@@ -109,6 +109,19 @@ def test_cancelled_before_start(loaded: LocalHFProvider) -> None:
     assert usage.failures == len(TWEETS)
 
 
+def test_callback_may_cancel_by_raising(loaded: LocalHFProvider) -> None:
+    from ea_core.errors import Cancelled
+
+    def stop_after_first_batch(event) -> None:
+        if event.step >= 2:
+            raise Cancelled()
+
+    p = LocalHFProvider(calibrate=False, batch_size=2)
+    answers, _ = p.classify(TWEETS, LABELS, callback=stop_after_first_batch)
+    assert sum(a.ok for a in answers) == 2
+    assert all(a.error == "cancelled" for a in answers if not a.ok)
+
+
 def test_make_provider_local_specs() -> None:
     p = make_provider("local")
     assert isinstance(p, LocalHFProvider) and p.is_default

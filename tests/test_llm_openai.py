@@ -336,3 +336,22 @@ def test_forced_structured_output_fails_when_rejected() -> None:
         answers, _ = off.classify(INPUTS[:2], LABELS)
         assert [a.label for a in answers] == GOLD_IDX[:2]
         assert "response_format" not in srv.requests[-1].body and "logprobs" not in srv.requests[-1].body
+
+
+def test_cancel_before_start_and_from_callback(tmp_path) -> None:
+    from ea_core.errors import Cancelled
+
+    inputs, gold = make_inputs(12)
+    with ScriptedServer(gold, latency_s=0.05) as srv:
+        token = CancelToken()
+        token.cancel()
+        answers, usage = provider_for(srv).classify(inputs, LABELS, cancel=token)
+        assert srv.count == 0 and all(a.error == "cancelled" for a in answers) and usage.failures == 12
+
+        def raising(e: ProgressEvent) -> None:
+            if e.step >= 2:
+                raise Cancelled()
+
+        answers, usage = provider_for(srv, concurrency=1).classify(inputs, LABELS, callback=raising)
+        assert 2 <= sum(a.ok for a in answers) < 12
+        assert all(a.error == "cancelled" for a in answers if not a.ok)

@@ -34,7 +34,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ea_core.errors import ConfigError, LMError
+from ea_core.errors import Cancelled, ConfigError, LMError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.llm._progress import UsageTracker
 from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage
@@ -102,6 +102,28 @@ def load_model(model_id: str, gguf_file: Optional[str], device: str, dtype: str)
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+class _StopFlag:
+    """The caller's CancelToken, also set when a progress callback raises `Cancelled`."""
+
+    def __init__(self, token: Optional[CancelToken]) -> None:
+        self.token = token
+        self.stopped = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stopped or (self.token is not None and self.token.cancelled)
+
+
+def _emit(tracker: UsageTracker, flag: Any, force: bool = False) -> None:
+    try:
+        tracker.emit(force=force)
+    except Cancelled:
+        if isinstance(flag, _StopFlag):
+            flag.stopped = True
+        else:
+            raise
 
 
 def _cache_arg(model: Any) -> str:
@@ -328,7 +350,7 @@ class LocalHFProvider(LMProvider):
         prompts: list[list[int]],
         label_ids: list[list[int]],
         on_batch: Any,
-        cancel: Optional[CancelToken],
+        cancel: Optional[Any],
     ) -> list[Optional[np.ndarray]]:
         """Label log-likelihoods (n_labels,) per prompt; None for prompts skipped by cancellation."""
         n = len(prompts)
@@ -376,7 +398,7 @@ class LocalHFProvider(LMProvider):
         inputs: Sequence[LMInput],
         labels: list[str],
         tracker: Optional[UsageTracker] = None,
-        cancel: Optional[CancelToken] = None,
+        cancel: Optional[Any] = None,
     ) -> tuple[list[Optional[np.ndarray]], list[bool]]:
         """Uncalibrated label scores per input (None if cancelled first) and whether each was cached."""
         model, tokenizer = self._load()
@@ -402,7 +424,7 @@ class LocalHFProvider(LMProvider):
             for i in range(len(inputs)):
                 if cached[i]:
                     tracker.record(LMAnswer(label=0, cached=True), paid=False)
-            tracker.emit(force=True)
+            _emit(tracker, cancel, force=True)
         if not todo:
             return scores, cached
         anchor = texts[todo[0]]
@@ -435,7 +457,7 @@ class LocalHFProvider(LMProvider):
                 if tracker is not None:
                     tracker.record(LMAnswer(label=0, prompt_tokens=len(prompts[c])), paid=True)
             if tracker is not None:
-                tracker.emit()
+                _emit(tracker, cancel)
 
         self._score(model, prompts, label_ids, on_batch, cancel)
         return scores, cached
@@ -500,7 +522,7 @@ class LocalHFProvider(LMProvider):
             return [], usage
         with self._lock:  # one scoring run at a time per provider (the model is shared anyway)
             t0 = time.perf_counter()
-            scores, cached = self._raw_scores(inputs, labels, tracker, cancel)
+            scores, cached = self._raw_scores(inputs, labels, tracker, _StopFlag(cancel))
             offsets = self._get_offsets(labels, scores) if self.calibrate else np.zeros(len(labels))
             elapsed = time.perf_counter() - t0
         computed = max(sum(1 for s, c in zip(scores, cached) if s is not None and not c), 1)

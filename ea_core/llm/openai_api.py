@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence, Union
 from ea_core.errors import Cancelled, ConfigError, LMError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.llm._progress import UsageTracker
-from ea_core.llm.base import FAILED, UNPARSEABLE, LMAnswer, LMInput, LMProvider, LMUsage
+from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage
 from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
 from ea_core.llm.cost import Budget, CostEstimate, PriceTable, estimate_tokens
 from ea_core.llm.presets import is_local_url
@@ -567,6 +567,13 @@ class OpenAIProvider(LMProvider):
 
         mode = self._mode()
         state = _RunState({gid: self._key_for(m, labels, mode) for gid, m in prompts.items()})
+
+        def emit(force: bool = False) -> None:
+            try:
+                tracker.emit(force=force)
+            except Cancelled:  # a callback may cancel by raising, like `cancel.check()`
+                state.stop("cancelled")
+
         hits = self.cache.get_many(state.keys.values()) if self.cache is not None else {}
         pending: list[str] = []
         for gid, idx in groups.items():
@@ -578,10 +585,12 @@ class OpenAIProvider(LMProvider):
             for i in idx:
                 answers[i] = answer if i == idx[0] else LMAnswer(**{**answer.to_dict(), "cached": True})
                 tracker.record(answers[i], paid=False)
-        tracker.emit(force=True)
+        emit(force=True)
 
         fatal: list[str] = []
-        if pending:
+        if cancel is not None and cancel.cancelled:
+            state.stop("cancelled")
+        if pending and not state.stopped:
             queue: asyncio.Queue[str] = asyncio.Queue()
             for gid in pending:
                 queue.put_nowait(gid)
@@ -599,10 +608,13 @@ class OpenAIProvider(LMProvider):
                 if answer.error == "budget exhausted":
                     usage.budget_exhausted = True
                     state.stop("budget exhausted")
-                tracker.emit()
+                emit()
 
             async def worker() -> None:
                 while not state.stopped:
+                    if cancel is not None and cancel.cancelled:
+                        state.stop("cancelled")
+                        return
                     try:
                         gid = queue.get_nowait()
                     except asyncio.QueueEmpty:
@@ -646,7 +658,7 @@ class OpenAIProvider(LMProvider):
                 tracker.record(answers[i], paid=False)  # type: ignore[arg-type]
         if state.budget_hit:
             usage.budget_exhausted = True
-        tracker.emit(force=True)
+        emit(force=True)
         if fatal:
             raise LMError(fatal[0])
         return [a for a in answers if a is not None], usage

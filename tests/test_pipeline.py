@@ -1,0 +1,212 @@
+"""The EA run end to end against a scripted OpenAI-compatible server on 127.0.0.1.
+
+The task is built so the right sets are known: most texts name their class's fruit; "hard" texts
+name another class's fruit (the TF-IDF SSM gets them wrong out of fold) and the LM knows the
+answer except on "dark" ones, where the scripted server answers wrong: those are underfit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+import re
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ea_core.bundle import load_bundle
+from ea_core.pipeline import Pipeline, RunConfig
+from ea_core.report import build_rows, finish_run
+from ea_core.router import route
+from tests.scripted_server import ScriptedServer
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "sk-TESTSECRET-4c1f9b2e7d5a8f3c6e0b"
+LABELS = ["a", "b", "c"]
+FRUIT = {"a": "apple", "b": "banana", "c": "cherry"}
+
+
+def make_task(path: Path, n: int = 360, seed: int = 0) -> dict[str, str]:
+    """Write the CSV; return text -> gold label (what the scripted LM knows)."""
+    rng = np.random.default_rng(seed)
+    fillers = ["today", "market", "fresh", "bowl", "juice", "salad", "pie", "tree", "seed", "box"]
+    gold, lines = {}, ["text,label"]
+    for i in range(n):
+        label = LABELS[i % 3]
+        fruit = FRUIT[LABELS[(i + 1) % 3]] if is_hard(i) else FRUIT[label]
+        text = f"{fruit} {' '.join(rng.choice(fillers, 3))} item {i}"
+        gold[text] = label
+        lines.append(f"{text},{label}")
+    path.write_text("\n".join(lines) + "\n")
+    return gold
+
+
+def is_hard(i: int) -> bool:
+    """Names another class's fruit: the SSM gets it wrong."""
+    return i % 5 == 0
+
+
+def is_dark(i: int) -> bool:
+    """A hard example the LM gets wrong too: underfit."""
+    return i % 10 == 0
+
+
+def item(text: str) -> int:
+    return int(re.search(r"item (\d+)", text).group(1))
+
+
+def calls_per_item(srv: ScriptedServer) -> Counter:
+    """How many requests the server received for each input (by its item number)."""
+    return Counter(item(r.text) for r in srv.requests)
+
+
+def lm_answer(req) -> str | None:
+    """The scripted LM: right (gold) except on dark examples, where it names the wrong class."""
+    i = item(req.text)
+    return LABELS[(i + 2) % 3] if is_dark(i) else None
+
+
+@pytest.fixture
+def server_and_data(tmp_path):
+    data = tmp_path / "fruit.csv"
+    gold = make_task(data)
+    srv = ScriptedServer(gold, labels=LABELS, answer_fn=lm_answer).start()
+    yield srv, data
+    srv.close()
+
+
+def config(data: Path, srv: ScriptedServer, **kw) -> RunConfig:
+    base = dict(data=str(data), ssm=["tfidf"], lm="openai", lm_model="test-model", lm_base_url=srv.url,
+                lm_key_env="EA_TEST_KEY", oof_folds=3, concurrency=4, max_lm_rate=0.5)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_full_run_mines_trains_routes_reports_and_exports(tmp_path, server_and_data, monkeypatch):
+    srv, data = server_and_data
+    monkeypatch.setenv("EA_TEST_KEY", SECRET)
+    events = []
+    out = tmp_path / "runs" / "fruit"
+    state = Pipeline(config(data, srv), out, callback=events.append).run()
+    rows = finish_run(state)
+    names = [r["system"] for r in rows]
+    assert names[:2] == ["tfidf", "lm"] and {"specific_layer", "ea", "oracle"} <= set(names)
+
+    # Mining: only SSM-wrong training examples reached the LM, each exactly once.
+    m = json.loads((out / "mining.json").read_text())
+    calls = calls_per_item(srv)
+    train_calls = [i for i in map(item, state.task.train.texts) if calls[i]]
+    assert m["sent_to_lm"] == len(train_calls) > 0
+    assert all(calls[i] == 1 for i in calls)
+    assert m["sent_to_lm"] < len(state.task.train) / 2
+    # Mostly the hard examples were mined; the underfit set is exactly the mined dark ones.
+    assert sum(map(is_hard, train_calls)) >= 0.8 * len(train_calls)
+    underfit = {item(state.task.train.texts[i]) for i in state.mining.underfit}
+    assert underfit and underfit == {i for i in train_calls if is_dark(i)}
+
+    # The ASSM learned the underfit set, which the SSM got wrong by construction.
+    y = state.task.train.labels
+    uf = state.mining.underfit
+    ssm_acc = np.mean(state.ssms[0].outputs()["train"][uf].argmax(1) == y[uf])
+    assm_acc = np.mean(state.assms[0].outputs()["train"][uf].argmax(1) == y[uf])
+    assert assm_acc > ssm_acc
+
+    # The LM was asked for every validation and test input.
+    assert all(calls[item(t)] == 1 for t in state.task.val.texts + state.task.test.texts)
+
+    # Progress events were streamed for every stage kind.
+    stages = {e.stage.split(":")[0] for e in events}
+    assert {"run", "train", "lm", "oof"} <= stages
+    assert any(e.stage == "lm:mine" and e.calls for e in events)
+
+    # Bundle round trip: the live cascade gives the same predictions as routing the cached outputs.
+    ea = next(r for r in rows if r["system"] == "ea")
+    test_stages = state.stage_outputs("test")
+    cached = route(test_stages, list(ea["thresholds"].values()))
+    system = load_bundle(out / "bundle", cache_path=str(out.parent / "lm_cache.sqlite"))
+    n_before = srv.count
+    live = system.predict(state.task.test)
+    assert np.array_equal(live.pred, cached.pred)
+    assert np.array_equal(live.answered_by, cached.answered_by)
+    assert srv.count == n_before  # every LM answer came from the cache
+
+    trace = system.route_one(state.task.test.texts[0])
+    assert trace.answered_by in [s.name for s in system.stages]
+    assert trace.stages[-1].took and all(not s.took for s in trace.stages[:-1])
+
+    # The key never reaches the disk: not in the run folder, the cache, the bundle.
+    for path in (tmp_path / "runs").rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in repr(Pipeline(config(data, srv), out, api_key=SECRET))
+
+
+def test_second_run_makes_no_paid_calls(tmp_path, server_and_data, monkeypatch):
+    srv, data = server_and_data
+    monkeypatch.setenv("EA_TEST_KEY", SECRET)
+    Pipeline(config(data, srv), tmp_path / "runs" / "one").run()
+    first = srv.count
+    # A fresh run folder sharing the answer cache: every LM answer is a cache hit.
+    state = Pipeline(config(data, srv), tmp_path / "runs" / "two").run()
+    assert srv.count == first
+    assert state.lm_usage["val"]["calls"] == 0 and state.lm_usage["val"]["cache_hits"] == len(state.task.val)
+
+
+def test_budget_cap_stops_calls_and_the_run_goes_on(tmp_path, server_and_data, monkeypatch):
+    srv, data = server_and_data
+    monkeypatch.setenv("EA_TEST_KEY", SECRET)
+    from ea_core.llm.cost import PriceTable  # noqa: F401  (the price table exists and the cap is in USD)
+
+    cfg = config(data, srv, budget_usd=0.0)
+    state = Pipeline(cfg, tmp_path / "runs" / "b").run()
+    assert srv.count == 0
+    assert any("budget" in n.lower() for n in state.notes)
+    rows = build_rows(state)
+    assert next(r for r in rows if r["system"] == "tfidf")["test_accuracy"] > 0.5
+
+
+def test_resume_after_kill_during_mining_buys_no_answer_twice(tmp_path):
+    data = tmp_path / "fruit.csv"
+    gold = make_task(data)
+    srv = ScriptedServer(gold, labels=LABELS, answer_fn=lm_answer, latency_s=0.05).start()
+    try:
+        out = tmp_path / "runs" / "k"
+        cmd = [sys.executable, "-m", "ea_core", "run", "--data", str(data), "--ssm", "tfidf", "--lm", "openai",
+               "--lm-model", "test-model", "--lm-base-url", srv.url, "--lm-key-env", "EA_TEST_KEY",
+               "--oof-folds", "3", "--concurrency", "1", "--out", str(out)]
+        env = {**os.environ, "EA_TEST_KEY": SECRET}
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while srv.count < 5 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        paid_before_kill = srv.count
+        assert paid_before_kill >= 5
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        # Every answer received before the kill came from the cache; only the one request in
+        # flight at the moment of the kill (concurrency 1) can have been sent again.
+        repeated = [i for i, c in calls_per_item(srv).items() if c > 1]
+        assert len(repeated) <= 1 and max(calls_per_item(srv).values()) <= 2
+        results = json.loads((out / "results.json").read_text())
+        assert "ea" in [r["system"] for r in results["rows"]]
+    finally:
+        srv.close()
+
+
+def test_run_folder_refuses_a_different_run(tmp_path, server_and_data, monkeypatch):
+    srv, data = server_and_data
+    monkeypatch.setenv("EA_TEST_KEY", SECRET)
+    out = tmp_path / "runs" / "x"
+    Pipeline(config(data, srv, lm=None), out).run()
+    from ea_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="new --out"):
+        Pipeline(config(data, srv, ssm=["tfidf", "head:minilm"]), out)
