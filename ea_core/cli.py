@@ -28,6 +28,9 @@ SPEC_HELP = ("small model SPEC: 'tfidf' (TF-IDF + logistic regression), 'head:MO
 # The offline default run: demo tweets, two offline SSMs, the packaged local LM.
 DEMO_SSMS = ["tfidf", "head:minilm"]
 DEMO_SIZES = {"max_train": 1500, "max_val": 300, "max_test": 300}
+# Out-of-fold mining: in-sample, TF-IDF fits its own training data almost perfectly, so without
+# it hardly any example would reach the LM. Cheap here: embeddings are cached, heads retrain fast.
+DEMO_OOF_FOLDS = 3
 
 
 class TerminalProgress:
@@ -253,7 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             cfg = RunConfig(data="demo:tweets", ssm=args.ssm or list(DEMO_SSMS), lm=args.lm,
                             max_train=args.max_train, max_val=args.max_val, max_test=args.max_test,
-                            max_lm_rate=args.max_lm_rate)
+                            max_lm_rate=args.max_lm_rate, oof_folds=DEMO_OOF_FOLDS)
             return run_and_report(cfg, args.out)
         if args.command == "predict":
             return cmd_predict(args)

@@ -235,6 +235,11 @@ class Pipeline:
                 cache=AnswerCache(cache_path), concurrency=cfg.concurrency, budget_usd=cfg.budget_usd,
                 few_shot_examples=examples,
             )
+            if hasattr(self._provider, "calibrate_on"):
+                # Local label scoring: "calibrate before use" on unlabelled training inputs, not on
+                # whatever batch comes first (the mined examples are a skewed sample).
+                train = self.task.train
+                self._provider.calibrate_on([train.input(i) for i in range(len(train))], self.task.labels)
         return self._provider
 
     # -- the run --------------------------------------------------------------------------

@@ -24,13 +24,14 @@ on 3-class tweet sentiment): a stand-in to try the pipeline offline, not a real 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
 import os
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -104,6 +105,22 @@ def load_model(model_id: str, gguf_file: Optional[str], device: str, dtype: str)
     return model, tokenizer
 
 
+@contextlib.contextmanager
+def _torch_threads(n: Optional[int]) -> Iterator[None]:
+    """Use `n` torch threads inside the block (None: leave torch's setting)."""
+    if not n:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class _StopFlag:
     """The caller's CancelToken, also set when a progress callback raises `Cancelled`."""
 
@@ -139,6 +156,10 @@ class LocalHFProvider(LMProvider):
 
     `model`: a folder, a hub id (cached locally when offline), or a ``.gguf`` file path; None
     for the packaged SmolLM2. The model loads lazily on first use, once per process.
+    `threads`: torch threads while scoring (None: torch's default). On a CPU shared with other
+    busy processes, 1 thread can be several times faster than 2 (no spinning OpenMP workers).
+    `reuse_prefix`: compute the prompt prefix shared by all inputs (system text, few-shot turns)
+    once and reuse its KV cache (about 2x faster; same scores).
     """
 
     gives_confidence = True
@@ -157,6 +178,7 @@ class LocalHFProvider(LMProvider):
         score_end: bool = False,
         seed: int = 0,
         reuse_prefix: bool = True,
+        threads: Optional[int] = None,
     ) -> None:
         self.is_default = model is None
         if model is None:
@@ -180,6 +202,7 @@ class LocalHFProvider(LMProvider):
         self.score_end = score_end
         self.seed = seed
         self.reuse_prefix = reuse_prefix
+        self.threads = threads
         self._offsets: dict[tuple[str, ...], np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -520,9 +543,10 @@ class LocalHFProvider(LMProvider):
         if not inputs:
             tracker.emit(force=True)
             return [], usage
-        with self._lock:  # one scoring run at a time per provider (the model is shared anyway)
+        with self._lock, _torch_threads(self.threads):  # one scoring run at a time per provider
             t0 = time.perf_counter()
-            scores, cached = self._raw_scores(inputs, labels, tracker, _StopFlag(cancel))
+            flag = _StopFlag(cancel)
+            scores, cached = self._raw_scores(inputs, labels, tracker, flag)
             offsets = self._get_offsets(labels, scores) if self.calibrate else np.zeros(len(labels))
             elapsed = time.perf_counter() - t0
         computed = max(sum(1 for s, c in zip(scores, cached) if s is not None and not c), 1)
@@ -546,5 +570,5 @@ class LocalHFProvider(LMProvider):
                 )
             )
         tracker.done = len(inputs)
-        tracker.emit(force=True)
+        _emit(tracker, flag, force=True)
         return answers, usage

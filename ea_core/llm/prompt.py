@@ -16,7 +16,6 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ea_core.errors import ConfigError
 from ea_core.llm.base import UNPARSEABLE
 from ea_core.splits import Split
 
@@ -65,13 +64,14 @@ class PromptTemplate:
         return _fill(self.pair_format, text=text, pair=str(pair)[: self.max_input_chars])
 
     def system_message(self, labels: Sequence[str]) -> str:
-        instruction = _fill(self.instruction, labels=", ".join(str(lab) for lab in labels))
+        """System text; without labels, ``{labels}`` is left in place (a preview of the template)."""
+        instruction = self.instruction
+        if labels:
+            instruction = _fill(instruction, labels=", ".join(str(lab) for lab in labels))
         return "\n\n".join(part for part in (self.system.strip(), instruction.strip()) if part)
 
     def render(self, text: str, pair: Optional[str] = None, labels: Sequence[str] = ()) -> list[Message]:
         """Chat messages (OpenAI format) asking the LM to classify one input into `labels`."""
-        if "{labels}" in self.instruction and not labels:
-            raise ConfigError("The prompt names {labels} but no labels were given.")
         messages: list[Message] = []
         system = self.system_message(labels)
         if system:
