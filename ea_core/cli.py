@@ -27,7 +27,7 @@ SPEC_HELP = ("small model SPEC: 'tfidf' (TF-IDF + logistic regression), 'head:MO
 
 # The offline default run: demo tweets, two offline SSMs, the packaged local LM.
 DEMO_SSMS = ["tfidf", "head:minilm"]
-DEMO_SIZES = {"max_train": 1500, "max_val": 300, "max_test": 300}
+DEMO_SIZES = {"max_train": 2000, "max_val": 500, "max_test": 500}  # the demo:tweets default sample
 # Out-of-fold mining: in-sample, TF-IDF fits its own training data almost perfectly, so without
 # it hardly any example would reach the LM. Cheap here: embeddings are cached, heads retrain fast.
 DEMO_OOF_FOLDS = 3

@@ -33,7 +33,9 @@ from ea_core.models.hf_common import (  # noqa: E402
 )
 from ea_core.splits import Split  # noqa: E402
 
-TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+TINY_BERT = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128
+)
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -148,8 +150,9 @@ def test_unknown_setting_is_a_config_error():
 
 
 def test_unloadable_model_is_a_helpful_model_error(tmp_path):
+    missing = "roberta-base" if not hub_cached("roberta-base") else "nobody/no-such-model-xyz"
     with pytest.raises(ModelError) as err:
-        make_model("finetune:roberta-base") if not hub_cached("roberta-base") else make_model("head:nobody/no-such-model-xyz")
+        make_model(f"finetune:{missing}")
     assert "minilm" in str(err.value) and "could not load" in str(err.value)
     with pytest.raises(ModelError, match="config.json"):
         make_model(f"head:{tmp_path}")
@@ -236,10 +239,11 @@ def test_tfidf_warm_start_learns_hard_examples(tweets, tfidf_model, tmp_path):
     model = load_model(tmp_path)  # a copy: the module fixture stays untouched
     hard = test.subset(np.flatnonzero(model.predict(test) != test.labels)[:20])
     assert len(hard) == 20 and _acc(model, hard) == 0.0
-    before_train = _acc(model, train)
+    before_train, before_val = _acc(model, train), _acc(model, tweets[2])
     model.fit(hard, None, labels, warm_start=True)
     assert _acc(model, hard) >= 0.5
     assert _acc(model, train) > before_train - 0.05  # learnt without forgetting the rest
+    assert _acc(model, tweets[2]) > before_val - 0.06
 
 
 def test_tfidf_missing_label_in_training_still_gives_k_columns():
@@ -454,9 +458,26 @@ def test_saved_encoder_folder_survives_source_removal(tiny_dir, tmp_path):
     copy = tmp_path / "enc"
     shutil.copytree(tiny_dir, copy)
     split = _synthetic(30, 13)
-    model = make_model(f"head:{copy}", cache_dir=str(tmp_path / "c"), epochs=2, save_encoder=True).fit(split, None, ["neg", "pos"])
+    model = make_model(f"head:{copy}", cache_dir=str(tmp_path / "c"), epochs=2, save_encoder=True)
+    model.fit(split, None, ["neg", "pos"])
     model.save(tmp_path / "saved")
     shutil.rmtree(copy)
     loaded = load_model(tmp_path / "saved")
     loaded.cache_dir = str(tmp_path / "fresh")
     np.testing.assert_allclose(loaded.predict_proba(split), model.predict_proba(split), atol=1e-6)
+
+
+def test_stages_never_print(tiny_dir, tmp_path, capfd):
+    """Training, saving and loading write nothing to stdout/stderr (transformers' load reports
+    and progress bars are silenced)."""
+    capfd.readouterr()
+    split = _synthetic(40, 14)
+    model = make_model(f"finetune:{tiny_dir}", epochs=1).fit(split, split, ["neg", "pos"])
+    model.save(tmp_path / "ft")
+    load_model(tmp_path / "ft").predict_proba(split)
+    make_model("finetune:minilm", epochs=1, max_length=16).fit(split.subset(range(4)), None, ["neg", "pos"])
+    head = make_model(f"head:{tiny_dir}", cache_dir=str(tmp_path / "c"), epochs=2, save_encoder=True)
+    head.fit(split, split, ["neg", "pos"]).save(tmp_path / "head")
+    make_model("tfidf").fit(split, split, ["neg", "pos"]).save(tmp_path / "tfidf")
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

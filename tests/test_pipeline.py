@@ -24,6 +24,7 @@ from ea_core.bundle import load_bundle
 from ea_core.pipeline import Pipeline, RunConfig
 from ea_core.report import build_rows, finish_run
 from ea_core.router import route
+from ea_core.runfolder import read_json
 from tests.scripted_server import ScriptedServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,3 +211,17 @@ def test_run_folder_refuses_a_different_run(tmp_path, server_and_data, monkeypat
 
     with pytest.raises(ConfigError, match="new --out"):
         Pipeline(config(data, srv, ssm=["tfidf", "head:minilm"]), out)
+
+
+def test_ea_full_ablation_asks_the_lm_about_the_whole_training_split(tmp_path, server_and_data, monkeypatch):
+    srv, data = server_and_data
+    monkeypatch.setenv("EA_TEST_KEY", SECRET)
+    state = Pipeline(config(data, srv, ea_full=True), tmp_path / "runs" / "full").run()
+    calls = calls_per_item(srv)
+    assert all(calls[item(t)] == 1 for t in state.task.train.texts)  # every training example, once
+    assert state.lm_usage["mine"]["calls"] < 0.25 * len(state.task.train)  # EA asks far less than EA(Full)
+    # EA(Full) trains on every LM error: here exactly the dark training examples.
+    rows = {r["system"]: r for r in build_rows(state)}
+    assert "ea_full" in rows and state.assm_full
+    dark = sum(is_dark(item(t)) for t in state.task.train.texts)
+    assert read_json(state.assm_full[0].folder / "info.json")["trained_on"] == dark

@@ -85,9 +85,11 @@ CATALOG: list[CatalogEntry] = [
         packaged=True,
     ),
     CatalogEntry("distilbert", "distilbert-base-uncased", _BOTH, "66M", "DistilBERT base (uncased), a distilled BERT."),
-    CatalogEntry("albert", "albert-base-v2", _BOTH, "11.7M", "ALBERT base v2: shared layers, small on disk, BERT-base compute."),
+    CatalogEntry(
+        "albert", "albert-base-v2", _BOTH, "11.7M", "ALBERT base v2: shared layers, small on disk, BERT-base compute."
+    ),
     CatalogEntry("bert", "bert-base-uncased", _BOTH, "110M", "BERT base (uncased)."),
-    CatalogEntry("roberta", "roberta-base", _BOTH, "125M", "RoBERTa base: the paper's strongest small model; GPU recommended for finetune."),
+    CatalogEntry("roberta", "roberta-base", _BOTH, "125M", "RoBERTa base; GPU recommended for finetune."),
     CatalogEntry("xlnet", "xlnet-base-cased", _BOTH, "117M", "XLNet base (cased); GPU recommended for finetune."),
 ]
 

@@ -98,7 +98,9 @@ def _head_net(dim: int, k: int, hidden: int, dropout: float) -> Any:
     import torch.nn as nn
 
     if hidden > 0:
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, k))
+        return nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, k)
+        )
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, k))
 
 
@@ -283,7 +285,8 @@ class EncoderHeadModel(SmallModel):
                 for row, i in enumerate(idx):
                     self._memory[inputs[i]] = vectors[row]
                 if progress is not None:
-                    embed_progress.emit(b + 1, message=f"embedding {min((b + 1) * batch_size, len(inputs))}/{len(inputs)} texts")
+                    done = min((b + 1) * batch_size, len(inputs))
+                    embed_progress.emit(b + 1, message=f"embedding {done}/{len(inputs)} texts")
 
     def _features(self, emb: np.ndarray) -> np.ndarray:
         x = emb.astype(np.float32, copy=True)
@@ -305,7 +308,6 @@ class EncoderHeadModel(SmallModel):
         stage: Optional[str] = None,
     ) -> "EncoderHeadModel":
         import torch
-        import torch.nn.functional as F
 
         check_training_data(labels, train, val)
         warm = warm_start and self.head_ is not None
@@ -404,8 +406,8 @@ class EncoderHeadModel(SmallModel):
     # ------------------------------------------------------------------ persistence
 
     def _save_weights(self, folder: Path) -> None:
-        from safetensors.torch import save_file
         import torch
+        from safetensors.torch import save_file
 
         if self.head_ is None:
             raise ModelError(f"{self.spec} is not trained yet: nothing to save.")

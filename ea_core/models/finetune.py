@@ -22,9 +22,9 @@ from ea_core.models.base import SmallModel, register
 from ea_core.models.catalog import resolve_model
 from ea_core.models.common import (
     Progress,
-    cross_entropy_np,
     check_training_data,
     check_warm_labels,
+    cross_entropy_np,
     softmax_np,
     usable_val,
 )

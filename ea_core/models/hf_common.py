@@ -26,19 +26,27 @@ _MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports, warnings and progress bars for the duration."""
+    """Silence transformers' and the hub client's load reports, retry warnings and progress bars
+    for the duration (stages never print; failures become ModelErrors instead)."""
+    import huggingface_hub.utils as hub_utils
+    import huggingface_hub.utils.logging as hub_logging
     import transformers.utils.logging as hf_logging
 
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
+    level, hub_level = hf_logging.get_verbosity(), hub_logging.get_verbosity()
+    bars, hub_bars = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()
+    hub_utils.disable_progress_bars()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        hub_logging.set_verbosity(hub_level)
         if bars:
             hf_logging.enable_progress_bar()
+        if hub_bars:
+            hub_utils.enable_progress_bars()
 
 
 def pick_device(device: Optional[str] = "auto") -> "Any":
