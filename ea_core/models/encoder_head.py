@@ -50,6 +50,10 @@ ENCODER_SUBDIR = "encoder"
 _POOLING = "mean-v1"  # bump when the embedding computation changes, to invalidate caches
 
 
+# Calls with fewer inputs than this are not cached (live single-input routing).
+MIN_CACHED_INPUTS = 32
+
+
 def default_cache_dir() -> Path:
     """``$EA_CACHE_DIR/embeddings`` or ``~/.cache/ea_studio/embeddings``."""
     root = os.environ.get("EA_CACHE_DIR") or os.path.join("~", ".cache", "ea_studio")
@@ -231,7 +235,18 @@ class EncoderHeadModel(SmallModel):
         return folder / f"{h.hexdigest()[:40]}.npy"
 
     def embed(self, split: Split, progress: Optional[Progress] = None, batch_size: Optional[int] = None) -> np.ndarray:
-        """Mean-pooled embeddings (n, dim) float32 of every input, from cache when possible."""
+        """Mean-pooled embeddings (n, dim) float32 of every input, from cache when possible.
+
+        Small calls (fewer than `MIN_CACHED_INPUTS`, e.g. one input routed live) skip both caches:
+        caching them would only add disk writes and grow memory in a long-running app.
+        """
+        if len(split) < MIN_CACHED_INPUTS:
+            keys = [split.input(i) for i in range(len(split))]
+            fresh: dict[tuple[str, Optional[str]], np.ndarray] = {}
+            missing = [k for k in dict.fromkeys(keys) if k not in self._memory]
+            if missing:
+                self._encode(missing, None, batch_size or self.embed_batch_size, into=fresh)
+            return np.stack([self._memory.get(k, fresh.get(k)) for k in keys]).astype(np.float32, copy=False)
         path = self._cache_path(split) if self.use_cache else None
         if path is not None and path.is_file():
             try:
@@ -258,8 +273,12 @@ class EncoderHeadModel(SmallModel):
                 pass  # a read-only or full cache only costs speed
         return out
 
-    def _encode(self, inputs: list[tuple[str, Optional[str]]], progress: Optional[Progress], batch_size: int) -> None:
+    def _encode(self, inputs: list[tuple[str, Optional[str]]], progress: Optional[Progress], batch_size: int,
+                into: Optional[dict[tuple[str, Optional[str]], np.ndarray]] = None) -> None:
+        """Embed `inputs` into `into` (default: the in-process cache shared by this encoder)."""
         import torch
+
+        memory = self._memory if into is None else into
 
         self._load_encoder()
         configure_threads(self.threads)
@@ -283,7 +302,7 @@ class EncoderHeadModel(SmallModel):
                 self.encoder_calls_ += 1
                 vectors = pooled.cpu().numpy()
                 for row, i in enumerate(idx):
-                    self._memory[inputs[i]] = vectors[row]
+                    memory[inputs[i]] = vectors[row]
                 if progress is not None:
                     done = min((b + 1) * batch_size, len(inputs))
                     embed_progress.emit(b + 1, message=f"embedding {done}/{len(inputs)} texts")
