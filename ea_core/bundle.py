@@ -33,6 +33,8 @@ def export_bundle(
     model) and `temperature`; the LM stage has no folder. `lm`: settings to rebuild the provider."""
     out = Path(out_dir)
     if out.exists():
+        if any(out.iterdir()) and not (out / BUNDLE_JSON).is_file():
+            raise ConfigError(f"{out} exists and is not a bundle: choose an empty or new folder to export to.")
         shutil.rmtree(out)
     (out / "models").mkdir(parents=True)
     entries = []
@@ -59,17 +61,14 @@ def _without_secrets(lm: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
 
 
 def load_bundle(folder: str | Path, *, api_key: Optional[str] = None, cache_path: Optional[str] = None,
-                use_lm: bool = True) -> AdaptedSystem:
+                use_lm: bool = True, key_env: Optional[str] = None) -> AdaptedSystem:
     """Rebuild the adapted system. With `use_lm=False`, the LM stage is dropped and the last small
     model answers whatever reaches it (offline use; say so to the user)."""
     from ea_core.models import load_model
 
     folder = Path(folder)
     path = folder / BUNDLE_JSON
-    if not path.is_file():
-        raise ConfigError(f"{folder} is not an EA bundle (no {BUNDLE_JSON}). Export one with "
-                          "`python -m ea_core run ... --out DIR` (it writes DIR/bundle).")
-    meta = read_json(path)
+    meta = read_bundle_meta(folder)
     if meta.get("format") != BUNDLE_FORMAT:
         raise ConfigError(f"{path}: unsupported bundle format {meta.get('format')!r} (expected {BUNDLE_FORMAT}).")
     stages: list[SystemStage] = []
@@ -82,19 +81,39 @@ def load_bundle(folder: str | Path, *, api_key: Optional[str] = None, cache_path
                                       model=load_model(folder / e["folder"]), temperature=e["temperature"]))
     provider = None
     if any(s.is_lm for s in stages):
-        provider = make_bundle_provider(meta["lm"], api_key=api_key, cache_path=cache_path)
+        provider = make_bundle_provider(meta["lm"], meta["labels"], api_key=api_key, cache_path=cache_path,
+                                        key_env=key_env)
     return AdaptedSystem(meta["labels"], stages, provider)
 
 
-def make_bundle_provider(lm: dict[str, Any], *, api_key: Optional[str], cache_path: Optional[str]):
+def read_bundle_meta(folder: str | Path) -> dict[str, Any]:
+    """bundle.json of a bundle folder, or a clear error."""
+    path = Path(folder) / BUNDLE_JSON
+    if not path.is_file():
+        raise ConfigError(f"{folder} is not an EA bundle (no {BUNDLE_JSON}). Export one with "
+                          "`python -m ea_core run ... --out DIR` (it writes DIR/bundle).")
+    try:
+        meta = read_json(path)
+        meta["labels"], meta["stages"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path} is damaged ({err}); export the bundle again.") from None
+    return meta
+
+
+def make_bundle_provider(lm: dict[str, Any], labels: list[str], *, api_key: Optional[str],
+                         cache_path: Optional[str], key_env: Optional[str] = None):
+    """The LM as it was during the run: same endpoint, prompt, few-shot examples, label calibration."""
     from ea_core.llm import make_provider
     from ea_core.llm.cache import AnswerCache
 
     cache = AnswerCache(Path(cache_path)) if cache_path else None
-    return make_provider(lm["spec"], model=lm.get("model"), base_url=lm.get("base_url"),
-                         key_env=lm.get("key_env") or "OPENAI_API_KEY", api_key=api_key, cache=cache,
-                         few_shot_examples=[tuple(x) for x in lm["few_shot_examples"]]
-                         if lm.get("few_shot_examples") else None)
+    examples = [tuple(x) for x in lm["few_shot_examples"]] if lm.get("few_shot_examples") else None
+    provider = make_provider(lm["spec"], model=lm.get("model"), base_url=lm.get("base_url"),
+                             key_env=key_env or lm.get("key_env") or "OPENAI_API_KEY", api_key=api_key,
+                             cache=cache, few_shot_examples=examples)
+    if lm.get("label_offsets") and hasattr(provider, "set_label_offsets"):
+        provider.set_label_offsets(labels, lm["label_offsets"])
+    return provider
 
 
 def export_run_bundle(state, rows: list[dict[str, Any]], out_dir: str | Path, system: Optional[str] = None) -> Path:
@@ -116,7 +135,8 @@ def export_run_bundle(state, rows: list[dict[str, Any]], out_dir: str | Path, sy
                            "temperature": state.temperatures.get(name, 1.0)})
     cfg = state.config
     lm = {"spec": cfg.lm, "model": cfg.lm_model, "base_url": cfg.lm_base_url, "key_env": cfg.lm_key_env,
-          "describe": state.lm_describe}
+          "describe": state.lm_describe, "few_shot_examples": state.lm_few_shot,
+          "label_offsets": state.lm_label_offsets}
     task = {"name": state.task.name, "pair": state.task.is_pair, "text_col": state.task.text_col,
             "pair_col": state.task.pair_col}
     metrics = {k: v for k, v in by_name[system].items() if k not in ("thresholds",)}

@@ -13,7 +13,6 @@ the command line.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -224,23 +223,23 @@ def run_and_report(cfg, out: str) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ea_core.bundle import load_bundle
+    from ea_core.bundle import load_bundle, read_bundle_meta
     from ea_core.inputs import read_inputs, write_predictions
 
-    key = None
-    if args.lm_key_env:
-        key = os.environ.get(args.lm_key_env)
-    system = load_bundle(args.bundle, api_key=key, cache_path=args.cache, use_lm=not args.no_lm)
-    split, table = read_inputs(args.input, text_col=args.text_col, pair_col=args.text_pair_col,
-                               labels=system.labels)
+    meta = read_bundle_meta(args.bundle)
+    task = meta.get("task", {})
+    # Read the input first: a bad file fails before any model loads.
+    split, _ = read_inputs(args.input, text_col=args.text_col or task.get("text_col"),
+                           pair_col=args.text_pair_col or task.get("pair_col"), labels=meta["labels"],
+                           pair_task=task.get("pair"))
+    system = load_bundle(args.bundle, cache_path=args.cache, use_lm=not args.no_lm, key_env=args.lm_key_env)
     progress = TerminalProgress()
     try:
         preds = system.predict(split, callback=progress)
     finally:
         progress.close()
     output = args.output or f"{args.input}.predictions.csv"
-    summary = write_predictions(output, split, preds, system.labels)
-    print(summary)
+    print(write_predictions(output, split, preds, system.labels))
     return 0
 
 
@@ -262,6 +261,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_predict(args)
     except EAError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a folder that cannot be written, a disk that is full...
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nInterrupted. Run the same command again to resume where it stopped.", file=sys.stderr)

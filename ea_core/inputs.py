@@ -12,34 +12,52 @@ from ea_core.errors import DataError
 from ea_core.splits import Split
 from ea_core.system import Predictions
 
-TEXT_GUESSES = ("text", "sentence", "content", "review", "tweet", "premise", "sentence1", "input")
-PAIR_GUESSES = ("hypothesis", "sentence2", "text_pair", "pair")
-LABEL_GUESSES = ("label", "labels", "class", "sentiment", "category", "target")
-
-
 def read_inputs(path: str, *, text_col: Optional[str] = None, pair_col: Optional[str] = None,
-                labels: Optional[list[str]] = None) -> tuple[Split, dict]:
-    """A Split of the file's inputs. Gold labels, when a label column is present, are kept for scoring."""
+                labels: Optional[list[str]] = None, pair_task: Optional[bool] = None) -> tuple[Split, dict]:
+    """A Split of the file's inputs. Gold labels, when a label column is present, are kept for scoring.
+
+    Columns: as named, else as in training (the caller passes the bundle's), else detected like
+    `ea_core.data` does. `pair_task` (from the bundle) makes a missing second text an error.
+    """
+    from ea_core.data import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS, _find, read_table
+
     p = Path(path)
     if not p.is_file():
         raise DataError(f"Input file not found: {path}")
     if p.suffix.lower() == ".txt":
-        texts = [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if pair_task:
+            raise DataError("This system classifies text pairs: give a CSV/JSONL/Parquet file with both columns.")
+        try:
+            texts = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"Cannot read {path} as UTF-8 text ({err}). Re-save it as UTF-8.") from None
         if not texts:
             raise DataError(f"{path} has no non-empty lines.")
         return Split.from_texts(texts), {"text_col": None}
-    from ea_core.data import read_table
-
     table = read_table(str(p))
     cols = table.column_names
-    text_col = text_col or next((c for c in TEXT_GUESSES if c in cols), None)
-    if text_col is None or text_col not in cols:
+
+    def pick(wanted: Optional[str], guesses: tuple[str, ...], flag: str) -> Optional[str]:
+        if wanted:
+            found = _find(cols, wanted)
+            if found is None:
+                raise DataError(f"{path} has no column {wanted!r}; columns are: {', '.join(cols)}. "
+                                f"Name the right one with {flag}.")
+            return found
+        return next((c for c in (_find(cols, g) for g in guesses) if c), None)
+
+    text_col = pick(text_col, TEXT_COLUMNS, "--text-col")
+    if text_col is None:
         raise DataError(f"No text column found in {path}; columns are: {', '.join(cols)}. Name it with --text-col.")
-    pair_col = pair_col or next((c for c in PAIR_GUESSES if c in cols), None)
+    pair_col = pick(pair_col, tuple(b for a, b in PAIR_COLUMNS if a == text_col), "--text-pair-col") \
+        if pair_task is not False else None
+    if pair_task and pair_col is None:
+        raise DataError(f"This system classifies text pairs but {path} has no second text column next to "
+                        f"{text_col!r} (columns: {', '.join(cols)}). Name it with --text-pair-col.")
     texts = [str(t) if t is not None else "" for t in table.column(text_col).to_pylist()]
     pairs = [str(t) if t is not None else "" for t in table.column(pair_col).to_pylist()] if pair_col else None
     split = Split.from_texts(texts, pairs)
-    label_col = next((c for c in LABEL_GUESSES if c in cols), None)
+    label_col = pick(None, LABEL_COLUMNS, "")
     if label_col and labels:
         index = {lab: i for i, lab in enumerate(labels)}
         gold = [index.get(str(v), -1) for v in table.column(label_col).to_pylist()]
@@ -50,7 +68,11 @@ def read_inputs(path: str, *, text_col: Optional[str] = None, pair_col: Optional
 def write_predictions(path: str, split: Split, preds: Predictions, labels: list[str]) -> str:
     """Write one CSV row per input; return a one-paragraph summary for the terminal."""
     names = preds.stage_names
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    try:
+        f = open(path, "w", newline="", encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"Cannot write predictions to {path}: {err.strerror}.") from None
+    with f:
         w = csv.writer(f)
         w.writerow(["text"] + (["text_pair"] if split.pairs is not None else []) +
                    ["prediction", "answered_by", "confidence"])

@@ -13,6 +13,7 @@ answer cache (SQLite) lives beside the run folders, so paid answers are bought o
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from ea_core.resources import ResourceMeter
 from ea_core.router import StageOutput
 from ea_core.runfolder import RunFolder, fingerprint, load_arrays, read_json, save_arrays, write_json
 from ea_core.splits import Split, TaskData
+from ea_core.tuning import apply_temperature
 
 SPLITS = ("train", "val", "test")
 
@@ -92,7 +94,8 @@ class RunConfig:
     def data_fingerprint(self) -> str:
         keys = ("data", "text_col", "text_pair_col", "label_col", "split_col", "val_source", "test_source",
                 "val_frac", "test_frac", "seed", "max_train", "max_val", "max_test")
-        return fingerprint({k: getattr(self, k) for k in keys})
+        files = [_file_stamp(getattr(self, k)) for k in ("data", "val_source", "test_source")]
+        return fingerprint({k: getattr(self, k) for k in keys}, files)
 
     def lm_identity(self) -> dict[str, Any]:
         return {"lm": self.lm, "model": self.lm_model, "base_url": self.lm_base_url, "few_shot": self.few_shot}
@@ -127,6 +130,8 @@ class RunState:
     lm_answers: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # split -> arrays
     lm_describe: dict[str, Any] = field(default_factory=dict)
     lm_gives_confidence: bool = False
+    lm_few_shot: Optional[list] = None  # the prompt's examples, for the exported bundle
+    lm_label_offsets: Optional[list[float]] = None  # local LM's "calibrate before use" offsets
     mining: Optional[mining.MiningResult] = None
     lm_usage: dict[str, Any] = field(default_factory=dict)
     temperatures: dict[str, float] = field(default_factory=dict)
@@ -144,31 +149,34 @@ class RunState:
                 continue
             for rec in groups[layer]:
                 proba = rec.outputs()[split]
-                out.append(StageOutput.from_proba(rec.name, _calibrated(proba, self.temperatures.get(rec.name, 1.0))))
+                out.append(StageOutput.from_proba(rec.name, apply_temperature(proba, self.temperatures.get(rec.name, 1.0))))
         return out
 
 
-def _calibrated(proba: np.ndarray, temperature: float) -> np.ndarray:
-    if temperature == 1.0:
-        return proba
-    from ea_core.tuning import apply_temperature
-
-    return apply_temperature(proba, temperature)
 
 
 def lm_stage_output(answers: dict[str, np.ndarray]) -> StageOutput:
     """The LM as a routing stage: its label, its confidence (1 when unknown) and its cost per input."""
     conf = answers["confidence"].astype(np.float64)
     conf = np.where(np.isnan(conf), 1.0, conf)
+    conf[answers["label"] < 0] = 0.0  # no usable answer: pass the input on when a stage follows
     return StageOutput(name="lm", pred=answers["label"].astype(np.int64), conf=conf, is_lm=True,
                        cost_usd=answers["cost_usd"].astype(np.float64))
 
 
-def answers_to_arrays(answers: list[LMAnswer]) -> dict[str, np.ndarray]:
+def answers_to_arrays(answers: list[LMAnswer], price_per_1m: Any = None) -> dict[str, np.ndarray]:
+    """LM answers as arrays. `cost_usd` is what each answer costs at the model's price, also when it
+    came from the cache (where nothing was paid this time): the routing cost of a system."""
+    prompt = np.array([a.prompt_tokens for a in answers], dtype=np.float64)
+    completion = np.array([a.completion_tokens for a in answers], dtype=np.float64)
+    if isinstance(price_per_1m, dict) and "input" in price_per_1m:
+        cost = (prompt * price_per_1m["input"] + completion * price_per_1m["output"]) / 1e6
+    else:
+        cost = np.array([a.cost_usd for a in answers], dtype=np.float64)
     return {
         "label": np.array([a.label for a in answers], dtype=np.int64),
         "confidence": np.array([np.nan if a.confidence is None else a.confidence for a in answers], dtype=np.float64),
-        "cost_usd": np.array([a.cost_usd for a in answers], dtype=np.float64),
+        "cost_usd": cost,
         "tokens": np.array([a.prompt_tokens + a.completion_tokens for a in answers], dtype=np.int64),
         "latency_s": np.array([a.latency_s for a in answers], dtype=np.float64),
         "cached": np.array([a.cached for a in answers], dtype=bool),
@@ -196,6 +204,8 @@ class Pipeline:
         self.cancel = cancel or CancelToken()
         self._provider = provider
         self._check_config()
+        if config.lm and provider is None:
+            check_lm_settings(config, api_key)
 
     # -- plumbing -------------------------------------------------------------------------
     def __repr__(self) -> str:  # never show the key
@@ -209,7 +219,7 @@ class Pipeline:
     def _check_config(self) -> None:
         path = self.folder.path("config.json")
         new = self.config.to_dict()
-        if path.is_file():
+        if path.is_file() and self.folder.path("stages", "data.json").is_file():
             old = read_json(path)
             if old.get("data") != new["data"] or old.get("ssm") != new["ssm"]:
                 raise ConfigError(
@@ -225,22 +235,29 @@ class Pipeline:
 
             cfg = self.config
             cache_path = Path(cfg.cache) if cfg.cache else self.folder.root.resolve().parent / "lm_cache.sqlite"
-            examples = None
-            if cfg.few_shot > 0:
-                from ea_core.llm.prompt import select_examples
-
-                examples = select_examples(self.task.train, self.task.labels, cfg.few_shot, cfg.seed)
+            examples = [tuple(e) for e in self.state.lm_few_shot] if self.state.lm_few_shot else None
+            budget = None if cfg.budget_usd is None else max(0.0, cfg.budget_usd - self._spent())
             self._provider = make_provider(
                 cfg.lm, model=cfg.lm_model, base_url=cfg.lm_base_url, key_env=cfg.lm_key_env, api_key=self._api_key,
-                cache=AnswerCache(cache_path), concurrency=cfg.concurrency, budget_usd=cfg.budget_usd,
+                cache=AnswerCache(cache_path), concurrency=cfg.concurrency, budget_usd=budget,
                 few_shot_examples=examples,
             )
             if hasattr(self._provider, "calibrate_on"):
                 # Local label scoring: "calibrate before use" on unlabelled training inputs, not on
                 # whatever batch comes first (the mined examples are a skewed sample).
                 train = self.task.train
-                self._provider.calibrate_on([train.input(i) for i in range(len(train))], self.task.labels)
+                offsets = self._provider.calibrate_on([train.input(i) for i in range(len(train))], self.task.labels)
+                write_json(self._lm_dir() / "label_offsets.json", [float(x) for x in offsets])
         return self._provider
+
+    def _spent(self) -> float:
+        """USD paid to the LM by this run folder so far, over all its sessions (for --budget-usd)."""
+        path = self.folder.path("lm", "spent.json")
+        return float(read_json(path)["usd"]) if path.is_file() else 0.0
+
+    def _add_spent(self, usd: float) -> None:
+        if usd:
+            write_json(self.folder.path("lm", "spent.json"), {"usd": self._spent() + usd})
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> RunState:
@@ -294,6 +311,8 @@ class Pipeline:
             with ResourceMeter() as meter:
                 model.fit(train, self.task.val, self.task.labels, callback=self.emit, cancel=self.cancel,
                           warm_start=warm, stage=f"train:{name}")
+            for stale in folder.glob("oof*.npz"):  # out-of-fold outputs of a previous model
+                stale.unlink()
             model.save(folder / "model")
             outputs = {s: model.predict_proba(self.task.split(s)) for s in SPLITS}
             save_arrays(folder / "outputs.npz", **outputs)
@@ -348,7 +367,7 @@ class Pipeline:
 
     def _lm_answers(self, split_name: str, index: np.ndarray, stage: str) -> dict[str, np.ndarray]:
         """LM answers for `index` of a split; cached on disk, retried while any call failed."""
-        path = self.folder.path("lm", fingerprint(self.config.lm_identity()), f"{stage}.npz")
+        path = self._lm_dir() / f"{stage}.npz"
         if path.is_file():
             cached = load_arrays(path)
             usage_path = path.with_name(f"{stage}_usage.json")
@@ -360,8 +379,10 @@ class Pipeline:
         inputs = [split.input(int(i)) for i in index]
         answers, usage = self.provider().classify(inputs, self.task.labels, stage=f"lm:{stage}",
                                                   callback=self.emit, cancel=self.cancel)
-        arrays = {"index": np.asarray(index, dtype=np.int64), **answers_to_arrays(answers)}
+        price = self.provider().describe().get("price_usd_per_1m")
+        arrays = {"index": np.asarray(index, dtype=np.int64), **answers_to_arrays(answers, price)}
         save_arrays(path, **arrays)
+        self._add_spent(usage.cost_usd)
         usage_d = dataclasses.asdict(usage)
         self.state.lm_usage[stage] = usage_d
         write_json(path.with_name(f"{stage}_usage.json"), usage_d)
@@ -375,6 +396,11 @@ class Pipeline:
 
     def stage_mine(self) -> None:
         cfg = self.config
+        if cfg.few_shot > 0:
+            from ea_core.llm.prompt import select_examples
+
+            self.state.lm_few_shot = [list(e) for e in select_examples(self.task.train, self.task.labels,
+                                                                       cfg.few_shot, cfg.seed)]
         self._load_lm_description()
         train_probs = self._train_probs_for_mining()
         y = self.task.train.labels
@@ -389,13 +415,20 @@ class Pipeline:
         save_arrays(self.folder.path("mining.npz"), underfit=self.state.mining.underfit,
                     candidates=candidates, failed=self.state.mining.failed)
 
+    def _lm_dir(self) -> Path:
+        """LM outputs depend on the data (which inputs) and the LM (which answers)."""
+        return self.folder.path("lm", fingerprint(self.config.data_fingerprint(), self.config.lm_identity()))
+
     def _load_lm_description(self) -> None:
         """What the LM is (settings safe to save); asks the provider once per LM identity."""
-        path = self.folder.path("lm", fingerprint(self.config.lm_identity()), "describe.json")
+        path = self._lm_dir() / "describe.json"
         if not path.is_file():
             prov = self.provider()
             write_json(path, {"describe": prov.describe()})
         self.state.lm_describe = read_json(path)["describe"]
+        offsets = self._lm_dir() / "label_offsets.json"
+        if offsets.is_file():
+            self.state.lm_label_offsets = read_json(offsets)
 
     def stage_lm_eval(self) -> None:
         for split in ("val", "test"):
@@ -434,20 +467,20 @@ class Pipeline:
         self.state.assm_full = self._train_augmented("assm_full", errors)
 
     def stage_calibrate(self) -> None:
-        from ea_core.tuning import apply_temperature, expected_calibration_error, fit_temperature
+        """Temperature scaling per small model on validation; ECE before/after on val and test."""
+        from ea_core.tuning import Calibration, expected_calibration_error
 
-        y = self.task.val.labels
+        y, yt = self.task.val.labels, self.task.test.labels
         for rec in self.state.ssms + self.state.assms + self.state.assm_full:
             out = rec.outputs()
-            t = fit_temperature(out["val"], y) if self.config.calibrate else 1.0
-            self.state.temperatures[rec.name] = float(t)
-            yt = self.task.test.labels
+            cal = Calibration.fit(out["val"], y) if self.config.calibrate else Calibration(1.0, np.nan, np.nan)
+            self.state.temperatures[rec.name] = float(cal.temperature)
             self.state.calibration[rec.name] = {
-                "temperature": float(t),
-                "ece_val_before": float(expected_calibration_error(out["val"], y)),
-                "ece_val_after": float(expected_calibration_error(apply_temperature(out["val"], t), y)),
+                "temperature": float(cal.temperature),
+                "ece_val_before": cal.ece_before,
+                "ece_val_after": cal.ece_after,
                 "ece_test_before": float(expected_calibration_error(out["test"], yt)),
-                "ece_test_after": float(expected_calibration_error(apply_temperature(out["test"], t), yt)),
+                "ece_test_after": float(expected_calibration_error(cal.apply(out["test"]), yt)),
             }
         write_json(self.folder.path("calibration.json"), self.state.calibration)
 
@@ -463,6 +496,29 @@ class Pipeline:
             "calibration": st.calibration,
             "notes": st.notes,
         }
+
+
+def check_lm_settings(cfg: RunConfig, api_key: Optional[str]) -> None:
+    """Fail before hours of training, not at the mining stage: an API LM needs its key."""
+    from ea_core.errors import LMError
+    from ea_core.llm.presets import is_local_url
+
+    if cfg.lm is None or cfg.lm.startswith("local"):
+        return
+    if cfg.lm == "openai" and not cfg.lm_model and not cfg.lm_base_url:
+        raise ConfigError("--lm openai needs --lm-model NAME (e.g. gpt-4o-mini).")
+    if api_key or os.environ.get(cfg.lm_key_env) or (cfg.lm_base_url and is_local_url(cfg.lm_base_url)):
+        return
+    raise LMError(f"No API key: set the environment variable {cfg.lm_key_env} (or name another one with "
+                  "--lm-key-env). Keys are never read from the command line or saved.")
+
+
+def _file_stamp(source: Optional[str]) -> Optional[list[int]]:
+    """Size and modification time of a local data file, so an edited file is loaded again."""
+    if not source or not Path(source).is_file():
+        return None
+    st = Path(source).stat()
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _safe(spec: str) -> str:

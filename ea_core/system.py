@@ -15,9 +15,17 @@ import numpy as np
 
 from ea_core.errors import ConfigError
 from ea_core.events import CancelToken, ProgressCallback
-from ea_core.llm.base import LMProvider
+from ea_core.llm.base import LMAnswer, LMProvider
 from ea_core.models.base import SmallModel
 from ea_core.splits import Split
+from ea_core.tuning import apply_temperature
+
+
+def lm_confidence(answer: LMAnswer) -> float:
+    """The LM's confidence for routing: 1 when it gives none, 0 when it gave no usable answer."""
+    if answer.label < 0:
+        return 0.0
+    return 1.0 if answer.confidence is None else float(answer.confidence)
 
 
 @dataclass
@@ -82,12 +90,7 @@ class AdaptedSystem:
 
     def _stage_proba(self, stage: SystemStage, split: Split) -> np.ndarray:
         assert stage.model is not None
-        proba = stage.model.predict_proba(split)
-        if stage.temperature != 1.0:
-            from ea_core.tuning import apply_temperature
-
-            proba = apply_temperature(proba, stage.temperature)
-        return proba
+        return apply_temperature(stage.model.predict_proba(split), stage.temperature)
 
     def predict(self, split: Split, *, callback: Optional[ProgressCallback] = None,
                 cancel: Optional[CancelToken] = None) -> Predictions:
@@ -107,7 +110,7 @@ class AdaptedSystem:
                 answers, _ = self.provider.classify([part.input(i) for i in range(len(part))], self.labels,
                                                     stage="lm:predict", callback=callback, cancel=cancel)
                 p = np.array([a.label for a in answers], dtype=np.int64)
-                c = np.array([1.0 if a.confidence is None else a.confidence for a in answers])
+                c = np.array([lm_confidence(a) for a in answers])
             else:
                 proba = self._stage_proba(stage, part)
                 p, c = proba.argmax(1), proba.max(1)
@@ -131,13 +134,13 @@ class AdaptedSystem:
                 assert self.provider is not None
                 answers, _ = self.provider.classify([(text, pair)], self.labels, stage="lm:route_one")
                 a = answers[0]
-                label_idx, c, cost = a.label, a.confidence, a.cost_usd
+                label_idx, c, cost = a.label, lm_confidence(a), a.cost_usd
                 answer = self.labels[label_idx] if label_idx >= 0 else ("(unparseable)" if label_idx == -1 else None)
             else:
                 proba = self._stage_proba(stage, split)[0]
                 label_idx, c = int(proba.argmax()), float(proba.max())
                 answer = self.labels[label_idx]
-            took = last or (c if c is not None else 1.0) >= stage.threshold
+            took = last or c >= stage.threshold
             trace.stages.append(StageTrace(stage.name, c, stage.threshold, answer, took,
                                            time.perf_counter() - t0, cost))
             if took:

@@ -96,6 +96,8 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     p, _ = _check_proba(proba)
     if not np.isfinite(temperature) or temperature <= 0:
         raise ConfigError(f"Temperature must be a positive number, got {temperature}.")
+    if temperature == 1.0:  # the identity: return the probabilities bit for bit
+        return p
     z = _log_proba(p) / float(temperature)
     z -= z.max(axis=1, keepdims=True) if len(z) else 0.0
     e = np.exp(z)

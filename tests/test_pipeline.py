@@ -225,3 +225,30 @@ def test_ea_full_ablation_asks_the_lm_about_the_whole_training_split(tmp_path, s
     assert "ea_full" in rows and state.assm_full
     dark = sum(is_dark(item(t)) for t in state.task.train.texts)
     assert read_json(state.assm_full[0].folder / "info.json")["trained_on"] == dark
+
+
+def test_predict_cli_routes_a_file_through_the_exported_bundle(tmp_path, server_and_data, monkeypatch):
+    srv, data = server_and_data
+    monkeypatch.setenv("EA_TEST_KEY", SECRET)
+    out = tmp_path / "runs" / "p"
+    state = Pipeline(config(data, srv), out).run()
+    rows = {r["system"]: r for r in finish_run(state)}
+    # Every file we write is strict JSON (no NaN), whatever the routing left empty.
+    for name in ("results.json", "pareto.json", "bundle/bundle.json", "summary.json"):
+        json.loads((out / name).read_text(), parse_constant=lambda c: pytest.fail(f"{name} holds {c}"))
+    inputs = tmp_path / "new.csv"
+    inputs.write_text("text,label\n" + "\n".join(f"{t},{LABELS[y]}" for t, y in
+                                                 zip(state.task.test.texts, state.task.test.labels)) + "\n")
+    res = subprocess.run([sys.executable, "-m", "ea_core", "predict", "--bundle", str(out / "bundle"), "--input",
+                          str(inputs), "--output", str(tmp_path / "pred.csv"), "--cache",
+                          str(out.parent / "lm_cache.sqlite")], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "EA_TEST_KEY": SECRET}, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"Accuracy on the {len(state.task.test)} inputs with a known label: {rows['ea']['test_accuracy']:.2%}" \
+        in res.stdout
+    lines = (tmp_path / "pred.csv").read_text().splitlines()
+    assert lines[0] == "text,prediction,answered_by,confidence" and len(lines) == len(state.task.test) + 1
+    # A wrong column name is a clear error, not a traceback.
+    res = subprocess.run([sys.executable, "-m", "ea_core", "predict", "--bundle", str(out / "bundle"), "--input",
+                          str(inputs), "--text-col", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "no column 'nope'" in res.stderr and "Traceback" not in res.stderr

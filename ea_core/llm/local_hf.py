@@ -488,6 +488,12 @@ class LocalHFProvider(LMProvider):
     def _calibration_id(self, labels: Sequence[str]) -> str:
         return "calibration:" + make_key(self.endpoint, self.model_id, self.prompt.to_dict(), {"labels": list(labels)})
 
+    def set_label_offsets(self, labels: Sequence[str], offsets: Sequence[float]) -> None:
+        """Use offsets computed before (e.g. saved in an exported bundle) instead of recalibrating."""
+        if len(offsets) != len(labels):
+            raise ConfigError("One calibration offset per label is needed.")
+        self._offsets[tuple(str(lab) for lab in labels)] = np.asarray(offsets, dtype=np.float64)
+
     def calibrate_on(self, inputs: Sequence[LMInput], labels: Sequence[str]) -> np.ndarray:
         """Set (and return) the per-label offsets from a sample of unlabelled inputs."""
         labels = [str(lab) for lab in labels]
