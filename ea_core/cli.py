@@ -215,6 +215,10 @@ def run_and_report(cfg, out: str) -> int:
         m = state.mining.summary()
         print(f"Mining: {m['sent_to_lm']} of {m['n_train']} training examples sent to the LM, "
               f"{m['underfit']} underfit (LM wrong too), {m['lm_failed']} failed calls.")
+    for name, cal in state.calibration.items():
+        print(f"Calibration {name}: temperature {cal['temperature']:.2f}, validation ECE "
+              f"{cal['ece_val_before']:.3f} -> {cal['ece_val_after']:.3f}, test ECE "
+              f"{cal['ece_test_before']:.3f} -> {cal['ece_test_after']:.3f}")
     for note in state.notes:
         print(f"note: {note}")
     print(format_table(rows))

@@ -377,6 +377,12 @@ class Pipeline:
                 return cached
         split = self.task.split(split_name)
         inputs = [split.input(int(i)) for i in index]
+        if hasattr(self.provider(), "estimate"):
+            est = self.provider().estimate(inputs, self.task.labels)
+            price = f"~${est.usd:.4f}" if est.price_known else "price unknown"
+            self.emit(ProgressEvent(stage=f"lm:{stage}", step=0, total=0, message=(
+                f"LM estimate for {stage}: {est.calls} paid calls ({est.cached} cached), "
+                f"~{est.prompt_tokens + est.completion_tokens} tokens, {price}")))
         answers, usage = self.provider().classify(inputs, self.task.labels, stage=f"lm:{stage}",
                                                   callback=self.emit, cancel=self.cancel)
         price = self.provider().describe().get("price_usd_per_1m")

@@ -90,6 +90,7 @@ def routed_row(
         "lm_calls": lm_calls,
         "lm_tokens": tokens,
         "lm_cost_usd": test.cost_per_1k_usd * n / 1000.0,
+        "cost_per_1k_usd": test.cost_per_1k_usd,
     }
 
 
