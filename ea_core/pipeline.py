@@ -389,6 +389,7 @@ class Pipeline:
         arrays = {"index": np.asarray(index, dtype=np.int64), **answers_to_arrays(answers, price)}
         save_arrays(path, **arrays)
         self._add_spent(usage.cost_usd)
+        self.cancel.check()  # cancelled mid-stage: what was answered is saved (and cached); stop here
         usage_d = dataclasses.asdict(usage)
         self.state.lm_usage[stage] = usage_d
         write_json(path.with_name(f"{stage}_usage.json"), usage_d)

@@ -252,3 +252,23 @@ def test_predict_cli_routes_a_file_through_the_exported_bundle(tmp_path, server_
     res = subprocess.run([sys.executable, "-m", "ea_core", "predict", "--bundle", str(out / "bundle"), "--input",
                           str(inputs), "--text-col", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "no column 'nope'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cancel_during_mining_stops_the_run_and_a_rerun_finishes_it(tmp_path, server_and_data, monkeypatch):
+    srv, data = server_and_data
+    monkeypatch.setenv("EA_TEST_KEY", SECRET)
+    from ea_core.errors import Cancelled
+    from ea_core.events import CancelToken
+
+    token = CancelToken()
+
+    def cancel_on_first_lm_call(event):
+        if event.stage == "lm:mine" and event.calls:
+            token.cancel()
+
+    out = tmp_path / "runs" / "c"
+    with pytest.raises(Cancelled):
+        Pipeline(config(data, srv, concurrency=1), out, callback=cancel_on_first_lm_call, cancel=token).run()
+    assert not (out / "mining.json").exists()
+    state = Pipeline(config(data, srv), out).run()
+    assert state.mining is not None and max(calls_per_item(srv).values()) == 1
