@@ -105,12 +105,13 @@ def make_bundle_provider(lm: dict[str, Any], labels: list[str], *, api_key: Opti
     """The LM as it was during the run: same endpoint, prompt, few-shot examples, label calibration."""
     from ea_core.llm import make_provider
     from ea_core.llm.cache import AnswerCache
+    from ea_core.pipeline import prompt_template
 
     cache = AnswerCache(Path(cache_path)) if cache_path else None
     examples = [tuple(x) for x in lm["few_shot_examples"]] if lm.get("few_shot_examples") else None
     provider = make_provider(lm["spec"], model=lm.get("model"), base_url=lm.get("base_url"),
                              key_env=key_env or lm.get("key_env") or "OPENAI_API_KEY", api_key=api_key,
-                             cache=cache, few_shot_examples=examples)
+                             cache=cache, few_shot_examples=examples, prompt=prompt_template(lm.get("prompt")))
     if lm.get("label_offsets") and hasattr(provider, "set_label_offsets"):
         provider.set_label_offsets(labels, lm["label_offsets"])
     return provider
@@ -135,7 +136,7 @@ def export_run_bundle(state, rows: list[dict[str, Any]], out_dir: str | Path, sy
                            "temperature": state.temperatures.get(name, 1.0)})
     cfg = state.config
     lm = {"spec": cfg.lm, "model": cfg.lm_model, "base_url": cfg.lm_base_url, "key_env": cfg.lm_key_env,
-          "describe": state.lm_describe, "few_shot_examples": state.lm_few_shot,
+          "describe": state.lm_describe, "few_shot_examples": state.lm_few_shot, "prompt": cfg.prompt,
           "label_offsets": state.lm_label_offsets}
     task = {"name": state.task.name, "pair": state.task.is_pair, "text_col": state.task.text_col,
             "pair_col": state.task.pair_col}

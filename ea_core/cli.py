@@ -117,6 +117,9 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--budget-usd", type=float, metavar="X", help="stop calling the LM once X USD are spent")
     g.add_argument("--concurrency", type=int, default=8, metavar="N", help="parallel LM requests (default 8)")
     g.add_argument("--few-shot", type=int, default=0, metavar="K", help="K examples per label in the prompt")
+    g.add_argument("--prompt-file", metavar="JSON",
+                   help="edited prompt template: a JSON object with any of system, instruction (use {labels}), "
+                        "input_format ({text}), pair_format ({text}, {pair})")
     g.add_argument("--cache", metavar="PATH", help="LM answer cache (default: lm_cache.sqlite beside the run folder)")
     g.add_argument("--mining", choices=("all", "top"), default="all",
                    help="send to the LM the training examples every SSM gets wrong (all) or the top SSM gets wrong (top)")
@@ -193,7 +196,26 @@ def _config_from_args(args: argparse.Namespace, lm: bool):
         cfg.budget_usd, cfg.concurrency, cfg.few_shot, cfg.cache = args.budget_usd, args.concurrency, args.few_shot, args.cache
         cfg.mining, cfg.oof_folds, cfg.assm, cfg.ea_full = args.mining, args.oof_folds, args.assm, args.ea_full
         cfg.max_lm_rate, cfg.calibrate = args.max_lm_rate, not args.no_calibration
+        cfg.prompt = _read_prompt_file(args.prompt_file) if args.prompt_file else None
     return cfg
+
+
+def _read_prompt_file(path: str) -> dict:
+    import json
+
+    from ea_core.errors import ConfigError
+    from ea_core.pipeline import prompt_template
+
+    try:
+        fields = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"Cannot read --prompt-file {path}: {err.strerror}.") from None
+    except ValueError as err:
+        raise ConfigError(f"--prompt-file {path} is not valid JSON ({err}).") from None
+    if not isinstance(fields, dict):
+        raise ConfigError(f"--prompt-file {path} must hold a JSON object of template fields.")
+    prompt_template(fields)  # validate now, not at the mining stage
+    return fields
 
 
 def run_and_report(cfg, out: str) -> int:

@@ -62,6 +62,7 @@ class RunConfig:
     budget_usd: Optional[float] = None
     concurrency: int = 8
     few_shot: int = 0
+    prompt: Optional[dict[str, Any]] = None  # PromptTemplate fields (system, instruction, input_format...)
     cache: Optional[str] = None
     mining: str = "all"  # "all": every SSM wrong; "top": the top-ranked SSM wrong
     oof_folds: int = 0  # >= 2: find SSM-wrong examples with k-fold cross-fitted SSMs
@@ -98,7 +99,8 @@ class RunConfig:
         return fingerprint({k: getattr(self, k) for k in keys}, files)
 
     def lm_identity(self) -> dict[str, Any]:
-        return {"lm": self.lm, "model": self.lm_model, "base_url": self.lm_base_url, "few_shot": self.few_shot}
+        return {"lm": self.lm, "model": self.lm_model, "base_url": self.lm_base_url, "few_shot": self.few_shot,
+                "prompt": self.prompt}
 
 
 @dataclass
@@ -240,7 +242,7 @@ class Pipeline:
             self._provider = make_provider(
                 cfg.lm, model=cfg.lm_model, base_url=cfg.lm_base_url, key_env=cfg.lm_key_env, api_key=self._api_key,
                 cache=AnswerCache(cache_path), concurrency=cfg.concurrency, budget_usd=budget,
-                few_shot_examples=examples,
+                few_shot_examples=examples, prompt=prompt_template(cfg.prompt),
             )
             if hasattr(self._provider, "calibrate_on"):
                 # Local label scoring: "calibrate before use" on unlabelled training inputs, not on
@@ -503,6 +505,19 @@ class Pipeline:
             "calibration": st.calibration,
             "notes": st.notes,
         }
+
+
+def prompt_template(fields: Optional[dict[str, Any]]):
+    """A PromptTemplate from user-edited fields (None: the provider's default template)."""
+    if not fields:
+        return None
+    from ea_core.llm.prompt import PromptTemplate
+
+    unknown = set(fields) - set(PromptTemplate.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"Unknown prompt template field(s) {', '.join(sorted(unknown))}; known: "
+                          f"{', '.join(PromptTemplate.__dataclass_fields__)}.")
+    return PromptTemplate.from_dict(fields)
 
 
 def check_lm_settings(cfg: RunConfig, api_key: Optional[str]) -> None:

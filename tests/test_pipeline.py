@@ -272,3 +272,23 @@ def test_cancel_during_mining_stops_the_run_and_a_rerun_finishes_it(tmp_path, se
     assert not (out / "mining.json").exists()
     state = Pipeline(config(data, srv), out).run()
     assert state.mining is not None and max(calls_per_item(srv).values()) == 1
+
+
+def test_an_edited_prompt_template_reaches_the_lm_and_the_bundle(tmp_path, server_and_data, monkeypatch):
+    srv, data = server_and_data
+    monkeypatch.setenv("EA_TEST_KEY", SECRET)
+    prompt = {"instruction": "Which fruit class is this? Answer with one of: {labels}. ZZPROMPT"}
+    state = Pipeline(config(data, srv, prompt=prompt), tmp_path / "runs" / "pr").run()
+    finish_run(state)
+    systems = [m["content"] for r in srv.requests for m in r.body["messages"] if m["role"] == "system"]
+    assert systems and all("ZZPROMPT" in m and "a, b, c" in m for m in systems)
+    bundle = json.loads((tmp_path / "runs" / "pr" / "bundle" / "bundle.json").read_text())
+    assert bundle["lm"]["prompt"] == prompt
+    # The CLI validates a template file before any work starts.
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"instructions": "typo"}')
+    res = subprocess.run([sys.executable, "-m", "ea_core", "run", "--data", str(data), "--ssm", "tfidf", "--lm",
+                          "openai", "--lm-model", "m", "--lm-base-url", srv.url, "--prompt-file", str(bad),
+                          "--out", str(tmp_path / "runs" / "bad")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and "Unknown prompt template field(s) instructions" in res.stderr
