@@ -131,6 +131,8 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="also run the EA(Full) ablation (LM answers for the whole training split)")
     g.add_argument("--max-lm-rate", type=float, default=0.3, metavar="R",
                    help="LM budget for the reported operating point: max share of inputs sent to the LM (default 0.3)")
+    g.add_argument("--max-cost-per-1k", type=float, metavar="USD",
+                   help="also cap the LM's money per 1,000 inputs for the reported operating point")
     g.add_argument("--no-calibration", action="store_true", help="skip temperature scaling of the small models")
 
 
@@ -196,6 +198,7 @@ def _config_from_args(args: argparse.Namespace, lm: bool):
         cfg.budget_usd, cfg.concurrency, cfg.few_shot, cfg.cache = args.budget_usd, args.concurrency, args.few_shot, args.cache
         cfg.mining, cfg.oof_folds, cfg.assm, cfg.ea_full = args.mining, args.oof_folds, args.assm, args.ea_full
         cfg.max_lm_rate, cfg.calibrate = args.max_lm_rate, not args.no_calibration
+        cfg.max_cost_per_1k = args.max_cost_per_1k
         cfg.prompt = _read_prompt_file(args.prompt_file) if args.prompt_file else None
     return cfg
 

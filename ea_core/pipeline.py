@@ -70,6 +70,7 @@ class RunConfig:
     ea_full: bool = False
     calibrate: bool = True
     max_lm_rate: float = 0.3  # LM budget used to pick the reported operating point
+    max_cost_per_1k: Optional[float] = None  # optional money budget (USD per 1,000 inputs), on top
 
     def validate(self) -> None:
         if not self.ssm:
@@ -84,6 +85,8 @@ class RunConfig:
             raise ConfigError("--max-lm-rate must be between 0 and 1.")
         if self.oof_folds == 1 or self.oof_folds < 0:
             raise ConfigError("--oof-folds must be 0 (off) or at least 2.")
+        if self.max_cost_per_1k is not None and self.max_cost_per_1k < 0:
+            raise ConfigError("--max-cost-per-1k must be >= 0.")
         if self.budget_usd is not None and self.budget_usd < 0:
             raise ConfigError("--budget-usd must be >= 0.")
         if self.concurrency < 1:

@@ -60,9 +60,10 @@ def routed_row(
     max_lm_rate: float,
     records: Sequence[StageRecord],
     lm_tokens: Optional[np.ndarray] = None,
+    max_cost_per_1k: Optional[float] = None,
 ) -> dict[str, Any]:
     """Tune thresholds on validation within the LM budget, then report the cascade on test."""
-    point = autotune(val_stages, y_val, max_lm_rate=max_lm_rate)
+    point = autotune(val_stages, y_val, max_lm_rate=max_lm_rate, max_cost_per_1k=max_cost_per_1k)
     thresholds = list(point.thresholds)
     val = evaluate(val_stages, thresholds, y_val)
     test = evaluate(test_stages, thresholds, y_test)
@@ -122,7 +123,7 @@ def build_rows(state: RunState) -> list[dict[str, Any]]:
 
     def add(system: str, layers: tuple[str, ...], records: Sequence[StageRecord]) -> dict[str, Any]:
         row = routed_row(system, state.stage_outputs("val", layers), state.stage_outputs("test", layers),
-                         y_val, y_test, cfg.max_lm_rate, records, tokens)
+                         y_val, y_test, cfg.max_lm_rate, records, tokens, cfg.max_cost_per_1k)
         rows.append(row)
         return row
 
