@@ -19,7 +19,7 @@ import numpy as np
 
 from ea_core.llm.base import FAILED, UNPARSEABLE
 from ea_core.pipeline import RunState, StageRecord
-from ea_core.router import StageOutput, evaluate
+from ea_core.router import StageOutput, evaluate, route
 from ea_core.runfolder import write_json
 from ea_core.tuning import autotune, pareto_front
 
@@ -70,8 +70,6 @@ def routed_row(
     n = len(y_test)
     lm_calls, tokens = 0, 0
     if any(s.is_lm for s in test_stages):
-        from ea_core.router import route
-
         reached = lm_reached(route(test_stages, thresholds).answered_by, test_stages)
         lm_calls = int(reached.sum())
         tokens = int(lm_tokens[reached].sum()) if lm_tokens is not None else 0
