@@ -79,3 +79,13 @@ class LMProvider(ABC):
         cancel: Optional[CancelToken] = None,
     ) -> tuple[list[LMAnswer], LMUsage]:
         """Classify every input; one answer per input, in order."""
+
+
+def normalize_request(inputs: Sequence[LMInput], labels: Sequence[str]) -> tuple[list[LMInput], list[str]]:
+    """Inputs and labels as plain strings (what every provider prompts with); no labels is an error."""
+    from ea_core.errors import ConfigError
+
+    labels = [str(lab) for lab in labels]
+    if not labels:
+        raise ConfigError("The task has no labels to classify into.")
+    return [(str(t), None if p is None else str(p)) for t, p in inputs], labels

@@ -38,7 +38,7 @@ import numpy as np
 from ea_core.errors import Cancelled, ConfigError, LMError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.llm._progress import UsageTracker
-from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage
+from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage, normalize_request
 from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
 from ea_core.llm.prompt import Example, PromptTemplate
 
@@ -540,10 +540,7 @@ class LocalHFProvider(LMProvider):
         cancel: Optional[CancelToken] = None,
     ) -> tuple[list[LMAnswer], LMUsage]:
         """Score every label for every input; inputs skipped by cancellation are FAILED ("cancelled")."""
-        labels = [str(lab) for lab in labels]
-        if not labels:
-            raise ConfigError("The task has no labels to classify into.")
-        inputs = [(str(t), None if p is None else str(p)) for t, p in inputs]
+        inputs, labels = normalize_request(inputs, labels)
         usage = LMUsage()
         tracker = UsageTracker(stage, len(inputs), callback, usage)
         if not inputs:

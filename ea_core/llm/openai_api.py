@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence, Union
 from ea_core.errors import Cancelled, ConfigError, LMError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.llm._progress import UsageTracker
-from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage
+from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage, normalize_request
 from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
 from ea_core.llm.cost import Budget, CostEstimate, PriceTable, estimate_tokens
 from ea_core.llm.presets import is_local_url
@@ -547,10 +547,7 @@ class OpenAIProvider(LMProvider):
         """The async form of `classify`."""
         import openai
 
-        labels = [str(lab) for lab in labels]
-        if not labels:
-            raise ConfigError("The task has no labels to classify into.")
-        inputs = [(str(t), None if p is None else str(p)) for t, p in inputs]
+        inputs, labels = normalize_request(inputs, labels)
         n = len(inputs)
         usage = LMUsage(price_unknown=not self.price_known)
         tracker = UsageTracker(stage, n, callback, usage)
