@@ -119,3 +119,30 @@ def usable_val(val: Optional[Split]) -> Optional[Split]:
     if (np.asarray(val.labels) < 0).any():
         return val.subset(np.flatnonzero(np.asarray(val.labels) >= 0))
     return val
+
+
+class BestWeights:
+    """Early stopping on validation accuracy (ties broken by lower loss), keeping the best weights.
+
+    Shared by every neural small model: `update` after each evaluation says when to stop,
+    `restore` puts the best weights back and returns their validation accuracy (None if never set).
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.accuracy, self.loss, self.bad = -1.0, float("inf"), 0
+        self.state: Optional[dict] = None
+
+    def update(self, module, val_accuracy: float, val_loss: float) -> bool:
+        if (val_accuracy, -val_loss) > (self.accuracy, -self.loss):
+            self.accuracy, self.loss, self.bad = val_accuracy, val_loss, 0
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+            return False  # an improvement never stops training
+        self.bad += 1
+        return self.bad >= self.patience
+
+    def restore(self, module) -> Optional[float]:
+        if self.state is None:
+            return None
+        module.load_state_dict(self.state)
+        return self.accuracy

@@ -26,6 +26,7 @@ from ea_core.events import CancelToken, ProgressCallback
 from ea_core.models.base import SmallModel, register
 from ea_core.models.catalog import is_local, resolve_model
 from ea_core.models.common import (
+    BestWeights,
     Progress,
     check_training_data,
     check_warm_labels,
@@ -370,7 +371,8 @@ class EncoderHeadModel(SmallModel):
         head = self.head_
         optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=self.weight_decay)
         gen = torch.Generator().manual_seed(self.seed)
-        best_acc, best_loss, best_state, bad = -1.0, float("inf"), None, 0
+        best = BestWeights(self.patience)
+        stop = False
         self.history_ = []
         for epoch in range(epochs):
             progress.check()
@@ -390,22 +392,15 @@ class EncoderHeadModel(SmallModel):
                     val_logits = head(xv).numpy()
                 val_acc = float((val_logits.argmax(axis=1) == yv).mean())
                 val_loss = cross_entropy_np(val_logits, yv)
-                if (val_acc, -val_loss) > (best_acc, -best_loss):  # accuracy first, then loss
-                    best_acc, best_loss, bad = val_acc, val_loss, 0
-                    best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-                else:
-                    bad += 1
+                stop = best.update(head, val_acc, val_loss)
             self.history_.append({"epoch": epoch + 1, "loss": total / seen, "val_accuracy": val_acc,
                                   "val_loss": None if xv is None else val_loss})
-            stop = xv is not None and bad >= self.patience
             progress.emit(epoch + 1, loss=total / seen, val_accuracy=val_acc, total=epoch + 1 if stop else None,
                           message="early stop" if stop else "training head")
             if stop:
                 break
-        if best_state is not None:
-            head.load_state_dict(best_state)
+        self.best_val_accuracy_ = best.restore(head)
         head.eval()
-        self.best_val_accuracy_ = best_acc if best_state is not None else None
 
     # ------------------------------------------------------------------ inference
 

@@ -21,6 +21,7 @@ from ea_core.events import CancelToken, ProgressCallback
 from ea_core.models.base import SmallModel, register
 from ea_core.models.catalog import resolve_model
 from ea_core.models.common import (
+    BestWeights,
     Progress,
     check_training_data,
     check_warm_labels,
@@ -227,7 +228,7 @@ class FineTuneModel(SmallModel):
         progress = Progress(stage or f"train:{self.spec}", total, callback, cancel)
         rng = np.random.default_rng(self.seed)
         torch.manual_seed(self.seed)
-        best_acc, best_loss, best_state, bad, step = -1.0, float("inf"), None, 0, 0
+        best, step = BestWeights(self.patience), 0
         self.history_ = []
         eval_every = self.eval_every or steps_per_epoch
         running, seen = 0.0, 0
@@ -267,12 +268,7 @@ class FineTuneModel(SmallModel):
                     val_loss = cross_entropy_np(val_logits, val.labels)
                     self.history_.append({"step": step, "epoch": epoch + 1, "loss": running / seen,
                                           "val_loss": val_loss, "val_accuracy": val_acc})
-                    if (val_acc, -val_loss) > (best_acc, -best_loss):  # accuracy first, then loss
-                        best_acc, best_loss, bad = val_acc, val_loss, 0
-                        best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-                    else:
-                        bad += 1
-                        stop = bad >= self.patience
+                    stop = best.update(net, val_acc, val_loss)
                 progress.emit(step, loss=running / max(seen, 1), val_accuracy=val_acc,
                               message=f"epoch {epoch + 1}/{epochs}")
                 if stop:
@@ -280,10 +276,8 @@ class FineTuneModel(SmallModel):
             running, seen = 0.0, 0
             if stop:
                 break
-        if best_state is not None:
-            net.load_state_dict(best_state)
+        self.best_val_accuracy_ = best.restore(net)
         net.eval()
-        self.best_val_accuracy_ = best_acc if best_state is not None else None
         return self
 
     def _micro_batches(self, batch_idx: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
