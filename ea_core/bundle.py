@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ea_core.errors import ConfigError
 from ea_core.runfolder import read_json, write_json
@@ -111,34 +111,82 @@ def make_bundle_provider(lm: dict[str, Any], labels: list[str], *, api_key: Opti
     examples = [tuple(x) for x in lm["few_shot_examples"]] if lm.get("few_shot_examples") else None
     provider = make_provider(lm["spec"], model=lm.get("model"), base_url=lm.get("base_url"),
                              key_env=key_env or lm.get("key_env") or "OPENAI_API_KEY", api_key=api_key,
-                             cache=cache, few_shot_examples=examples, prompt=prompt_template(lm.get("prompt")))
+                             cache=cache, few_shot_examples=examples, prompt=prompt_template(lm.get("prompt")),
+                             prices=lm.get("prices"))
     if lm.get("label_offsets") and hasattr(provider, "set_label_offsets"):
         provider.set_label_offsets(labels, lm["label_offsets"])
     return provider
 
 
-def export_run_bundle(state, rows: list[dict[str, Any]], out_dir: str | Path, system: Optional[str] = None) -> Path:
-    """Export a finished run's best cascade (``ea`` if trained, else ``specific_layer``) as a bundle,
-    with the thresholds tuned on validation."""
-    by_name = {r["system"]: r for r in rows}
-    system = system or ("ea" if "ea" in by_name else "specific_layer")
-    if system not in by_name or "thresholds" not in by_name[system]:
-        raise ConfigError(f"No routed system {system!r} in this run; have: {', '.join(by_name)}.")
-    thresholds = by_name[system]["thresholds"]
-    records = {r.name: r for r in state.ssms + state.assms + state.assm_full}
-    stages = []
-    for name, thr in thresholds.items():
-        if name == "lm":
-            stages.append({"name": "lm", "threshold": thr})
-        else:
-            rec = records[name]
-            stages.append({"name": name, "threshold": thr, "folder": rec.folder / "model",
-                           "temperature": state.temperatures.get(name, 1.0)})
+def run_lm_settings(state) -> dict[str, Any]:
+    """The run's LM as a bundle records it: enough to rebuild the same provider, never the key."""
     cfg = state.config
-    lm = {"spec": cfg.lm, "model": cfg.lm_model, "base_url": cfg.lm_base_url, "key_env": cfg.lm_key_env,
-          "describe": state.lm_describe, "few_shot_examples": state.lm_few_shot, "prompt": cfg.prompt,
-          "label_offsets": state.lm_label_offsets}
+    return {"spec": cfg.lm, "model": cfg.lm_model, "base_url": cfg.lm_base_url, "key_env": cfg.lm_key_env,
+            "describe": state.lm_describe, "few_shot_examples": state.lm_few_shot, "prompt": cfg.prompt,
+            "label_offsets": state.lm_label_offsets, "prices": cfg.prices()}
+
+
+def run_stage_entries(state, layers: Sequence[str], thresholds: Sequence[float],
+                      calibrated: bool = True) -> list[dict[str, Any]]:
+    """A run's stages for `layers` with one threshold each: what `export_bundle` takes."""
+    names = state.stage_names(tuple(layers))
+    if len(names) != len(thresholds):
+        raise ConfigError(f"Got {len(thresholds)} threshold(s) for {len(names)} stage(s) ({', '.join(names)}).")
+    records = state.records()
+    entries: list[dict[str, Any]] = []
+    for name, thr in zip(names, thresholds):
+        if name == "lm":
+            entries.append({"name": "lm", "threshold": float(thr)})
+        else:
+            entries.append({"name": name, "threshold": float(thr), "folder": records[name].folder / "model",
+                            "temperature": state.temperatures.get(name, 1.0) if calibrated else 1.0})
+    return entries
+
+
+def export_run_bundle(state, rows: list[dict[str, Any]], out_dir: str | Path, system: Optional[str] = None,
+                      thresholds: Optional[Sequence[float]] = None, layers: Optional[Sequence[str]] = None,
+                      calibrated: bool = True) -> Path:
+    """Export a run's cascade as a bundle: `system` (default ``ea`` if trained, else
+    ``specific_layer``) at its thresholds tuned on validation, or any `layers` at given `thresholds`
+    (the app's sliders)."""
+    by_name = {r["system"]: r for r in rows}
+    if thresholds is None:
+        system = system or ("ea" if "ea" in by_name else "specific_layer")
+        if system not in state.tuning:
+            raise ConfigError(f"No routed system {system!r} in this run; have: {', '.join(state.tuning) or 'none'}.")
+        layers, thresholds = state.tuning[system]["layers"], state.tuning[system]["thresholds"]
+        metrics = {k: v for k, v in by_name.get(system, {}).items() if k != "thresholds"}
+    else:
+        layers = layers or ("ssm", "assm", "lm")
+        metrics = {"system": system or "custom", "note": "thresholds chosen in the app"}
+    stages = run_stage_entries(state, layers, thresholds, calibrated)
+    lm = run_lm_settings(state) if any(st["name"] == "lm" for st in stages) else None
     task = {"name": state.task.name, "pair": state.task.is_pair, "text_col": state.task.text_col,
             "pair_col": state.task.pair_col}
-    metrics = {k: v for k, v in by_name[system].items() if k not in ("thresholds",)}
     return export_bundle(out_dir, labels=state.task.labels, stages=stages, lm=lm, task=task, metrics=metrics)
+
+
+def system_from_run(state, thresholds: Sequence[float], layers: Sequence[str] = ("ssm", "assm", "lm"), *,
+                    api_key: Optional[str] = None, use_lm: bool = True, calibrated: bool = True,
+                    provider: Any = None) -> AdaptedSystem:
+    """The adapted system of a run at any thresholds (the app's sliders), answering live inputs.
+
+    The LM stage uses the run's LM settings and its answer cache (answers the run paid for are free);
+    `api_key` is needed only for an API LM and only lives in the returned provider's memory.
+    With `use_lm=False` the LM stage is dropped and the last small model answers the rest.
+    """
+    from ea_core.models import load_model
+
+    stages: list[SystemStage] = []
+    for st in run_stage_entries(state, layers, thresholds, calibrated):
+        if st.get("folder") is None:
+            if use_lm:
+                stages.append(SystemStage(name=st["name"], threshold=st["threshold"]))
+        else:
+            stages.append(SystemStage(name=st["name"], threshold=st["threshold"], model=load_model(st["folder"]),
+                                      temperature=st["temperature"]))
+    if use_lm and provider is None and any(s.is_lm for s in stages):
+        cache = state.config.cache_path(state.folder.root)
+        provider = make_bundle_provider(run_lm_settings(state), state.task.labels, api_key=api_key,
+                                        cache_path=str(cache))
+    return AdaptedSystem(state.task.labels, stages, provider if use_lm else None)

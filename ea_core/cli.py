@@ -222,17 +222,16 @@ def _read_prompt_file(path: str) -> dict:
 
 
 def run_and_report(cfg, out: str) -> int:
-    """Run (or resume) a pipeline, then print and save the results table and export the bundle."""
-    from ea_core.pipeline import Pipeline
-    from ea_core.report import finish_run, format_table
+    """Run (or resume) a pipeline (it tunes, writes the results table and exports the bundle), then print them."""
+    from ea_core.report import format_table
+    from ea_core.runs import execute_run
 
     progress = TerminalProgress()
     try:
-        pipe = Pipeline(cfg, out, callback=progress)
-        state = pipe.run()
+        state = execute_run(cfg, out, callback=progress)
     finally:
         progress.close()
-    rows = finish_run(state)
+    rows = state.rows
     out_dir = Path(out)
     if cfg.lm:
         print(f"Exported the adapted system to {out_dir / 'bundle'}", file=sys.stderr)

@@ -44,6 +44,7 @@ __all__ = [
     "load_dataset",
     "read_table",
     "describe",
+    "inspect_source",
 ]
 
 #: Sample sizes (train, val, test) of ``demo:tweets`` unless max_train/max_val/max_test say otherwise.
@@ -291,6 +292,53 @@ def describe(task: TaskData) -> dict[str, Any]:
         "splits": splits,
         "warnings": list(task.warnings),
     }
+
+
+@dataclass
+class SourceInfo:
+    """A data source's columns and first rows, with the columns `load_dataset` would pick.
+
+    For the UI's column pickers: a detected column is None when detection is ambiguous or finds
+    nothing (`detect_error` then says why), so the user chooses instead of getting an error.
+    """
+
+    columns: list[str]
+    n_rows: int
+    preview: list[dict[str, Any]]
+    text_col: Optional[str] = None
+    pair_col: Optional[str] = None
+    label_col: Optional[str] = None
+    split_col: Optional[str] = None
+    detect_error: Optional[str] = None
+
+
+def inspect_source(source: str, *, n_preview: int = 10, encoding: Optional[str] = None) -> SourceInfo:
+    """Columns, row count, first rows and detected columns of a file or ``demo:`` dataset.
+
+    Raises `DataError` when the source cannot be read (the same messages as `load_dataset`).
+    Hugging Face names are not inspected here (that would download); load them instead.
+    """
+    source = str(source).strip()
+    if source.lower().startswith("demo:"):
+        part = _load_demo(source)["all"]
+    elif _is_hf_name(source):
+        raise DataError(f"{source!r} is a Hugging Face dataset name: load it to see its columns.")
+    else:
+        part = _Part(_read_file(source, encoding), source)
+    table = part.table
+    head = table.slice(0, n_preview).to_pylist()
+    info = SourceInfo(columns=list(table.column_names), n_rows=table.num_rows, preview=head)
+    try:
+        cols = _resolve_columns(part, None, None, None, None, allow_split=True)
+        info.text_col, info.pair_col, info.label_col, info.split_col = cols.text, cols.pair, cols.label, cols.split
+    except DataError as err:
+        info.detect_error = str(err)
+        names = table.column_names
+        labels = [c for c in (_find(names, n) for n in LABEL_COLUMNS) if c]
+        texts = [c for c in (_find(names, n) for n in TEXT_COLUMNS) if c and c not in labels]
+        info.label_col = labels[0] if len(labels) == 1 else None
+        info.text_col = texts[0] if len(texts) == 1 else None
+    return info
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ class LMError(EAError):
     """The large model cannot be reached or used (endpoint, key, model name)."""
 
 
+class RunBusy(ConfigError):
+    """Another process is writing the same run folder."""
+
+
 class Cancelled(EAError):
     """The user cancelled a long-running stage."""
 

@@ -60,6 +60,8 @@ class RunConfig:
     lm_base_url: Optional[str] = None
     lm_key_env: str = "OPENAI_API_KEY"
     budget_usd: Optional[float] = None
+    price_in: Optional[float] = None  # USD per 1M input tokens (None: the price table's, if it knows the model)
+    price_out: Optional[float] = None  # USD per 1M output tokens
     concurrency: int = 8
     few_shot: int = 0
     prompt: Optional[dict[str, Any]] = None  # PromptTemplate fields (system, instruction, input_format...)
@@ -91,9 +93,36 @@ class RunConfig:
             raise ConfigError("--budget-usd must be >= 0.")
         if self.concurrency < 1:
             raise ConfigError("--concurrency must be >= 1.")
+        for name, price in (("--price-in", self.price_in), ("--price-out", self.price_out)):
+            if price is not None and not (price >= 0 and np.isfinite(price)):
+                raise ConfigError(f"{name} must be a price >= 0 in USD per 1M tokens.")
+        if (self.price_in is None) != (self.price_out is None):
+            raise ConfigError("Give both prices (--price-in and --price-out, USD per 1M tokens) or neither.")
+
+    def prices(self) -> Optional[dict[str, list[float]]]:
+        """The user's prices for the LM model as a price-table entry (None: use the table's)."""
+        if self.price_in is None or self.price_out is None:
+            return None
+        return {str(self.lm_model or ""): [float(self.price_in), float(self.price_out)]}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """A config from saved settings (config.json, or a file a user loads back); unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise ConfigError("Run settings must be a JSON object of setting -> value.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"Unknown run setting(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+        if "data" not in data or "ssm" not in data:
+            raise ConfigError("Run settings need at least 'data' and 'ssm'.")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ConfigError(f"Bad run settings: {err}.") from None
 
     def data_fingerprint(self) -> str:
         keys = ("data", "text_col", "text_pair_col", "label_col", "split_col", "val_source", "test_source",
@@ -104,6 +133,10 @@ class RunConfig:
     def lm_identity(self) -> dict[str, Any]:
         return {"lm": self.lm, "model": self.lm_model, "base_url": self.lm_base_url, "few_shot": self.few_shot,
                 "prompt": self.prompt}
+
+    def cache_path(self, run_folder: Path) -> Path:
+        """The LM answer cache: as set, else lm_cache.sqlite beside the run folder (shared by sibling runs)."""
+        return Path(self.cache) if self.cache else Path(run_folder).resolve().parent / "lm_cache.sqlite"
 
 
 @dataclass
@@ -142,19 +175,35 @@ class RunState:
     temperatures: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    tuning: dict[str, dict[str, Any]] = field(default_factory=dict)  # system -> layers, thresholds (on val)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the results table
 
-    def stage_outputs(self, split: str, layers: tuple[str, ...] = ("ssm", "assm", "lm")) -> list[StageOutput]:
-        """Calibrated per-stage outputs on a split, in routing order, for `router.route`."""
+    def records(self) -> dict[str, StageRecord]:
+        """Every trained small model of the run by stage name."""
+        return {r.name: r for r in self.ssms + self.assms + self.assm_full}
+
+    def layer_records(self, layer: str) -> list[StageRecord]:
+        return {"ssm": self.ssms, "assm": self.assms, "assm_full": self.assm_full}[layer]
+
+    def stage_names(self, layers: tuple[str, ...] = ("ssm", "assm", "lm")) -> list[str]:
+        """Names of the stages `stage_outputs` gives for `layers`, without loading any array."""
+        return [name for layer in layers for name in (
+            (["lm"] if self.lm_answers else []) if layer == "lm" else [r.name for r in self.layer_records(layer)])]
+
+    def stage_outputs(self, split: str, layers: tuple[str, ...] = ("ssm", "assm", "lm"),
+                      calibrated: bool = True) -> list[StageOutput]:
+        """Per-stage outputs on a split (small models temperature-scaled unless `calibrated` is
+        False), in routing order, for `router.route`."""
         out: list[StageOutput] = []
-        groups = {"ssm": self.ssms, "assm": self.assms, "assm_full": self.assm_full}
         for layer in layers:
             if layer == "lm":
                 if split in self.lm_answers:
                     out.append(lm_stage_output(self.lm_answers[split]))
                 continue
-            for rec in groups[layer]:
+            for rec in self.layer_records(layer):
                 proba = rec.outputs()[split]
-                out.append(StageOutput.from_proba(rec.name, apply_temperature(proba, self.temperatures.get(rec.name, 1.0))))
+                t = self.temperatures.get(rec.name, 1.0) if calibrated else 1.0
+                out.append(StageOutput.from_proba(rec.name, apply_temperature(proba, t)))
         return out
 
 
@@ -188,13 +237,33 @@ def answers_to_arrays(answers: list[LMAnswer], price_per_1m: Any = None) -> dict
     }
 
 
+#: Stage name -> Pipeline method. The names are what progress events of stage ``run`` carry.
+STEP_METHODS = {"data": "stage_data", "ssm": "stage_ssms", "mine": "stage_mine", "lm_eval": "stage_lm_eval",
+                "assm": "stage_assm", "ea_full": "stage_ea_full", "calibrate": "stage_calibrate",
+                "tune": "stage_tune", "report": "stage_report", "export": "stage_export"}
+
+
+def step_names(cfg: RunConfig) -> list[str]:
+    """The stages a run with these settings goes through, in order (what a UI stepper shows)."""
+    names = ["data", "ssm"]
+    if cfg.lm:
+        names += ["mine", "lm_eval", "assm"] + (["ea_full"] if cfg.ea_full else [])
+    names.append("calibrate")
+    if cfg.lm:
+        names.append("tune")
+    names.append("report")
+    if cfg.lm:
+        names.append("export")
+    return names
+
+
 class Pipeline:
     """Runs (or resumes) one EA run in a folder. `api_key` stays in memory only."""
 
     def __init__(
         self,
         config: RunConfig,
-        out_dir: str | Path,
+        out_dir: str | Path | RunFolder,
         *,
         api_key: Optional[str] = None,
         callback: Optional[ProgressCallback] = None,
@@ -203,7 +272,8 @@ class Pipeline:
     ) -> None:
         config.validate()
         self.config = config
-        self.folder = RunFolder(out_dir)
+        self.folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
+        self.state: RunState
         self._api_key = api_key
         self._user_callback = callback
         self.cancel = cancel or CancelToken()
@@ -222,6 +292,7 @@ class Pipeline:
             self._user_callback(event)
 
     def _check_config(self) -> None:
+        """Refuse to mix two runs in one folder (the settings are written when the run starts)."""
         path = self.folder.path("config.json")
         new = self.config.to_dict()
         if path.is_file() and self.folder.path("stages", "data.json").is_file():
@@ -231,7 +302,6 @@ class Pipeline:
                     f"{self.folder.root} already holds a run on other data or models "
                     f"(data={old.get('data')!r}, ssm={old.get('ssm')}). Use a new --out folder to start a new run."
                 )
-        write_json(path, new)
 
     def provider(self) -> LMProvider:
         if self._provider is None:
@@ -239,13 +309,12 @@ class Pipeline:
             from ea_core.llm.cache import AnswerCache
 
             cfg = self.config
-            cache_path = Path(cfg.cache) if cfg.cache else self.folder.root.resolve().parent / "lm_cache.sqlite"
             examples = [tuple(e) for e in self.state.lm_few_shot] if self.state.lm_few_shot else None
             budget = None if cfg.budget_usd is None else max(0.0, cfg.budget_usd - self._spent())
             self._provider = make_provider(
                 cfg.lm, model=cfg.lm_model, base_url=cfg.lm_base_url, key_env=cfg.lm_key_env, api_key=self._api_key,
-                cache=AnswerCache(cache_path), concurrency=cfg.concurrency, budget_usd=budget,
-                few_shot_examples=examples, prompt=prompt_template(cfg.prompt),
+                cache=AnswerCache(cfg.cache_path(self.folder.root)), concurrency=cfg.concurrency, budget_usd=budget,
+                few_shot_examples=examples, prompt=prompt_template(cfg.prompt), prices=cfg.prices(),
             )
             if hasattr(self._provider, "calibrate_on"):
                 # Local label scoring: "calibrate before use" on unlabelled training inputs, not on
@@ -265,25 +334,36 @@ class Pipeline:
             write_json(self.folder.path("lm", "spent.json"), {"usd": self._spent() + usd})
 
     # -- the run --------------------------------------------------------------------------
+    def steps(self) -> list[tuple[str, Callable[[], None]]]:
+        """The run's stages in order, as (name, method); names as in `step_names`."""
+        return [(name, getattr(self, STEP_METHODS[name])) for name in step_names(self.config)]
+
     def run(self) -> RunState:
-        """Run every stage not yet done; returns the complete state (also written to disk)."""
-        cfg = self.config
-        steps: list[tuple[str, Callable[[], None]]] = [("data", self.stage_data), ("ssm", self.stage_ssms)]
-        if cfg.lm:
-            steps += [("mine", self.stage_mine), ("lm_eval", self.stage_lm_eval), ("assm", self.stage_assm)]
-            if cfg.ea_full:
-                steps.append(("ea_full", self.stage_ea_full))
-        steps.append(("calibrate", self.stage_calibrate))
-        t0 = time.perf_counter()
-        for i, (name, fn) in enumerate(steps):
-            self.cancel.check()
-            self.emit(ProgressEvent(stage="run", step=i, total=len(steps), message=name,
+        """Run every stage not yet done; returns the complete state (also written to disk).
+
+        The folder is locked for the whole run: a second run into it fails with `RunBusy`.
+        """
+        took_lock = not self.folder.holds_lock
+        self.folder.lock()
+        try:
+            self._check_config()
+            write_json(self.folder.path("config.json"), self.config.to_dict())
+            steps = self.steps()
+            t0 = time.perf_counter()
+            for i, (name, fn) in enumerate(steps):
+                self.cancel.check()
+                self.emit(ProgressEvent(stage="run", step=i, total=len(steps), message=name,
+                                        elapsed_s=time.perf_counter() - t0))
+                fn()
+                if name != "data":
+                    save_state(self.state)
+            self.emit(ProgressEvent(stage="run", step=len(steps), total=len(steps), message="done",
                                     elapsed_s=time.perf_counter() - t0))
-            fn()
-        self.emit(ProgressEvent(stage="run", step=len(steps), total=len(steps), message="done",
-                                elapsed_s=time.perf_counter() - t0))
-        write_json(self.folder.path("summary.json"), self.summary())
-        return self.state
+            write_json(self.folder.path("summary.json"), self.summary())
+            return self.state
+        finally:
+            if took_lock:
+                self.folder.unlock()
 
     # -- stages ---------------------------------------------------------------------------
     def stage_data(self) -> None:
@@ -327,6 +407,10 @@ class Pipeline:
             write_json(info_path, info)
             self.folder.mark_done(f"model_{folder.parent.name}_{folder.name}", fp)
         info = read_json(info_path)
+        self.emit(ProgressEvent(stage=f"model:{name}", step=1, total=1, val_accuracy=info["val_accuracy"],
+                                elapsed_s=info["train_time_s"], message=(
+                                    f"{name}: val acc {info['val_accuracy']:.1%}, test acc {info['test_accuracy']:.1%}, "
+                                    f"trained on {info['trained_on']} examples in {info['train_time_s']:.1f} s")))
         return StageRecord(folder=folder, **info)
 
     def stage_ssms(self) -> None:
@@ -496,6 +580,27 @@ class Pipeline:
             }
         write_json(self.folder.path("calibration.json"), self.state.calibration)
 
+    def stage_tune(self) -> None:
+        """Thresholds of every routed system, chosen on validation for the run's LM budget."""
+        from ea_core.report import tune_systems
+
+        self.state.tuning = tune_systems(self.state, callback=self.emit)
+        write_json(self.folder.path("tuning.json"), self.state.tuning)
+
+    def stage_report(self) -> None:
+        """The results table (results.json / .csv) and, with an LM, the validation Pareto front."""
+        from ea_core.report import write_report
+
+        self.state.rows = write_report(self.state)
+        self.emit(ProgressEvent(stage="report", step=1, total=1, message=f"{len(self.state.rows)} systems scored"))
+
+    def stage_export(self) -> None:
+        """The best routed system as a bundle (bundle/), ready for `predict` and the app."""
+        from ea_core.bundle import export_run_bundle
+
+        export_run_bundle(self.state, self.state.rows, self.folder.path("bundle"))
+        self.emit(ProgressEvent(stage="export", step=1, total=1, message="bundle written"))
+
     def summary(self) -> dict[str, Any]:
         st = self.state
         return {
@@ -574,3 +679,80 @@ def load_task(folder: Path) -> TaskData:
     return TaskData(name=meta["name"], labels=meta["labels"], train=splits["train"], val=splits["val"],
                     test=splits["test"], warnings=meta["warnings"], text_col=meta["text_col"],
                     pair_col=meta["pair_col"], label_col=meta["label_col"])
+
+
+# -- a run as saved on disk ------------------------------------------------------------------
+
+STATE_JSON = "state.json"
+
+
+def save_state(state: RunState) -> None:
+    """What `open_run` needs to rebuild the state without re-running anything (paths relative to the run)."""
+    root = state.folder.root
+
+    def rel(records: list[StageRecord]) -> list[str]:
+        return [str(Path(r.folder).relative_to(root)) for r in records]
+
+    lm_dir = None
+    if state.config.lm:
+        lm_dir = str(Path("lm") / fingerprint(state.config.data_fingerprint(), state.config.lm_identity()))
+    write_json(root / STATE_JSON, {
+        "ssms": rel(state.ssms), "assms": rel(state.assms), "assm_full": rel(state.assm_full), "lm_dir": lm_dir,
+        "lm_gives_confidence": state.lm_gives_confidence, "lm_few_shot": state.lm_few_shot, "notes": state.notes,
+    })
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    return (Path(folder) / "config.json").is_file()
+
+
+def open_run(folder: str | Path) -> RunState:
+    """A run as saved in its folder, finished or partial, without an LM provider or API key.
+
+    What it holds is what was done: the data, the trained models (rank order), the LM's answers,
+    mining, calibration, tuning and the results table, each when its stage has finished. The UI
+    reopens runs with it; nothing is recomputed or paid for.
+    """
+    root = Path(folder)
+    if not is_run_folder(root):
+        raise ConfigError(f"{root} is not a run folder (it has no config.json).")
+    config = RunConfig.from_dict(read_json(root / "config.json"))
+    if not (root / "data" / "task.json").is_file():
+        raise ConfigError(f"The run in {root} has not loaded its data yet: there is nothing to open.")
+    state = RunState(folder=RunFolder(root), config=config, task=load_task(root / "data"))
+    saved = read_json(root / STATE_JSON) if (root / STATE_JSON).is_file() else {}
+
+    def records(rels: list[str]) -> list[StageRecord]:
+        return [StageRecord(folder=root / r, **read_json(root / r / "info.json")) for r in rels
+                if (root / r / "info.json").is_file()]
+
+    state.ssms, state.assms = records(saved.get("ssms", [])), records(saved.get("assms", []))
+    state.assm_full = records(saved.get("assm_full", []))
+    state.lm_gives_confidence = bool(saved.get("lm_gives_confidence", False))
+    state.lm_few_shot = saved.get("lm_few_shot")
+    state.notes = list(saved.get("notes", []))
+    lm_dir = root / saved["lm_dir"] if saved.get("lm_dir") else None
+    if lm_dir is not None and lm_dir.is_dir():
+        for split in ("val", "test"):
+            if (lm_dir / f"{split}.npz").is_file():
+                state.lm_answers[split] = load_arrays(lm_dir / f"{split}.npz")
+        for usage in lm_dir.glob("*_usage.json"):
+            state.lm_usage[usage.name[: -len("_usage.json")]] = read_json(usage)
+        if (lm_dir / "describe.json").is_file():
+            state.lm_describe = read_json(lm_dir / "describe.json")["describe"]
+        if (lm_dir / "label_offsets.json").is_file():
+            state.lm_label_offsets = read_json(lm_dir / "label_offsets.json")
+        if (root / "mining.npz").is_file() and (lm_dir / "mine.npz").is_file():
+            candidates = load_arrays(root / "mining.npz")["candidates"]
+            answers = load_arrays(lm_dir / "mine.npz")
+            if np.array_equal(answers["index"], candidates):
+                state.mining = mining.split_underfit(candidates, answers["label"], state.task.train.labels,
+                                                     len(state.task.train), state.lm_usage.get("mine"))
+    if (root / "calibration.json").is_file():
+        state.calibration = read_json(root / "calibration.json")
+        state.temperatures = {name: float(c["temperature"]) for name, c in state.calibration.items()}
+    if (root / "tuning.json").is_file():
+        state.tuning = read_json(root / "tuning.json")
+    if (root / "results.json").is_file():
+        state.rows = read_json(root / "results.json")["rows"]
+    return state

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ea_core.events import ProgressCallback, ProgressEvent
 from ea_core.llm.base import FAILED, UNPARSEABLE
 from ea_core.pipeline import RunState, StageRecord
 from ea_core.router import StageOutput, evaluate, route
@@ -57,14 +58,12 @@ def routed_row(
     test_stages: list[StageOutput],
     y_val: np.ndarray,
     y_test: np.ndarray,
-    max_lm_rate: float,
+    thresholds: Sequence[float],
     records: Sequence[StageRecord],
     lm_tokens: Optional[np.ndarray] = None,
-    max_cost_per_1k: Optional[float] = None,
 ) -> dict[str, Any]:
-    """Tune thresholds on validation within the LM budget, then report the cascade on test."""
-    point = autotune(val_stages, y_val, max_lm_rate=max_lm_rate, max_cost_per_1k=max_cost_per_1k)
-    thresholds = list(point.thresholds)
+    """The cascade at `thresholds` (chosen on validation), scored on validation and test."""
+    thresholds = list(thresholds)
     val = evaluate(val_stages, thresholds, y_val)
     test = evaluate(test_stages, thresholds, y_test)
     n = len(y_test)
@@ -99,13 +98,53 @@ def lm_reached(answered_by: np.ndarray, stages: Sequence[StageOutput]) -> np.nda
     return answered_by >= first_lm
 
 
-def build_rows(state: RunState) -> list[dict[str, Any]]:
-    """Every row of the results table for a finished (or partial) run."""
-    task, cfg = state.task, state.config
+#: Routed systems: name -> stage layers in routing order (see `RunState.stage_outputs`).
+SYSTEM_LAYERS: dict[str, tuple[str, ...]] = {
+    "specific_layer": ("ssm", "lm"),
+    "ea": ("ssm", "assm", "lm"),
+    "ea_lm_first": ("ssm", "lm", "assm"),
+    "ea_full": ("ssm", "assm_full", "lm"),
+}
+
+
+def routed_systems(state: RunState) -> dict[str, tuple[str, ...]]:
+    """The routed systems this run can score (which depends on what it trained and what the LM gives)."""
+    if not state.lm_answers:
+        return {}
+    out = {"specific_layer": SYSTEM_LAYERS["specific_layer"], "ea": SYSTEM_LAYERS["ea"]}
+    if state.assms and state.lm_gives_confidence:
+        out["ea_lm_first"] = SYSTEM_LAYERS["ea_lm_first"]
+    if state.assm_full:
+        out["ea_full"] = SYSTEM_LAYERS["ea_full"]
+    return out
+
+
+def tune_systems(state: RunState, callback: Optional[ProgressCallback] = None) -> dict[str, dict[str, Any]]:
+    """Thresholds for every routed system, maximising validation accuracy within the run's LM budget."""
+    cfg, y_val = state.config, state.task.val.labels
+    systems = routed_systems(state)
+    out: dict[str, dict[str, Any]] = {}
+    for i, (system, layers) in enumerate(systems.items()):
+        stages = state.stage_outputs("val", layers)
+        point = autotune(stages, y_val, max_lm_rate=cfg.max_lm_rate, max_cost_per_1k=cfg.max_cost_per_1k)
+        out[system] = {"layers": list(layers), "stages": [s.name for s in stages],
+                       "thresholds": [float(t) for t in point.thresholds], "val": point.to_dict()}
+        if callback is not None:
+            callback(ProgressEvent(stage="tune", step=i + 1, total=len(systems), val_accuracy=point.accuracy,
+                                   message=f"{system}: val acc {point.accuracy:.1%}, LM calls {point.lm_call_rate:.1%}"))
+    return out
+
+
+def build_rows(state: RunState, tuning: Optional[dict[str, dict[str, Any]]] = None) -> list[dict[str, Any]]:
+    """Every row of the results table for a finished (or partial) run.
+
+    Routed systems use `tuning` (default: the run's, else tuned now on validation)."""
+    task = state.task
     y_val, y_test = task.val.labels, task.test.labels
     rows = ssm_rows(state.ssms, y_test)
     if not state.lm_answers:
         return rows
+    tuning = tuning or state.tuning or tune_systems(state)
     lm_val, lm_test = state.stage_outputs("val", ("lm",)), state.stage_outputs("test", ("lm",))
     lm_m_val = evaluate(lm_val, [0.0], y_val)
     lm_m_test = evaluate(lm_test, [0.0], y_test)
@@ -118,21 +157,15 @@ def build_rows(state: RunState) -> list[dict[str, Any]]:
         "lm_unparseable_rate": float(np.mean(state.lm_answers["test"]["label"] == UNPARSEABLE)),
         "lm_failed_rate": float(np.mean(state.lm_answers["test"]["label"] == FAILED)),
     })
-
-    def add(system: str, layers: tuple[str, ...], records: Sequence[StageRecord]) -> dict[str, Any]:
+    records = {"ssm": state.ssms, "assm": state.assms, "assm_full": state.assm_full}
+    for system, layers in routed_systems(state).items():
+        used = [r for layer in layers if layer != "lm" for r in records[layer]]
         row = routed_row(system, state.stage_outputs("val", layers), state.stage_outputs("test", layers),
-                         y_val, y_test, cfg.max_lm_rate, records, tokens, cfg.max_cost_per_1k)
+                         y_val, y_test, tuning[system]["thresholds"], used, tokens)
+        if system == "ea" and not state.assms:
+            row["note"] = "no augmented SSM was trained (too few underfit examples): EA = the Specific Layer"
         rows.append(row)
-        return row
-
-    add("specific_layer", ("ssm", "lm"), state.ssms)
-    ea = add("ea", ("ssm", "assm", "lm"), state.ssms + state.assms)
-    if not state.assms:
-        ea["note"] = "no augmented SSM was trained (too few underfit examples): EA = the Specific Layer"
-    if state.assms and state.lm_gives_confidence:
-        add("ea_lm_first", ("ssm", "lm", "assm"), state.ssms + state.assms)
-    if state.assm_full:
-        add("ea_full", ("ssm", "assm_full", "lm"), state.ssms + state.assm_full)
+    ea = next(r for r in rows if r["system"] == "ea")
     oracle = {}
     for split, y in (("val", y_val), ("test", y_test)):
         stages = state.stage_outputs(split)
@@ -181,15 +214,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def finish_run(state: RunState) -> list[dict[str, Any]]:
-    """After `Pipeline.run`: write results.json/.csv, the Pareto front, and (with an LM) the bundle."""
+def write_report(state: RunState) -> list[dict[str, Any]]:
+    """results.json/.csv and, with an LM, the validation Pareto front (pareto.json); returns the rows."""
     rows = build_rows(state)
     out_dir = state.folder.root
     write_results(rows, out_dir)
     if state.lm_answers:
-        from ea_core.bundle import export_run_bundle
-
         write_json(out_dir / "pareto.json", {"stages": [s.name for s in state.stage_outputs("val")],
                                              "points": pareto_table(state)})
-        export_run_bundle(state, rows, out_dir / "bundle")
     return rows

@@ -7,6 +7,7 @@ present, with the same input fingerprint, are not redone. Nothing here ever hold
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -16,7 +17,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ea_core.errors import RunBusy
 from ea_core.events import ProgressEvent
+
+LOCK_FILE = "run.lock"
 
 
 def fingerprint(*parts: Any) -> str:
@@ -84,12 +88,60 @@ def _json_default(obj: Any) -> Any:
 
 
 class RunFolder:
-    """Paths and completion marks of one run."""
+    """Paths and completion marks of one run, and the lock that gives it one writer at a time."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._marks = self.root / "stages"
+        self._lock_fd: Optional[int] = None
+
+    # -- one writer at a time ---------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the folder's write lock, or raise `RunBusy` naming the process that holds it.
+
+        An OS advisory lock (flock): it is released by the kernel when its holder dies, even by
+        kill -9, so a crashed run never leaves the folder locked.
+        """
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunBusy(f"{self.root} is being written by another run (process {holder}). Wait for it to "
+                          "finish or cancel it, or use another output folder.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    @property
+    def holds_lock(self) -> bool:
+        """Whether this object holds the folder's lock."""
+        return self._lock_fd is not None
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def is_locked(self) -> bool:
+        """Whether some process (this one included, through another RunFolder) holds the lock."""
+        if self._lock_fd is not None:
+            return True
+        path = self.root / LOCK_FILE
+        if not path.is_file():
+            return False
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)

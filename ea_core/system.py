@@ -51,6 +51,7 @@ class StageTrace:
     took: bool
     latency_s: float
     cost_usd: float = 0.0
+    raw: Optional[str] = None  # the LM's reply text (LM stage only)
 
 
 @dataclass
@@ -129,12 +130,12 @@ class AdaptedSystem:
         for k, stage in enumerate(self.stages):
             last = k == len(self.stages) - 1
             t0 = time.perf_counter()
-            cost = 0.0
+            cost, raw = 0.0, None
             if stage.is_lm:
                 assert self.provider is not None
                 answers, _ = self.provider.classify([(text, pair)], self.labels, stage="lm:route_one")
                 a = answers[0]
-                label_idx, c, cost = a.label, lm_confidence(a), a.cost_usd
+                label_idx, c, cost, raw = a.label, lm_confidence(a), a.cost_usd, a.raw
                 answer = self.labels[label_idx] if label_idx >= 0 else ("(unparseable)" if label_idx == -1 else None)
             else:
                 proba = self._stage_proba(stage, split)[0]
@@ -142,7 +143,7 @@ class AdaptedSystem:
                 answer = self.labels[label_idx]
             took = last or c >= stage.threshold
             trace.stages.append(StageTrace(stage.name, c, stage.threshold, answer, took,
-                                           time.perf_counter() - t0, cost))
+                                           time.perf_counter() - t0, cost, raw))
             if took:
                 trace.prediction = answer if label_idx >= 0 else None
                 trace.answered_by = stage.name

@@ -22,57 +22,14 @@ import pytest
 
 from ea_core.bundle import load_bundle
 from ea_core.pipeline import Pipeline, RunConfig
-from ea_core.report import build_rows, finish_run
+from ea_core.report import build_rows
 from ea_core.router import route
 from ea_core.runfolder import read_json
+from tests.fruit import LABELS, calls_per_item, is_dark, is_hard, item, lm_answer, make_task
 from tests.scripted_server import ScriptedServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-TESTSECRET-4c1f9b2e7d5a8f3c6e0b"
-LABELS = ["a", "b", "c"]
-FRUIT = {"a": "apple", "b": "banana", "c": "cherry"}
-
-
-def make_task(path: Path, n: int = 360, seed: int = 0) -> dict[str, str]:
-    """Write the CSV; return text -> gold label (what the scripted LM knows)."""
-    rng = np.random.default_rng(seed)
-    fillers = ["today", "market", "fresh", "bowl", "juice", "salad", "pie", "tree", "seed", "box"]
-    gold, lines = {}, ["text,label"]
-    for i in range(n):
-        label = LABELS[i % 3]
-        fruit = FRUIT[LABELS[(i + 1) % 3]] if is_hard(i) else FRUIT[label]
-        text = f"{fruit} {' '.join(rng.choice(fillers, 3))} item {i}"
-        gold[text] = label
-        lines.append(f"{text},{label}")
-    path.write_text("\n".join(lines) + "\n")
-    return gold
-
-
-def is_hard(i: int) -> bool:
-    """Names another class's fruit: the SSM gets it wrong."""
-    return i % 5 == 0
-
-
-def is_dark(i: int) -> bool:
-    """A hard example the LM gets wrong too: underfit."""
-    return i % 10 == 0
-
-
-def item(text: str) -> int:
-    return int(re.search(r"item (\d+)", text).group(1))
-
-
-def calls_per_item(srv: ScriptedServer) -> Counter:
-    """How many requests the server received for each input (by its item number)."""
-    return Counter(item(r.text) for r in srv.requests)
-
-
-def lm_answer(req) -> str | None:
-    """The scripted LM: right (gold) except on dark examples, where it names the wrong class."""
-    i = item(req.text)
-    return LABELS[(i + 2) % 3] if is_dark(i) else None
-
-
 @pytest.fixture
 def server_and_data(tmp_path):
     data = tmp_path / "fruit.csv"
@@ -95,7 +52,7 @@ def test_full_run_mines_trains_routes_reports_and_exports(tmp_path, server_and_d
     events = []
     out = tmp_path / "runs" / "fruit"
     state = Pipeline(config(data, srv), out, callback=events.append).run()
-    rows = finish_run(state)
+    rows = state.rows
     names = [r["system"] for r in rows]
     assert names[:2] == ["tfidf", "lm"] and {"specific_layer", "ea", "oracle"} <= set(names)
 
@@ -232,7 +189,7 @@ def test_predict_cli_routes_a_file_through_the_exported_bundle(tmp_path, server_
     monkeypatch.setenv("EA_TEST_KEY", SECRET)
     out = tmp_path / "runs" / "p"
     state = Pipeline(config(data, srv), out).run()
-    rows = {r["system"]: r for r in finish_run(state)}
+    rows = {r["system"]: r for r in state.rows}
     # Every file we write is strict JSON (no NaN), whatever the routing left empty.
     for name in ("results.json", "pareto.json", "bundle/bundle.json", "summary.json"):
         json.loads((out / name).read_text(), parse_constant=lambda c: pytest.fail(f"{name} holds {c}"))
@@ -279,7 +236,7 @@ def test_an_edited_prompt_template_reaches_the_lm_and_the_bundle(tmp_path, serve
     monkeypatch.setenv("EA_TEST_KEY", SECRET)
     prompt = {"instruction": "Which fruit class is this? Answer with one of: {labels}. ZZPROMPT"}
     state = Pipeline(config(data, srv, prompt=prompt), tmp_path / "runs" / "pr").run()
-    finish_run(state)
+
     systems = [m["content"] for r in srv.requests for m in r.body["messages"] if m["role"] == "system"]
     assert systems and all("ZZPROMPT" in m and "a, b, c" in m for m in systems)
     bundle = json.loads((tmp_path / "runs" / "pr" / "bundle" / "bundle.json").read_text())

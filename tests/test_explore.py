@@ -1,0 +1,102 @@
+"""A finished run reopened without its key: sliders' routing, auto-tune, live system, bundle export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ea_core.bundle import export_run_bundle, load_bundle, system_from_run
+from ea_core.errors import ConfigError
+from ea_core.explore import Explorer, slider_to_threshold
+from ea_core.pipeline import open_run
+from ea_core.router import evaluate, route
+
+
+@pytest.fixture(scope="module")
+def state(fruit_run):
+    return open_run(fruit_run[1])
+
+
+def test_the_explorer_scores_exactly_what_the_router_scores(state):
+    ex = Explorer.build(state, "ea")
+    assert ex.names == ["tfidf", "assm:tfidf", "lm"] and ex.kinds == ["ssm", "assm", "lm"]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        thr = ex.thresholds(rng.uniform(0.3, 1.0, size=ex.n_stages - 1))
+        val, test = ex.evaluate(thr)
+        assert val.accuracy == evaluate(state.stage_outputs("val"), thr, state.task.val.labels).accuracy
+        assert test.lm_call_rate == evaluate(state.stage_outputs("test"), thr, state.task.test.labels).lm_call_rate
+    # A slider at 1 means "never answers": everything goes on to the LM.
+    val, _ = ex.evaluate(ex.thresholds([1.0, 1.0]))
+    assert slider_to_threshold(1.0) > 1 and val.shares[-1] == 1.0 and val.lm_call_rate == 1.0
+
+
+def test_the_sliders_start_at_the_run_s_tuned_point_and_the_report_agrees(state):
+    ex = Explorer.build(state, "ea")
+    thr = ex.tuned_thresholds()
+    row = next(r for r in state.rows if r["system"] == "ea")
+    val, test = ex.evaluate(thr)
+    assert (val.accuracy, test.accuracy) == (row["val_accuracy"], row["test_accuracy"])
+    assert val.lm_call_rate <= state.config.max_lm_rate + 1e-9
+    names = [r.name for r in ex.references]
+    assert names[0] == "LM alone" and names[1].startswith("best SSM") and "Specific Layer" in names
+    assert ex.front and all(a.accuracy < b.accuracy for a, b in zip(ex.front, ex.front[1:]))
+
+
+def test_auto_tune_respects_the_budget(state):
+    ex = Explorer.build(state, "ea")
+    for budget in (0.0, 0.1, 0.3):
+        val, _ = ex.evaluate(ex.autotune(max_lm_rate=budget))
+        assert val.lm_call_rate <= budget + 1e-9
+    cheap, _ = ex.evaluate(ex.autotune(max_lm_rate=0.0))
+    rich, _ = ex.evaluate(ex.autotune(max_lm_rate=0.5))
+    assert rich.accuracy >= cheap.accuracy and cheap.lm_call_rate == 0.0
+
+
+def test_uncalibrated_outputs_and_reliability_bins(state):
+    raw, cal = Explorer.build(state, "ea", calibrated=False), Explorer.build(state, "ea", calibrated=True)
+    assert not np.allclose(raw.val.conf[0], cal.val.conf[0])  # temperature scaling changed the confidences
+    bins = cal.reliability("tfidf")
+    assert set(bins) == {"val", "test"} and bins["val"]["count"].sum() == len(state.task.val)
+    with pytest.raises(ConfigError):
+        cal.reliability("lm")
+
+
+def test_the_live_system_at_slider_thresholds_routes_like_the_cached_outputs(state, fruit_run):
+    srv = fruit_run[2]
+    ex = Explorer.build(state, "ea")
+    thr = ex.thresholds([0.8, 0.7])
+    system = system_from_run(state, thr)  # no key: the local scripted endpoint needs none
+    cached = route(state.stage_outputs("test"), thr)
+    asked_before = srv.count
+    for i in range(0, len(state.task.test), 7):
+        trace = system.route_one(*state.task.test.input(i))
+        assert trace.answered_by == ex.names[cached.answered_by[i]]
+        assert trace.prediction == state.task.labels[cached.pred[i]]
+    assert srv.count == asked_before  # LM answers came from the run's cache: nothing bought again
+    # The LM dropped: the last small model answers what would have reached it.
+    small = system_from_run(state, thr, use_lm=False)
+    assert [s.name for s in small.stages] == ["tfidf", "assm:tfidf"]
+
+
+def test_a_bundle_exported_at_slider_thresholds_predicts_like_the_sliders(state, tmp_path):
+    ex = Explorer.build(state, "ea")
+    thr = ex.thresholds([0.9, 0.6])
+    out = export_run_bundle(state, state.rows, tmp_path / "b", system="ea", thresholds=thr, layers=("ssm", "assm", "lm"))
+    system = load_bundle(out, cache_path=str(state.config.cache_path(state.folder.root)))
+    preds = system.predict(state.task.test)
+    cached = route(state.stage_outputs("test"), thr)
+    assert np.array_equal(preds.pred, cached.pred)
+
+
+def test_a_run_without_an_lm_reopens_and_routes_its_small_models(tmp_path, fruit_run):
+    from ea_core.pipeline import RunConfig
+    from ea_core.runs import execute_run
+
+    data = fruit_run[1] / "data"
+    cfg = RunConfig(data=str(fruit_run[0].parent / "fruit.csv"), ssm=["tfidf"])
+    execute_run(cfg, tmp_path / "t")
+    state = open_run(tmp_path / "t")
+    assert state.rows and not state.lm_answers and data.is_dir()
+    ex = Explorer.build(state, "ea")
+    assert ex.names == ["tfidf"] and ex.front == []
