@@ -49,6 +49,11 @@ class CatalogEntry:
     params: str
     description: str
     packaged: bool = False
+    #: Transformer layers and hidden size: what each token costs (see `ea_core.models.estimate`).
+    layers: int = 12
+    hidden: int = 768
+    #: Name shown to people in a checklist; defaults to `name`.
+    display_name: str = ""
 
     @property
     def offline_available(self) -> bool:
@@ -73,6 +78,9 @@ class CatalogEntry:
             "params": self.params,
             "offline_available": self.offline_available,
             "description": self.description,
+            "display_name": self.display_name or self.name,
+            "layers": self.layers,
+            "hidden": self.hidden,
         }
 
 
@@ -82,15 +90,25 @@ CATALOG: list[CatalogEntry] = [
     CatalogEntry(
         "minilm", MINILM_HF_ID, _BOTH, "22.7M",
         "all-MiniLM-L6-v2, packaged with the studio: the offline default; fast on a laptop CPU.",
-        packaged=True,
+        packaged=True, layers=6, hidden=384, display_name="MiniLM-L6",
     ),
-    CatalogEntry("distilbert", "distilbert-base-uncased", _BOTH, "66M", "DistilBERT base (uncased), a distilled BERT."),
     CatalogEntry(
-        "albert", "albert-base-v2", _BOTH, "11.7M", "ALBERT base v2: shared layers, small on disk, BERT-base compute."
+        "distilbert", "distilbert-base-uncased", _BOTH, "66M", "DistilBERT base (uncased), a distilled BERT.",
+        layers=6, display_name="DistilBERT",
     ),
-    CatalogEntry("bert", "bert-base-uncased", _BOTH, "110M", "BERT base (uncased)."),
-    CatalogEntry("roberta", "roberta-base", _BOTH, "125M", "RoBERTa base; GPU recommended for finetune."),
-    CatalogEntry("xlnet", "xlnet-base-cased", _BOTH, "117M", "XLNet base (cased); GPU recommended for finetune."),
+    CatalogEntry(
+        "albert", "albert-base-v2", _BOTH, "11.7M", "ALBERT base v2: shared layers, small on disk, BERT-base compute.",
+        display_name="ALBERT base",
+    ),
+    CatalogEntry("bert", "bert-base-uncased", _BOTH, "110M", "BERT base (uncased).", display_name="BERT base"),
+    CatalogEntry(
+        "roberta", "roberta-base", _BOTH, "125M", "RoBERTa base; GPU recommended for finetune.",
+        display_name="RoBERTa base",
+    ),
+    CatalogEntry(
+        "xlnet", "xlnet-base-cased", _BOTH, "117M", "XLNet base (cased); GPU recommended for finetune.",
+        display_name="XLNet base",
+    ),
 ]
 
 
@@ -126,3 +144,66 @@ def resolve_model(name: str) -> str:
 def is_local(resolved: str) -> bool:
     """True when a resolved MODEL is a folder on disk."""
     return Path(resolved).is_dir()
+
+
+#: What each kind does, in a few words, appended to a choice's description.
+KIND_BLURBS: dict[str, str] = {
+    "tfidf": "word n-grams + logistic regression; seconds on a CPU, no pretrained model.",
+    "head": "frozen encoder, trained head (the fast CPU mode)",
+    "finetune": "every weight fine-tuned (most accurate, slowest; GPU advised)",
+}
+_KIND_SUFFIX = {"head": "frozen + head", "finetune": "fine-tuned"}
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One selectable small-model SPEC as a UI checklist shows it.
+
+    `offline_available` is a snapshot taken when the choice was listed (the hub cache can change),
+    which is why `model_choices` builds fresh choices on every call.
+    """
+
+    spec: str
+    kind: str
+    display_name: str
+    params: str
+    offline_available: bool
+    description: str
+    #: The catalog entry's name, or None for ``tfidf`` (no pretrained model).
+    model: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "kind": self.kind,
+            "display_name": self.display_name,
+            "params": self.params,
+            "offline_available": self.offline_available,
+            "description": self.description,
+            "model": self.model,
+        }
+
+
+def model_choices() -> list[ModelChoice]:
+    """Every SPEC a user can tick without typing a model id: ``tfidf``, then each catalog entry
+    under each kind it supports (``head:minilm``, ``finetune:minilm``, ...), in catalog order.
+
+    Offline availability is computed now, as `CatalogEntry.offline_available` does.
+    """
+    choices = [
+        ModelChoice("tfidf", "tfidf", "TF-IDF + logistic regression", "vocabulary x labels", True,
+                    f"TF-IDF: {KIND_BLURBS['tfidf']}")
+    ]
+    for entry in CATALOG:
+        offline = entry.offline_available
+        for kind in entry.kinds:
+            choices.append(ModelChoice(
+                spec=f"{kind}:{entry.name}",
+                kind=kind,
+                display_name=f"{entry.display_name or entry.name} ({_KIND_SUFFIX.get(kind, kind)})",
+                params=entry.params,
+                offline_available=offline,
+                description=f"{entry.description.rstrip('.')}; {KIND_BLURBS.get(kind, kind)}.",
+                model=entry.name,
+            ))
+    return choices
