@@ -105,6 +105,9 @@ def run_trainer(args: argparse.Namespace) -> dict:
 
 
 def worker(args: argparse.Namespace) -> None:
+    from ea_core.process import configure_process
+
+    configure_process()  # both sides: what every entry point does before model work
     result = run_ours(args) if args.worker == "ours" else run_trainer(args)
     import torch
 

@@ -62,15 +62,16 @@ def rss_mb() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the physical core count)")
     ap.add_argument("--few-shot", type=int, default=0, metavar="K", help="K examples per label in the prompt")
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args()
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from ea_core.process import configure_process
+
+    configure_process(args.threads or None)  # what every entry point does before model work
     train, test = demo_tweets(args.n, 200)
     inputs = [test.input(i) for i in range(len(test))]
     gold = test.labels

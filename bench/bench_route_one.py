@@ -33,13 +33,13 @@ class _NeverCalled:
 
 
 def main() -> None:
-    import torch
 
     from ea_core.data import load_dataset
     from ea_core.models import make_model
+    from ea_core.process import configure_process
     from ea_core.system import AdaptedSystem, SystemStage
 
-    torch.set_num_threads(2)
+    configure_process(2)  # what every entry point does before model work
     task = load_dataset("demo:tweets", max_train=1000, max_val=200, max_test=300)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["EA_CACHE_DIR"] = tmp

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
-from ea_core.llm.openai_api import forget_capabilities
 from tests.scripted_server import LABELS, ScriptedServer, make_inputs, provider_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +120,7 @@ def test_answers_survive_a_killed_process(tmp_path) -> None:
         assert sent - 2 <= kept <= sent  # at most the replies in flight (concurrency 2) are lost
         assert kept < n
 
-        forget_capabilities()  # a new process knows only what the DB says
+        # a new provider (as in a new process) knows only what the DB says
         before = srv.count
         answers, usage = provider_for(srv, AnswerCache(db), concurrency=2).classify(inputs, LABELS)
         assert srv.count - before == n - kept  # only the rest is asked

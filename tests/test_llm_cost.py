@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Iterator
 
 import pytest
 
@@ -11,14 +10,8 @@ from ea_core.errors import ConfigError
 from ea_core.llm.base import FAILED
 from ea_core.llm.cache import AnswerCache
 from ea_core.llm.cost import Budget, PriceTable, estimate_tokens
-from ea_core.llm.openai_api import OpenAIProvider, forget_capabilities
+from ea_core.llm.openai_api import OpenAIProvider
 from tests.scripted_server import GOLD, INPUTS, LABELS, ScriptedServer, make_inputs, provider_for
-
-
-@pytest.fixture(autouse=True)
-def _fresh_capabilities() -> Iterator[None]:
-    forget_capabilities()
-    yield
 
 
 def test_price_lookup_and_cost() -> None:

@@ -14,15 +14,8 @@ from ea_core.errors import LMError
 from ea_core.events import CancelToken, ProgressEvent
 from ea_core.llm.base import FAILED, UNPARSEABLE
 from ea_core.llm.cache import AnswerCache
-from ea_core.llm.openai_api import OpenAIProvider, forget_capabilities
+from ea_core.llm.openai_api import OpenAIProvider
 from tests.scripted_server import GOLD, GOLD_IDX, INPUTS, LABELS, Fault, ScriptedServer, make_inputs, provider_for
-
-
-@pytest.fixture(autouse=True)
-def _fresh_capabilities() -> Iterator[None]:
-    forget_capabilities()
-    yield
-    forget_capabilities()
 
 
 @pytest.fixture
@@ -79,12 +72,11 @@ def test_structured_output_rejected_once_and_remembered(tmp_path) -> None:
         assert len(with_rf) == 1  # probed once, then remembered
         assert srv.count == len(inputs) + 1
         assert usage.calls == len(inputs)
-        # remembered in memory for this process ...
+        # remembered by another provider on the same cache ...
         more, _ = make_inputs(30)
         provider_for(srv, cache).classify(more[24:], LABELS)
         assert len([r for r in srv.requests if "response_format" in r.body]) == 1
         # ... and in the cache DB for the next process
-        forget_capabilities()
         fresh = provider_for(srv, AnswerCache(tmp_path / "lm.sqlite"))
         assert fresh.describe()["structured_output"]["supported"] is False
         before = srv.count

@@ -12,7 +12,6 @@ import pytest
 from ea_core.errors import LMError
 from ea_core.llm import AnswerCache, make_provider
 from ea_core.llm.base import FAILED
-from ea_core.llm.openai_api import forget_capabilities
 from tests.scripted_server import GOLD, INPUTS, LABELS, Fault, ScriptedServer
 
 KEY = "sk-proj-ZZTOPSECRET-4f9a8b7c6d5e3a2b1c0d"
@@ -27,7 +26,6 @@ def _files_containing(root: Path, needle: bytes) -> list[str]:
 
 
 def test_key_never_reaches_disk_logs_or_messages(tmp_path, monkeypatch, caplog) -> None:
-    forget_capabilities()
     monkeypatch.setenv("EA_TEST_LM_KEY", KEY)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)

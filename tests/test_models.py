@@ -24,12 +24,7 @@ from ea_core.models import CATALOG, SmallModel, load_model, make_model, parse_sp
 from ea_core.models.base import registered_kinds  # noqa: E402
 from ea_core.models.catalog import catalog_entry, hub_cached  # noqa: E402
 from ea_core.models.encoder_head import clear_memory_cache  # noqa: E402
-from ea_core.models.hf_common import (  # noqa: E402
-    length_grouped_batches,
-    load_tokenizer,
-    quiet_transformers,
-    tokenize_split,
-)
+from ea_core.models.hf_common import length_grouped_batches, load_tokenizer, tokenize_split  # noqa: E402
 from ea_core.splits import Split  # noqa: E402
 
 TINY_BERT = dict(
@@ -95,9 +90,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = load_tokenizer("minilm")
-    with quiet_transformers():
-        BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT)).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return str(folder)
 
 
@@ -463,8 +457,11 @@ def test_saved_encoder_folder_survives_source_removal(tiny_dir, tmp_path):
 
 
 def test_stages_never_print(tiny_dir, tmp_path, capfd):
-    """Training, saving and loading write nothing to stdout/stderr (transformers' load reports
-    and progress bars are silenced)."""
+    """Once an entry point has set up the process, training, saving and loading write nothing to
+    stdout/stderr (transformers' load reports and progress bars are silenced once, process-wide)."""
+    from ea_core.process import configure_process
+
+    configure_process()
     capfd.readouterr()
     split = _synthetic(40, 14)
     model = make_model(f"finetune:{tiny_dir}", epochs=1).fit(split, split, ["neg", "pos"])

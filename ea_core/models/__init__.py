@@ -105,4 +105,4 @@ def _check_model(model: str) -> None:
 
     from ea_core.models.hf_common import load_pretrained
 
-    load_pretrained(AutoConfig, model, resolve_model(model))
+    load_pretrained(AutoConfig, model, resolve_model(model), builds_model=False)

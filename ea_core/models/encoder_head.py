@@ -3,8 +3,11 @@
 The fast CPU mode: the encoder runs once per text, never backwards. Attention-masked mean-pooled
 embeddings are cached on disk per (encoder, max_length, texts), so tuning, retraining, warm
 starts and repeated predictions on the same data never run the encoder again; a per-text memory
-cache also serves subsets of already-embedded data. The head (linear, or one hidden layer) is
-trained in seconds with AdamW and early stopping on validation accuracy.
+(`EmbeddingMemory`, shared by the models of one process, thread-safe and bounded) also serves
+subsets of already-embedded data. The head (linear, or one hidden layer) is trained in seconds
+with AdamW and early stopping on validation accuracy. Training draws its initial weights, batch
+order and dropout masks from generators seeded with `seed`, never from torch's global generator,
+so two fits in two threads neither disturb each other nor the caller's random state.
 
 Cache folder: the `cache_dir` setting, else ``$EA_CACHE_DIR/embeddings``, else
 ``~/.cache/ea_studio/embeddings``. Entries are plain ``.npy`` files read with
@@ -16,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -36,14 +41,13 @@ from ea_core.models.common import (
 )
 from ea_core.models.hf_common import (
     collate,
-    configure_threads,
     load_pretrained,
     load_tokenizer,
     pick_device,
-    quiet_transformers,
     sorted_batches,
     tokenize_split,
 )
+from ea_core.process import warn_ignored_threads
 from ea_core.splits import Split
 
 HEAD_WEIGHTS = "head.safetensors"
@@ -82,31 +86,103 @@ def encoder_fingerprint(resolved: str) -> str:
     return f"local:{h.hexdigest()}"
 
 
-# Embeddings already computed in this process, per (encoder, max_length): lets a new model on the
-# same encoder (another fold, a retrain, a subset of the data) skip the encoder for known texts.
-_MEMORY: dict[str, dict[tuple[str, Optional[str]], np.ndarray]] = {}
-_MEMORY_MAX_VECTORS = 1_000_000
+#: One input of a split: (text, pair or None).
+Input = tuple[str, Optional[str]]
+
+#: Default bound of the shared memory: 1M MiniLM vectors (384 float32) are about 1.5 GB.
+DEFAULT_MEMORY_VECTORS = 1_000_000
 
 
-def _memory_for(key: str) -> dict[tuple[str, Optional[str]], np.ndarray]:
-    if key not in _MEMORY and sum(len(m) for m in _MEMORY.values()) > _MEMORY_MAX_VECTORS:
-        _MEMORY.clear()  # crude but bounded: a new encoder evicts the others
-    return _MEMORY.setdefault(key, {})
+class EmbeddingMemory:
+    """Embeddings already computed in this process, keyed by (encoder space, input).
+
+    Lets a new model on the same encoder (another cross-validation fold, a retrain, a warm start,
+    a subset of the data) skip the encoder for texts it has seen. Safe to share between threads:
+    every method holds a lock, and callers never rely on an entry surviving between two calls
+    (`get_many` returns what it found, the caller keeps it). Bounded: at most `max_vectors`
+    vectors, least recently used first out.
+    """
+
+    def __init__(self, max_vectors: int = DEFAULT_MEMORY_VECTORS) -> None:
+        if int(max_vectors) < 0:
+            raise ModelError(f"max_vectors must be >= 0, not {max_vectors!r}.")
+        self.max_vectors = int(max_vectors)
+        self._lock = threading.Lock()
+        self._vectors: OrderedDict[tuple[str, Input], np.ndarray] = OrderedDict()
+
+    def get_many(self, space: str, keys: Iterable[Input]) -> dict[Input, np.ndarray]:
+        """The vectors of `keys` held for `space` (missing keys are simply absent)."""
+        found: dict[Input, np.ndarray] = {}
+        with self._lock:
+            for key in keys:
+                vector = self._vectors.get((space, key))
+                if vector is not None:
+                    self._vectors.move_to_end((space, key))
+                    found[key] = vector
+        return found
+
+    def put_many(self, space: str, vectors: Mapping[Input, np.ndarray]) -> None:
+        """Remember `vectors` for `space`, evicting the least recently used beyond the bound."""
+        # Rows of a bigger array are copied, so an evicted row frees its memory for real.
+        owned = {key: (v.copy() if v.base is not None else v) for key, v in vectors.items()}
+        with self._lock:
+            for key, vector in owned.items():
+                self._vectors[(space, key)] = vector
+                self._vectors.move_to_end((space, key))
+            while len(self._vectors) > self.max_vectors:
+                self._vectors.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every vector."""
+        with self._lock:
+            self._vectors.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._vectors)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_vectors": self.max_vectors}  # a copy in another process starts empty
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_vectors"])  # type: ignore[misc]
+
+
+#: The memory every `EncoderHeadModel` of this process shares unless given its own.
+SHARED_MEMORY = EmbeddingMemory()
 
 
 def clear_memory_cache() -> None:
-    """Forget the in-process embeddings (the disk cache is untouched)."""
-    _MEMORY.clear()
+    """Forget the in-process embeddings of the shared memory (the disk cache is untouched)."""
+    SHARED_MEMORY.clear()
 
 
-def _head_net(dim: int, k: int, hidden: int, dropout: float) -> Any:
+def _assemble(keys: list[Input], known: Mapping[Input, np.ndarray], fresh: Mapping[Input, np.ndarray]) -> np.ndarray:
+    """Stack one vector per key, from this call's memory reads and its own encoder output."""
+    return np.stack([known[k] if k in known else fresh[k] for k in keys]).astype(np.float32, copy=False)
+
+
+def _head_net(dim: int, k: int, hidden: int, dropout: float, generator: Any = None) -> Any:
+    """The head: [dropout, linear(dim, hidden), GELU, dropout,] linear(., k).
+
+    Initial weights come from `generator` (torch's default Linear initialisation, drawn from an
+    explicit generator); with None they are left uninitialised, for weights loaded right after.
+    """
     import torch.nn as nn
 
+    from ea_core.models.seeded import SeededDropout, init_linear, uninitialised_linear
+
     if hidden > 0:
-        return nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, k)
-        )
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, k))
+        layers = [SeededDropout(dropout), uninitialised_linear(dim, hidden), nn.GELU(), SeededDropout(dropout),
+                  uninitialised_linear(hidden, k)]
+    else:
+        layers = [SeededDropout(dropout), uninitialised_linear(dim, k)]
+    net = nn.Sequential(*layers)
+    if generator is not None:
+        for layer in net:
+            if isinstance(layer, nn.Linear):
+                init_linear(layer, generator)
+    return net
 
 
 @register
@@ -153,7 +229,8 @@ class EncoderHeadModel(SmallModel):
         self.warm_start_epochs = int(warm_start_epochs)
         self.warm_start_lr = float(warm_start_lr)
         self.device = device
-        self.threads = threads
+        self.threads = threads  # kept so saved configs load; see `ea_core.process.configure_process`
+        warn_ignored_threads(f"head:{self.model}", threads)
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.use_cache = bool(use_cache)
         self.save_encoder = bool(save_encoder)
@@ -170,6 +247,10 @@ class EncoderHeadModel(SmallModel):
         self._encoder: Any = None
         self._tokenizer: Any = None
         self._fingerprint: Optional[str] = None
+        self._load_lock = threading.Lock()  # two live predictions at once load the encoder once
+        #: The in-process embedding memory; None means the process's `SHARED_MEMORY`. Give a model
+        #: its own `EmbeddingMemory` to keep its embeddings apart (or to bound them differently).
+        self.memory: Optional[EmbeddingMemory] = None
 
     @property
     def spec(self) -> str:
@@ -208,21 +289,36 @@ class EncoderHeadModel(SmallModel):
             self._fingerprint = encoder_fingerprint(self._resolved())
         return self._fingerprint
 
-    def _load_encoder(self) -> None:
-        if self._encoder is not None:
-            return
-        from transformers import AutoModel
+    def _load_encoder(self) -> tuple[Any, Any]:
+        """(tokenizer, encoder), loaded once per instance even when two threads ask at once."""
+        with self._load_lock:
+            if self._encoder is None:
+                from transformers import AutoModel
 
-        resolved = self._resolved()
-        name = self.model if self._encoder_source is None else self._encoder_source
-        self._tokenizer = load_tokenizer(name, resolved)
-        self._encoder = load_pretrained(AutoModel, name, resolved)
-        self._encoder.eval()
-        self._encoder.requires_grad_(False)
+                resolved = self._resolved()
+                name = self.model if self._encoder_source is None else self._encoder_source
+                tokenizer = load_tokenizer(name, resolved)
+                encoder = load_pretrained(AutoModel, name, resolved)
+                encoder.eval()
+                encoder.requires_grad_(False)
+                self._tokenizer, self._encoder = tokenizer, encoder
+            return self._tokenizer, self._encoder
 
-    @property
-    def _memory(self) -> dict[tuple[str, Optional[str]], np.ndarray]:
-        return _memory_for(f"{self.fingerprint()}|{self.max_length}|{_POOLING}")
+    def _memory_store(self) -> EmbeddingMemory:
+        return SHARED_MEMORY if self.memory is None else self.memory
+
+    def _space(self) -> str:
+        """Which embeddings are interchangeable: same encoder, truncation and pooling."""
+        return f"{self.fingerprint()}|{self.max_length}|{_POOLING}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_load_lock", None)  # locks do not pickle; a copy gets its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._load_lock = threading.Lock()
 
     def _cache_path(self, split: Split) -> Path:
         h = hashlib.sha256()
@@ -238,75 +334,76 @@ class EncoderHeadModel(SmallModel):
     def embed(self, split: Split, progress: Optional[Progress] = None, batch_size: Optional[int] = None) -> np.ndarray:
         """Mean-pooled embeddings (n, dim) float32 of every input, from cache when possible.
 
-        Small calls (fewer than `MIN_CACHED_INPUTS`, e.g. one input routed live) skip both caches:
-        caching them would only add disk writes and grow memory in a long-running app.
+        Small calls (fewer than `MIN_CACHED_INPUTS`, e.g. one input routed live) read the memory
+        but write to neither cache: caching them would only add disk writes and grow memory in a
+        long-running app. The output is assembled from what this call read from the memory and
+        what it encoded itself, so another thread evicting entries meanwhile changes nothing.
         """
+        keys = [split.input(i) for i in range(len(split))]
+        memory, space = self._memory_store(), self._space()
+        batch_size = batch_size or self.embed_batch_size
         if len(split) < MIN_CACHED_INPUTS:
-            keys = [split.input(i) for i in range(len(split))]
-            fresh: dict[tuple[str, Optional[str]], np.ndarray] = {}
-            missing = [k for k in dict.fromkeys(keys) if k not in self._memory]
-            if missing:
-                self._encode(missing, None, batch_size or self.embed_batch_size, into=fresh)
-            return np.stack([self._memory.get(k, fresh.get(k)) for k in keys]).astype(np.float32, copy=False)
+            unique = list(dict.fromkeys(keys))
+            known = memory.get_many(space, unique)
+            missing = [k for k in unique if k not in known]
+            fresh = self._encode(missing, None, batch_size) if missing else {}
+            return _assemble(keys, known, fresh)
         path = self._cache_path(split) if self.use_cache else None
         if path is not None and path.is_file():
             try:
                 cached = np.load(path, allow_pickle=False)
                 if cached.ndim == 2 and cached.shape[0] == len(split):
-                    memory = self._memory
-                    for i in range(len(split)):
-                        memory.setdefault(split.input(i), cached[i])
+                    memory.put_many(space, {key: cached[i] for i, key in enumerate(keys)})
                     return cached
             except (OSError, ValueError):
                 pass  # a corrupt entry is recomputed and overwritten
-        keys = [split.input(i) for i in range(len(split))]
-        missing = [key for key in dict.fromkeys(keys) if key not in self._memory]
-        if missing:
-            self._encode(missing, progress, batch_size or self.embed_batch_size)
-        out = np.stack([self._memory[key] for key in keys]).astype(np.float32, copy=False)
+        unique = list(dict.fromkeys(keys))
+        known = memory.get_many(space, unique)
+        missing = [key for key in unique if key not in known]
+        fresh = self._encode(missing, progress, batch_size) if missing else {}
+        memory.put_many(space, fresh)
+        out = _assemble(keys, known, fresh)
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+                tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.npy")
                 np.save(tmp, out, allow_pickle=False)
                 os.replace(tmp, path)
             except OSError:
                 pass  # a read-only or full cache only costs speed
         return out
 
-    def _encode(self, inputs: list[tuple[str, Optional[str]]], progress: Optional[Progress], batch_size: int,
-                into: Optional[dict[tuple[str, Optional[str]], np.ndarray]] = None) -> None:
-        """Embed `inputs` into `into` (default: the in-process cache shared by this encoder)."""
+    def _encode(self, inputs: list[Input], progress: Optional[Progress], batch_size: int) -> dict[Input, np.ndarray]:
+        """Run the encoder on `inputs`; returns {input: vector} (the caller decides what to cache)."""
         import torch
 
-        memory = self._memory if into is None else into
-
-        self._load_encoder()
-        configure_threads(self.threads)
+        tokenizer, encoder = self._load_encoder()
         device = pick_device(self.device)
-        self._encoder.to(device)
+        encoder.to(device)
         texts = [t for t, _ in inputs]
         pairs = None if all(p is None for _, p in inputs) else [p or "" for _, p in inputs]
-        feats = tokenize_split(self._tokenizer, Split(texts, np.full(len(texts), -1), pairs), self.max_length)
+        feats = tokenize_split(tokenizer, Split(texts, np.full(len(texts), -1), pairs), self.max_length)
         lengths = np.array([len(f["input_ids"]) for f in feats])
         batches = sorted_batches(lengths, batch_size)
         if progress is not None:
             embed_progress = Progress(progress.stage, len(batches), progress.callback, progress.cancel)
+        out: dict[Input, np.ndarray] = {}
         with torch.inference_mode():
             for b, idx in enumerate(batches):
                 if progress is not None:
                     embed_progress.check()
-                batch = {k: v.to(device) for k, v in collate([feats[i] for i in idx], self._tokenizer).items()}
-                hidden = self._encoder(**batch).last_hidden_state.float()
+                batch = {k: v.to(device) for k, v in collate([feats[i] for i in idx], tokenizer).items()}
+                hidden = encoder(**batch).last_hidden_state.float()
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
                 self.encoder_calls_ += 1
                 vectors = pooled.cpu().numpy()
                 for row, i in enumerate(idx):
-                    memory[inputs[i]] = vectors[row]
+                    out[inputs[i]] = vectors[row]
                 if progress is not None:
                     done = min((b + 1) * batch_size, len(inputs))
                     embed_progress.emit(b + 1, message=f"embedding {done}/{len(inputs)} texts")
+        return out
 
     def _features(self, emb: np.ndarray) -> np.ndarray:
         x = emb.astype(np.float32, copy=True)
@@ -340,11 +437,11 @@ class EncoderHeadModel(SmallModel):
         x_val = None if val is None else self._features(self.embed(val, progress))
         progress.check()
 
-        torch.manual_seed(self.seed)
         if not warm:
             self.mean_ = x_train.mean(axis=0)
             self.scale_ = np.maximum(x_train.std(axis=0), 1e-6).astype(np.float32)
-            self.head_ = _head_net(x_train.shape[1], len(labels), self.hidden, self.dropout)
+            init = torch.Generator().manual_seed(self.seed)  # never torch's global generator
+            self.head_ = _head_net(x_train.shape[1], len(labels), self.hidden, self.dropout, init)
         self.labels_ = list(labels)
         xt = torch.from_numpy((x_train - self.mean_) / self.scale_)
         yt = torch.tensor(np.array(train.labels), dtype=torch.long)
@@ -353,24 +450,37 @@ class EncoderHeadModel(SmallModel):
         # for a <= 5 pt validation loss; 10x more steps learns all and loses 10-15 pt.
         epochs = self.warm_start_epochs if warm else self.epochs
         lr = self.warm_start_lr if warm else self.lr
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # a small head gains nothing from threads; they only add sync cost
-        try:
-            self._train_head(xt, yt, xv, None if val is None else val.labels, lr, epochs,
-                             Progress(stage, epochs, callback, cancel))
-        finally:
-            torch.set_num_threads(threads)
+        # torch's thread count is process-wide and so not changed here: a CPU shared with other
+        # busy work trains this head fastest with 1 thread (see `ea_core.process`).
+        self._train_head(xt, yt, xv, None if val is None else val.labels, lr, epochs,
+                         Progress(stage, epochs, callback, cancel))
         return self
 
     def _train_head(self, xt: Any, yt: Any, xv: Any, yv: Optional[np.ndarray], lr: float, epochs: int,
                     progress: Progress) -> None:
-        """Mini-batch AdamW on the embeddings; keep the weights of the best validation epoch."""
+        """Mini-batch AdamW on the embeddings; keep the weights of the best validation epoch.
+
+        Batch order and dropout masks come from one generator seeded with `seed`: the same seed
+        gives the same head, and torch's global generator is neither read nor reseeded.
+        """
+        import torch
+
+        from ea_core.models.seeded import set_generator
+
+        gen = torch.Generator().manual_seed(self.seed)
+        set_generator(self.head_, gen)
+        try:
+            self._train_epochs(xt, yt, xv, yv, lr, epochs, progress, gen)
+        finally:
+            set_generator(self.head_, None)
+
+    def _train_epochs(self, xt: Any, yt: Any, xv: Any, yv: Optional[np.ndarray], lr: float, epochs: int,
+                      progress: Progress, gen: Any) -> None:
         import torch
         import torch.nn.functional as F
 
         head = self.head_
         optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=self.weight_decay)
-        gen = torch.Generator().manual_seed(self.seed)
         best = BestWeights(self.patience)
         stop = False
         self.history_ = []
@@ -433,12 +543,11 @@ class EncoderHeadModel(SmallModel):
             target = folder / ENCODER_SUBDIR
             if self._encoder_source is not None and Path(self._encoder_source).resolve() == target.resolve():
                 return
-            self._load_encoder()
             if target.exists():
                 shutil.rmtree(target)
-            with quiet_transformers():
-                self._encoder.save_pretrained(target)
-                self._tokenizer.save_pretrained(target)
+            tokenizer, encoder = self._load_encoder()
+            encoder.save_pretrained(target)
+            tokenizer.save_pretrained(target)
 
     def _load_weights(self, folder: Path) -> None:
         from safetensors import safe_open
@@ -452,7 +561,7 @@ class EncoderHeadModel(SmallModel):
         self.scale_ = tensors["scale"].numpy()
         last = max((k for k in weights if k.endswith("weight")), key=lambda k: int(k.split(".")[0]))
         k, dim = weights[last].shape[0], self.mean_.shape[0]
-        self.head_ = _head_net(dim, k, self.hidden, self.dropout)
+        self.head_ = _head_net(dim, k, self.hidden, self.dropout)  # uninitialised: loaded next
         self.head_.load_state_dict(weights)
         self.head_.eval()
         if (folder / ENCODER_SUBDIR / "config.json").is_file():

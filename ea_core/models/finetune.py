@@ -6,13 +6,21 @@ shuffled) and padded per batch, which does ~40% fewer token-passes than random b
 tweets. AdamW with linear warmup/decay, gradient clipping, evaluation under
 `torch.inference_mode`, early stopping on validation accuracy keeping the best weights, mixed
 precision on GPU only. Saved with `save_pretrained` (safetensors) plus the tokenizer.
+
+Randomness (the new classifier layer's initial weights, dropout inside the transformer) comes
+from torch's global generators, which transformers' models offer no way around: `fit` seeds them
+with `seed` inside `torch.random.fork_rng`, so the caller's random state is the same after `fit`
+as before, and one fit is reproducible for its seed. Two fine-tunes running at once in threads of
+one process still share those generators (their draws interleave, and each restores the state it
+saved); run concurrent fine-tunes in separate worker processes when bit-exact reruns matter.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -33,15 +41,14 @@ from ea_core.models.hf_common import (
     amp_dtype,
     autocast,
     collate,
-    configure_threads,
     length_grouped_batches,
     load_pretrained,
     load_tokenizer,
     pick_device,
-    quiet_transformers,
     sorted_batches,
     tokenize_split,
 )
+from ea_core.process import TRANSFORMERS_BUILD_LOCK, warn_ignored_threads
 from ea_core.splits import Split
 
 HF_SUBDIR = "hf"
@@ -56,6 +63,27 @@ def _adamw(groups: list[dict[str, Any]], lr: float, device: Any) -> Any:
         return torch.optim.AdamW(groups, lr=lr, fused=device.type in ("cpu", "cuda"))
     except (RuntimeError, ValueError, TypeError):
         return torch.optim.AdamW(groups, lr=lr)
+
+
+@contextlib.contextmanager
+def _forked_rng(device: Any) -> Iterator[None]:
+    """Inside the block torch's global CPU generator (and the training GPU's) may be reseeded
+    freely: their states are saved on entry and put back on exit."""
+    import torch
+
+    gpus = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        yield
+
+
+def _reseed(seed: int, device: Any) -> None:
+    """Seed the generators `_forked_rng` saved (not every GPU's, as `torch.manual_seed` would)."""
+    import torch
+
+    torch.random.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
 
 
 @register
@@ -104,7 +132,8 @@ class FineTuneModel(SmallModel):
         self.warm_start_lr = None if warm_start_lr is None else float(warm_start_lr)
         self.device = device
         self.precision = precision
-        self.threads = threads
+        self.threads = threads  # kept so saved configs load; see `ea_core.process.configure_process`
+        warn_ignored_threads(f"finetune:{self.model}", threads)
         self.from_config = None if from_config is None else dict(from_config)
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 2 or self.lr <= 0:
             raise ModelError("finetune needs epochs >= 1, batch_size >= 1, max_length >= 2 and lr > 0.")
@@ -143,7 +172,9 @@ class FineTuneModel(SmallModel):
     # ------------------------------------------------------------------ building
 
     def _build(self, labels: list[str]) -> None:
-        """Fresh classifier with a K-way head: pretrained weights, or random from `from_config`."""
+        """Fresh classifier with a K-way head: pretrained weights, or random from `from_config`.
+
+        New weights are drawn from torch's global generator: call inside `_forked_rng`."""
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         resolved = resolve_model(self.model)
@@ -153,9 +184,6 @@ class FineTuneModel(SmallModel):
             "id2label": dict(enumerate(labels)),
             "label2id": {name: i for i, name in enumerate(labels)},
         }
-        import torch
-
-        torch.manual_seed(self.seed)
         if self.from_config is not None:
             cfg = dict(self.from_config)
             model_type = cfg.pop("model_type", None)
@@ -163,7 +191,7 @@ class FineTuneModel(SmallModel):
                 raise ModelError("from_config needs a 'model_type' (e.g. 'bert').")
             try:
                 config = AutoConfig.for_model(model_type, **cfg, **label_kw)
-                with quiet_transformers():
+                with TRANSFORMERS_BUILD_LOCK:  # see `load_pretrained`
                     net = AutoModelForSequenceClassification.from_config(config)
             except Exception as exc:  # noqa: BLE001
                 raise ModelError(f"could not build a {model_type!r} model from from_config: {exc}") from exc
@@ -188,19 +216,33 @@ class FineTuneModel(SmallModel):
         warm_start: bool = False,
         stage: Optional[str] = None,
     ) -> "FineTuneModel":
-        import torch
-        import torch.nn.functional as F
-        from transformers import get_linear_schedule_with_warmup
-
         check_training_data(labels, train, val)
         warm = warm_start and self.model_ is not None
         if warm:
             check_warm_labels(getattr(self, "labels_", None), labels)
-        else:
+        device = pick_device(self.device)
+        with _forked_rng(device):  # the caller's random state is untouched by what follows
+            return self._fit(train, val, labels, device, warm, callback, cancel, stage)
+
+    def _fit(
+        self,
+        train: Split,
+        val: Optional[Split],
+        labels: list[str],
+        device: Any,
+        warm: bool,
+        callback: Optional[ProgressCallback],
+        cancel: Optional[CancelToken],
+        stage: Optional[str],
+    ) -> "FineTuneModel":
+        import torch
+        import torch.nn.functional as F
+        from transformers import get_linear_schedule_with_warmup
+
+        if not warm:
+            _reseed(self.seed, device)
             self._build(list(labels))
         self.labels_ = list(labels)
-        configure_threads(self.threads)
-        device = pick_device(self.device)
         net = self.model_.to(device)
         val = usable_val(val)
 
@@ -227,7 +269,7 @@ class FineTuneModel(SmallModel):
 
         progress = Progress(stage or f"train:{self.spec}", total, callback, cancel)
         rng = np.random.default_rng(self.seed)
-        torch.manual_seed(self.seed)
+        _reseed(self.seed, device)
         best, step = BestWeights(self.patience), 0
         self.history_ = []
         eval_every = self.eval_every or steps_per_epoch
@@ -313,7 +355,6 @@ class FineTuneModel(SmallModel):
             raise ModelError(f"{self.spec} is not trained yet: call fit() or load_model() first.")
         if len(split) == 0:
             return np.zeros((0, len(self.labels_)))
-        configure_threads(self.threads)
         device = pick_device(self.device)
         self.model_.to(device)
         feats = tokenize_split(self.tokenizer_, split, self.max_length)
@@ -325,9 +366,8 @@ class FineTuneModel(SmallModel):
         if self.model_ is None:
             raise ModelError(f"{self.spec} is not trained yet: nothing to save.")
         target = folder / HF_SUBDIR
-        with quiet_transformers():
-            self.model_.save_pretrained(target)  # safetensors only in transformers 5
-            self.tokenizer_.save_pretrained(target)
+        self.model_.save_pretrained(target)  # safetensors only in transformers 5
+        self.tokenizer_.save_pretrained(target)
 
     def _load_weights(self, folder: Path) -> None:
         from transformers import AutoModelForSequenceClassification

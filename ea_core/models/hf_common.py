@@ -1,10 +1,13 @@
 """Plumbing shared by the transformer-based kinds (``head`` and ``finetune``).
 
-Loading with readable errors (no internet, unknown id, broken folder), quiet loading (stages
-never print, but transformers logs load reports and progress bars), device and thread choice,
-tokenising a `Split` once, dynamic padding, and length-grouped batching: short texts padded to
-the longest text of a random batch waste most of a CPU's time, so batches are built from texts
-of similar length instead.
+Loading with readable errors (no internet, unknown id, broken folder), device choice, tokenising
+a `Split` once, dynamic padding, and length-grouped batching: short texts padded to the longest
+text of a random batch waste most of a CPU's time, so batches are built from texts of similar
+length instead.
+
+Nothing here changes process-wide switches (torch's thread count, transformers' log level or
+progress bars): two jobs in two threads would race on them. Entry points set them once with
+`ea_core.process.configure_process`.
 """
 
 from __future__ import annotations
@@ -12,41 +15,17 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from ea_core.errors import ModelError
 from ea_core.models.catalog import catalog_names, hub_cached, is_local, resolve_model
+from ea_core.process import TRANSFORMERS_BUILD_LOCK
 from ea_core.splits import Split
 
 #: Keys of tokenizer output that the models take.
 _MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' and the hub client's load reports, retry warnings and progress bars
-    for the duration (stages never print; failures become ModelErrors instead)."""
-    import huggingface_hub.utils as hub_utils
-    import huggingface_hub.utils.logging as hub_logging
-    import transformers.utils.logging as hf_logging
-
-    level, hub_level = hf_logging.get_verbosity(), hub_logging.get_verbosity()
-    bars, hub_bars = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    hub_logging.set_verbosity_error()
-    hub_utils.disable_progress_bars()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        hub_logging.set_verbosity(hub_level)
-        if bars:
-            hf_logging.enable_progress_bar()
-        if hub_bars:
-            hub_utils.enable_progress_bars()
 
 
 def pick_device(device: Optional[str] = "auto") -> "Any":
@@ -62,24 +41,6 @@ def pick_device(device: Optional[str] = "auto") -> "Any":
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"Device {device!r} asked for, but no CUDA GPU is available; use 'auto' or 'cpu'.")
     return dev
-
-
-def configure_threads(threads: Optional[int] = None) -> int:
-    """Set torch's intra-op threads: `threads` if given, else the physical core count, unless the
-    user already chose one through OMP_NUM_THREADS. Returns the number in use."""
-    import torch
-
-    if threads is None and not os.environ.get("OMP_NUM_THREADS"):
-        try:
-            import psutil
-
-            threads = psutil.cpu_count(logical=False)
-        except Exception:  # noqa: BLE001
-            threads = None
-        threads = threads or os.cpu_count() or 1
-    if threads and threads > 0 and torch.get_num_threads() != threads:
-        torch.set_num_threads(int(threads))
-    return torch.get_num_threads()
 
 
 def load_error(model: str, resolved: str, exc: BaseException) -> ModelError:
@@ -109,8 +70,7 @@ def load_tokenizer(model: str, resolved: Optional[str] = None) -> Any:
 
     resolved = resolved or resolve_model(model)
     try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(resolved)
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
     except Exception as exc:  # noqa: BLE001  (OSError, ValueError, HTTP errors ... all mean "cannot load")
         raise load_error(model, resolved, exc) from exc
     if tokenizer.pad_token is None:
@@ -120,11 +80,16 @@ def load_tokenizer(model: str, resolved: Optional[str] = None) -> Any:
     return tokenizer
 
 
-def load_pretrained(auto_cls: Any, model: str, resolved: Optional[str] = None, **kwargs: Any) -> Any:
-    """`auto_cls.from_pretrained(...)`, quietly, turning every failure into a ModelError."""
+def load_pretrained(auto_cls: Any, model: str, resolved: Optional[str] = None, *, builds_model: bool = True,
+                    **kwargs: Any) -> Any:
+    """`auto_cls.from_pretrained(...)`, turning every failure into a ModelError.
+
+    Models are built one at a time in the process (`TRANSFORMERS_BUILD_LOCK`: transformers swaps
+    process-wide functions while it builds one); ``builds_model=False`` (configs) skips the lock.
+    """
     resolved = resolved or resolve_model(model)
     try:
-        with quiet_transformers():
+        with TRANSFORMERS_BUILD_LOCK if builds_model else contextlib.nullcontext():
             return auto_cls.from_pretrained(resolved, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise load_error(model, resolved, exc) from exc

@@ -1,0 +1,112 @@
+"""One-time set-up of the process: torch's thread count, and quiet transformers / hub loading.
+
+Why this exists: torch's intra-op thread count and the logging levels and progress-bar switches
+of transformers and huggingface_hub are *process-wide*. When library code changed them around
+each call (save, change, restore), two jobs in two threads of one server raced: one job's `fit`
+changed another's predict speed, and a restore could put back a value another thread had set.
+So the library never touches them; each entry point (the CLI, the app, a worker process) calls
+`configure_process()` once at start-up, before any model work.
+
+Thread count, measured on a 2-core machine that other processes kept busy (load average 3-4),
+training the ``head:minilm`` head on 3,000 demo tweets with cached embeddings (16 epochs):
+
+* 1 torch thread: 2.0-3.9 s per fit (median 2.9 s);
+* 2 torch threads: 3.3 s when the cores happened to be free, 10-23 s (up to 37 s in another run)
+  when they were not: the head's many tiny ops each wait on an OpenMP barrier whose other thread
+  is descheduled. (The head used to get its speed by switching torch to 1 thread inside `fit`.)
+
+Encoding with the frozen MiniLM was no faster with 2 threads on that loaded machine either
+(300 tweets: 4.2-6.2 s with 1 thread, 5.5-6.7 s with 2). So pass ``threads=1`` (or set
+``OMP_NUM_THREADS=1``) for a process that runs several jobs at once or shares its CPU with other
+busy processes; the default (physical cores) suits one job on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Optional
+
+from ea_core.errors import ConfigError
+
+# Serialises concurrent calls of configure_process (it holds no data of its own).
+_SETUP_LOCK = threading.Lock()
+
+#: Held by ea_core while transformers builds a model (``from_pretrained``, ``from_config``).
+#: Building one swaps process-wide objects for the duration (the ``torch.nn.init`` functions,
+#: ``PreTrainedModel.tie_weights`` / ``init_weights``, torch's default dtype) and then puts back
+#: what it saw on entry; two builds in two threads can so leave them swapped for good (seen: a
+#: later LM loaded with an untied lm_head still on the meta device). So one build at a time.
+TRANSFORMERS_BUILD_LOCK = threading.RLock()
+
+
+def default_threads() -> Optional[int]:
+    """The torch thread count `configure_process` picks when not told: None when the user chose
+    one through ``OMP_NUM_THREADS`` (torch already honours it), else the physical core count."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    try:
+        import psutil
+
+        cores = psutil.cpu_count(logical=False)
+    except Exception:  # noqa: BLE001  (psutil missing or unable to read the CPU topology)
+        cores = None
+    return int(cores or os.cpu_count() or 1)
+
+
+def configure_process(threads: Optional[int] = None) -> None:
+    """Set up this process for EA work; call it once from an entry point, before model work.
+
+    * torch's intra-op threads: `threads` if given, else the physical core count, unless
+      ``OMP_NUM_THREADS`` is set (then torch's own choice from it is kept);
+    * transformers and huggingface_hub: log errors only, no progress bars (stages never print;
+      load failures become ModelErrors instead);
+    * the GGUF loader of transformers imports ``tqdm`` directly and so ignores transformers'
+      progress-bar switch: its module attribute ``tqdm`` is replaced, once, by transformers' own
+      switchable ``transformers.utils.logging.tqdm`` (so it now obeys that switch).
+
+    Idempotent: calling it again with the same argument changes nothing. Library code never calls
+    it: these are process-wide choices that belong to whoever owns the process.
+    """
+    if threads is not None and int(threads) < 1:
+        raise ConfigError(f"threads must be at least 1, not {threads!r}.")
+    with _SETUP_LOCK:
+        _set_torch_threads(int(threads) if threads is not None else default_threads())
+        _quiet_hugging_face()
+
+
+def _set_torch_threads(threads: Optional[int]) -> None:
+    import torch
+
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _quiet_hugging_face() -> None:
+    import huggingface_hub.utils as hub_utils
+    import huggingface_hub.utils.logging as hub_logging
+    import transformers.utils.logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()
+    hub_utils.disable_progress_bars()
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # a transformers without GGUF support: nothing to silence
+        return
+    if hasattr(gguf_utils, "tqdm"):
+        gguf_utils.tqdm = hf_logging.tqdm
+
+
+def warn_ignored_threads(owner: str, threads: Optional[int]) -> None:
+    """Log that a model's or provider's own `threads` setting is no longer applied per call (kept
+    so saved configs still load): the thread count is a process-wide `configure_process` choice."""
+    if threads is None:
+        return
+    logging.getLogger("ea_core").warning(
+        "%s: threads=%s is ignored; torch's thread count is process-wide, so set it once with "
+        "ea_core.process.configure_process(threads=%s) (or OMP_NUM_THREADS) at start-up.",
+        owner, threads, threads,
+    )
