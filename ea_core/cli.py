@@ -273,6 +273,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from ea_core.process import configure_process
+
+    configure_process()
     try:
         if args.command == "train":
             return run_and_report(_config_from_args(args, lm=False), args.out)

@@ -132,7 +132,8 @@ class RunProgress:
                 self._log(t, f"{stage}: {c.calls} calls, {c.cache_hits} cached, {c.failures} failed, "
                              f"${c.cost_usd:.4f}")
             return
-        if stage.startswith(("train:", "oof:")) and (ev.get("loss") is not None or ev.get("val_accuracy") is not None):
+        # Curves of the models the run keeps (out-of-fold refits for mining would crowd them out).
+        if stage.startswith("train:") and (ev.get("loss") is not None or ev.get("val_accuracy") is not None):
             model = stage.split(":", 1)[1]
             self.curves.setdefault(model, []).append(
                 {"step": step, "loss": ev.get("loss"), "val_accuracy": ev.get("val_accuracy")})

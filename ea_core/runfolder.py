@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -97,7 +98,7 @@ class RunFolder:
         self._lock_fd: Optional[int] = None
 
     # -- one writer at a time ---------------------------------------------------------------
-    def lock(self) -> None:
+    def lock(self, wait_s: float = 1.0) -> None:
         """Take the folder's write lock, or raise `RunBusy` naming the process that holds it.
 
         An OS advisory lock (flock): it is released by the kernel when its holder dies, even by
@@ -106,13 +107,19 @@ class RunFolder:
         if self._lock_fd is not None:
             return
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise RunBusy(f"{self.root} is being written by another run (process {holder}). Wait for it to "
-                          "finish or cancel it, or use another output folder.") from None
+        deadline = time.monotonic() + wait_s  # ride out a watcher's momentary `is_locked` probe
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise RunBusy(f"{self.root} is being written by another run (process {holder}). Wait for it to "
+                              "finish or cancel it, or use another output folder.") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd

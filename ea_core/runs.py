@@ -206,8 +206,12 @@ def execute_run(config: Any, folder: str | Path, *, api_key: Optional[str] = Non
     run_folder.lock()  # RunBusy: another process writes this folder, and its status is its own
     keeper = StatusKeeper(folder, cancel, title)
     keeper.start()
+    # The lock is held until the terminal status is written: a watcher that finds the folder
+    # unlocked while the status still says running knows the worker died.
     try:
         state = Pipeline(config, run_folder, api_key=api_key, callback=callback, cancel=cancel).run()
+        keeper.finish("done", "finished")
+        return state
     except Cancelled:
         keeper.finish("cancelled", "cancelled by the user; what was done is kept, run again to resume")
         raise
@@ -223,8 +227,6 @@ def execute_run(config: Any, folder: str | Path, *, api_key: Optional[str] = Non
         raise
     finally:
         run_folder.unlock()
-    keeper.finish("done", "finished")
-    return state
 
 
 def _worker_env() -> dict[str, str]:
