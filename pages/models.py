@@ -1,0 +1,116 @@
+"""Small models tab: the catalog as a checklist with size, offline availability and a CPU time
+estimate for the loaded data; training, mining and routing settings.
+
+Thin: the catalog and the estimates are `ea_core.models`'; settings default to the model
+classes' own defaults (read from their constructors, not copied).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Optional
+
+import gradio as gr
+
+from ea_core.errors import ConfigError
+from ea_core.models import EncoderHeadModel, FineTuneModel
+from ea_core.models.catalog import model_choices
+from ea_core.models.estimate import estimate_seconds, format_estimate
+from pages.data import current_task
+from pages.session import Studio
+
+DEFAULT_SSMS = ["tfidf", "head:minilm"]
+FORM_KEYS = ("ssm", "head_epochs", "finetune_epochs", "max_length", "oof_folds", "mining", "assm", "ea_full",
+             "calibrate", "max_lm_rate")
+SIZES_WHEN_UNKNOWN = (2000, 1000)  # train, val + test: the demo's default sample
+
+
+def _default(cls: type, name: str) -> Any:
+    return inspect.signature(cls.__init__).parameters[name].default
+
+
+def build() -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    labels, table = checklist(*SIZES_WHEN_UNKNOWN, settings={})
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=6, min_width=340):
+            c["ssm"] = gr.CheckboxGroup(labels, value=DEFAULT_SSMS, label="Small models (SSMs) to train",
+                                        info="Ranked by validation accuracy; the best one is augmented. Times are "
+                                             "rough CPU estimates for the loaded data.", elem_id="ssm-choices")
+            c["catalog"] = gr.Dataframe(catalog_frame(table), label="Catalog", interactive=False, wrap=True, max_height=300,
+                                        elem_id="ssm-catalog")
+        with gr.Column(scale=5, min_width=300):
+            with gr.Accordion("Training", open=True):
+                with gr.Row():
+                    c["head_epochs"] = gr.Number(_default(EncoderHeadModel, "epochs"), precision=0, minimum=1,
+                                                 label="head: max epochs (early stopping)", min_width=120)
+                    c["finetune_epochs"] = gr.Number(_default(FineTuneModel, "epochs"), precision=0, minimum=1,
+                                                     label="finetune: epochs", min_width=120)
+                c["max_length"] = gr.Slider(32, 512, value=_default(FineTuneModel, "max_length"), step=16,
+                                            label="Max tokens per input (head and finetune)")
+            with gr.Accordion("Mining and the augmented layer", open=True):
+                c["oof_folds"] = gr.Slider(0, 10, value=3, step=1, label="Out-of-fold mining folds (0 = off)",
+                                           info="Find the examples the SSMs get wrong with models that did not see "
+                                                "them (in-sample, TF-IDF fits its own training data).")
+                c["mining"] = gr.Radio([("every SSM is wrong", "all"), ("the top SSM is wrong", "top")], value="all",
+                                       label="Send a training example to the LM when")
+                c["assm"] = gr.Radio([("the top SSM", "top"), ("each SSM", "each")], value="top",
+                                     label="Augment (fine-tune on the underfit examples)")
+                c["ea_full"] = gr.Checkbox(False, label="Also run EA(Full): LM answers for every training example")
+            with gr.Accordion("Routing", open=True):
+                c["calibrate"] = gr.Checkbox(True, label="Calibrate confidences (temperature scaling on validation)")
+                c["max_lm_rate"] = gr.Slider(0, 1, value=0.3, step=0.01, label="Reported operating point: "
+                                             "max share of inputs sent to the LM")
+    return c
+
+
+def ssm_settings(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    max_length = int(values["max_length"])
+    return {"head": {"epochs": int(values["head_epochs"]), "max_length": max_length},
+            "finetune": {"epochs": int(values["finetune_epochs"]), "max_length": max_length}}
+
+
+def settings_of(values: dict[str, Any]) -> dict[str, Any]:
+    """The small-model part of a RunConfig from the form."""
+    specs = list(values["ssm"] or [])
+    if not specs:
+        raise ConfigError("Tick at least one small model in the Small models tab.")
+    return {"ssm": specs, "ssm_settings": ssm_settings(values), "oof_folds": int(values["oof_folds"]),
+            "mining": values["mining"], "assm": values["assm"], "ea_full": bool(values["ea_full"]),
+            "calibrate": bool(values["calibrate"]), "max_lm_rate": float(values["max_lm_rate"])}
+
+
+def checklist(n_train: int, n_eval: int, settings: dict[str, dict[str, Any]], oof_folds: int = 0,
+              mean_chars: Optional[float] = None, n_val: Optional[int] = None) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    """(checkbox choices, catalog table rows) with estimates for this data size."""
+    choices, rows = [], []
+    for ch in model_choices():
+        est = estimate_seconds(ch.spec, n_train, n_eval, oof_folds=oof_folds, settings=settings.get(ch.kind),
+                               mean_chars=mean_chars, n_val=n_val)
+        where = "offline" if ch.offline_available else "needs download"
+        choices.append((f"{ch.spec} · {ch.params} · {where} · {format_estimate(est)}", ch.spec))
+        rows.append([ch.spec, ch.display_name, ch.params, where, format_estimate(est), ch.description])
+    return choices, rows
+
+
+def refresh(studio: Studio, request: gr.Request, *values: Any) -> tuple[Any, Any]:
+    """Re-estimate the checklist for the loaded data and the current settings."""
+    form = dict(zip(FORM_KEYS, values))
+    task = current_task(studio.session(request))
+    if task is None:
+        n_train, n_eval, n_val, mean_chars = *SIZES_WHEN_UNKNOWN, None, None
+    else:
+        n_train, n_eval, n_val = max(len(task.train), 1), len(task.val) + len(task.test), len(task.val)
+        sample = task.train.texts[:500]
+        mean_chars = sum(map(len, sample)) / max(len(sample), 1)
+    choices, rows = checklist(n_train, n_eval, ssm_settings(form), int(form["oof_folds"] or 0), mean_chars, n_val)
+    return gr.update(choices=choices), catalog_frame(rows)
+
+
+CATALOG_HEADERS = ["spec", "model", "size", "availability", "CPU time (est.)", "description"]
+
+
+def catalog_frame(rows: list[list[str]]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=CATALOG_HEADERS)

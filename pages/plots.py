@@ -1,0 +1,184 @@
+"""Plotly figures of the app, built from plain data that ea_core computed (no gradio here).
+
+Figures are plain plotly JSON (``{"data": [...], "layout": {...}}``), not `plotly.graph_objects`:
+building graph objects validates every property and cost ~100 ms per slider move for two
+figures; dicts cost well under a millisecond, and the browser's Plotly draws the same thing.
+Every figure has a title, axis titles with units and a legend, and a constant `uirevision` so a
+user's zoom survives the redraws that follow a slider.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ea_core.monitor import RunProgress
+from ea_core.router import RoutingMetrics
+
+Figure = dict[str, Any]
+
+COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
+LM_COLOR = "#E45756"
+REF_COLORS = {"LM alone": LM_COLOR, "best SSM": "#B279A2", "Specific Layer": "#54A24B"}
+FONT = {"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 12}
+
+
+def _axis(title: str, **kw: Any) -> dict[str, Any]:
+    return {"title": {"text": title}, "gridcolor": "#eee", "zerolinecolor": "#ddd", **kw}
+
+
+def _figure(data: list[dict[str, Any]], title: str, height: int = 340, **layout: Any) -> Figure:
+    base = {"title": {"text": title, "x": 0.01, "font": {"size": 14}}, "height": height,
+            "margin": {"l": 55, "r": 15, "t": 45, "b": 45}, "font": FONT, "uirevision": "keep",
+            "plot_bgcolor": "white", "paper_bgcolor": "white",
+            "legend": {"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0}}
+    base.update(layout)
+    return {"data": data, "layout": base}
+
+
+def empty(title: str, note: str, height: int = 300) -> Figure:
+    """A titled placeholder that says why there is nothing to plot yet."""
+    return _figure([], title, height, xaxis={"visible": False}, yaxis={"visible": False},
+                   annotations=[{"text": note, "showarrow": False, "x": 0.5, "y": 0.5, "xref": "paper",
+                                 "yref": "paper", "font": {"size": 13, "color": "#666"}}])
+
+
+def class_counts(describe: dict[str, Any]) -> Figure:
+    """Examples per label in each split (grouped bars), from `ea_core.data.describe`."""
+    labels = describe["labels"]
+    data = []
+    for k, (part, name) in enumerate((("train", "train"), ("val", "validation"), ("test", "test"))):
+        counts = describe["splits"][part]["label_counts"]
+        data.append({"type": "bar", "x": labels, "y": [counts[lab] for lab in labels],
+                     "name": f"{name} ({describe['sizes'][part]:,})", "marker": {"color": COLORS[k]}})
+    return _figure(data, "Class counts per split (x: label)", 300, barmode="group",
+                   xaxis=_axis(""), yaxis=_axis("examples"))
+
+
+def _pct(x: Optional[float]) -> Optional[float]:
+    return None if x is None else 100 * x
+
+
+def training_curves(progress: RunProgress) -> Figure:
+    """Loss (left) and validation accuracy (right) per small model, per epoch or step."""
+    curves = progress.curves
+    if not curves:
+        return empty("Training curves", "Curves appear when the first small model trains.")
+    with_loss = any(p["loss"] is not None for pts in curves.values() for p in pts)
+    data = []
+    for k, (model, points) in enumerate(curves.items()):
+        line = {"color": COLORS[k % len(COLORS)]}
+        mode = "lines+markers" if len(points) < 30 else "lines"
+        steps = [p["step"] for p in points]
+        if with_loss and any(p["loss"] is not None for p in points):
+            data.append({"type": "scatter", "x": steps, "y": [p["loss"] for p in points], "name": model, "mode": mode,
+                         "line": line, "legendgroup": model})
+        if any(p["val_accuracy"] is not None for p in points):
+            data.append({"type": "scatter", "x": steps, "y": [_pct(p["val_accuracy"]) for p in points], "name": model,
+                         "mode": mode, "line": line, "legendgroup": model, "showlegend": not with_loss,
+                         **({"xaxis": "x2", "yaxis": "y2"} if with_loss else {})})
+    if not with_loss:  # e.g. TF-IDF only: accuracy per regularisation setting, no loss
+        return _figure(data, "Small models: validation accuracy while training", 330,
+                       xaxis=_axis("step (TF-IDF: regularisation setting tried)"),
+                       yaxis=_axis("validation accuracy (%)"))
+    return _figure(data, "Small models: training loss (left) and validation accuracy (right)", 330,
+                   xaxis=_axis("epoch (or step)", domain=[0, 0.44]), yaxis=_axis("training loss (cross-entropy)"),
+                   xaxis2=_axis("epoch (or step)", domain=[0.56, 1], anchor="y2"),
+                   yaxis2=_axis("validation accuracy (%)", anchor="x2"))
+
+
+def tradeoff(front: Sequence[Any], references: Sequence[Any], current: tuple[RoutingMetrics, RoutingMetrics],
+             title: str = "Accuracy vs LM calls") -> Figure:
+    """Accuracy (%) against the share of inputs sent to the LM (%): the validation Pareto front,
+    the current thresholds on validation and on test, and reference systems (dashed lines for
+    the LM alone and the best small model, as RouteLLM draws them)."""
+    data: list[dict[str, Any]] = []
+    shapes = []
+    if front:
+        data.append({"type": "scatter", "x": [100 * p.lm_call_rate for p in front],
+                     "y": [100 * p.accuracy for p in front], "mode": "lines+markers",
+                     "name": "best thresholds (validation)", "line": {"color": "#999", "shape": "hv"},
+                     "marker": {"size": 4},
+                     "hovertemplate": "LM calls %{x:.1f}%<br>val acc %{y:.2f}%<extra></extra>"})
+    for ref in references:
+        color = REF_COLORS.get(ref.name.split(" (")[0], "#888")
+        if ref.name == "LM alone" or ref.name.startswith("best SSM"):
+            shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 100 * ref.val_accuracy,
+                           "y1": 100 * ref.val_accuracy, "line": {"color": color, "dash": "dash", "width": 1}})
+        data.append({"type": "scatter", "x": [100 * ref.lm_call_rate], "y": [100 * ref.val_accuracy],
+                     "mode": "markers", "name": ref.name, "marker": {"color": color, "size": 10, "symbol": "diamond"},
+                     "hovertemplate": (f"{ref.name}<br>LM calls %{{x:.1f}}%<br>val acc %{{y:.2f}}%"
+                                       f"<br>test acc {100 * ref.test_accuracy:.2f}%<extra></extra>")})
+    val, test = current
+    data.append({"type": "scatter", "x": [100 * val.lm_call_rate], "y": [100 * val.accuracy], "mode": "markers",
+                 "name": "current (validation)", "marker": {"color": "#1f4e9c", "size": 14, "symbol": "circle"},
+                 "hovertemplate": "current, validation<br>LM calls %{x:.1f}%<br>acc %{y:.2f}%<extra></extra>"})
+    data.append({"type": "scatter", "x": [100 * test.lm_call_rate], "y": [100 * test.accuracy], "mode": "markers",
+                 "name": "current (test)",
+                 "marker": {"color": "#1f4e9c", "size": 13, "symbol": "circle-open", "line": {"width": 2.5}},
+                 "hovertemplate": "current, test<br>LM calls %{x:.1f}%<br>acc %{y:.2f}%<extra></extra>"})
+    return _figure(data, title, 380, shapes=shapes, xaxis=_axis("inputs sent to the LM (%)", range=[-3, 103]),
+                   yaxis=_axis("accuracy (%)"))
+
+
+def routing(front: Sequence[Any], references: Sequence[Any], names: Sequence[str],
+            current: tuple[RoutingMetrics, RoutingMetrics]) -> Figure:
+    """What a threshold move redraws, as ONE figure (one Plotly redraw per move, not two): the
+    accuracy / LM-calls trade-off on top, each stage's share of inputs below. Bar labels are left
+    to the hover and the metrics table: text inside bars doubled the redraw time."""
+    top = tradeoff(front, references, current, "Accuracy vs LM calls (top) · who answers (bottom)")
+    bars = stage_shares(names, current)["data"]
+    for bar in bars:
+        bar.update(xaxis="x2", yaxis="y2", legendgroup="stages", legendgrouptitle={"text": "stages"})
+        bar.pop("text", None)
+    layout = top["layout"]
+    layout.update(height=600, barmode="stack", legend={"orientation": "h", "yanchor": "top", "y": -0.1, "x": 0},
+                  margin={"l": 70, "r": 15, "t": 45, "b": 40})
+    layout["yaxis"] = dict(layout["yaxis"], domain=[0.45, 1.0])
+    layout["xaxis2"] = _axis("share of inputs answered (%)", range=[0, 100], anchor="y2")
+    layout["yaxis2"] = {"autorange": "reversed", "domain": [0.0, 0.22], "anchor": "x2"}
+    return {"data": top["data"] + bars, "layout": layout}
+
+
+def stage_shares(names: Sequence[str], current: tuple[RoutingMetrics, RoutingMetrics]) -> Figure:
+    """Share of inputs each stage answers (stacked, %), with its accuracy there, on validation and
+    test: the paper's Table 3 as a picture."""
+    splits = ["validation", "test"]
+    data = []
+    for k, name in enumerate(names):
+        color = LM_COLOR if name == "lm" else COLORS[k % len(COLORS)]
+        shares = [100 * m.shares[k] for m in current]
+        accs = [m.stage_accuracy[k] for m in current]
+        known = [not math.isnan(a) for a in accs]
+        data.append({"type": "bar", "orientation": "h", "y": splits, "x": shares, "name": name,
+                     "marker": {"color": color}, "textposition": "inside", "insidetextanchor": "middle",
+                     "text": [f"{s:.0f}% · acc {100 * a:.0f}%" if s >= 6 and ok else "" for s, a, ok in
+                              zip(shares, accs, known)],
+                     "customdata": [f"{100 * a:.1f}%" if ok else "-" for a, ok in zip(accs, known)],
+                     "hovertemplate": f"{name}<br>%{{y}}: %{{x:.1f}}% of inputs<br>accuracy there %{{customdata}}"
+                                      "<extra></extra>"})
+    return _figure(data, "Who answers: share of inputs per stage, and its accuracy there", 250, barmode="stack",
+                   xaxis=_axis("share of inputs answered (%)", range=[0, 100]), yaxis={"autorange": "reversed"},
+                   margin={"l": 70, "r": 15, "t": 60, "b": 45},
+                   legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 1, "xanchor": "right",
+                           "traceorder": "normal"})
+
+
+def reliability(name: str, bins: dict[str, dict[str, np.ndarray]], calibrated: bool) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, validation and test."""
+    data: list[dict[str, Any]] = [{"type": "scatter", "x": [0, 100], "y": [0, 100], "mode": "lines",
+                                   "name": "perfect calibration", "line": {"color": "#bbb", "dash": "dot"}}]
+    for k, (split, label) in enumerate((("val", "validation"), ("test", "test"))):
+        b = bins[split]
+        ok = b["count"] > 0
+        data.append({"type": "scatter", "x": (100 * b["confidence"][ok]).tolist(),
+                     "y": (100 * b["accuracy"][ok]).tolist(), "mode": "lines+markers", "name": label,
+                     "marker": {"size": np.clip(4 + np.sqrt(b["count"][ok]), 5, 18).tolist(), "color": COLORS[k]},
+                     "customdata": b["count"][ok].tolist(),
+                     "hovertemplate": "confidence %{x:.1f}%<br>accuracy %{y:.1f}%<br>%{customdata} inputs<extra></extra>"})
+    state = "calibrated (temperature scaling)" if calibrated else "uncalibrated"
+    return _figure(data, f"Reliability of {name}, {state}", 340, xaxis=_axis("mean confidence in bin (%)",
+                                                                             range=[0, 100]),
+                   yaxis=_axis("accuracy in bin (%)", range=[0, 100]))

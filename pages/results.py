@@ -1,0 +1,159 @@
+"""Results & export tab: the results table (the paper's Tables 1, 3 and 4), downloads, the
+adapted system as a bundle, the run's settings, and the session's past runs.
+
+Thin: rows come from the run's results.json (`ea_core.report`), bundles from
+`ea_core.bundle.export_run_bundle`. Files offered for download are copies in the session's
+private folder, so a download link never exposes a run folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+
+from ea_core.bundle import export_run_bundle
+from ea_core.errors import EAError
+from ea_core.explore import ORDERS
+from pages.form import settings_file
+from pages.session import Session, Studio
+from pages.thresholds import current_thresholds, owned, run_state
+from pages.ui import error_message, note, pct, seconds, usd
+
+SYSTEM_TITLES = {"lm": "LM alone", "specific_layer": "Specific Layer (SSMs → LM)",
+                 "ea": "EA (SSMs → ASSMs → LM)", "ea_lm_first": "EA, LM before ASSMs", "ea_full": "EA(Full)",
+                 "oracle": "oracle (right if any stage is right)"}
+TABLE_HEADERS = ["system", "val acc", "test acc", "macro-F1 (test)", "LM calls (test)", "train time", "peak memory",
+                 "LM money (test)", "USD / 1k inputs"]
+RUN_HEADERS = ["run", "state", "started", "took"]
+
+
+def build() -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    c["intro"] = gr.HTML(note("Open a finished run to see its results.", "info"), elem_id="res-intro")
+    c["table"] = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="res-table",
+                              label="Systems: thresholds tuned on validation, accuracy on validation and test")
+    with gr.Row(equal_height=False):
+        c["shares"] = gr.Dataframe(headers=["stage", "share of test inputs", "accuracy there"], interactive=False,
+                                   label="Who answers in EA (test)", scale=1)
+        c["summary"] = gr.Markdown("", elem_id="res-summary")
+    with gr.Row():
+        c["dl_csv"] = gr.DownloadButton("results.csv", value=None, interactive=False, size="sm")
+        c["dl_json"] = gr.DownloadButton("results.json", value=None, interactive=False, size="sm")
+        c["dl_settings"] = gr.DownloadButton("run settings (.json, no key)", value=None, interactive=False, size="sm")
+        c["make_bundle"] = gr.Button("Build bundle at the current thresholds", size="sm", elem_id="res-make-bundle")
+        c["dl_bundle"] = gr.DownloadButton("bundle.zip", value=None, interactive=False, size="sm",
+                                           elem_id="res-dl-bundle")
+    c["bundle_msg"] = gr.HTML("")
+    with gr.Accordion("Your runs (this browser)", open=True):
+        c["runs"] = gr.Dataframe(headers=RUN_HEADERS, interactive=False, wrap=True, elem_id="res-runs", max_height=260)
+        with gr.Row():
+            c["run_pick"] = gr.Dropdown([], label="Run", scale=3, elem_id="res-run-pick")
+            c["open"] = gr.Button("Open", scale=1, elem_id="res-open")
+            c["refresh_runs"] = gr.Button("Refresh list", scale=1)
+    with gr.Accordion("Load settings from a file", open=False):
+        c["settings_file"] = gr.File(label="settings .json", file_types=[".json"], height=100)
+        c["settings_msg"] = gr.HTML("")
+    return c
+
+
+def _download_dir(session: Session, run_id: str) -> Path:
+    path = session.upload_dir / "downloads" / run_id[:12]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _fmt_row(r: dict[str, Any]) -> list[str]:
+    name = r["system"]
+    return [SYSTEM_TITLES.get(name, name), pct(r.get("val_accuracy"), 2), pct(r.get("test_accuracy"), 2),
+            "-" if r.get("macro_f1") is None else f"{r['macro_f1']:.3f}", pct(r.get("lm_call_rate")),
+            seconds(r.get("train_time_s")) if r.get("train_time_s") else "-",
+            f"{r['peak_rss_mb']:.0f} MB" if r.get("peak_rss_mb") else "-",
+            usd(r.get("lm_cost_usd")) if r.get("lm_cost_usd") is not None else "-",
+            usd(r.get("cost_per_1k_usd")) if r.get("cost_per_1k_usd") is not None else "-"]
+
+
+def views(studio: Studio, owner: Optional[str], run_id: Optional[str], request: gr.Request) -> tuple[Any, ...]:
+    """The tab for a finished run: tables, summary, downloads (copies in the session's folder)."""
+    import pandas as pd
+
+    n_out = 7
+    if not owned(studio, owner, run_id):
+        return (gr.skip(),) * n_out
+    session = studio.session(request)
+    try:
+        state = run_state(studio, session, run_id)
+    except (EAError, OSError) as err:
+        return (note(error_message(err), "error"),) + (gr.skip(),) * (n_out - 1)
+    folder = state.folder.root
+    rows = state.rows
+    table = pd.DataFrame([_fmt_row(r) for r in rows], columns=TABLE_HEADERS)
+    ea = next((r for r in rows if r["system"] == "ea"), None)
+    shares = pd.DataFrame(
+        [[name, pct(share), pct((ea.get("stage_accuracy") or {}).get(name))] for name, share in
+         (ea.get("stage_shares") or {}).items()] if ea else [], columns=["stage", "share of test inputs",
+                                                                         "accuracy there"])
+    lines = [f"**{state.task.name}** · labels {', '.join(state.task.labels)} · train {len(state.task.train):,} / "
+             f"val {len(state.task.val):,} / test {len(state.task.test):,}",
+             f"SSM ranking (validation accuracy): {', '.join(r.name for r in state.ssms)}"]
+    if state.mining is not None:
+        m = state.mining.summary()
+        lines.append(f"Mining: {m['sent_to_lm']:,} of {m['n_train']:,} training examples sent to the LM, "
+                     f"{m['underfit']:,} underfit (the LM was wrong too), {m['lm_failed']} failed calls.")
+    spent = sum(float(u.get("cost_usd") or 0.0) for u in state.lm_usage.values())
+    calls = sum(int(u.get("calls") or 0) for u in state.lm_usage.values())
+    if state.lm_usage:
+        lines.append(f"LM usage of this run: {calls:,} paid calls, {usd(spent)}.")
+    lines += [f"Note: {n}" for n in state.notes]
+    out = _download_dir(session, run_id)
+    files = {}
+    for name in ("results.csv", "results.json"):
+        if (folder / name).is_file():
+            files[name] = shutil.copyfile(folder / name, out / name)
+    settings = settings_file(state.config.to_dict(), folder, out / "settings.json")
+    intro = note(f"Run {state.task.name}: thresholds were tuned on validation; every test figure is on held-out "
+                 "data.", "info")
+    return (intro, table, shares, "\n\n".join(lines),
+            gr.update(value=str(files["results.csv"]) if "results.csv" in files else None, interactive="results.csv" in files),
+            gr.update(value=str(files["results.json"]) if "results.json" in files else None,
+                      interactive="results.json" in files),
+            gr.update(value=str(settings), interactive=True))
+
+
+def make_bundle(studio: Studio, owner: Optional[str], run_id: Optional[str], order: str, calibrated: bool,
+                request: gr.Request, *sliders: float) -> tuple[Any, str]:
+    """Export the adapted system at the current sliders as a zip to download."""
+    if not owned(studio, owner, run_id):
+        return gr.skip(), note("Open a finished run first.", "info")
+    session = studio.session(request)
+    try:
+        state = run_state(studio, session, run_id)
+        _, thresholds = current_thresholds(studio, session, run_id, order, calibrated, sliders)
+        out = _download_dir(session, run_id)
+        bundle = export_run_bundle(state, state.rows, out / "bundle", system=order, thresholds=thresholds,
+                                   layers=ORDERS[order][1], calibrated=calibrated)
+        zip_path = shutil.make_archive(str(out / f"ea-bundle-{state.task.name}"), "zip", root_dir=bundle)
+    except (EAError, OSError) as err:
+        return gr.skip(), note(error_message(err), "error")
+    size = Path(zip_path).stat().st_size / 2**20
+    return (gr.update(value=zip_path, interactive=True),
+            note(f"Bundle ready ({size:.1f} MB): {', '.join(state.stage_names(ORDERS[order][1]))} at the "
+                 "current thresholds. Use it with `python -m ea_core predict --bundle DIR`, or load it in Try it.",
+                 "ok"))
+
+
+def runs_list(studio: Studio, owner: Optional[str]) -> tuple[Any, Any]:
+    """The owner's runs (only theirs) as a table and as a picker."""
+    import pandas as pd
+
+    if not owner:
+        return pd.DataFrame([], columns=RUN_HEADERS), gr.update(choices=[])
+    runs = studio.manager.runs(owner)
+    table = pd.DataFrame([[r.title or r.run_id[:8], r.state, time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
+                           seconds(r.elapsed_s)] for r in runs], columns=RUN_HEADERS)
+    choices = [(f"{r.title or r.run_id[:8]} — {r.state} ({time.strftime('%H:%M', time.localtime(r.created))})",
+                r.run_id) for r in runs]
+    return table, gr.update(choices=choices, value=choices[0][1] if choices else None)

@@ -1,0 +1,120 @@
+"""Per-server and per-browser-session state of the app (no ML here: it only holds what ea_core built).
+
+Two scopes, never a module-level global:
+
+* `Studio`, one per built app: the run manager (runs live in their folders, see
+  `ea_core.runs`) and the table of live browser sessions.
+* `Session`, one per browser session (Gradio's ``session_hash``): its private upload folder,
+  the runs it has opened (explorers and adapted systems are big numpy/torch objects that do not
+  belong in `gr.State`, which is deep-copied), and the monitor of the run it watches. Dropped,
+  uploads deleted, when the browser goes away (``demo.unload``).
+
+Who owns a run is decided by the browser's owner token (kept in `gr.BrowserState`, so a reload
+or a server restart finds the same runs), not by the session: a refreshed page is a new session
+of the same owner.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import gradio as gr
+
+from ea_core.monitor import RunProgress
+from ea_core.runs import RunManager
+
+#: Opened runs kept in memory per session (each holds its cached arrays and loaded models).
+OPEN_RUNS_KEPT = 2
+
+
+def new_owner_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@dataclass
+class Watch:
+    """The monitor of one run: folded events and how far the event file was read."""
+
+    run_id: str
+    progress: RunProgress
+    offset: int = 0
+
+
+@dataclass
+class Session:
+    """What one browser session holds on the server."""
+
+    upload_dir: Path
+    data_file: Optional[Path] = None  # private copy of the uploaded dataset
+    data_name: Optional[str] = None  # the file name the user uploaded
+    bundle_dir: Optional[Path] = None  # an uploaded bundle, unpacked
+    watch: Optional[Watch] = None
+    cache: "OrderedDict[Any, Any]" = field(default_factory=OrderedDict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def cached(self, key: Any, build: Callable[[], Any], keep: int = OPEN_RUNS_KEPT * 4) -> Any:
+        """A per-session memo (explorers, run states, adapted systems), least recently used out."""
+        with self.lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+        value = build()
+        with self.lock:
+            self.cache[key] = value
+            while len(self.cache) > keep:
+                self.cache.popitem(last=False)
+        return value
+
+    def forget(self, match: Callable[[Any], bool]) -> None:
+        with self.lock:
+            for key in [k for k in self.cache if match(k)]:
+                del self.cache[key]
+
+
+class Studio:
+    """The app's server side: a run manager over `runs_dir` and the live sessions."""
+
+    def __init__(self, runs_dir: str | Path) -> None:
+        self.runs_dir = Path(runs_dir).resolve()
+        self.manager = RunManager(self.runs_dir)
+        self.uploads_root = self.runs_dir / ".uploads"
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def session(self, request: Optional[gr.Request]) -> Session:
+        """The calling browser session's state (created on first use)."""
+        key = getattr(request, "session_hash", None) or "no-session"
+        with self._lock:
+            if key not in self._sessions:
+                folder = self.uploads_root / secrets.token_hex(12)
+                folder.mkdir(parents=True, mode=0o700)
+                self._sessions[key] = Session(upload_dir=folder)
+            return self._sessions[key]
+
+    def drop(self, request: Optional[gr.Request]) -> None:
+        """Forget a closed session and delete its uploads (bound to ``demo.unload``)."""
+        key = getattr(request, "session_hash", None) or "no-session"
+        with self._lock:
+            session = self._sessions.pop(key, None)
+        if session is not None:
+            shutil.rmtree(session.upload_dir, ignore_errors=True)
+
+    @property
+    def n_sessions(self) -> int:
+        return len(self._sessions)
+
+    def server_secret(self) -> str:
+        """The key that encrypts the browser's owner token, kept beside the runs so that a restarted
+        server still reads what browsers stored (it protects an owner token, never an API key)."""
+        path = self.runs_dir / ".browser_state_secret"
+        if not path.is_file():
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+

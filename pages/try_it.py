@@ -1,0 +1,215 @@
+"""Try it tab: route one input through the real models at the current sliders, and see why.
+
+Thin: the adapted system is `ea_core.bundle.system_from_run` (or a loaded bundle); its
+`route_one` trace says, stage by stage, the confidence against the threshold and who answered.
+Models are loaded once per (run, order, calibration) and session; moving a slider only changes
+thresholds. The LM stage needs the run's LM: the local model loads in this process (tens of
+seconds the first time), an API LM needs the key typed in the Large model tab.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+
+from ea_core.bundle import load_bundle, read_bundle_meta, system_from_run
+from ea_core.errors import ConfigError, EAError
+from ea_core.system import AdaptedSystem, RouteTrace
+from pages.session import Session, Studio
+from pages.thresholds import current_thresholds, explorer, owned, run_state
+from pages.ui import error_message, note, pct, seconds, usd
+
+EXAMPLE_HEADERS = ["text", "gold", "routed answer", "answered by", "right?"]
+MAX_BUNDLE_BYTES = 2 << 30
+MAX_BUNDLE_FILES = 10_000
+
+
+def build() -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    c["intro"] = gr.HTML(note("Open a finished run to try inputs, or load an exported bundle below.", "info"),
+                         elem_id="try-intro")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            c["text"] = gr.Textbox(label="Input text", lines=3, elem_id="try-text")
+            c["pair"] = gr.Textbox(label="Second text (pair tasks)", lines=2, visible=False, elem_id="try-pair")
+            c["use_lm"] = gr.Checkbox(True, label="Call the LM stage if the input reaches it")
+            c["route"] = gr.Button("Route this input", variant="primary", elem_id="try-route")
+            c["trace"] = gr.HTML("", elem_id="try-trace")
+        with gr.Column(scale=6, min_width=340):
+            c["examples"] = gr.Dataframe(headers=EXAMPLE_HEADERS, interactive=False, wrap=True, max_height=360,
+                                         label="Test examples at these thresholds (click one to route it)",
+                                         elem_id="try-examples")
+            with gr.Accordion("Load an exported bundle instead", open=False):
+                c["bundle"] = gr.File(label="bundle .zip", file_types=[".zip"], height=100)
+                c["bundle_msg"] = gr.HTML("")
+                c["unload_bundle"] = gr.Button("Back to the opened run", size="sm")
+    return c
+
+
+def trace_html(trace: RouteTrace, labels_note: str = "") -> str:
+    rows = []
+    for st in trace.stages:
+        conf = "-" if st.confidence is None else f"{st.confidence:.3f}"
+        thr = "answers the rest" if st.took and st is trace.stages[-1] and st.threshold <= 0 else f"≥ {st.threshold:.3f}"
+        verdict = "answers" if st.took else "passes on"
+        cost = f" · {usd(st.cost_usd, 6)}" if st.cost_usd else ""
+        rows.append(f"<tr class='{'took' if st.took else ''}'><td>{html.escape(st.stage)}</td><td>{conf}</td>"
+                    f"<td>{html.escape(thr)}</td><td>{html.escape(str(st.answer))}</td><td>{verdict}</td>"
+                    f"<td>{seconds(st.latency_s)}{cost}</td></tr>")
+    head = ("<tr><th>stage</th><th>confidence</th><th>threshold</th><th>its answer</th><th></th>"
+            "<th>time</th></tr>")
+    answer = trace.prediction if trace.prediction is not None else "(no usable answer)"
+    top = note(f"Answer: {answer} — by {trace.answered_by}, in {seconds(trace.latency_s)}.", "ok")
+    return f"{top}<table class='ea-trace'>{head}{''.join(rows)}</table>{labels_note}"
+
+
+def _lm_detail(trace: RouteTrace) -> str:
+    """The LM's raw reply, latency and cost, when the input reached it."""
+    lm = next((st for st in trace.stages if st.raw is not None), None)
+    if lm is None:
+        return ""
+    cost = f", cost {usd(lm.cost_usd, 6)}" if lm.cost_usd else " (no charge: cached or free)"
+    return (f"<div class='ea-note ea-info'><b>LM reply</b> in {seconds(lm.latency_s)}{cost}:"
+            f"<pre style='white-space:pre-wrap;margin:4px 0'>{html.escape(lm.raw or '(label scores, no text)')}</pre></div>")
+
+
+def _system(studio: Studio, session: Session, run_id: str, order: str, calibrated: bool, use_lm: bool,
+            api_key: Optional[str]) -> AdaptedSystem:
+    """The run's adapted system (models loaded once per session); the LM only if asked and possible."""
+    state = run_state(studio, session, run_id)
+    ex = explorer(studio, session, run_id, order, calibrated)
+    from pages.lm import is_local_url
+
+    needs_key = use_lm and state.config.lm not in (None, "local") and not state.config.lm.startswith("local:") \
+        and not is_local_url(state.config.lm_base_url)
+    if needs_key and not (api_key or "").strip():
+        raise ConfigError("This run's LM is an API model: paste the API key in the Large model tab to call it, "
+                          "or untick 'Call the LM stage'.")
+    key = ("system", run_id, order, bool(calibrated), bool(use_lm), hash(api_key) if needs_key else None)
+    return session.cached(key, lambda: system_from_run(state, ex.tuned_thresholds(), list(_layers(order)),
+                                                       api_key=api_key if needs_key else None,
+                                                       use_lm=use_lm, calibrated=calibrated), keep=12)
+
+
+def _layers(order: str) -> tuple[str, ...]:
+    from ea_core.explore import ORDERS
+
+    return ORDERS[order][1]
+
+
+def route(studio: Studio, owner: Optional[str], run_id: Optional[str], order: str, calibrated: bool,
+          use_lm: bool, api_key: Optional[str], text: str, pair: Optional[str], request: gr.Request,
+          *sliders: float) -> str:
+    """Route one input at the current sliders and explain the route."""
+    session = studio.session(request)
+    if not (text or "").strip():
+        return note("Type an input first.", "info")
+    try:
+        if session.bundle_dir is not None:
+            system = session.cached(("bundle", str(session.bundle_dir), bool(use_lm)),
+                                    lambda: load_bundle(session.bundle_dir, use_lm=False))
+            trace = system.route_one(text, pair or None)
+            return trace_html(trace, note("Loaded bundle: routed with its own thresholds; its LM stage, if any, "
+                                          "is not called (a bundle never chooses an endpoint or a key).", "info"))
+        if not owned(studio, owner, run_id):
+            return note("Open a finished run first (Train & mine, or Results → past runs).", "info")
+        system = _system(studio, session, run_id, order, calibrated, use_lm, api_key)
+        _, thresholds = current_thresholds(studio, session, run_id, order, calibrated, sliders)
+        live = [t for t, name in zip(thresholds, explorer(studio, session, run_id, order, calibrated).names)
+                if use_lm or name != "lm"]
+        for stage, t in zip(system.stages, live):
+            stage.threshold = t
+        pair_value = pair if (pair or "").strip() else None
+        state = run_state(studio, session, run_id)
+        if state.task.is_pair and pair_value is None:
+            return note("This task classifies text pairs: give the second text too.", "warn")
+        trace = system.route_one(text, pair_value)
+    except (EAError, OSError) as err:
+        return note(error_message(err), "error")
+    skipped = "" if use_lm else note("The LM stage was skipped: the last small model answered.", "info")
+    return trace_html(trace, _lm_detail(trace) + skipped)
+
+
+def examples(studio: Studio, owner: Optional[str], run_id: Optional[str], order: str, calibrated: bool,
+             request: gr.Request, *sliders: float) -> Any:
+    """Right and wrong test inputs at the current thresholds (from the cached outputs)."""
+    import pandas as pd
+
+    if not owned(studio, owner, run_id):
+        return gr.skip()
+    session = studio.session(request)
+    ex, thresholds = current_thresholds(studio, session, run_id, order, calibrated, sliders)
+    rows = ex.examples(thresholds, "test", k=10)
+    return pd.DataFrame([[r["text"] if r["pair"] is None else f"{r['text']} ‖ {r['pair']}", r["gold"], r["predicted"],
+                          r["answered_by"], "✓" if r["right"] else "✗"] for r in rows], columns=EXAMPLE_HEADERS)
+
+
+def pick_example(studio: Studio, owner: Optional[str], run_id: Optional[str], evt: gr.SelectData,
+                 request: gr.Request) -> tuple[Any, Any]:
+    """Clicking an example row puts its input in the boxes."""
+    if not owned(studio, owner, run_id) or evt is None:
+        return gr.skip(), gr.skip()
+    value = evt.row_value[0] if getattr(evt, "row_value", None) else evt.value
+    text, _, pair = str(value).partition(" ‖ ")
+    return text, pair
+
+
+def load_bundle_zip(studio: Studio, file: Optional[str], request: gr.Request) -> str:
+    """Unpack an uploaded bundle into the session's folder (refusing paths that escape it) and check it."""
+    session = studio.session(request)
+    if not file:
+        return ""
+    target = session.upload_dir / "bundle"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    try:
+        unpack_zip(Path(file), target)
+        root = next((p.parent for p in target.rglob("bundle.json")), None)
+        if root is None:
+            raise ConfigError("This zip holds no bundle.json: export a bundle from Results & export.")
+        meta = read_bundle_meta(root)
+        load_bundle(root, use_lm=False)  # every model loads, or the message says which does not
+    except (EAError, OSError, zipfile.BadZipFile) as err:
+        shutil.rmtree(target, ignore_errors=True)
+        session.bundle_dir = None
+        return note(f"Cannot use this bundle: {error_message(err) if not isinstance(err, zipfile.BadZipFile) else 'not a valid zip file'}",
+                    "error")
+    finally:
+        Path(file).unlink(missing_ok=True)
+    session.bundle_dir = root
+    stages = ", ".join(s["name"] for s in meta["stages"])
+    lm = meta.get("lm") or {}
+    endpoint = f" Its LM was {lm.get('model') or lm.get('spec')} at {lm.get('base_url') or 'the default endpoint'}" \
+        f" (shown, not used)." if lm else ""
+    return note(f"Bundle loaded: labels {', '.join(meta['labels'])}; stages {stages}.{endpoint}", "ok")
+
+
+def unpack_zip(path: Path, target: Path) -> None:
+    """Extract a zip into `target`, refusing entries that escape it, links, and zip bombs."""
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_BUNDLE_FILES:
+            raise ConfigError(f"The zip has {len(infos):,} entries (limit {MAX_BUNDLE_FILES:,}).")
+        if sum(i.file_size for i in infos) > MAX_BUNDLE_BYTES:
+            raise ConfigError("The zip unpacks to more than 2 GB: refused.")
+        root = target.resolve()
+        for info in infos:
+            dest = (target / info.filename).resolve()
+            if root != dest and root not in dest.parents:
+                raise ConfigError(f"The zip entry {info.filename!r} points outside the bundle: refused.")
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise ConfigError(f"The zip entry {info.filename!r} is a symbolic link: refused.")
+        zf.extractall(target)
+
+
+def unload_bundle(studio: Studio, request: gr.Request) -> str:
+    session = studio.session(request)
+    if session.bundle_dir is not None:
+        shutil.rmtree(session.upload_dir / "bundle", ignore_errors=True)
+        session.bundle_dir = None
+    return note("Back to the opened run.", "info")

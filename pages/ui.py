@@ -1,0 +1,139 @@
+"""Small UI helpers shared by the tabs: messages a person reads, number formats, error handling."""
+
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+import json
+import typing
+from typing import Any, Callable
+
+import gradio as gr
+
+from ea_core.errors import EAError
+
+NONE = "(none)"  # dropdown value for "no column"
+
+
+def note(text: str, kind: str = "info") -> str:
+    """A one-paragraph message box (kind: info, ok, warn, error) as HTML for gr.HTML / gr.Markdown."""
+    icon = {"info": "i", "ok": "✓", "warn": "!", "error": "×"}[kind]
+    return f'<div class="ea-note ea-{kind}"><span class="ea-icon">{icon}</span>{html.escape(text)}</div>'
+
+
+def error_message(err: BaseException) -> str:
+    """What the user reads for an error: the message of a user-facing error, a short line otherwise."""
+    if isinstance(err, EAError):
+        return str(err)
+    if isinstance(err, OSError):
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        return f"{err.strerror or err}{where}"
+    return f"Unexpected error ({type(err).__name__}): {err}"
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user-facing errors of a handler into a readable toast (gr.Error) instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (EAError, OSError) as err:
+            raise gr.Error(error_message(err), print_exception=False) from None
+
+    return wrapper
+
+
+def bind(fn: Callable[..., Any], first: Any) -> Callable[..., Any]:
+    """`fn` with its first argument fixed (the app's Studio), as a plain function Gradio can inspect.
+
+    functools.partial would hide the type hints Gradio reads to pass `gr.Request` / `gr.SelectData`;
+    this keeps the signature and the resolved hints, minus the bound parameter.
+    """
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())
+    hints = typing.get_type_hints(fn)
+
+    @functools.wraps(fn)
+    def handler(*args: Any, **kwargs: Any) -> Any:
+        return fn(first, *args, **kwargs)
+
+    handler.__signature__ = sig.replace(parameters=params[1:])  # type: ignore[attr-defined]
+    handler.__annotations__ = {k: v for k, v in hints.items() if k != params[0].name}
+    del handler.__wrapped__  # inspect.signature must not look through to `fn`
+    return handler
+
+
+def as_plot(figure: dict[str, Any]) -> Any:
+    """A plotly JSON figure (see pages.plots) as gr.Plot's value, serialised once, without graph objects."""
+    from gradio.components.plot import PlotData
+
+    return PlotData(type="plotly", plot=json.dumps(figure, default=_json_scalar))
+
+
+def _json_scalar(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def col(value: Any) -> Any:
+    """A column dropdown's value as a setting (None for "(none)" or empty)."""
+    return None if value in (None, "", NONE) else value
+
+
+def cap(value: Any) -> Any:
+    """A size cap box as a setting: empty or 0 means no cap."""
+    if value in (None, "") or int(value) <= 0:
+        return None
+    return int(value)
+
+
+def pct(x: Any, digits: int = 1) -> str:
+    return "-" if x is None or x != x else f"{100 * float(x):.{digits}f}%"
+
+
+def usd(x: Any, digits: int = 4) -> str:
+    return "-" if x is None or x != x else f"${float(x):,.{digits}f}"
+
+
+def seconds(x: Any) -> str:
+    if x is None or x != x:
+        return "-"
+    x = float(x)
+    if x < 90:
+        return f"{x:.0f} s" if x >= 10 else f"{x:.1f} s"
+    if x < 3600:
+        return f"{x / 60:.1f} min"
+    return f"{x / 3600:.1f} h"
+
+
+CSS = """
+.ea-note { padding: 8px 12px; border-radius: 8px; margin: 4px 0; font-size: 0.95em; }
+.ea-icon { display: inline-block; width: 1.3em; height: 1.3em; line-height: 1.3em; text-align: center;
+           border-radius: 50%; margin-right: 6px; font-weight: 700; font-size: 0.85em; color: #fff; background: #4C78A8; }
+.ea-ok .ea-icon { background: #2e7d32; } .ea-warn .ea-icon { background: #b26a00; }
+.ea-error .ea-icon { background: #c62828; }
+.ea-info { background: #eef4fb; border: 1px solid #c9dcf2; }
+.ea-ok { background: #eef8ee; border: 1px solid #c4e3c4; }
+.ea-warn { background: #fff7e6; border: 1px solid #f5d9a0; }
+.ea-error { background: #fdecec; border: 1px solid #f2b8b8; }
+.ea-stepper { display: flex; flex-wrap: wrap; gap: 6px; margin: 4px 0 8px; }
+.ea-step { padding: 4px 10px; border-radius: 14px; font-size: 0.9em; border: 1px solid #ddd; background: #f7f7f7; }
+.ea-step.done { background: #e6f4ea; border-color: #9fd3ae; }
+.ea-step.running { background: #e8f0fe; border-color: #8ab4f8; font-weight: 600; }
+.ea-step.failed, .ea-step.stopped { background: #fdecec; border-color: #f2b8b8; }
+.ea-bar { margin: 3px 0; font-size: 0.88em; }
+.ea-bar .track { background: #eee; border-radius: 4px; height: 8px; overflow: hidden; }
+.ea-bar .fill { background: #4C78A8; height: 8px; }
+.ea-cards { display: flex; flex-wrap: wrap; gap: 8px; }
+.ea-card { border: 1px solid #e3e3e3; border-radius: 8px; padding: 6px 12px; min-width: 92px; }
+.ea-card .v { font-size: 1.15em; font-weight: 600; }
+.ea-card .k { font-size: 0.8em; color: #666; }
+.ea-trace td, .ea-trace th { padding: 4px 8px; font-size: 0.92em; }
+.ea-metrics { width: 100%; border-collapse: collapse; } .ea-metrics td, .ea-metrics th { border-bottom: 1px solid #eee; text-align: left; }
+.ea-trace tr.took { background: #eef8ee; }
+"""

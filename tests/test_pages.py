@@ -1,0 +1,142 @@
+"""Tab handlers called in-process: settings round trip, bundle uploads, sessions, plots, estimates."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ea_core.errors import ConfigError
+from ea_core.pipeline import RunConfig
+from pages import form, lm, models, plots, try_it
+from pages.session import Studio
+
+
+def request(session: str) -> SimpleNamespace:
+    return SimpleNamespace(session_hash=session)
+
+
+def test_settings_survive_a_round_trip_through_the_form(tmp_path):
+    cfg = RunConfig(data="demo:tweets", ssm=["tfidf", "head:minilm"], max_train=500, oof_folds=4, mining="top",
+                    lm="deepseek", lm_model="deepseek-chat", lm_base_url="https://api.deepseek.com/v1",
+                    price_in=0.27, price_out=1.1, budget_usd=2.0, few_shot=2, max_lm_rate=0.25,
+                    ssm_settings={"head": {"epochs": 7, "max_length": 64}, "finetune": {"epochs": 2, "max_length": 64}},
+                    prompt={"system": "S", "instruction": "Pick one of {labels}.", "input_format": "T: {text}",
+                            "pair_format": "A: {text} B: {pair}"})
+    values = form.form_from_config(cfg)
+    assert values["preset"] == "deepseek" and values["source"] == "demo" and values["head_epochs"] == 7
+    studio = Studio(tmp_path / "runs")
+    again = form.config_from_form(studio.session(request("s1")), values)
+    for field in ("data", "ssm", "max_train", "oof_folds", "mining", "lm", "lm_model", "lm_base_url", "price_in",
+                  "price_out", "budget_usd", "few_shot", "max_lm_rate", "ssm_settings", "prompt"):
+        assert getattr(again, field) == getattr(cfg, field), field
+
+
+def test_a_settings_file_never_holds_the_cache_path_or_the_upload_path(tmp_path):
+    run = tmp_path / "runs" / "r"
+    (run / "input").mkdir(parents=True)
+    cfg = RunConfig(data=str(run / "input" / "reviews.csv"), ssm=["tfidf"], cache="/srv/secret/lm_cache.sqlite")
+    path = form.settings_file(cfg.to_dict(), run, tmp_path / "settings.json")
+    saved = json.loads(path.read_text())
+    assert "cache" not in saved and saved["data"] == "upload:reviews.csv"
+    back = form.read_settings(str(path))
+    assert form.form_from_config(back)["source"] == "file" and "upload it again" in form.upload_note(back)
+    (tmp_path / "bad.json").write_text('{"data": "x", "ssm": ["tfidf"], "sneaky": 1}')
+    with pytest.raises(ConfigError, match="Unknown run setting"):
+        form.read_settings(str(tmp_path / "bad.json"))
+
+
+def test_lm_form_needs_a_key_for_a_remote_endpoint_but_not_for_a_local_one():
+    values = {k: None for k in lm.FORM_KEYS}
+    values.update(preset="custom", base_url="https://api.example.com/v1", model="m", concurrency=4, few_shot=0,
+                  prompt_system="s", prompt_instruction="i {labels}", prompt_input="{text}",
+                  prompt_pair="{text} {pair}", budget_usd=0)
+    assert lm.settings_of(values)["budget_usd"] is None  # an untouched number box arrives as 0
+    with pytest.raises(ConfigError, match="paste your API key|Paste your API key"):
+        lm.check_key(values, "")
+    lm.check_key(values, "sk-x")
+    lm.check_key({**values, "base_url": "http://127.0.0.1:8000/v1"}, "")
+    lm.check_key({**values, "preset": "local"}, "")
+    with pytest.raises(ConfigError, match="both prices"):
+        lm.settings_of({**values, "price_in": 1.0})
+
+
+def _zip(entries: dict[str, bytes], symlink: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+def test_an_uploaded_bundle_cannot_write_outside_its_folder(tmp_path):
+    studio = Studio(tmp_path / "runs")
+    req = request("s2")
+    for name, payload in (("slip.zip", _zip({"../../escaped.txt": b"x", "bundle.json": b"{}"})),
+                          ("abs.zip", _zip({"/tmp/abs-escape.txt": b"x"})),
+                          ("link.zip", _zip({"bundle.json": b"{}"}, symlink="models/link")),
+                          ("none.zip", _zip({"readme.txt": b"hello"})),
+                          ("junk.zip", b"not a zip at all")):
+        upload = tmp_path / name
+        upload.write_bytes(payload)
+        message = try_it.load_bundle_zip(studio, str(upload), req)
+        assert "ea-error" in message and "Traceback" not in message, (name, message)
+        assert not upload.exists()  # the upload is not kept
+    assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/abs-escape.txt").exists()
+    assert studio.session(req).bundle_dir is None
+
+
+def test_a_real_bundle_loads_into_try_it_and_routes(tmp_path, fruit_run):
+    import shutil
+
+    zip_path = shutil.make_archive(str(tmp_path / "b"), "zip", root_dir=fruit_run[1] / "bundle")
+    studio = Studio(tmp_path / "runs")
+    req = request("s3")
+    message = try_it.load_bundle_zip(studio, zip_path, req)
+    assert "Bundle loaded" in message and "shown, not used" in message
+    trace = try_it.route(studio, None, None, "ea", True, True, None, "apple fresh pie item 5", "", req, *[0.5] * 8)
+    assert "Answer:" in trace and "never chooses an endpoint" in trace
+
+
+def test_a_closed_session_loses_its_uploads(tmp_path):
+    studio = Studio(tmp_path / "runs")
+    req = request("s4")
+    session = studio.session(req)
+    (session.upload_dir / "data").mkdir()
+    (session.upload_dir / "data" / "mine.csv").write_text("text,label\n")
+    assert studio.session(req) is session and studio.n_sessions == 1
+    studio.drop(req)
+    assert not session.upload_dir.exists() and studio.n_sessions == 0
+    assert studio.session(request("s5")).upload_dir != session.upload_dir
+
+
+def test_figures_are_plain_plotly_json_with_titles_and_axis_units(fruit_run):
+    from ea_core.explore import Explorer
+    from ea_core.pipeline import open_run
+
+    ex = Explorer.build(open_run(fruit_run[1]))
+    current = ex.evaluate(ex.tuned_thresholds())
+    fig = plots.routing(ex.front, ex.references, ex.names, current)
+    json.dumps(fig)  # plain data, serialisable as is
+    layout = fig["layout"]
+    assert layout["title"]["text"] and "%" in layout["xaxis"]["title"]["text"] and "%" in layout["yaxis"]["title"]["text"]
+    names = {t["name"] for t in fig["data"]}
+    assert {"LM alone", "Specific Layer", "current (validation)", "current (test)", "tfidf", "lm"} <= names
+    dashed = [s for s in layout["shapes"] if s["line"]["dash"] == "dash"]
+    assert len(dashed) == 2  # LM alone and best SSM, as RouteLLM draws them
+
+
+def test_the_model_checklist_estimates_grow_with_the_data():
+    small, _ = models.checklist(500, 200, settings={})
+    large, rows = models.checklist(50_000, 20_000, settings={})
+    assert [spec for _, spec in small] == [spec for _, spec in large]
+    assert rows[0][0] == "tfidf" and any(r[3] == "offline" for r in rows)
+    assert small[0][0] != large[0][0]  # the tfidf line's time changed with the size
