@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home (and no network here)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see ea_core.process.PASSIVE_WAIT
 
 import gradio as gr  # noqa: E402
 

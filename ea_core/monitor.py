@@ -65,7 +65,8 @@ class RunProgress:
     curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # model -> points per epoch/step
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # trained model -> accuracies, time
     lm: dict[str, LMCounters] = field(default_factory=dict)
-    log: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)  # the last LOG_LINES lines
+    logged: int = 0  # lines logged in all (the log keeps only the last ones)
     final: Optional[str] = None  # the terminal status message (``done``, ``failed: ...``)
     started: Optional[float] = None
     last_event: Optional[float] = None
@@ -141,6 +142,7 @@ class RunProgress:
     def _log(self, t: Optional[float], line: str) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(t)) if t else "--:--:--"
         self.log.append(f"{stamp}  {line}")
+        self.logged += 1
         del self.log[:-LOG_LINES]
 
     # -- summaries for display ----------------------------------------------------------

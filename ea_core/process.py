@@ -30,6 +30,14 @@ from typing import Optional
 
 from ea_core.errors import ConfigError
 
+#: OpenMP threads that wait for work sleep instead of spinning (unless the user set a policy). On 2
+#: cores shared with the app's server and browser, spinning threads burnt CPU the other thread of
+#: the same run needed: the offline default run took 301 s through the app with spinning, 251 s
+#: with passive waiting; alone on the machine the CLI demo took 3:34 vs 3:21 (384 vs 318 CPU
+#: seconds). Read when OpenMP starts (torch's first import), so entry points set it before that:
+#: `configure_process` does it first thing, and workers get it in their environment.
+PASSIVE_WAIT = "PASSIVE"
+
 # Serialises concurrent calls of configure_process (it holds no data of its own).
 _SETUP_LOCK = threading.Lock()
 
@@ -58,6 +66,8 @@ def default_threads() -> Optional[int]:
 def configure_process(threads: Optional[int] = None) -> None:
     """Set up this process for EA work; call it once from an entry point, before model work.
 
+    * OpenMP waits passively (``OMP_WAIT_POLICY=PASSIVE`` unless set; see `PASSIVE_WAIT`: it only
+      takes effect if torch was not imported yet);
     * torch's intra-op threads: `threads` if given, else the physical core count, unless
       ``OMP_NUM_THREADS`` is set (then torch's own choice from it is kept);
     * transformers and huggingface_hub: log errors only, no progress bars (stages never print;
@@ -72,6 +82,7 @@ def configure_process(threads: Optional[int] = None) -> None:
     if threads is not None and int(threads) < 1:
         raise ConfigError(f"threads must be at least 1, not {threads!r}.")
     with _SETUP_LOCK:
+        os.environ.setdefault("OMP_WAIT_POLICY", PASSIVE_WAIT)
         _set_torch_threads(int(threads) if threads is not None else default_threads())
         _quiet_hugging_face()
 

@@ -230,7 +230,13 @@ def execute_run(config: Any, folder: str | Path, *, api_key: Optional[str] = Non
 
 
 def _worker_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k)}
+    """The server's environment minus anything that looks like a secret, plus passive OpenMP
+    waiting (see `ea_core.process.PASSIVE_WAIT`: the worker shares the CPU with the app)."""
+    from ea_core.process import PASSIVE_WAIT
+
+    env = {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k)}
+    env.setdefault("OMP_WAIT_POLICY", PASSIVE_WAIT)
+    return env
 
 
 class RunManager:

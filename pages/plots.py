@@ -31,9 +31,9 @@ def _axis(title: str, **kw: Any) -> dict[str, Any]:
 
 def _figure(data: list[dict[str, Any]], title: str, height: int = 340, **layout: Any) -> Figure:
     base = {"title": {"text": title, "x": 0.01, "font": {"size": 14}}, "height": height,
-            "margin": {"l": 55, "r": 15, "t": 45, "b": 45}, "font": FONT, "uirevision": "keep",
+            "margin": {"l": 55, "r": 15, "t": 45, "b": 80}, "font": FONT, "uirevision": "keep",
             "plot_bgcolor": "white", "paper_bgcolor": "white",
-            "legend": {"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0}}
+            "legend": {"orientation": "h", "yanchor": "top", "y": -0.28, "x": 0}}
     base.update(layout)
     return {"data": data, "layout": base}
 
@@ -72,18 +72,19 @@ def training_curves(progress: RunProgress) -> Figure:
         line = {"color": COLORS[k % len(COLORS)]}
         mode = "lines+markers" if len(points) < 30 else "lines"
         steps = [p["step"] for p in points]
-        if with_loss and any(p["loss"] is not None for p in points):
+        has_loss = with_loss and any(p["loss"] is not None for p in points)
+        if has_loss:
             data.append({"type": "scatter", "x": steps, "y": [p["loss"] for p in points], "name": model, "mode": mode,
                          "line": line, "legendgroup": model})
         if any(p["val_accuracy"] is not None for p in points):
             data.append({"type": "scatter", "x": steps, "y": [_pct(p["val_accuracy"]) for p in points], "name": model,
-                         "mode": mode, "line": line, "legendgroup": model, "showlegend": not with_loss,
+                         "mode": mode, "line": line, "legendgroup": model, "showlegend": not has_loss,
                          **({"xaxis": "x2", "yaxis": "y2"} if with_loss else {})})
     if not with_loss:  # e.g. TF-IDF only: accuracy per regularisation setting, no loss
-        return _figure(data, "Small models: validation accuracy while training", 330,
+        return _figure(data, "Small models: validation accuracy while training", 360,
                        xaxis=_axis("step (TF-IDF: regularisation setting tried)"),
                        yaxis=_axis("validation accuracy (%)"))
-    return _figure(data, "Small models: training loss (left) and validation accuracy (right)", 330,
+    return _figure(data, "Small models: training loss (left) and validation accuracy (right)", 360,
                    xaxis=_axis("epoch (or step)", domain=[0, 0.44]), yaxis=_axis("training loss (cross-entropy)"),
                    xaxis2=_axis("epoch (or step)", domain=[0.56, 1], anchor="y2"),
                    yaxis2=_axis("validation accuracy (%)", anchor="x2"))
@@ -134,8 +135,10 @@ def routing(front: Sequence[Any], references: Sequence[Any], names: Sequence[str
         bar.update(xaxis="x2", yaxis="y2", legendgroup="stages", legendgrouptitle={"text": "stages"})
         bar.pop("text", None)
     layout = top["layout"]
-    layout.update(height=600, barmode="stack", legend={"orientation": "h", "yanchor": "top", "y": -0.1, "x": 0},
-                  margin={"l": 70, "r": 15, "t": 45, "b": 40})
+    layout.update(height=560, barmode="stack", legend={"orientation": "v", "yanchor": "top", "y": 1.0, "x": 1.02,
+                                                       "traceorder": "normal",
+                                                       "font": {"size": 11}},
+                  margin={"l": 70, "r": 10, "t": 45, "b": 45})
     layout["yaxis"] = dict(layout["yaxis"], domain=[0.45, 1.0])
     layout["xaxis2"] = _axis("share of inputs answered (%)", range=[0, 100], anchor="y2")
     layout["yaxis2"] = {"autorange": "reversed", "domain": [0.0, 0.22], "anchor": "x2"}

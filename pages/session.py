@@ -44,6 +44,15 @@ class Watch:
     run_id: str
     progress: RunProgress
     offset: int = 0
+    local_lm: bool = False  # an in-process LM: no money to count
+    shown: dict[str, Any] = field(default_factory=dict)  # what the page last got, per output
+
+    def changed(self, name: str, signature: Any) -> bool:
+        """Whether output `name` must be redrawn (its signature differs from the last one sent)."""
+        if self.shown.get(name) == signature:
+            return False
+        self.shown[name] = signature
+        return True
 
 
 @dataclass

@@ -70,12 +70,14 @@ def bars_html(progress: RunProgress) -> str:
     return "".join(rows)
 
 
-def counters_html(progress: RunProgress) -> str:
+def counters_html(progress: RunProgress, free: bool = False) -> str:
+    """The LM's counters; `free`: an in-process model, which costs no money."""
     if not progress.lm:
         return ""
     t = progress.lm_totals()
     cards = [("LM calls", f"{t.calls:,}"), ("cache hits", f"{t.cache_hits:,}"), ("failures", f"{t.failures:,}"),
-             ("tokens", f"{t.tokens:,}"), ("spent", usd(t.cost_usd)), ("ETA", seconds(t.eta_s) if t.eta_s else "-")]
+             ("tokens", f"{t.tokens:,}"), ("spent", "free (local)" if free else usd(t.cost_usd)),
+             ("ETA", seconds(t.eta_s) if t.eta_s else "-")]
     body = "".join(f"<div class='ea-card'><div class='v'>{v}</div><div class='k'>{k}</div></div>" for k, v in cards)
     return f"<div><b>Large model</b> ({t.done:,}/{t.total:,} inputs answered)</div><div class='ea-cards'>{body}</div>"
 
@@ -135,10 +137,11 @@ def watch(studio: Studio, run_id: str, request: Optional[gr.Request]) -> Watch:
         try:
             from ea_core.runfolder import read_json
 
-            steps = step_names(RunConfig.from_dict(read_json(folder / "config.json")))
+            cfg = RunConfig.from_dict(read_json(folder / "config.json"))
+            steps, local = step_names(cfg), bool(cfg.lm and cfg.lm.startswith("local"))
         except (EAError, OSError, ValueError):
-            steps = []
-        session.watch = Watch(run_id, RunProgress(steps=steps))
+            steps, local = [], False
+        session.watch = Watch(run_id, RunProgress(steps=steps), local_lm=local)
     return session.watch
 
 
@@ -158,15 +161,21 @@ def refresh(studio: Studio, owner: Optional[str], run_id: Optional[str], request
     if not changed and active:
         return (gr.Timer(active=True), status_html(status)) + (skip,) * 9
     folder = studio.manager.folder(run_id)
+    p = w.progress
+    if force:
+        w.shown.clear()
+    # Redraw only what changed: during LM stages events come ten times a second, and a plot or a
+    # table redrawn every tick costs the browser (and the worker sharing its CPU) for nothing.
+    curves = sum(len(points) for points in p.curves.values())
     return (
         gr.Timer(active=active),
         status_html(status, run_notes(folder) if status.state == "done" else ()),
-        stepper_html(w.progress),
-        bars_html(w.progress),
-        counters_html(w.progress),
-        models_rows(w.progress, folder),
-        as_plot(plots.training_curves(w.progress)),
-        "\n".join(w.progress.log[-200:]),
+        stepper_html(p) if w.changed("stepper", (sorted(p.done_steps), p.current_step, p.final)) else skip,
+        bars_html(p),
+        counters_html(p, free=w.local_lm),
+        models_rows(p, folder) if w.changed("models", len(p.models)) else skip,
+        as_plot(plots.training_curves(p)) if w.changed("curves", curves) else skip,
+        "\n".join(p.log[-200:]) if w.changed("log", p.logged) else skip,
         gr.update(interactive=active),
         gr.update(visible=status.state in ("cancelled", "interrupted", "failed")),
         run_id if status.state == "done" else skip,

