@@ -3,7 +3,7 @@
     python -m ea_core train   --data PATH_OR_NAME --ssm SPEC [--ssm SPEC ...] [--out DIR]
     python -m ea_core run     --data ... --ssm ... --lm openai --lm-model NAME | --lm local[:PATH] [--out DIR]
     python -m ea_core demo    [--out DIR]
-    python -m ea_core predict --bundle DIR --input FILE [--output FILE]
+    python -m ea_core predict --bundle DIR --input FILE [--output FILE] [--lm-base-url URL]
 
 Bad input exits with code 2 and a specific message on stderr, never a traceback. The API key is
 read from an environment variable (OPENAI_API_KEY, or the one named by --lm-key-env), never from
@@ -169,15 +169,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lm-rate", type=float, default=0.3, metavar="R", help="LM budget (default 0.3)")
 
     p = sub.add_parser("predict", help="batch prediction with an exported bundle",
-                       description="Route every input of FILE through an exported adapted system.")
+                       description="Route every input of FILE through an exported adapted system. A bundle is "
+                                   "treated as data from someone else: it never chooses where the LM is called or "
+                                   "which key is sent, and it may only use files inside its own folder.")
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder (a run writes DIR/bundle)")
     p.add_argument("--input", required=True, metavar="FILE", help="CSV, TSV, JSONL, Parquet or .txt (one input per line)")
-    p.add_argument("--output", metavar="FILE", help="write predictions here as CSV (default: FILE.predictions.csv)")
+    p.add_argument("--output", metavar="FILE",
+                   help="write predictions here (default: FILE.predictions.csv). CSV output is made safe for "
+                        "spreadsheets: a cell starting with =, +, -, @, tab or carriage return gets a leading ' "
+                        "(OWASP CSV injection rule), so it shows as text instead of running as a formula; a name "
+                        "ending in .jsonl writes JSON lines with every text exactly as read")
     p.add_argument("--text-col", metavar="C", help="text column of FILE (default: as in training / detected)")
     p.add_argument("--text-pair-col", metavar="C", help="second text column for pair tasks")
-    p.add_argument("--lm-key-env", metavar="VAR", help="environment variable with the API key (default: the bundle's)")
-    p.add_argument("--cache", metavar="PATH", help="LM answer cache file")
-    p.add_argument("--no-lm", action="store_true", help="never call the LM: the last small model answers the rest")
+    g = p.add_argument_group("large model (the bundle's LM stage)")
+    g.add_argument("--lm-base-url", metavar="URL",
+                   help="endpoint to call the LM stage at (an OpenAI-compatible base URL). Without it the LM is "
+                        "called only at its provider's own URL (OpenAI's, or the preset's); a bundle that "
+                        "recorded another endpoint is refused, with that endpoint shown")
+    g.add_argument("--lm-key-env", metavar="VAR",
+                   help="environment variable with the API key (default: the provider's standard one, e.g. "
+                        "OPENAI_API_KEY or DEEPSEEK_API_KEY; none for local servers such as Ollama). Never a "
+                        "variable named by the bundle")
+    g.add_argument("--trust-bundle-endpoint", action="store_true",
+                   help="call the LM at the endpoint recorded in the bundle, with your key: only for a bundle "
+                        "you made or whose maker you trust")
+    g.add_argument("--lm-local", metavar="PATH_OR_ID",
+                   help="for a bundle whose LM runs in process: the model folder, .gguf file or Hugging Face id to "
+                        "load (a bundle may itself name only a Hugging Face id or the packaged default)")
+    g.add_argument("--cache", metavar="PATH", help="LM answer cache file")
+    g.add_argument("--no-lm", action="store_true", help="never call the LM: the last small model answers the rest")
     return parser
 
 
@@ -251,16 +271,22 @@ def run_and_report(cfg, out: str) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ea_core.bundle import load_bundle, read_bundle_meta
+    from ea_core.bundle import BUNDLE_JSON, load_bundle, plan_bundle_lm, read_bundle_meta
     from ea_core.inputs import read_inputs, write_predictions
 
     meta = read_bundle_meta(args.bundle)
-    task = meta.get("task", {})
+    task = meta.get("task") or {}
+    lm_kw = dict(base_url=args.lm_base_url, key_env=args.lm_key_env, trust_endpoint=args.trust_bundle_endpoint,
+                 local_model=args.lm_local)
     # Read the input first: a bad file fails before any model loads.
     split, _ = read_inputs(args.input, text_col=args.text_col or task.get("text_col"),
                            pair_col=args.text_pair_col or task.get("pair_col"), labels=meta["labels"],
                            pair_task=task.get("pair"))
-    system = load_bundle(args.bundle, cache_path=args.cache, use_lm=not args.no_lm, key_env=args.lm_key_env)
+    if not args.no_lm and any(e.get("lm") for e in meta["stages"]):
+        # Say where the LM will be called (or refuse the bundle's own endpoint) before any model loads.
+        print(plan_bundle_lm(meta["lm"], where=Path(args.bundle) / BUNDLE_JSON, **lm_kw).describe(),
+              file=sys.stderr)
+    system = load_bundle(args.bundle, cache_path=args.cache, use_lm=not args.no_lm, **lm_kw)
     progress = TerminalProgress()
     try:
         preds = system.predict(split, callback=progress)

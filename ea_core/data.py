@@ -11,9 +11,13 @@ or the bundled ``demo:tweets`` corpus) into one. It exists so that:
   ...), and every explicit flag wins over detection;
 * splits are reproducible: seeded, stratified by label, and a cap on one split never changes
   the others;
+* one label rule for every format (`normalize_label`): labels are stripped strings, a number
+  is one class whatever its spelling (1, 1.0, " 1 " are "1"), non-integral numbers are refused;
 * bad input never ends in a traceback: every problem raises `DataError` with a message that
-  says what is wrong and how to fix it, and data-quality issues that do not stop the run
-  (dropped empty texts, train/test overlap) are collected in `TaskData.warnings`.
+  says what is wrong and how to fix it (a FIFO, a device, a gzip or a PNG named .csv, UTF-16
+  without a byte-order mark, duplicate columns are named before any parser sees them), and
+  data-quality issues that do not stop the run (dropped empty texts, train/test overlap, labels
+  that differ only in case, classes a size cap dropped) are collected in `TaskData.warnings`.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ from __future__ import annotations
 import codecs
 import csv
 import difflib
+import errno
 import importlib.util
 import json
 import math
 import os
 import re
+import stat
+from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,6 +50,8 @@ __all__ = [
     "DEMO_TWEETS_DEFAULT_SIZE",
     "SUPPORTED_FORMATS",
     "load_dataset",
+    "normalize_label",
+    "check_data_path",
     "read_table",
     "describe",
     "inspect_source",
@@ -72,6 +82,7 @@ SUPPORTED_FORMATS: dict[str, str] = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
+_FORMAT_NAMES = {"csv": "CSV", "tsv": "TSV", "jsonl": "JSON lines", "json": "JSON", "parquet": "Parquet"}
 _FORMATS_HELP = ".csv, .tsv, .jsonl/.ndjson (one JSON object per line), .json (JSON lines or an array of records), .parquet"
 
 TEXT_COLUMNS = (
@@ -97,6 +108,10 @@ _SPLIT_NAMES = {
 }
 _PARTS = ("train", "val", "test")
 _MAX_SHOWN = 8
+#: Bytes per read block of CSV/JSON lines: one field or record must fit in one block.
+_BLOCK_BYTES = 1 << 22
+#: Deepest nesting of lists/objects in a JSON record (real records nest a few levels).
+_MAX_JSON_DEPTH = 500
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +148,9 @@ def load_dataset(
     (``split_col`` or a column named ``split`` with values train/validation/val/dev/test); the
     dataset's own Hugging Face splits. Whatever is missing is carved from the training rows with
     a seeded split stratified by label (``val_frac``/``test_frac``). ``max_*`` cap each split by a
-    seeded stratified subsample. ``encoding`` (default UTF-8) is the text files' encoding.
+    seeded stratified subsample that keeps every class when the cap allows (and warns about the
+    classes it drops when not). ``encoding`` (default UTF-8) is the text files' encoding.
+    Labels follow `normalize_label` in every format.
 
     Raises `DataError` with an actionable message for any problem with the data.
     """
@@ -243,8 +260,10 @@ def load_dataset(
     final: dict[str, tuple[str, np.ndarray]] = {}
     for part, rng in zip(_PARTS, rng_caps):
         key, idx = pools[part]
-        idx = _stratified_sample(idx, prepared[key].codes[idx], caps[part], rng)
-        final[part] = (key, idx)
+        kept = _stratified_sample(idx, prepared[key].codes[idx], caps[part], rng)
+        final[part] = (key, kept)
+        if len(kept) < len(idx):
+            warnings.extend(_cap_warnings(part, caps[part], prepared[key].codes, idx, kept, labels))
 
     splits = {part: prepared[key].materialize(idx) for part, (key, idx) in final.items()}
     if len(np.unique(splits["train"].labels)) < 2:
@@ -483,10 +502,7 @@ def _read_file(source: str, encoding: Optional[str]) -> pa.Table:
     """Read one local file into an Arrow table, turning every failure into a `DataError`."""
     path = os.path.expanduser(source)
     suffix = Path(path).suffix.lower()
-    if not os.path.exists(path):
-        raise DataError(_not_found_message(source, path, suffix))
-    if os.path.isdir(path):
-        raise DataError(f"{source} is a directory, not a data file. Pass the path of a {_FORMATS_HELP} file.")
+    check_data_path(source)
     fmt = SUPPORTED_FORMATS.get(suffix)
     if fmt is None:
         extra = " Save Excel sheets as 'CSV UTF-8' first." if suffix in (".xlsx", ".xls", ".ods") else ""
@@ -503,7 +519,7 @@ def _read_file(source: str, encoding: Optional[str]) -> pa.Table:
         raise DataError(f"Cannot read {source}: {exc.strerror or exc}.") from None
     if not head.strip(b" \t\r\n\xef\xbb\xbf") and fmt != "parquet":
         raise DataError(f"{source} is empty: it has no header and no rows.")
-    if encoding is None and head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+    if encoding is None and head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) and head[2:4] != b"\x00\x00":
         encoding = "utf-16"  # a BOM says so unambiguously (Excel's "Unicode text")
     if encoding is not None:
         try:
@@ -512,6 +528,9 @@ def _read_file(source: str, encoding: Optional[str]) -> pa.Table:
             raise ConfigError(f"Unknown encoding {encoding!r}; use e.g. utf-8, latin-1, cp1252, utf-16.") from None
         if encoding == "utf-8":
             encoding = None
+    what = _sniff_binary(head, fmt, encoding)
+    if what:
+        raise DataError(f"{source} is not a {_FORMAT_NAMES[fmt]} file: {what}.")
     try:
         if fmt == "csv":
             table = _read_csv(path, source, _sniff_delimiter(head), encoding)
@@ -527,18 +546,172 @@ def _read_file(source: str, encoding: Optional[str]) -> pa.Table:
         raise
     except UnicodeDecodeError as exc:
         raise DataError(_encoding_message(path, source, encoding, exc)) from None
+    except RecursionError:
+        raise DataError(
+            f"{source} is nested too deeply to read: records must be flat objects like "
+            '{"text": "...", "label": "..."}.'
+        ) from None
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise DataError(f"Could not read {source} as {fmt.upper()}: {_short_reason(exc)}.") from None
+        raise DataError(f"Could not read {source} as {_FORMAT_NAMES[fmt]}: {_short_reason(exc)}.") from None
     if fmt in ("csv", "tsv") and any(pa.types.is_binary(f.type) for f in table.schema):
         raise DataError(_encoding_message(path, source, encoding))  # pyarrow keeps non-UTF-8 cells as bytes
     if table.num_columns == 0:
         raise DataError(f"{source} has no columns.")
+    names = table.column_names
+    if any(not name.strip() for name in names):
+        names = _name_blank_columns(names)
+        table = table.rename_columns(names)
+    _check_unique_columns(source, names)
     if table.num_rows == 0:
         raise DataError(
             f"{source} has no data rows (columns: {_cols(table)}). "
             "Add rows below the header, or check that you passed the right file."
         )
     return table
+
+
+def _check_unique_columns(source: str, names: list[str]) -> None:
+    """Two columns of one name: which one is the label? Refuse, naming it (Arrow would raise a KeyError)."""
+    dupes = [name for name, n in Counter(names).items() if n > 1]
+    if dupes:
+        shown = ", ".join(repr(d) for d in dupes[:_MAX_SHOWN])
+        raise DataError(
+            f"{source} has duplicate column names: {shown} appear{'s' if len(dupes) == 1 else ''} more than once "
+            "in its header. Rename or remove the extra column so that every column name is unique."
+        )
+
+
+def _name_blank_columns(names: list[str]) -> list[str]:
+    """'text,,label': a column without a name is called column_2 (by position), so it is no duplicate."""
+    taken, out = set(names), []
+    for i, name in enumerate(names):
+        if not name.strip():
+            name = f"column_{i + 1}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+        out.append(name)
+    return out
+
+
+def check_data_path(source: str) -> None:
+    """Refuse anything but a readable regular file before it is opened.
+
+    Opening a FIFO for reading waits for a writer forever and a device such as /dev/zero never
+    ends, so the kind of file is checked with `os.stat` first (which also names missing files,
+    dangling links and link loops).
+    """
+    path = os.path.expanduser(source)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise DataError(
+                f"{source} is a symbolic link to {os.readlink(path)!r}, which does not exist. "
+                "Pass the path of the data file itself."
+            ) from None
+        raise DataError(_not_found_message(source, path, Path(path).suffix.lower())) from None
+    except (OSError, ValueError) as exc:
+        code = getattr(exc, "errno", None)
+        if code == errno.ELOOP:
+            why = "it is a loop of symbolic links that never reaches a file"
+        elif code == errno.EACCES:
+            why = "permission denied (a folder on the path cannot be entered)"
+        elif code == errno.ENAMETOOLONG:
+            why = "the path is too long"
+        elif code == errno.ENOTDIR:
+            why = "a part of the path that should be a folder is a file"
+        else:
+            why = getattr(exc, "strerror", None) or _short_reason(exc)
+        raise DataError(f"Cannot read {source}: {why}. Pass the path of a {_FORMATS_HELP} file.") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{source} is a directory, not a data file. Pass the path of a {_FORMATS_HELP} file.")
+    if stat.S_ISFIFO(mode):
+        kind = "a named pipe (FIFO): reading it would wait for a writer forever"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device (such as /dev/null or a disk): it is not a file of data"
+    else:
+        kind = "not a regular file"
+    raise DataError(
+        f"{source} is {kind}. Save the data to a regular {_FORMATS_HELP} file and pass that file's path."
+    )
+
+
+#: Leading bytes of file types that are not text data: (magic, what it is, what to do).
+_MAGIC: tuple[tuple[bytes, str, str], ...] = (
+    (b"\x1f\x8b", "this is a gzip-compressed file",
+     "decompress it first (e.g. gunzip FILE, or 7-Zip) and pass the file inside"),
+    (b"PK\x03\x04", "this is a ZIP archive (an Excel .xlsx or OpenDocument sheet is one too)",
+     "unzip it and pass the data file inside; save a spreadsheet as 'CSV UTF-8' first"),
+    (b"PK\x05\x06", "this is an empty ZIP archive", "pass the data file itself"),
+    (b"BZh", "this is a bzip2-compressed file", "decompress it first (e.g. bunzip2 FILE) and pass the file inside"),
+    (b"\xfd7zXZ\x00", "this is an xz-compressed file", "decompress it first (e.g. unxz FILE) and pass the file inside"),
+    (b"\x28\xb5\x2f\xfd", "this is a Zstandard-compressed file",
+     "decompress it first (e.g. unzstd FILE) and pass the file inside"),
+    (b"7z\xbc\xaf\x27\x1c", "this is a 7-Zip archive", "extract it first and pass the data file inside"),
+    (b"Rar!\x1a\x07", "this is a RAR archive", "extract it first and pass the data file inside"),
+    (b"\x89PNG\r\n\x1a\n", "this is a PNG image", "pass a file of labelled texts instead"),
+    (b"\xff\xd8\xff", "this is a JPEG image", "pass a file of labelled texts instead"),
+    (b"GIF8", "this is a GIF image", "pass a file of labelled texts instead"),
+    (b"%PDF-", "this is a PDF document", "export its table as CSV (UTF-8) first"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "this is an old-style Microsoft Office file (.xls / .doc)",
+     "open it in a spreadsheet program and save it as 'CSV UTF-8'"),
+    (b"SQLite format 3\x00", "this is an SQLite database", "export the table as CSV first"),
+    (b"\x7fELF", "this is a program (an ELF executable)", "pass a file of labelled texts instead"),
+    (b"PAR1", "this is a Parquet file", "give it the .parquet extension"),
+    (b"\x00\x00\xfe\xff", "this looks like UTF-32 text", "save it as UTF-8"),
+    (b"\xff\xfe\x00\x00", "this looks like UTF-32 text", "save it as UTF-8"),
+)
+#: Control bytes that never occur in text (tab, newlines, form feed and escape excluded).
+_CONTROL = bytes(b for b in range(32) if b not in (9, 10, 11, 12, 13, 27))
+
+
+def _sniff_binary(head: bytes, fmt: str, encoding: Optional[str]) -> Optional[str]:
+    """What a file is and what to do, when its first bytes show it is not text of the expected format.
+
+    Magic numbers name archives, images and documents; a NUL at every other byte is UTF-16
+    without a byte-order mark; many NUL or control bytes are some other binary file. Without
+    this, such files read as "empty" or as a one-column CSV.
+    """
+    for magic, what, todo in _MAGIC:
+        if head.startswith(magic) and not (fmt == "parquet" and magic == b"PAR1"):
+            if (magic == b"BZh" and not head[3:4].isdigit()) or (encoding is not None and "UTF-32" in what):
+                continue
+            return f"{what}; {todo}"
+    if fmt == "parquet":
+        if head[:4] == b"PAR1" or not head:
+            return None
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if err.reason != "unexpected end of data":
+                return None  # binary, but of no known kind: the Parquet reader says what is wrong
+        return "it holds text; give it the extension of its format (.csv, .tsv, .jsonl or .json)"
+    if encoding is not None:
+        return None  # an explicit encoding (or a UTF-16 byte-order mark): the reader decodes it
+    sample = head[: len(head) & ~1]
+    if len(sample) >= 8:
+        even, odd = sample[0::2], sample[1::2]
+        zeros_even, zeros_odd = even.count(0) / len(even), odd.count(0) / len(odd)
+        if max(zeros_even, zeros_odd) > 0.3 and min(zeros_even, zeros_odd) < 0.02:
+            order = "little-endian" if zeros_odd > zeros_even else "big-endian"
+            return (
+                f"it looks like UTF-16 text ({order}) without a byte-order mark; save it as UTF-8 "
+                "(in Excel: 'CSV UTF-8'; in a text editor: 'Save as' with the UTF-8 encoding)"
+            )
+    nul = head.count(0)
+    control = sum(head.count(b) for b in _CONTROL)  # text in any encoding has next to none (GBK, Latin-1 ...)
+    if head and (nul / len(head) > 0.01 or control / len(head) > 0.05):
+        share = f"{control / len(head):.0%} of its first {len(head):,} bytes are NUL or control bytes"
+        return (
+            f"it is a binary file, not text ({share}); pass the data as a text file "
+            f"({_FORMATS_HELP}), or check that this is the right file"
+        )
+    return None
 
 
 def _not_found_message(source: str, path: str, suffix: str) -> str:
@@ -571,7 +744,7 @@ def _sniff_delimiter(head: bytes) -> str:
 def _read_csv(path: str, source: str, delimiter: str, encoding: Optional[str]) -> pa.Table:
     from pyarrow import csv as pacsv
 
-    read = pacsv.ReadOptions(encoding=encoding or "utf8", block_size=1 << 22)
+    read = pacsv.ReadOptions(encoding=encoding or "utf8", block_size=_BLOCK_BYTES)
 
     def stream(parse: Any, convert: Any) -> pa.Table:
         # The streaming reader keeps peak memory near the size of the final table.
@@ -582,7 +755,10 @@ def _read_csv(path: str, source: str, delimiter: str, encoding: Optional[str]) -
     # TSV files are usually unquoted (GLUE): a stray '"' must not swallow the following rows.
     # Quoting is tried second, for TSVs whose quoted fields hold tabs or newlines.
     attempts = [dict(quote_char=False, newlines_in_values=False), quoted] if delimiter == "\t" else [quoted]
-    convert = pacsv.ConvertOptions(strings_can_be_null=False, quoted_strings_can_be_null=False)
+    # No boolean inference: a cell "True" stays "True" whatever the rest of its column holds.
+    convert = pacsv.ConvertOptions(
+        strings_can_be_null=False, quoted_strings_can_be_null=False, true_values=[], false_values=[]
+    )
     error: Optional[Exception] = None
     for opts in attempts:
         parse = pacsv.ParseOptions(delimiter=delimiter, **opts)
@@ -597,6 +773,8 @@ def _read_csv(path: str, source: str, delimiter: str, encoding: Optional[str]) -
                 convert_all = pacsv.ConvertOptions(
                     column_types={n: pa.string() for n in names},
                     strings_can_be_null=False,
+                    true_values=[],
+                    false_values=[],
                 )
                 return stream(parse, convert_all)
         except pa.ArrowInvalid as exc:
@@ -606,6 +784,8 @@ def _read_csv(path: str, source: str, delimiter: str, encoding: Optional[str]) -
                 break
     assert error is not None
     text = str(error)
+    if "straddl" in text.lower() or "block size" in text.lower():
+        raise DataError(_long_field_message(path, source, "field (cell)"))
     if "empty csv" in text.lower():
         raise DataError(f"{source} is empty: it has no header and no rows.")
     if "csv parse error" in text.lower():
@@ -615,21 +795,69 @@ def _read_csv(path: str, source: str, delimiter: str, encoding: Optional[str]) -
     raise error
 
 
+def _long_field_message(path: str, source: str, what: str) -> str:
+    """A field too long for Arrow's read blocks: name the line, or the usual cause (an unclosed quote).
+
+    Arrow reads a field across two blocks at most, so up to `_BLOCK_BYTES` always works and
+    somewhat more (about twice that) usually does.
+    """
+    limit = f"{_BLOCK_BYTES >> 20} MB"
+    long_line = _first_long_line(path, _BLOCK_BYTES)
+    if long_line:
+        number, size = long_line
+        return (
+            f"{source} has a {what} too long to read: line {number} is {size / (1 << 20):.1f} MB long (up to {limit} "
+            "per line always works). Shorten that text (models read only its first few hundred words anyway), "
+            "or remove the row."
+        )
+    return (
+        f"{source} has a {what} too long to read, though no line is longer than {limit}: a double quote that opens "
+        "a field probably never closes, so the rest of the file reads as one field. Check the quotes."
+    )
+
+
+def _first_long_line(path: str, limit: int) -> Optional[tuple[int, int]]:
+    """(line number, length in bytes) of the first line longer than `limit`, read in chunks."""
+    number, length = 1, 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            pieces = chunk.split(b"\n")
+            for i, piece in enumerate(pieces):
+                length += len(piece)
+                if i < len(pieces) - 1:  # the line ends here
+                    if length > limit:
+                        return number, length
+                    number, length = number + 1, 0
+    return (number, length) if length > limit else None
+
+
 def _ragged_message(path: str, source: str, delimiter: str, encoding: Optional[str], arrow_msg: str) -> str:
     name = {",": "comma", "\t": "tab", ";": "semicolon"}.get(delimiter, repr(delimiter))
-    where = ""
+    where, unclosed, start = "", False, 2
     try:
         with open(path, newline="", encoding=encoding or "utf-8", errors="replace") as fh:
             reader = csv.reader(fh, delimiter=delimiter)
             header = next(reader, [])
+            start = reader.line_num + 1
             for row in reader:
                 if row and len(row) != len(header):
+                    # A field that swallowed the following lines: a quote that opens and never closes.
+                    unclosed = len(row) < len(header) and reader.line_num > start and any("\n" in f for f in row)
                     snippet = delimiter.join(row)
                     snippet = snippet if len(snippet) <= 80 else snippet[:77] + "..."
-                    where = f"line {reader.line_num} has {len(row)} fields but the header has {len(header)} ({snippet!r})"
+                    where = f"line {start} has {len(row)} fields but the header has {len(header)} ({snippet!r})"
                     break
-    except (OSError, csv.Error):
+                start = reader.line_num + 1
+    except csv.Error:  # "field larger than field limit": the same unclosed quote, in a bigger file
+        unclosed = True
+    except OSError:
         pass
+    if unclosed:
+        return (
+            f"Malformed CSV in {source}: the double quote that opens a field on line {start} never closes, so the "
+            "lines after it read as one field. Close that quote, or remove it (a quote inside a quoted field is "
+            'written twice: "").'
+        )
     if not where:
         where = arrow_msg.replace("CSV parse error: ", "").strip()
     return (
@@ -650,8 +878,8 @@ def _encoding_message(path: str, source: str, encoding: Optional[str], exc: Opti
         where = f"line {line} has the byte 0x{byte:02X}, which is not valid UTF-8 (near {snippet!r})"
     return (
         f"{source} is not valid UTF-8: {where}. The file was probably saved in another encoding such as "
-        "Windows-1252/Latin-1. Re-save it as UTF-8 (in Excel: 'CSV UTF-8'), or pass the encoding if you "
-        "know it (encoding='latin-1', --encoding latin-1)."
+        "Windows-1252 or latin-1. Re-save it as UTF-8 (in Excel: 'CSV UTF-8'; in a text editor: 'Save as' "
+        "with the UTF-8 encoding) and load it again."
     )
 
 
@@ -690,15 +918,24 @@ def _json_source(path: str, encoding: Optional[str]) -> Any:
 def _read_jsonl(path: str, source: str, encoding: Optional[str]) -> pa.Table:
     from pyarrow import json as pajson
 
+    deep = _too_deep_line(path)
+    if deep is not None:
+        raise DataError(
+            f"{source} is nested too deeply to read: line {deep} has lists or objects more than "
+            f"{_MAX_JSON_DEPTH} levels deep. Records must be flat objects like "
+            '{"text": "...", "label": "..."}.'
+        )
     try:
-        return pajson.read_json(_json_source(path, encoding), read_options=pajson.ReadOptions(block_size=1 << 22))
+        return pajson.read_json(_json_source(path, encoding), read_options=pajson.ReadOptions(block_size=_BLOCK_BYTES))
     except UnicodeDecodeError as exc:
         raise DataError(_encoding_message(path, source, encoding, exc)) from None
     except pa.ArrowInvalid as exc:
         arrow_msg = str(exc)
     if "empty json" in arrow_msg.lower():
         raise DataError(f"{source} is empty: it has no records.")
-    bad = _first_bad_json_line(path, encoding)
+    if "straddl" in arrow_msg.lower() or "block size" in arrow_msg.lower():
+        raise DataError(_long_field_message(path, source, "record"))
+    bad = _first_bad_json_line(path, encoding, source)
     if bad:
         raise DataError(f"{source} is not valid JSON lines: {bad}. Each line must be one JSON object, e.g. "
                         '{"text": "...", "label": "..."}. Fix or remove that line.')
@@ -707,7 +944,56 @@ def _read_jsonl(path: str, source: str, encoding: Optional[str]) -> pa.Table:
     raise DataError(f"Could not read {source} as JSON lines: {arrow_msg.splitlines()[0]}.")
 
 
-def _first_bad_json_line(path: str, encoding: Optional[str]) -> Optional[str]:
+def _too_deep_line(path: str) -> Optional[int]:
+    """The first line whose brackets nest deeper than `_MAX_JSON_DEPTH`, or None.
+
+    Arrow's JSON reader recurses once per level and crashes the process (a segmentation fault,
+    no exception) somewhere past 10,000 levels, so depth is counted first: brackets per line,
+    in numpy, a block at a time (brackets inside strings only ever overcount).
+    """
+    carry, line = 0, 1
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            arr = np.frombuffer(chunk, dtype=np.uint8)
+            step = (arr == 91).view(np.int8) + (arr == 123).view(np.int8)  # [ {
+            step -= (arr == 93).view(np.int8) + (arr == 125).view(np.int8)  # ] }
+            depth = np.cumsum(step, dtype=np.int32)
+            newlines = np.flatnonzero(arr == 10)
+            starts = np.concatenate([[0], newlines[newlines < len(arr) - 1] + 1])
+            base = np.concatenate([[-carry], depth[newlines]])[: len(starts)]  # depth before each line
+            over = np.flatnonzero(np.maximum.reduceat(depth, starts) - base > _MAX_JSON_DEPTH)
+            if len(over):
+                return line + int(over[0])
+            carry = int(depth[-1] - depth[newlines[-1]]) if len(newlines) else carry + int(depth[-1])
+            line += len(newlines)
+    return None
+
+
+class _DuplicateKey(Exception):
+    """A JSON object names the same key twice (json.loads would silently keep the last)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
+def _loads(text: str) -> Any:
+    """json.loads that refuses repeated keys (the same rule as duplicate CSV columns)."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def _duplicate_key_message(source: str, key: str, where: str = "") -> str:
+    return (
+        f"{source} has duplicate column names: {key!r} appears more than once in a record{where}. Rename or "
+        "remove the extra key so that every column name is unique."
+    )
+
+
+def _first_bad_json_line(path: str, encoding: Optional[str], source: str = "") -> Optional[str]:
     with open(path, encoding=encoding or "utf-8-sig", errors="replace") as fh:
         for number, line in enumerate(fh, 1):
             text = line.strip()
@@ -715,9 +1001,13 @@ def _first_bad_json_line(path: str, encoding: Optional[str]) -> Optional[str]:
                 continue
             snippet = text if len(text) <= 60 else text[:57] + "..."
             try:
-                obj = json.loads(text)
+                obj = _loads(text)
             except json.JSONDecodeError as err:
                 return f"line {number} is broken ({err.msg} at column {err.colno}): {snippet!r}"
+            except RecursionError:
+                return f"line {number} is nested too deeply: {snippet!r}"
+            except _DuplicateKey as dup:
+                raise DataError(_duplicate_key_message(source or path, str(dup), f" (line {number})")) from None
             if not isinstance(obj, dict):
                 return f"line {number} is a JSON {type(obj).__name__}, not an object: {snippet!r}"
     return None
@@ -731,7 +1021,7 @@ def _jsonl_mixed_types(path: str, encoding: Optional[str]) -> pa.Table:
         for line in fh:
             if not line.strip():
                 continue
-            obj = json.loads(line)
+            obj = _loads(line)
             for key in obj.keys() - columns.keys():
                 columns[key] = [None] * n
             for key, values in columns.items():
@@ -740,16 +1030,47 @@ def _jsonl_mixed_types(path: str, encoding: Optional[str]) -> pa.Table:
     return _table_from_columns(columns)
 
 
+#: Schema metadata key: columns read from JSON whose values include lists or objects.
+_NESTED_META = b"ea_nested_columns"
+
+
+def _cell_text(value: Any) -> Optional[str]:
+    """A JSON value as the text Arrow would give it, for columns that mix types (1, "1", 1.0, true)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as `normalize_label` spells a boolean column
+    if isinstance(value, (int, float)):
+        return str(value)  # 1, 1.0, nan: the label rule reads these like Arrow's numeric columns
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _table_from_columns(columns: dict[str, list]) -> pa.Table:
-    arrays = {}
+    """Columns of Python values as a table; mixed-type columns become text (nested ones remembered)."""
+    arrays, nested = {}, []
     for key, values in columns.items():
         try:
             arrays[key] = pa.array(values)
         except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            arrays[key] = pa.array(
-                [None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values], pa.string()
-            )
-    return pa.table(arrays)
+            arrays[key] = pa.array([_cell_text(v) for v in values], pa.string())
+            if any(isinstance(v, (dict, list)) for v in values):
+                nested.append(key)
+    table = pa.table(arrays)
+    return table.replace_schema_metadata({_NESTED_META: json.dumps(nested)}) if nested else table
+
+
+def _nested_columns(table: pa.Table) -> set[str]:
+    meta = table.schema.metadata or {}
+    return set(json.loads(meta[_NESTED_META])) if _NESTED_META in meta else set()
+
+
+def _load_json_doc(path: str, source: str, encoding: Optional[str]) -> Any:
+    """The whole file as one JSON document (repeated keys refused, as in a CSV header)."""
+    try:
+        with open(path, encoding=encoding or "utf-8-sig") as fh:
+            return json.load(fh, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as dup:
+        raise DataError(_duplicate_key_message(source, str(dup))) from None
 
 
 def _read_json(path: str, source: str, encoding: Optional[str], head: bytes) -> pa.Table:
@@ -760,18 +1081,15 @@ def _read_json(path: str, source: str, encoding: Optional[str], head: bytes) -> 
             if table.num_rows != 1 or not any(pa.types.is_nested(f.type) for f in table.schema):
                 return table
             # A single object holding lists: {"text": [...], "label": [...]} or {"data": [...]}.
-            with open(path, encoding=encoding or "utf-8-sig") as fh:
-                doc = json.load(fh)
+            doc = _load_json_doc(path, source, encoding)
         except DataError as jsonl_error:
             try:
-                with open(path, encoding=encoding or "utf-8-sig") as fh:
-                    doc = json.load(fh)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                doc = _load_json_doc(path, source, encoding)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 raise jsonl_error from None
     elif first == b"[":
         try:
-            with open(path, encoding=encoding or "utf-8-sig") as fh:
-                doc = json.load(fh)
+            doc = _load_json_doc(path, source, encoding)
         except UnicodeDecodeError as exc:
             raise DataError(_encoding_message(path, source, encoding, exc)) from None
         except json.JSONDecodeError as err:
@@ -805,6 +1123,7 @@ def _read_parquet(path: str, source: str) -> pa.Table:
     import pyarrow.parquet as pq
 
     try:
+        _check_unique_columns(source, pq.read_schema(path).names)  # reading such a file fails obscurely
         return pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(
@@ -994,8 +1313,12 @@ def _as_text(col: pa.ChunkedArray, origin: str, name: Optional[str]) -> pa.Chunk
     if pa.types.is_dictionary(t):
         return _as_text(col.cast(t.value_type), origin, name)
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        try:
+            return col.cast(pa.string())  # bytes that are UTF-8 text after all (Parquet written without a type)
+        except pa.ArrowInvalid:
+            pass
         path = os.path.expanduser(origin)
-        if os.path.isfile(path):
+        if os.path.isfile(path) and SUPPORTED_FORMATS.get(Path(path).suffix.lower()) != "parquet":
             raise DataError(_encoding_message(path, origin, None))
         raise DataError(f"Column {name!r} of {origin} holds bytes that are not valid UTF-8 text. Re-save the data as UTF-8.")
     if pa.types.is_nested(t):
@@ -1018,9 +1341,15 @@ def _text_ok(col: pa.ChunkedArray) -> tuple[np.ndarray, int, int]:
 def _prepare(part: _Part, cols: _Columns, warnings: list[str]) -> _Prepared:
     n = part.table.num_rows
     valid = np.ones(n, dtype=bool)
+    nested = _nested_columns(part.table)
     for name in (cols.text, cols.pair):
         if not name:
             continue
+        if name in nested:
+            raise DataError(
+                f"Column {name!r} of {part.origin} holds lists or objects, not text. "
+                "Pick a text column with --text-col."
+            )
         col = _as_text(_column(part, name), part.origin, name)
         ok, nulls, blank = _text_ok(col)
         if nulls or blank:
@@ -1067,12 +1396,14 @@ def _encode_labels(part: _Part, name: str) -> tuple[np.ndarray, list[Optional[st
     col = _column(part, name)
     t = col.type
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        _as_text(col, part.origin, name)  # raises the encoding error
-    if pa.types.is_nested(t):
+        col = _as_text(col, part.origin, name)  # UTF-8 text, or the encoding error
+    if pa.types.is_nested(t) or name in _nested_columns(part.table):
         raise DataError(
-            f"The label column {name!r} of {part.origin} holds {t} values; labels must be strings or integers. "
-            "Pick another column with --label-col."
+            f"The label column {name!r} of {part.origin} holds lists or objects; labels must be class "
+            "names or integer class ids. Pick another column with --label-col."
         )
+    if pa.types.is_null(t):
+        return np.full(part.table.num_rows, -1, dtype=np.int64), []
     idx, raw = _dict_encode(col)
     n = part.table.num_rows
     if len(raw) > 100 and len(raw) > 0.5 * n:
@@ -1085,30 +1416,72 @@ def _encode_labels(part: _Part, name: str) -> tuple[np.ndarray, list[Optional[st
     return idx, values
 
 
-def _canonical_label(value: Any, col: str, origin: str, names: Optional[list[str]]) -> Optional[str]:
+#: A number written as text: the label rule reads " 1 ", "1.0" and "1e0" as the class "1".
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)", re.IGNORECASE)
+
+
+def normalize_label(value: Any) -> Optional[str]:
+    """The one label rule of every format (and of gold labels in `predict` inputs).
+
+    A label is a string with its surrounding spaces stripped; a number is one class whatever its
+    form: 1, 1.0, "1.0" and " 1 " are all "1"; booleans are "true" / "false" (JSON's spelling, and
+    CSV cells are never turned into booleans). Missing values (None, NaN, blank) give None.
+    Non-integral numbers (2.5, "2.5"), lists and objects are refused with ValueError: this is
+    classification, and a fractional label is almost always a score column picked by mistake.
+    Case is kept: "NEG" and "neg" are two classes (`load_dataset` warns about such pairs).
+    """
     if value is None:
         return None
-    if isinstance(value, bool):
-        return str(value)
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
     if isinstance(value, (int, np.integer)):
-        if names is not None:  # Hugging Face ClassLabel: -1 means "no label" (hidden test sets)
-            return names[value] if 0 <= value < len(names) else None
         return str(int(value))
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if value.is_integer():
-            return str(int(value))
-        raise DataError(
-            f"The label column {col!r} of {origin} holds non-integer numbers (e.g. {value}); this tool does "
-            "classification, so labels must be class names or integer class ids. Pass another column with --label-col."
-        )
+    if isinstance(value, (float, np.floating, Decimal)):
+        return _number_label(value if isinstance(value, Decimal) else Decimal(float(value)), value)
     if isinstance(value, str):
-        value = value.strip()
-        return value or None
+        text = value.strip()
+        if not text:
+            return None
+        if _NUMBER.fullmatch(text):
+            return _number_label(Decimal(text), text)
+        return text
+    if isinstance(value, (list, tuple, dict, bytes, bytearray)):
+        raise ValueError(f"lists or objects (e.g. {_snippet(value)})")
+    text = str(value).strip()  # dates, times: their usual spelling
+    return text or None
+
+
+def _number_label(number: Decimal, shown: Any) -> Optional[str]:
+    if number.is_nan():
+        return None
+    try:
+        whole = number.is_finite() and number.adjusted() < 40 and number == number.to_integral_value()
+    except ArithmeticError:
+        whole = False
+    if not whole:
+        raise ValueError(f"non-integer numbers (e.g. {shown})")
+    return str(int(number))
+
+
+def _snippet(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _canonical_label(value: Any, col: str, origin: str, names: Optional[list[str]]) -> Optional[str]:
+    if names is not None and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        # Hugging Face ClassLabel: -1 means "no label" (hidden test sets)
+        return names[value] if 0 <= value < len(names) else None
     if isinstance(value, bytes):
         raise DataError(f"The label column {col!r} of {origin} is not valid UTF-8 text. Re-save the data as UTF-8.")
-    return str(value)
+    try:
+        return normalize_label(value)
+    except ValueError as err:
+        raise DataError(
+            f"The label column {col!r} of {origin} holds {err}; this tool does classification, so labels must be "
+            "class names or integer class ids (1, 1.0 and \" 1 \" are all the class \"1\"). Pass another column "
+            "with --label-col."
+        ) from None
 
 
 def _label_sort_key(labels: set[str]):
@@ -1129,7 +1502,25 @@ def _label_list(prepared: dict[str, _Prepared], cols: _Columns, warnings: list[s
             f"No usable rows in {origins}: no row has both a non-empty text and a label ({cols.describe()}). "
             f"{why + ' ' if why else ''}Check the data, or pick other columns with --text-col / --label-col."
         )
-    return sorted(seen, key=_label_sort_key(seen))
+    labels = sorted(seen, key=_label_sort_key(seen))
+    warnings.extend(_case_variant_warnings(labels, cols.label))
+    return labels
+
+
+def _case_variant_warnings(labels: list[str], column: str) -> list[str]:
+    """Labels that differ only in case stay separate classes, but say so: it is usually a typo."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(label.casefold(), []).append(label)
+    variants = [group for group in groups.values() if len(group) > 1]
+    if not variants:
+        return []
+    shown = "; ".join(" / ".join(repr(v) for v in group) for group in variants[:_MAX_SHOWN])
+    more = f" (and {len(variants) - _MAX_SHOWN} more)" if len(variants) > _MAX_SHOWN else ""
+    return [
+        f"Labels in column {column!r} that differ only in upper/lower case are kept as separate classes: "
+        f"{shown}{more}. If they mean the same class, write them the same way in the data."
+    ]
 
 
 def _encode_split(part: _Part, name: str) -> np.ndarray:
@@ -1217,6 +1608,28 @@ def _stratified_sample(idx: np.ndarray, codes: np.ndarray, cap: Optional[int], r
         take[np.argmax(take)] -= 1
     chosen = [rng.choice(idx[codes == c], size=int(k), replace=False) for c, k in zip(classes, take) if k > 0]
     return rng.permutation(np.concatenate(chosen))
+
+
+def _cap_warnings(
+    part: str, cap: Optional[int], codes: np.ndarray, pool: np.ndarray, kept: np.ndarray, labels: list[str]
+) -> list[str]:
+    """A cap smaller than the number of classes drops whole classes: say how many and which."""
+    before, after = np.unique(codes[pool]), np.unique(codes[kept])
+    missing = np.setdiff1d(before, after)
+    if len(missing) == 0:
+        return []
+    name, flag = _PART_NAMES[part], f"--max-{part}"
+    shown = ", ".join(repr(labels[c]) for c in missing[:_MAX_SHOWN])
+    more = ", ..." if len(missing) > _MAX_SHOWN else ""
+    effect = (
+        "no model can learn them" if part == "train"
+        else f"the {name} accuracy says nothing about them"
+    )
+    return [
+        f"The {name} size cap ({cap:,}) keeps {len(kept):,} of {len(pool):,} {name} rows, fewer than its "
+        f"{len(before):,} classes: {len(missing):,} of them have no {name} example ({shown}{more}), so {effect}. "
+        f"Raise {flag} to at least {len(before):,} to keep one example of every class."
+    ]
 
 
 def _check_train_covers_labels(pools, prepared, labels, parts) -> None:

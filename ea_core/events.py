@@ -30,7 +30,8 @@ class ProgressEvent:
     val_accuracy: Optional[float] = None
     calls: Optional[int] = None
     cache_hits: Optional[int] = None
-    failures: Optional[int] = None
+    failures: Optional[int] = None  # LM requests that got no answer (never cached; asked again next run)
+    unparsed: Optional[int] = None  # LM answers that named no label (paid and cached)
     tokens: Optional[int] = None
     cost_usd: Optional[float] = None
     elapsed_s: Optional[float] = None

@@ -19,11 +19,10 @@ def read_inputs(path: str, *, text_col: Optional[str] = None, pair_col: Optional
     Columns: as named, else as in training (the caller passes the bundle's), else detected like
     `ea_core.data` does. `pair_task` (from the bundle) makes a missing second text an error.
     """
-    from ea_core.data import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS, _find, read_table
+    from ea_core.data import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS, _find, check_data_path, read_table
 
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"Input file not found: {path}")
+    check_data_path(str(path))  # missing, a folder, a FIFO (which would block forever), a device
     if p.suffix.lower() == ".txt":
         if pair_task:
             raise DataError("This system classifies text pairs: give a CSV/JSONL/Parquet file with both columns.")
@@ -59,28 +58,76 @@ def read_inputs(path: str, *, text_col: Optional[str] = None, pair_col: Optional
     split = Split.from_texts(texts, pairs)
     label_col = pick(None, LABEL_COLUMNS, "")
     if label_col and labels:
-        index = {lab: i for i, lab in enumerate(labels)}
-        gold = [index.get(str(v), -1) for v in table.column(label_col).to_pylist()]
-        split.labels = np.asarray(gold, dtype=np.int64)
+        split.labels = _gold_codes(table.column(label_col).to_pylist(), labels)
     return split, {"text_col": text_col, "pair_col": pair_col, "label_col": label_col}
 
 
+def _gold_codes(values: list, labels: list[str]) -> np.ndarray:
+    """Gold label codes by the training data's label rule (`normalize_label`): 1.0 and " 1 " are "1".
+
+    A value the rule refuses (2.5, a list) or a class the system does not know is -1 (not
+    scored), not an error: the label column of an input file is optional.
+    """
+    from ea_core.data import normalize_label
+
+    index = {lab: i for i, lab in enumerate(labels)}
+    memo: dict = {}
+
+    def code(value) -> int:
+        try:
+            key = normalize_label(value)
+        except ValueError:
+            return -1
+        return index.get(key, -1) if key is not None else -1
+
+    out = np.empty(len(values), dtype=np.int64)
+    for i, value in enumerate(values):
+        key = (type(value), value)  # True == 1, yet they are the labels "true" and "1"
+        try:
+            out[i] = memo[key] if key in memo else memo.setdefault(key, code(value))
+        except TypeError:  # unhashable (a list or an object from JSON)
+            out[i] = code(value)
+    return out
+
+
+#: Cell starts a spreadsheet reads as a formula (OWASP "CSV injection"): such cells get a leading '.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """`cell` as a spreadsheet shows it as text: a leading ' when it would start a formula.
+
+    Inputs and even labels or stage names (from a bundle) are someone else's text, and
+    ``=HYPERLINK(...)`` opened in a spreadsheet runs. Only CSV output is escaped; JSON lines keep
+    every text exactly."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
 def write_predictions(path: str, split: Split, preds: Predictions, labels: list[str]) -> str:
-    """Write one CSV row per input; return a one-paragraph summary for the terminal."""
+    """Write one row per input: CSV made safe for spreadsheets (`spreadsheet_safe`), or exact JSON
+    lines when `path` ends in ``.jsonl``; return a one-paragraph summary for the terminal."""
+    import json
+
     names = preds.stage_names
+    header = ["text"] + (["text_pair"] if split.pairs is not None else []) + ["prediction", "answered_by", "confidence"]
     try:
         f = open(path, "w", newline="", encoding="utf-8")
     except OSError as err:
         raise DataError(f"Cannot write predictions to {path}: {err.strerror}.") from None
+    as_json = str(path).lower().endswith(".jsonl")
     with f:
         w = csv.writer(f)
-        w.writerow(["text"] + (["text_pair"] if split.pairs is not None else []) +
-                   ["prediction", "answered_by", "confidence"])
+        if not as_json:
+            w.writerow(header)
         for i in range(len(split)):
             label = labels[preds.pred[i]] if preds.pred[i] >= 0 else ""
             by = names[preds.answered_by[i]] if preds.answered_by[i] >= 0 else ""
-            w.writerow([split.texts[i]] + ([split.pairs[i]] if split.pairs is not None else []) +
-                       [label, by, "" if np.isnan(preds.confidence[i]) else f"{preds.confidence[i]:.4f}"])
+            conf = None if np.isnan(preds.confidence[i]) else float(preds.confidence[i])
+            cells = [str(split.texts[i])] + ([str(split.pairs[i])] if split.pairs is not None else []) + [label, by]
+            if as_json:
+                f.write(json.dumps(dict(zip(header, cells + [conf])), ensure_ascii=False) + "\n")
+            else:
+                w.writerow([spreadsheet_safe(c) for c in cells] + ["" if conf is None else f"{conf:.4f}"])
     n = len(split)
     shares = ", ".join(f"{name} {np.mean(preds.answered_by == k):.1%}" for k, name in enumerate(names))
     lines = [f"Predicted {n} inputs -> {path}", f"Answered by: {shares}"]

@@ -48,7 +48,8 @@ class LMCounters:
     total: int = 0
     calls: int = 0
     cache_hits: int = 0
-    failures: int = 0
+    failures: int = 0  # requests that got no answer (not cached, asked again next run)
+    unparsed: int = 0  # answers that named no label (paid and cached)
     tokens: int = 0
     cost_usd: float = 0.0
     eta_s: Optional[float] = None
@@ -123,7 +124,7 @@ class RunProgress:
         if stage.startswith("lm:"):
             c = self.lm.setdefault(stage, LMCounters(stage))
             c.done, c.total = step, total
-            for key in ("calls", "cache_hits", "failures", "tokens"):
+            for key in ("calls", "cache_hits", "failures", "unparsed", "tokens"):
                 if ev.get(key) is not None:
                     setattr(c, key, int(ev[key]))
             if ev.get("cost_usd") is not None:
@@ -131,7 +132,7 @@ class RunProgress:
             c.eta_s = ev.get("eta_s")
             if step == total:
                 self._log(t, f"{stage}: {c.calls} calls, {c.cache_hits} cached, {c.failures} failed, "
-                             f"${c.cost_usd:.4f}")
+                             f"{c.unparsed} named no label, ${c.cost_usd:.4f}")
             return
         # Curves of the models the run keeps (out-of-fold refits for mining would crowd them out).
         if stage.startswith("train:") and (ev.get("loss") is not None or ev.get("val_accuracy") is not None):
@@ -165,6 +166,7 @@ class RunProgress:
             total.calls += c.calls
             total.cache_hits += c.cache_hits
             total.failures += c.failures
+            total.unparsed += c.unparsed
             total.tokens += c.tokens
             total.cost_usd += c.cost_usd
             if c.done < c.total:

@@ -7,7 +7,11 @@ EA(Full) -> calibrate -> tune thresholds on validation, report on test -> export
 Each stage's outputs (model weights, probability arrays, LM answers) are cached in the run
 folder with a completion mark, so running the same command again resumes where it stopped and
 the UI can re-route any thresholds from the cached arrays without recomputing anything. The LM
-answer cache (SQLite) lives beside the run folders, so paid answers are bought once.
+answer cache (SQLite) lives beside the run folders, so paid answers are bought once; a kill -9
+loses only the LM requests in flight (at most the concurrency), whose answers never arrived.
+Before any training, a run with an API LM checks that its endpoint answers and takes the key.
+The folder has one writer (its lock), and its budget one ledger (lm/spend.jsonl, written per
+paid answer), so a resumed run counts the money already spent.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import pyarrow.parquet as pq
 from ea_core import mining
 from ea_core.errors import ConfigError
 from ea_core.events import CancelToken, ProgressCallback, ProgressEvent
-from ea_core.llm.base import FAILED, LMAnswer, LMProvider
+from ea_core.llm.base import FAILED, UNPARSEABLE, LMAnswer, LMProvider
+from ea_core.llm.cost import SpendLedger
+from ea_core.llm.urls import strip_userinfo, userinfo_secret
 from ea_core.resources import ResourceMeter
 from ea_core.router import StageOutput
 from ea_core.runfolder import RunFolder, fingerprint, load_arrays, read_json, save_arrays, write_json
@@ -271,6 +277,13 @@ class Pipeline:
         provider: Optional[LMProvider] = None,
     ) -> None:
         config.validate()
+        # A key pasted into the base URL (http://user:KEY@host) is used in memory, never stored:
+        # config.json, summary.json, the bundle and the cache see the URL without it.
+        url_key = userinfo_secret(config.lm_base_url)
+        if url_key is not None:
+            config = dataclasses.replace(config, lm_base_url=strip_userinfo(config.lm_base_url or ""))
+            if not api_key and not os.environ.get(config.lm_key_env or ""):
+                api_key = url_key
         self.config = config
         self.folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
         self.state: RunState
@@ -278,6 +291,7 @@ class Pipeline:
         self._user_callback = callback
         self.cancel = cancel or CancelToken()
         self._provider = provider
+        self._cache: Any = None  # the LM answer cache, opened once (see `answer_cache`)
         self._check_config()
         if config.lm and provider is None:
             check_lm_settings(config, api_key)
@@ -306,15 +320,17 @@ class Pipeline:
     def provider(self) -> LMProvider:
         if self._provider is None:
             from ea_core.llm import make_provider
-            from ea_core.llm.cache import AnswerCache
+            from ea_core.llm.cost import Budget
 
             cfg = self.config
             examples = [tuple(e) for e in self.state.lm_few_shot] if self.state.lm_few_shot else None
-            budget = None if cfg.budget_usd is None else max(0.0, cfg.budget_usd - self._spent())
+            # One ledger per run folder: every paid answer is recorded as it arrives, so a resumed
+            # run starts from the money already spent (the cap is on the run, not on a session).
+            money = {} if cfg.lm.startswith("local") else {"budget": Budget(cfg.budget_usd, ledger=self._ledger())}
             self._provider = make_provider(
                 cfg.lm, model=cfg.lm_model, base_url=cfg.lm_base_url, key_env=cfg.lm_key_env, api_key=self._api_key,
-                cache=AnswerCache(cfg.cache_path(self.folder.root)), concurrency=cfg.concurrency, budget_usd=budget,
-                few_shot_examples=examples, prompt=prompt_template(cfg.prompt), prices=cfg.prices(),
+                cache=self.answer_cache(), concurrency=cfg.concurrency,
+                few_shot_examples=examples, prompt=prompt_template(cfg.prompt), prices=cfg.prices(), **money,
             )
             if hasattr(self._provider, "calibrate_on"):
                 # Local label scoring: "calibrate before use" on unlabelled training inputs, not on
@@ -324,14 +340,65 @@ class Pipeline:
                 write_json(self._lm_dir() / "label_offsets.json", [float(x) for x in offsets])
         return self._provider
 
+    def answer_cache(self) -> Any:
+        """The run's LM answer cache (`ConfigError` naming the path if it cannot be one)."""
+        if self._cache is None:
+            from ea_core.llm.cache import AnswerCache
+
+            self._cache = AnswerCache(self.config.cache_path(self.folder.root))
+        return self._cache
+
+    def _ledger(self) -> SpendLedger:
+        """The run's spend ledger (lm/spend.jsonl); a run from before the ledger starts from its spent.json."""
+        old = self.folder.path("lm", "spent.json")
+        opening = float(read_json(old)["usd"]) if old.is_file() else 0.0
+        return SpendLedger(self.folder.path("lm", "spend.jsonl"), opening_usd=opening)
+
     def _spent(self) -> float:
         """USD paid to the LM by this run folder so far, over all its sessions (for --budget-usd)."""
-        path = self.folder.path("lm", "spent.json")
-        return float(read_json(path)["usd"]) if path.is_file() else 0.0
+        return self._ledger().total
 
-    def _add_spent(self, usd: float) -> None:
-        if usd:
-            write_json(self.folder.path("lm", "spent.json"), {"usd": self._spent() + usd})
+    def check_lm_endpoint(self) -> None:
+        """Before any training: is the LM's endpoint up, and does it take the key? (`LMError` if not.)
+
+        One free request (`OpenAIProvider.check_endpoint`), made only when some LM stage still has
+        inputs to ask: a finished run reopened or resumed past its LM stages needs no endpoint.
+        """
+        cfg = self.config
+        if not cfg.lm or not self._lm_work_left():
+            return
+        if self._provider is None:
+            self.answer_cache()  # a --cache that cannot hold answers fails now too
+        if self._provider is None and cfg.lm.startswith("local"):
+            return
+        from ea_core.llm.planning import check_endpoint
+
+        if self._provider is not None:
+            prov = self._provider
+        else:
+            from ea_core.llm import make_provider
+
+            prov = make_provider(cfg.lm, model=cfg.lm_model, base_url=cfg.lm_base_url, key_env=cfg.lm_key_env,
+                                 api_key=self._api_key, concurrency=cfg.concurrency, prices=cfg.prices())
+        report = check_endpoint(prov)
+        if report is None:
+            return
+        models = report.get("models")
+        note = ""
+        if models and cfg.lm_model and cfg.lm_model not in models:
+            note = f"; note: it does not list model {cfg.lm_model!r} among its {len(models)} models"
+        self.emit(ProgressEvent(stage="lm", step=0, total=0, message=(
+            f"LM endpoint {prov.describe().get('base_url', '')} answers ({report.get('latency_s', 0.0) * 1000:.0f} ms)"
+            f"{note}")))
+
+    def _lm_work_left(self) -> bool:
+        """Whether some LM stage of this run has no saved answers yet, or saved failures to retry."""
+        stages = ["mine", "val", "test"] + (["train_full"] if self.config.ea_full else [])
+        for stage in stages:
+            path = self._lm_dir() / f"{stage}.npz"
+            if not path.is_file() or np.any(load_arrays(path)["label"] == FAILED):
+                return True
+        return False
 
     # -- the run --------------------------------------------------------------------------
     def steps(self) -> list[tuple[str, Callable[[], None]]]:
@@ -348,6 +415,7 @@ class Pipeline:
         try:
             self._check_config()
             write_json(self.folder.path("config.json"), self.config.to_dict())
+            self.check_lm_endpoint()  # an unreachable endpoint or a refused key fails now, not hours later
             steps = self.steps()
             t0 = time.perf_counter()
             for i, (name, fn) in enumerate(steps):
@@ -477,7 +545,6 @@ class Pipeline:
         price = self.provider().describe().get("price_usd_per_1m")
         arrays = {"index": np.asarray(index, dtype=np.int64), **answers_to_arrays(answers, price)}
         save_arrays(path, **arrays)
-        self._add_spent(usage.cost_usd)
         self.cancel.check()  # cancelled mid-stage: what was answered is saved (and cached); stop here
         usage_d = dataclasses.asdict(usage)
         self.state.lm_usage[stage] = usage_d
@@ -507,6 +574,13 @@ class Pipeline:
         answers = self._lm_answers("train", candidates, "mine")
         usage = self.state.lm_usage.get("mine", {})
         self.state.mining = mining.split_underfit(candidates, answers["label"], y, len(y), usage)
+        labels = answers["label"]
+        answered = labels >= 0
+        right = int(np.sum(labels[answered] == y[candidates][answered]))
+        self.emit(ProgressEvent(stage="mine", step=0, total=0, message=(
+            f"LM on {len(candidates)} candidates: {right} right, {int(answered.sum()) - right} wrong, "
+            f"{int(np.sum(labels == UNPARSEABLE))} named no label (paid, kept), {int(np.sum(labels == FAILED))} "
+            "failed (not cached: asked again by the next run)")))
         write_json(self.folder.path("mining.json"), self.state.mining.summary())
         save_arrays(self.folder.path("mining.npz"), underfit=self.state.mining.underfit,
                     candidates=candidates, failed=self.state.mining.failed)

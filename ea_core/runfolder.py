@@ -3,10 +3,15 @@
 Every stage writes its outputs first and its completion mark last (atomically), so a run killed
 at any point (Ctrl-C, kill -9, power loss) is resumed by running it again: stages whose mark is
 present, with the same input fingerprint, are not redone. Nothing here ever holds an API key.
+A write that fails for lack of space (or on a read-only disk) is an `EAError` naming the file,
+not a traceback: the stages already marked done are intact, so freeing space and running again
+resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -14,11 +19,11 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ea_core.errors import RunBusy
+from ea_core.errors import EAError, RunBusy
 from ea_core.events import ProgressEvent
 
 LOCK_FILE = "run.lock"
@@ -37,15 +42,39 @@ def fingerprint(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path, tmp: Optional[str | Path] = None) -> Iterator[None]:
+    """Turn a full or read-only disk while writing `path` into an `EAError` (removing `tmp`)."""
+    try:
+        yield
+    except OSError as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if err.errno in _NO_SPACE:
+            raise EAError(f"No space left on the disk to write {path}. Free some space and run the same command "
+                          "again: finished stages and paid LM answers are kept.") from None
+        if err.errno in _READ_ONLY:
+            raise EAError(f"Cannot write {path} ({err.strerror}): the run folder must be on a writable disk.") from None
+        raise
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_finite(data), f, indent=2, default=_json_default, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp: Optional[str] = None
+    with disk_errors(path, None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with disk_errors(path, tmp):
+        with os.fdopen(fd, "w") as f:
+            json.dump(_finite(data), f, indent=2, default=_json_default, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:
@@ -54,10 +83,11 @@ def read_json(path: Path) -> Any:
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> None:
     """Save arrays to .npz atomically (plain arrays only; loaded with allow_pickle=False)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with disk_errors(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -161,5 +191,7 @@ class RunFolder:
         write_json(self._marks / f"{stage.replace(':', '_').replace('/', '_')}.json", {"fingerprint": fp, **(info or {})})
 
     def log_event(self, event: ProgressEvent) -> None:
-        with open(self.root / "events.jsonl", "a") as f:
-            f.write(json.dumps(event.to_dict(), default=_json_default) + "\n")
+        path = self.root / "events.jsonl"
+        with disk_errors(path):
+            with open(path, "a") as f:
+                f.write(json.dumps(event.to_dict(), default=_json_default) + "\n")

@@ -38,6 +38,7 @@ from typing import Any, Optional
 
 from ea_core.errors import Cancelled, ConfigError, EAError, RunBusy
 from ea_core.events import CancelToken, ProgressCallback, ProgressEvent
+from ea_core.llm.urls import strip_userinfo, userinfo_secret
 from ea_core.runfolder import RunFolder, read_json, write_json
 
 STATUS_JSON = "status.json"
@@ -301,6 +302,8 @@ class RunManager:
             config.data = str(dst)
         if config.lm and not config.cache:
             config.cache = str(self.owner_dir(owner) / "lm_cache.sqlite")
+        if config.lm_base_url:  # a key pasted into the URL never reaches config.json (see `launch`)
+            config.lm_base_url = strip_userinfo(config.lm_base_url)
         config.validate()
         write_json(folder / "config.json", config.to_dict())
         write_json(folder / STATUS_JSON, RunStatus(run_id=run_id, owner=owner_hash(owner), title=title).to_dict())
@@ -341,7 +344,12 @@ class RunManager:
 
     def launch(self, config: Any, owner: str, api_key: Optional[str] = None, *, title: str = "",
                data_file: Optional[str | Path] = None) -> str:
-        """`create` then `start`: the run id of a new background run."""
+        """`create` then `start`: the run id of a new background run.
+
+        A key given only inside the base URL (``http://user:KEY@host``) is sent to the worker
+        through the pipe like any key; the URL is stored without it.
+        """
+        api_key = api_key or userinfo_secret(getattr(config, "lm_base_url", None))
         run_id = self.create(config, owner, title=title, data_file=data_file)
         self.start(run_id, owner, api_key)
         return run_id

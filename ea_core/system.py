@@ -7,6 +7,8 @@ passed on. `route_one` explains one decision stage by stage, for the "try an inp
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
@@ -77,6 +79,19 @@ class Predictions:
     stage_names: list[str]
 
 
+def check_stage(stage: SystemStage, labels: list[str]) -> None:
+    """A stage answers in the system's labels, in the same order, with a usable temperature:
+    a model trained on another label order would silently give wrong answers."""
+    if stage.model is not None:
+        own = list(getattr(stage.model, "labels_", []))
+        if own != labels:
+            raise ConfigError(f"Stage {stage.name!r} was trained on the labels {own} but the system's labels are "
+                              f"{labels}: the label lists must be the same, in the same order.")
+        t = stage.temperature
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t <= 0:
+            raise ConfigError(f"Stage {stage.name!r}: the temperature must be a positive number, not {t!r}.")
+
+
 class AdaptedSystem:
     """SSMs -> ASSMs -> LM (or any order), each stage answering what it is confident about."""
 
@@ -85,6 +100,8 @@ class AdaptedSystem:
             raise ConfigError("An adapted system needs at least one stage.")
         if any(s.is_lm for s in stages) and provider is None:
             raise ConfigError("This system has an LM stage but no LM provider was given.")
+        for stage in stages:
+            check_stage(stage, list(labels))
         self.labels = list(labels)
         self.stages = stages
         self.provider = provider

@@ -76,7 +76,8 @@ def counters_html(progress: RunProgress, free: bool = False) -> str:
         return ""
     t = progress.lm_totals()
     cards = [("LM calls", f"{t.calls:,}"), ("cache hits", f"{t.cache_hits:,}"), ("failures", f"{t.failures:,}"),
-             ("tokens", f"{t.tokens:,}"), ("spent", "free (local)" if free else usd(t.cost_usd)),
+             ("named no label", f"{t.unparsed:,}"), ("tokens", f"{t.tokens:,}"),
+             ("spent", "free (local)" if free else usd(t.cost_usd)),
              ("ETA", seconds(t.eta_s) if t.eta_s else "-")]
     body = "".join(f"<div class='ea-card'><div class='v'>{v}</div><div class='k'>{k}</div></div>" for k, v in cards)
     return f"<div><b>Large model</b> ({t.done:,}/{t.total:,} inputs answered)</div><div class='ea-cards'>{body}</div>"

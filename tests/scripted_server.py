@@ -4,9 +4,11 @@ Real LM endpoints cannot be reached here (and would cost money), so tests talk t
 It answers ``POST /v1/chat/completions`` the way an endpoint would: the gold label of the input
 (looked up by the input text inside the last user message), or what `answer_fn` says, with or
 without token log-probs and JSON structured output. `Fault`s script failures: 429 with
-Retry-After, 500, 400, 401, a hang past the client's timeout, a dropped connection, a wrong or
-unparseable answer; each for all requests, the first N, or inputs containing some text.
-Everything is recorded: ``.requests`` (bodies and headers), ``.count``, ``.per_input``.
+Retry-After, 500, 400, 401, a hang past the client's timeout, a dropped or reset connection, a
+200 that is no answer (no choices, null content, a body that is not JSON), a wrong or unparseable
+answer; each for all requests, the first N, a random share (seeded), or inputs containing some
+text. Everything is recorded: ``.requests`` (bodies, headers, the fault met), ``.count``,
+``.per_input``.
 
     with ScriptedServer(gold={"I love it": "positive"}) as srv:
         provider = OpenAIProvider("test-model", base_url=srv.url, api_key="x")
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -25,7 +29,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional, Sequence, Union
 
-FAULT_KINDS = {"429", "500", "503", "400", "401", "hang", "drop", "wrong", "unparseable", "no_logprobs"}
+FAULT_KINDS = {"429", "500", "503", "400", "401", "hang", "drop", "reset", "empty_choices", "null_content",
+               "bad_json", "wrong", "unparseable", "no_logprobs"}
+#: Faults after which the request has no answer (the client must retry): all but the answers.
+TRANSIENT_FAULTS = {"429", "500", "503", "hang", "drop", "reset", "empty_choices", "null_content", "bad_json"}
 
 
 @dataclass
@@ -34,8 +41,9 @@ class Fault:
 
     kind: one of FAULT_KINDS. times: how many matching requests it hits (None: every one);
     with per_input=True the count is per distinct input. match: only inputs whose text contains
-    this. retry_after: the Retry-After header (seconds) sent with a 429/503. hang_s: how long a
-    "hang" waits before answering normally (the client should have timed out by then).
+    this. share: hit only this share of the matching requests (drawn from the server's seeded
+    random numbers). retry_after: the Retry-After header (seconds) sent with a 429/503. hang_s:
+    how long a "hang" waits before answering normally (the client should have timed out by then).
     """
 
     kind: str
@@ -45,6 +53,7 @@ class Fault:
     hang_s: float = 30.0
     per_input: bool = False
     message: str = ""
+    share: Optional[float] = None
     hits: int = 0
     _per: Counter = field(default_factory=Counter)
 
@@ -52,14 +61,14 @@ class Fault:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; known: {sorted(FAULT_KINDS)}")
 
-    def applies(self, text: str) -> bool:
+    def applies(self, text: str, rng: Optional[random.Random] = None) -> bool:
         if self.match is not None and self.match not in text:
             return False
-        if self.times is None:
-            return True
-        if self.per_input:
-            return self._per[text] < self.times
-        return self.hits < self.times
+        if self.times is not None and (self._per[text] if self.per_input else self.hits) >= self.times:
+            return False
+        if self.share is not None:
+            return (rng or random).random() < self.share
+        return True
 
     def take(self, text: str) -> None:
         self.hits += 1
@@ -76,6 +85,7 @@ class ScriptedRequest:
     text: str  # the last user message
     time: float
     status: int = 0
+    fault: Optional[str] = None  # the fault kind this request met (None: answered normally)
 
 
 AnswerFn = Callable[[ScriptedRequest], Optional[str]]
@@ -89,7 +99,8 @@ class ScriptedServer:
     a request using them gets a 400 naming the parameter; ignores_logprobs: accepted, none sent.
     rejects: other body parameters answered with 400 "Unsupported parameter" (e.g. "max_tokens").
     confidence: probability put on the label's first token (a number or a function of the request).
-    latency_s: delay before every reply. faults: see `Fault`.
+    latency_s: delay before every reply. faults: see `Fault`; seed: for faults hitting a share.
+    api_key: when set, any request (GET or POST) without ``Bearer api_key`` gets a 401.
     """
 
     def __init__(
@@ -107,6 +118,8 @@ class ScriptedServer:
         confidence: Union[float, Callable[[ScriptedRequest], float]] = 0.9,
         send_usage: bool = True,
         default_answer: str = "I am not sure.",
+        seed: int = 0,
+        api_key: Optional[str] = None,
     ) -> None:
         self.gold = dict(gold or {})
         self._gold_sorted = sorted(self.gold, key=len, reverse=True)
@@ -121,6 +134,9 @@ class ScriptedServer:
         self.confidence = confidence
         self.send_usage = send_usage
         self.default_answer = default_answer
+        self.rng = random.Random(seed)
+        self.api_key = api_key
+        self.models_requests = 0  # GET /models
         self.requests: list[ScriptedRequest] = []
         self.per_input: Counter = Counter()
         self.responses_sent = 0
@@ -212,7 +228,7 @@ class ScriptedServer:
     def _fault_for(self, text: str) -> Optional[Fault]:
         with self._lock:
             for fault in self.faults:
-                if fault.applies(text):
+                if fault.applies(text, self.rng):
                     fault.take(text)
                     return fault
         return None
@@ -235,6 +251,7 @@ class ScriptedServer:
                 return handler.send_json(400, _error(msg, "invalid_request_error", param))
         fault = self._fault_for(req.text)
         kind = fault.kind if fault else None
+        req.fault = kind
         if kind in ("429", "503"):
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}  # type: ignore[union-attr]
             msg = "Rate limit reached, slow down" if kind == "429" else "Service unavailable"
@@ -250,6 +267,16 @@ class ScriptedServer:
         if kind == "drop":
             handler.drop()
             return None
+        if kind == "reset":
+            handler.reset()
+            return None
+        if kind == "bad_json":
+            return handler.send_raw(200, b'{"id": "chatcmpl-x", "choices": [{"message": {"content": "posi')
+        if kind == "empty_choices":
+            return handler.send_json(200, {"id": "chatcmpl-x", "object": "chat.completion", "choices": []})
+        if kind == "null_content":
+            choice = {"index": 0, "message": {"role": "assistant", "content": None}, "finish_reason": "stop"}
+            return handler.send_json(200, {"id": "chatcmpl-x", "object": "chat.completion", "choices": [choice]})
         if kind == "hang":
             self._closing.wait(fault.hang_s)  # type: ignore[union-attr]
             if self._closing.is_set():
@@ -330,7 +357,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def send_json(self, status: int, payload: Any, headers: Optional[dict[str, str]] = None) -> None:
-        data = json.dumps(payload).encode()
+        self.send_raw(status, json.dumps(payload).encode(), headers)
+
+    def send_raw(self, status: int, data: bytes, headers: Optional[dict[str, str]] = None) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -355,7 +384,28 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def reset(self) -> None:
+        """Abort the connection with a TCP reset (SO_LINGER 0, then close): ECONNRESET at the client."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+
+    def authorized(self) -> bool:
+        """False (and a 401 sent) when the server wants a key and the request lacks it."""
+        want = self.owner.api_key
+        if want is None or self.headers.get("Authorization", "") == f"Bearer {want}":
+            return True
+        self.send_json(401, _error("Incorrect API key provided.", "invalid_request_error"))
+        return False
+
     def do_GET(self) -> None:  # noqa: N802
+        with self.owner._lock:
+            self.owner.models_requests += 1
+        if not self.authorized():
+            return
         if self.path.rstrip("/").endswith("/models"):
             self.send_json(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
         else:
@@ -370,6 +420,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self.send_json(400, _error("invalid JSON body", "invalid_request_error"))
         if not self.path.rstrip("/").endswith("/chat/completions"):
             return self.send_json(404, _error(f"unknown path {self.path}", "not_found"))
+        if not self.authorized():
+            return
         users = [m for m in body.get("messages", []) if m.get("role") == "user"]
         text = str(users[-1].get("content", "")) if users else ""
         req = ScriptedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body, text, time.time())

@@ -480,6 +480,11 @@ BAD_FILES = {
     "spreadsheet.xlsx": ["Unsupported file type '.xlsx'", ".csv", ".jsonl", ".parquet", "CSV UTF-8"],
     "corrupt.parquet": ["as Parquet", "valid, complete Parquet file"],
     "truncated.json": ["not valid JSON", "line 1"],
+    "duplicate_columns.csv": ["duplicate column names: 'label'", "unique"],
+    "gzipped.csv": ["not a CSV file", "gzip", "decompress it first"],
+    "utf16_no_bom.csv": ["UTF-16", "save it as UTF-8"],
+    "png_renamed.csv": ["not a CSV file", "PNG image"],
+    "fractional_labels.jsonl": ["non-integer numbers (e.g. 2.5)", "--label-col"],
 }
 
 

@@ -83,7 +83,8 @@ def test_a_bundle_exported_at_slider_thresholds_predicts_like_the_sliders(state,
     ex = Explorer.build(state, "ea")
     thr = ex.thresholds([0.9, 0.6])
     out = export_run_bundle(state, state.rows, tmp_path / "b", system="ea", thresholds=thr, layers=("ssm", "assm", "lm"))
-    system = load_bundle(out, cache_path=str(state.config.cache_path(state.folder.root)))
+    system = load_bundle(out, cache_path=str(state.config.cache_path(state.folder.root)),
+                         base_url=state.config.lm_base_url)  # a bundle's own endpoint is never used unasked
     preds = system.predict(state.task.test)
     cached = route(state.stage_outputs("test"), thr)
     assert np.array_equal(preds.pred, cached.pred)

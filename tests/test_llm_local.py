@@ -148,3 +148,21 @@ def test_the_kept_dequantized_copy_scores_like_the_gguf_model(loaded: LocalHFPro
     ids = tokenizer("Driverless cars will kill people.", return_tensors="pt")
     with torch.inference_mode():
         assert torch.equal(model(**ids).logits, copy(**ids).logits)
+
+
+def test_a_full_cache_disk_does_not_stop_local_scoring(loaded: LocalHFProvider, tmp_path, monkeypatch) -> None:
+    """Local answers cost nothing: a cache that cannot be written is a warning, not a failed stage."""
+    import sqlite3
+
+    from ea_core.llm.cache import AnswerCache
+
+    cache = AnswerCache(tmp_path / "lm.sqlite")
+
+    def full(*a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(cache, "put", full)
+    provider = LocalHFProvider(calibrate=False, cache=cache)  # shares the loaded weights
+    answers, usage = provider.classify(TWEETS[:4], LABELS)
+    assert len(answers) == 4 and all(a.label >= 0 for a in answers)
+    assert len(cache) == 0

@@ -17,7 +17,7 @@ EVENTS = [
     ev("model:head:minilm", 1, 1, val_accuracy=0.62, elapsed_s=12.5, message="head:minilm: val acc 62.0%"),
     ev("run", 2, 4, message="mine"),
     ev("lm:mine", 5, 10, calls=4, cache_hits=1, failures=0, tokens=400, cost_usd=0.01, eta_s=5.0),
-    ev("lm:mine", 10, 10, calls=8, cache_hits=2, failures=1, tokens=800, cost_usd=0.02, eta_s=0.0),
+    ev("lm:mine", 10, 10, calls=8, cache_hits=2, failures=1, unparsed=2, tokens=800, cost_usd=0.02, eta_s=0.0),
 ]
 
 
@@ -30,7 +30,8 @@ def test_events_fold_into_stepper_bars_curves_models_and_lm_counters():
     bar = p.bars["lm:mine"]
     assert bar.fraction == 1.0
     totals = p.lm_totals()
-    assert (totals.calls, totals.cache_hits, totals.failures, totals.tokens) == (8, 2, 1, 800)
+    assert (totals.calls, totals.cache_hits, totals.failures, totals.unparsed, totals.tokens) == (8, 2, 1, 2, 800)
+    assert any("1 failed, 2 named no label" in line for line in p.log)
     assert abs(totals.cost_usd - 0.02) < 1e-12
     assert any("3 duplicates" in line for line in p.log) and any("Mining" in line for line in p.log)
 

@@ -87,7 +87,7 @@ def test_full_run_mines_trains_routes_reports_and_exports(tmp_path, server_and_d
     ea = next(r for r in rows if r["system"] == "ea")
     test_stages = state.stage_outputs("test")
     cached = route(test_stages, list(ea["thresholds"].values()))
-    system = load_bundle(out / "bundle", cache_path=str(out.parent / "lm_cache.sqlite"))
+    system = load_bundle(out / "bundle", cache_path=str(out.parent / "lm_cache.sqlite"), base_url=srv.url)
     n_before = srv.count
     live = system.predict(state.task.test)
     assert np.array_equal(live.pred, cached.pred)
@@ -198,7 +198,8 @@ def test_predict_cli_routes_a_file_through_the_exported_bundle(tmp_path, server_
                                                  zip(state.task.test.texts, state.task.test.labels)) + "\n")
     res = subprocess.run([sys.executable, "-m", "ea_core", "predict", "--bundle", str(out / "bundle"), "--input",
                           str(inputs), "--output", str(tmp_path / "pred.csv"), "--cache",
-                          str(out.parent / "lm_cache.sqlite")], cwd=ROOT, capture_output=True, text=True,
+                          str(out.parent / "lm_cache.sqlite"), "--lm-base-url", srv.url], cwd=ROOT,
+                         capture_output=True, text=True,
                          env={**os.environ, "EA_TEST_KEY": SECRET}, timeout=300)
     assert res.returncode == 0, res.stderr
     assert f"Accuracy on the {len(state.task.test)} inputs with a known label: {rows['ea']['test_accuracy']:.2%}" \

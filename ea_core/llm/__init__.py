@@ -9,7 +9,9 @@ A spec names where the LM runs:
 * ``local`` — the packaged offline SmolLM2 stand-in, scoring labels in-process (`LocalHFProvider`);
 * ``local:PATH_OR_ID`` — any local causal LM folder, ``.gguf`` file, or cached hub id.
 
-Every provider caches its answers in an `AnswerCache`, so an answer is paid for once.
+Every provider caches its answers in an `AnswerCache`, so an answer is paid for once (also across
+processes sharing the cache: prompts in flight are claimed there). A key pasted into a base URL
+(``http://user:KEY@host``) is taken out of the URL and used as the key, in memory only.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Optional, Sequence, Union
 from ea_core.errors import ConfigError
 from ea_core.llm.base import FAILED, UNPARSEABLE, LMAnswer, LMInput, LMProvider, LMUsage
 from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
-from ea_core.llm.cost import DEFAULT_PRICES, Budget, CostEstimate, PriceTable, estimate_tokens
+from ea_core.llm.cost import DEFAULT_PRICES, Budget, CostEstimate, PriceTable, SpendLedger, estimate_tokens
 from ea_core.llm.openai_api import OpenAIProvider
 from ea_core.llm.presets import PRESETS, Preset, get_preset, is_local_url
 from ea_core.llm.prompt import Example, PromptTemplate, find_label, parse_answer, select_examples
@@ -44,6 +46,7 @@ __all__ = [
     "Preset",
     "PriceTable",
     "PromptTemplate",
+    "SpendLedger",
     "estimate_tokens",
     "find_label",
     "get_preset",

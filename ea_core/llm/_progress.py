@@ -35,9 +35,9 @@ class UsageTracker:
             u.prompt_tokens += answer.prompt_tokens
             u.completion_tokens += answer.completion_tokens
             u.cost_usd += answer.cost_usd
-        if answer.label == -2:
+        if answer.label == -2:  # FAILED: no answer (not cached)
             u.failures += 1
-        elif answer.label == -1:
+        elif answer.label == -1:  # UNPARSEABLE: an answer naming no label (cached)
             u.unparseable += 1
 
     def emit(self, force: bool = False, message: Optional[str] = None) -> None:
@@ -62,6 +62,7 @@ class UsageTracker:
                 calls=self.usage.calls,
                 cache_hits=self.usage.cache_hits,
                 failures=self.usage.failures,
+                unparsed=self.usage.unparseable,
                 tokens=self.usage.tokens,
                 cost_usd=round(self.usage.cost_usd, 6),
                 elapsed_s=round(elapsed, 3),

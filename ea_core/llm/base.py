@@ -45,8 +45,8 @@ class LMUsage:
 
     calls: int = 0  # paid requests actually sent and answered
     cache_hits: int = 0
-    failures: int = 0
-    unparseable: int = 0
+    failures: int = 0  # FAILED: the request got no answer (error, budget, cancel); never cached
+    unparseable: int = 0  # UNPARSEABLE: the LM answered but named no label; paid, cached
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0

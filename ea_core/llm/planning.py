@@ -48,7 +48,11 @@ def test_connection(provider: LMProvider, example: LMInput, labels: Sequence[str
     """Classify one input for real and report the answer, latency, cost and capabilities.
 
     Never raises for an LM problem: a bad key, an unknown model or an unreachable endpoint is a
-    report with ``ok=False`` and the provider's (key-free) message.
+    report with ``ok=False`` and the provider's (key-free) message. The call is paid: give
+    `provider` the answer cache the run will use and the answer is kept under the key a later
+    classification of the same input looks up (also when the call taught the provider that the
+    endpoint ignores log-probs or structured output), so it is not bought twice. To check an
+    endpoint without paying, use `check_endpoint`.
     """
     describe = provider.describe()
     model = str(describe.get("model", ""))
@@ -77,6 +81,17 @@ def test_connection(provider: LMProvider, example: LMInput, labels: Sequence[str
         confidence=a.confidence,
         error=a.error if failed else (None if a.label >= 0 else "the model answered, but named no label"),
     )
+
+
+def check_endpoint(provider: LMProvider) -> Optional[dict[str, Any]]:
+    """Before a run: does the provider's endpoint answer, and take the key? Raises `LMError` if not.
+
+    Unlike `test_connection` this buys nothing: an API provider makes one free request
+    (``GET /models``, see `OpenAIProvider.check_endpoint`), so no paid answer is cached under a
+    key no later classification looks up. Providers without an endpoint (a local model) give None.
+    """
+    check = getattr(provider, "check_endpoint", None)
+    return check() if callable(check) else None
 
 
 @dataclass

@@ -8,7 +8,9 @@ folder as safetensors + JSON (never pickle) and load back with `load_model(folde
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -79,11 +81,33 @@ class SmallModel(ABC):
         (folder / MODEL_JSON).write_text(json.dumps(meta, indent=2))
         return folder
 
+    def _confine(self, folder: Path, root: Path) -> None:
+        """Called when loading from an untrusted bundle rooted at `root`, before the weights load:
+        refuse settings that name files outside it and reset those that describe the exporter's
+        machine (a cache folder, a device). Most kinds name no path: nothing to do."""
+
     @classmethod
-    def _from_saved(cls, folder: Path, meta: dict[str, Any]) -> "SmallModel":
-        model = cls(**meta["config"])
+    def _from_saved(cls, folder: Path, meta: dict[str, Any], root: Optional[Path] = None) -> "SmallModel":
+        path = folder / MODEL_JSON
+        config = meta["config"]
+        params = inspect.signature(cls.__init__).parameters
+        unknown = sorted(set(config) - (set(params) - {"self"}))
+        if unknown:
+            raise ModelError(f"{path}: unknown {cls.kind!r} setting(s) {', '.join(map(repr, unknown))}; "
+                             "the model folder was edited or comes from another version.")
+        try:
+            model = cls(**config)
+        except (TypeError, ValueError, ModelError) as err:
+            raise ModelError(f"{path}: invalid {cls.kind!r} settings ({err}).") from None
+        if root is not None:
+            model._confine(folder, root)
         model.labels_ = list(meta["labels"])
-        model._load_weights(folder)
+        try:
+            model._load_weights(folder)
+        except ModelError:
+            raise
+        except _LOAD_ERRORS as err:
+            raise damaged(folder, f"{type(err).__name__}: {_first_line(err)}") from None
         return model
 
 
@@ -102,14 +126,105 @@ def registered_kinds() -> dict[str, type[SmallModel]]:
     return dict(_REGISTRY)
 
 
-def load_model(folder: str | Path) -> SmallModel:
-    """Load a saved model; runs no pickled code."""
+def load_model(folder: str | Path, *, root: Optional[str | Path] = None) -> SmallModel:
+    """Load a saved model; runs no pickled code. A damaged or edited folder is a ModelError that
+    names the file, never a traceback.
+
+    `root`: the untrusted bundle folder holding this model (see `SmallModel._confine`); the caller
+    has already checked that `folder` and every link under it resolve inside `root`.
+    """
     folder = Path(folder)
     path = folder / MODEL_JSON
     if not path.is_file():
         raise ModelError(f"No saved model in {folder} (missing {MODEL_JSON}).")
-    meta = json.loads(path.read_text())
+    meta = read_json_file(path)
+    if not isinstance(meta, dict):
+        raise damaged(path, "not a JSON object")
     kinds = registered_kinds()
     if meta.get("kind") not in kinds:
         raise ModelError(f"{path}: unknown model kind {meta.get('kind')!r}; known: {', '.join(sorted(kinds))}.")
-    return kinds[meta["kind"]]._from_saved(folder, meta)
+    if not isinstance(meta.get("config"), dict):
+        raise damaged(path, "'config' must be an object of settings")
+    labels = meta.get("labels")
+    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+        raise damaged(path, "'labels' must be a non-empty list of strings")
+    if len(set(labels)) != len(labels):
+        raise damaged(path, "'labels' lists a label twice")
+    return kinds[meta["kind"]]._from_saved(folder, meta, None if root is None else Path(root))
+
+
+# What reading tampered JSON / safetensors / torch state can raise; all mean "damaged file".
+_LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, TypeError, IndexError,
+                                                 AttributeError, RuntimeError, OverflowError)
+try:
+    from safetensors import SafetensorError
+
+    _LOAD_ERRORS += (SafetensorError,)
+except ImportError:  # pragma: no cover  (safetensors is a dependency)
+    pass
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def damaged(path: Path, why: str) -> ModelError:
+    """The error for a saved file that cannot be what we wrote: says which file and what to do."""
+    return ModelError(f"{path} is damaged or was edited ({why}); save or export the model again.")
+
+
+def read_json_file(path: Path) -> Any:
+    """Strict JSON (no NaN/Infinity) from a saved file, or a ModelError naming it."""
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not allowed")
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=no_constants)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise damaged(path, f"not readable JSON: {_first_line(err)}") from None
+
+
+def read_tensors(path: Path, framework: str = "numpy") -> dict[str, Any]:
+    """Every tensor of a safetensors file, or a ModelError naming it (truncated, not safetensors...)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework=framework) as fh:
+            return {key: fh.get_tensor(key) for key in fh.keys()}
+    except _LOAD_ERRORS as err:
+        raise damaged(path, f"not a readable safetensors file: {_first_line(err)}") from None
+
+
+def check_tensor(path: Path, name: str, value: Any, shape: tuple[Optional[int], ...]) -> None:
+    """`value` (numpy or torch) has `shape` (None: any size) and only finite numbers, else ModelError."""
+    actual = tuple(int(d) for d in value.shape)
+    if len(actual) != len(shape) or any(w is not None and a != w for a, w in zip(actual, shape)):
+        want = "(" + ", ".join("*" if w is None else str(w) for w in shape) + ")"
+        raise damaged(path, f"tensor {name!r} has shape {actual}, expected {want}")
+    arr = value.detach().cpu().float().numpy() if hasattr(value, "detach") else np.asarray(value)
+    if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
+        raise damaged(path, f"tensor {name!r} holds non-finite or non-float values")
+
+
+# A Hugging Face hub id: `name` or `owner/name`, letters, digits, `._-`; no `..`, no leading dot.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+
+
+def is_hub_id(name: str) -> bool:
+    """True for what can only be a hub id: not a path (absolute, ``~``, ``..``, backslash) and no
+    file or folder of that name here (a relative folder would load in its place)."""
+    name = str(name).strip()
+    return bool(_HUB_ID.match(name)) and ".." not in name and not Path(name).exists()
+
+
+def check_named_model(name: str, where: Path) -> None:
+    """A pretrained MODEL that an untrusted bundle names must be a catalog name or a Hugging Face
+    id: a path would make the bundle load files from outside itself."""
+    from ea_core.models.catalog import catalog_entry
+
+    if catalog_entry(str(name).strip()) is not None or is_hub_id(name):
+        return
+    raise ModelError(f"{where}: the model names {name!r}, which is not a catalog name or a Hugging Face id; "
+                     "a bundle may not load files from outside its folder (export it with the encoder "
+                     "saved inside: save_encoder=True).")

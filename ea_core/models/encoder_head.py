@@ -10,7 +10,8 @@ order and dropout masks from generators seeded with `seed`, never from torch's g
 so two fits in two threads neither disturb each other nor the caller's random state.
 
 Cache folder: the `cache_dir` setting, else ``$EA_CACHE_DIR/embeddings``, else
-``~/.cache/ea_studio/embeddings``. Entries are plain ``.npy`` files read with
+``~/.cache/ea_studio/embeddings`` (a model loaded from a bundle always uses the latter two: a
+bundle never chooses where this machine writes). Entries are plain ``.npy`` files read with
 ``allow_pickle=False``; deleting the folder is always safe.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from ea_core.errors import ModelError
 from ea_core.events import CancelToken, ProgressCallback
-from ea_core.models.base import SmallModel, register
+from ea_core.models.base import SmallModel, check_tensor, damaged, read_tensors, register
 from ea_core.models.catalog import is_local, resolve_model
 from ea_core.models.common import (
     BestWeights,
@@ -234,8 +235,9 @@ class EncoderHeadModel(SmallModel):
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.use_cache = bool(use_cache)
         self.save_encoder = bool(save_encoder)
-        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 2 or self.lr <= 0:
-            raise ModelError("head needs epochs >= 1, batch_size >= 1, max_length >= 2 and lr > 0.")
+        if self.epochs < 1 or self.batch_size < 1 or self.embed_batch_size < 1 or self.max_length < 2 or self.lr <= 0:
+            raise ModelError("head needs epochs >= 1, batch_size >= 1, embed_batch_size >= 1, max_length >= 2 "
+                             "and lr > 0.")
         self.head_: Any = None
         self.mean_: Optional[np.ndarray] = None
         self.scale_: Optional[np.ndarray] = None
@@ -522,6 +524,9 @@ class EncoderHeadModel(SmallModel):
         if len(split) == 0:
             return np.zeros((0, len(self.labels_)))
         x = self._features(self.embed(split, batch_size=batch_size))
+        if x.shape[1] != self.mean_.shape[0]:
+            raise ModelError(f"{self.spec}: the encoder gives {x.shape[1]}-dim embeddings but the head was "
+                             f"trained on {self.mean_.shape[0]}-dim ones (a different encoder, or edited weights).")
         self.head_.eval()
         with torch.inference_mode():
             logits = self.head_(torch.from_numpy((x - self.mean_) / self.scale_)).numpy()
@@ -549,20 +554,44 @@ class EncoderHeadModel(SmallModel):
             encoder.save_pretrained(target)
             tokenizer.save_pretrained(target)
 
-    def _load_weights(self, folder: Path) -> None:
-        from safetensors import safe_open
+    def _confine(self, folder: Path, root: Path) -> None:
+        """From a bundle: embeddings go to this user's cache (never a `cache_dir` the bundle names),
+        the device is chosen here, and the encoder is the bundle's own copy or a catalog name /
+        Hugging Face id, never a folder elsewhere on this machine."""
+        from ea_core.models.base import check_named_model
 
-        tensors: dict[str, Any] = {}
-        with safe_open(str(folder / HEAD_WEIGHTS), framework="pt") as fh:
-            for key in fh.keys():
-                tensors[key] = fh.get_tensor(key)
-        weights = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
-        self.mean_ = tensors["mean"].numpy()
-        self.scale_ = tensors["scale"].numpy()
-        last = max((k for k in weights if k.endswith("weight")), key=lambda k: int(k.split(".")[0]))
-        k, dim = weights[last].shape[0], self.mean_.shape[0]
+        self.cache_dir = None
+        self.device = "auto"
+        self.save_encoder = False
+        if not (folder / ENCODER_SUBDIR / "config.json").is_file():
+            check_named_model(self.model, folder / "model.json")
+
+    def _load_weights(self, folder: Path) -> None:
+        """The head and its normalisation, shapes checked against the settings and the labels."""
+        path = folder / HEAD_WEIGHTS
+        tensors = read_tensors(path, framework="pt")
+        for name in ("mean", "scale"):
+            if name not in tensors:
+                raise damaged(path, f"tensor {name!r} is missing")
+        check_tensor(path, "mean", tensors["mean"], (None,))
+        dim, k = int(tensors["mean"].shape[0]), len(self.labels_)
+        check_tensor(path, "scale", tensors["scale"], (dim,))
+        # The layout `_head_net` builds: [dropout, linear(dim, hidden), GELU, dropout,] linear(., k)
+        if self.hidden > 0:
+            expected = {"1.weight": (self.hidden, dim), "1.bias": (self.hidden,), "4.weight": (k, self.hidden),
+                        "4.bias": (k,)}
+        else:
+            expected = {"1.weight": (k, dim), "1.bias": (k,)}
+        weights = {key[len("head."):]: v for key, v in tensors.items() if key.startswith("head.")}
+        if set(weights) != set(expected) or set(tensors) != {"mean", "scale"} | {f"head.{n}" for n in expected}:
+            raise damaged(path, f"tensors {sorted(tensors)} do not match a head with hidden={self.hidden} "
+                                f"(expected {sorted(expected)} under 'head.', plus mean and scale)")
+        for name, shape in expected.items():
+            check_tensor(path, f"head.{name}", weights[name], shape)
+        self.mean_ = tensors["mean"].float().numpy()
+        self.scale_ = tensors["scale"].float().numpy()
         self.head_ = _head_net(dim, k, self.hidden, self.dropout)  # uninitialised: loaded next
-        self.head_.load_state_dict(weights)
+        self.head_.load_state_dict({n: v.float() for n, v in weights.items()})
         self.head_.eval()
         if (folder / ENCODER_SUBDIR / "config.json").is_file():
             self._encoder_source = str((folder / ENCODER_SUBDIR).resolve())

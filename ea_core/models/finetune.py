@@ -26,7 +26,7 @@ import numpy as np
 
 from ea_core.errors import ModelError
 from ea_core.events import CancelToken, ProgressCallback
-from ea_core.models.base import SmallModel, register
+from ea_core.models.base import SmallModel, damaged, register
 from ea_core.models.catalog import resolve_model
 from ea_core.models.common import (
     BestWeights,
@@ -135,8 +135,9 @@ class FineTuneModel(SmallModel):
         self.threads = threads  # kept so saved configs load; see `ea_core.process.configure_process`
         warn_ignored_threads(f"finetune:{self.model}", threads)
         self.from_config = None if from_config is None else dict(from_config)
-        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 2 or self.lr <= 0:
-            raise ModelError("finetune needs epochs >= 1, batch_size >= 1, max_length >= 2 and lr > 0.")
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1 or self.max_length < 2 or self.lr <= 0:
+            raise ModelError("finetune needs epochs >= 1, batch_size >= 1, eval_batch_size >= 1, max_length >= 2 "
+                             "and lr > 0.")
         self.model_: Any = None
         self.tokenizer_: Any = None
         self.history_: list[dict[str, Any]] = []
@@ -369,6 +370,11 @@ class FineTuneModel(SmallModel):
         self.model_.save_pretrained(target)  # safetensors only in transformers 5
         self.tokenizer_.save_pretrained(target)
 
+    def _confine(self, folder: Path, root: Path) -> None:
+        """From a bundle: the weights are its own ``hf/`` folder (MODEL is not loaded), and the
+        device is chosen on this machine."""
+        self.device = "auto"
+
     def _load_weights(self, folder: Path) -> None:
         from transformers import AutoModelForSequenceClassification
 
@@ -376,3 +382,7 @@ class FineTuneModel(SmallModel):
         self.tokenizer_ = load_tokenizer(source, source)
         self.model_ = load_pretrained(AutoModelForSequenceClassification, source, source)
         self.model_.eval()
+        outputs = getattr(self.model_.config, "num_labels", None)
+        if outputs != len(self.labels_):
+            raise damaged(folder / HF_SUBDIR / "config.json",
+                          f"the classifier has {outputs} outputs but model.json lists {len(self.labels_)} labels")

@@ -22,7 +22,15 @@ import numpy as np
 
 from ea_core.errors import ModelError
 from ea_core.events import CancelToken, ProgressCallback
-from ea_core.models.base import SmallModel, register
+from ea_core.models.base import (
+    MODEL_JSON,
+    SmallModel,
+    check_tensor,
+    damaged,
+    read_json_file,
+    read_tensors,
+    register,
+)
 from ea_core.models.common import Progress, accuracy, check_training_data, check_warm_labels, softmax_np, usable_val
 from ea_core.splits import Split
 
@@ -224,20 +232,43 @@ class TfidfModel(SmallModel):
         save_file(tensors, str(folder / WEIGHTS))
 
     def _load_weights(self, folder: Path) -> None:
-        from safetensors.numpy import load_file
+        """Rebuild the vectorizers and weights, checking every shape against the vocabularies and
+        labels first: a tampered file is a ModelError naming it, not a wrong answer later."""
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        meta = json.loads((folder / VOCAB_JSON).read_text())
-        tensors = load_file(str(folder / WEIGHTS))
+        vocab_path, weights_path = folder / VOCAB_JSON, folder / WEIGHTS
+        for low, high in [self.word_ngrams] + ([self.char_ngrams] if self.char_ngrams is not None else []):
+            if not 1 <= low <= high:
+                raise damaged(folder / MODEL_JSON, f"n-gram range ({low}, {high}) is not 1 <= min <= max")
+        meta = read_json_file(vocab_path)
+        params_list = self._vectorizer_params()
+        vocabs = meta.get("vocabularies") if isinstance(meta, dict) else None
+        if not isinstance(vocabs, list) or len(vocabs) != len(params_list):
+            raise damaged(vocab_path, f"expected {len(params_list)} vocabularies for these n-gram settings")
+        for vocab in vocabs:
+            if not isinstance(vocab, dict) or not all(isinstance(t, str) for t in vocab) \
+                    or sorted(i for i in vocab.values() if type(i) is int) != list(range(len(vocab))):
+                raise damaged(vocab_path, "a vocabulary must map terms to the column numbers 0..n-1")
+        C = meta.get("C")
+        if C is not None and (isinstance(C, bool) or not isinstance(C, (int, float))):
+            raise damaged(vocab_path, "'C' must be a number")
+        tensors = read_tensors(weights_path)
+        k, n_features = len(self.labels_), sum(len(v) for v in vocabs)
+        expected = {"coef": (k, n_features), "intercept": (k,)}
+        expected.update({f"idf_{i}": (len(v),) for i, v in enumerate(vocabs)})
+        if set(tensors) != set(expected):
+            raise damaged(weights_path, f"tensors {sorted(tensors)}, expected {sorted(expected)}")
+        for name, shape in expected.items():
+            check_tensor(weights_path, name, tensors[name], shape)
         self.vectorizers_ = []
-        for i, (params, vocab) in enumerate(zip(self._vectorizer_params(), meta["vocabularies"], strict=False)):
+        for i, (params, vocab) in enumerate(zip(params_list, vocabs, strict=True)):
             params = {**params, "vocabulary": vocab, "max_features": None, "min_df": 1}
             vec = TfidfVectorizer(**params)
             vec.idf_ = tensors[f"idf_{i}"]
             self.vectorizers_.append(vec)
         self.coef_ = tensors["coef"]
         self.intercept_ = tensors["intercept"]
-        self.C_ = meta.get("C")
+        self.C_ = C
 
 
 def _fit_proximal(
