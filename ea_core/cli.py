@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 from ea_core.errors import EAError
 from ea_core.events import ProgressEvent
+from ea_core.mining import DEFAULT_OOF_FOLDS
 
 SPEC_HELP = ("small model SPEC: 'tfidf' (TF-IDF + logistic regression), 'head:MODEL' (frozen encoder + "
              "trained head) or 'finetune:MODEL' (full fine-tuning); MODEL is a Hugging Face id, a local "
@@ -27,9 +28,6 @@ SPEC_HELP = ("small model SPEC: 'tfidf' (TF-IDF + logistic regression), 'head:MO
 # The offline default run: demo tweets, two offline SSMs, the packaged local LM.
 DEMO_SSMS = ["tfidf", "head:minilm"]
 DEMO_SIZES = {"max_train": 2000, "max_val": 500, "max_test": 500}  # the demo:tweets default sample
-# Out-of-fold mining: in-sample, TF-IDF fits its own training data almost perfectly, so without
-# it hardly any example would reach the LM. Cheap here: embeddings are cached, heads retrain fast.
-DEMO_OOF_FOLDS = 3
 
 
 class TerminalProgress:
@@ -115,6 +113,10 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="environment variable holding the API key (default OPENAI_API_KEY); keys are never "
                         "taken on the command line")
     g.add_argument("--budget-usd", type=float, metavar="X", help="stop calling the LM once X USD are spent")
+    g.add_argument("--price-in", type=float, metavar="USD",
+                   help="the LM's price per 1M input (prompt) tokens; with --price-out, overrides the price table "
+                        "(needed for money caps on a model the table does not know)")
+    g.add_argument("--price-out", type=float, metavar="USD", help="the LM's price per 1M output tokens")
     g.add_argument("--concurrency", type=int, default=8, metavar="N", help="parallel LM requests (default 8)")
     g.add_argument("--few-shot", type=int, default=0, metavar="K", help="K examples per label in the prompt")
     g.add_argument("--prompt-file", metavar="JSON",
@@ -123,8 +125,9 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--cache", metavar="PATH", help="LM answer cache (default: lm_cache.sqlite beside the run folder)")
     g.add_argument("--mining", choices=("all", "top"), default="all",
                    help="send to the LM the training examples every SSM gets wrong (all) or the top SSM gets wrong (top)")
-    g.add_argument("--oof-folds", type=int, default=0, metavar="K",
-                   help="find SSM-wrong examples with K-fold cross-fitted SSMs (0 = off)")
+    g.add_argument("--oof-folds", type=int, default=DEFAULT_OOF_FOLDS, metavar="K",
+                   help=f"find SSM-wrong examples with K-fold cross-fitted SSMs (default {DEFAULT_OOF_FOLDS}; 0 = "
+                        "in-sample, where a small model that fits its training data leaves almost nothing to mine)")
     g.add_argument("--assm", choices=("top", "each"), default="top",
                    help="augment the top-ranked SSM only, or each SSM (default top)")
     g.add_argument("--ea-full", action="store_true",
@@ -219,6 +222,7 @@ def _config_from_args(args: argparse.Namespace, lm: bool):
         cfg.mining, cfg.oof_folds, cfg.assm, cfg.ea_full = args.mining, args.oof_folds, args.assm, args.ea_full
         cfg.max_lm_rate, cfg.calibrate = args.max_lm_rate, not args.no_calibration
         cfg.max_cost_per_1k = args.max_cost_per_1k
+        cfg.price_in, cfg.price_out = args.price_in, args.price_out
         cfg.prompt = _read_prompt_file(args.prompt_file) if args.prompt_file else None
     return cfg
 
@@ -259,6 +263,14 @@ def run_and_report(cfg, out: str) -> int:
         m = state.mining.summary()
         print(f"Mining: {m['sent_to_lm']} of {m['n_train']} training examples sent to the LM, "
               f"{m['underfit']} underfit (LM wrong too), {m['lm_failed']} failed calls.")
+    if state.lm_answers:
+        from ea_core.llm.base import MISSING_CONFIDENCE
+        from ea_core.pipeline import lm_confidence_counts
+
+        counts = lm_confidence_counts(state.lm_answers)
+        print("LM answers with a confidence: " + ", ".join(
+            f"{split} {c['with_confidence']} of {c['answers']}" for split, c in counts.items())
+            + f" (the others route with confidence {MISSING_CONFIDENCE:g})")
     for name, cal in state.calibration.items():
         print(f"Calibration {name}: temperature {cal['temperature']:.2f}, validation ECE "
               f"{cal['ece_val_before']:.3f} -> {cal['ece_val_after']:.3f}, test ECE "
@@ -312,7 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             cfg = RunConfig(data="demo:tweets", ssm=args.ssm or list(DEMO_SSMS), lm=args.lm,
                             max_train=args.max_train, max_val=args.max_val, max_test=args.max_test,
-                            max_lm_rate=args.max_lm_rate, oof_folds=DEMO_OOF_FOLDS)
+                            max_lm_rate=args.max_lm_rate, oof_folds=DEFAULT_OOF_FOLDS)
             return run_and_report(cfg, args.out)
         if args.command == "predict":
             return cmd_predict(args)

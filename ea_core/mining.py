@@ -22,6 +22,9 @@ from ea_core.errors import ConfigError
 from ea_core.llm.base import FAILED, UNPARSEABLE
 
 MINING_RULES = ("all", "top")
+#: Folds of out-of-fold mining by default (`run`, `demo` and the app alike): in-sample, TF-IDF
+#: fits its own training data almost perfectly and the underfit set nearly vanishes. 0 turns it off.
+DEFAULT_OOF_FOLDS = 3
 
 
 def ssm_wrong(train_probs: Sequence[np.ndarray], y: np.ndarray, rule: str = "all") -> np.ndarray:
@@ -50,11 +53,14 @@ class MiningResult:
     failed: np.ndarray  # candidates whose LM call failed: unknown, retried next run
     n_train: int
     usage: dict[str, Any] = field(default_factory=dict)
+    # Training examples shown to the LM as few-shot examples: it has seen their labels, so they
+    # are never candidates (an LM "right" on them would be a label leak), neither fitted nor underfit.
+    shown: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def fitted_count(self) -> int:
-        """|X_F|: training examples the SSMs or the LM get right (failed calls excluded)."""
-        return self.n_train - len(self.underfit) - len(self.failed)
+        """|X_F|: training examples the SSMs or the LM get right (failed calls and shown examples excluded)."""
+        return self.n_train - len(self.underfit) - len(self.failed) - len(self.shown)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -65,14 +71,23 @@ class MiningResult:
             "lm_right_on_candidates": int(len(self.candidates) - len(self.underfit) - len(self.failed)),
             "lm_unparseable": int(np.sum(self.lm_labels == UNPARSEABLE)),
             "lm_failed": int(len(self.failed)),
+            "shown_as_examples": int(len(self.shown)),
             **self.usage,
         }
 
 
+def without_shown(index: np.ndarray, shown: Sequence[int]) -> np.ndarray:
+    """`index` (sorted training rows) less the rows shown to the LM as few-shot examples."""
+    index = np.asarray(index, dtype=np.int64)
+    return index[~np.isin(index, np.asarray(list(shown), dtype=np.int64))]
+
+
 def split_underfit(
-    candidates: np.ndarray, lm_labels: np.ndarray, y: np.ndarray, n_train: int, usage: Optional[dict] = None
+    candidates: np.ndarray, lm_labels: np.ndarray, y: np.ndarray, n_train: int, usage: Optional[dict] = None,
+    shown: Sequence[int] = (),
 ) -> MiningResult:
-    """Split the LM-checked candidates into underfit (LM wrong) and fitted, keeping failures apart."""
+    """Split the LM-checked candidates into underfit (LM wrong) and fitted, keeping failures apart
+    (`shown`: few-shot rows, already left out of `candidates`, counted apart)."""
     candidates = np.asarray(candidates, dtype=np.int64)
     lm_labels = np.asarray(lm_labels, dtype=np.int64)
     if len(candidates) != len(lm_labels):
@@ -86,6 +101,7 @@ def split_underfit(
         failed=candidates[failed_mask],
         n_train=int(n_train),
         usage=dict(usage or {}),
+        shown=np.asarray(list(shown), dtype=np.int64),
     )
 
 
@@ -96,14 +112,20 @@ def lm_errors(lm_labels: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def kfold_indices(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """Stratified fold assignment for out-of-fold SSM predictions: list of held-out index arrays."""
+    """Stratified fold assignment for out-of-fold SSM predictions (scikit-learn's `StratifiedKFold`,
+    shuffled with `seed`): the held-out index arrays, sorted."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y)
     if k < 2:
         raise ConfigError("Out-of-fold mining needs at least 2 folds.")
-    rng = np.random.default_rng(seed)
-    folds: list[list[int]] = [[] for _ in range(k)]
-    y = np.asarray(y)
-    for label in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == label))
-        for f in range(k):
-            folds[f].extend(idx[f::k].tolist())
-    return [np.sort(np.asarray(f, dtype=np.int64)) for f in folds]
+    if len(y) < k:
+        raise ConfigError(f"Out-of-fold mining with {k} folds needs at least {k} training examples, not {len(y)}.")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a label rarer than k: its examples sit in fewer folds, which is fine
+        warnings.simplefilter("ignore", UserWarning)
+        if np.all(np.bincount(np.unique(y, return_inverse=True)[1]) < k):  # every label rarer than k
+            return [np.sort(f) for f in np.array_split(np.random.default_rng(seed).permutation(len(y)), k)]
+        return [np.sort(held).astype(np.int64) for _, held in splitter.split(np.zeros(len(y)), y)]

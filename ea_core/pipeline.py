@@ -30,9 +30,10 @@ import pyarrow.parquet as pq
 from ea_core import mining
 from ea_core.errors import ConfigError
 from ea_core.events import CancelToken, ProgressCallback, ProgressEvent
-from ea_core.llm.base import FAILED, UNPARSEABLE, LMAnswer, LMProvider
+from ea_core.llm.base import FAILED, MISSING_CONFIDENCE, UNPARSEABLE, LMAnswer, LMProvider, routing_confidence
 from ea_core.llm.cost import SpendLedger
 from ea_core.llm.urls import strip_userinfo, userinfo_secret
+from ea_core.mining import DEFAULT_OOF_FOLDS
 from ea_core.resources import ResourceMeter
 from ea_core.router import StageOutput
 from ea_core.runfolder import RunFolder, fingerprint, load_arrays, read_json, save_arrays, write_json
@@ -73,7 +74,7 @@ class RunConfig:
     prompt: Optional[dict[str, Any]] = None  # PromptTemplate fields (system, instruction, input_format...)
     cache: Optional[str] = None
     mining: str = "all"  # "all": every SSM wrong; "top": the top-ranked SSM wrong
-    oof_folds: int = 0  # >= 2: find SSM-wrong examples with k-fold cross-fitted SSMs
+    oof_folds: int = DEFAULT_OOF_FOLDS  # >= 2: find SSM-wrong examples with k-fold cross-fitted SSMs; 0: in-sample
     assm: str = "top"  # "top" or "each"
     ea_full: bool = False
     calibrate: bool = True
@@ -109,7 +110,10 @@ class RunConfig:
         """The user's prices for the LM model as a price-table entry (None: use the table's)."""
         if self.price_in is None or self.price_out is None:
             return None
-        return {str(self.lm_model or ""): [float(self.price_in), float(self.price_out)]}
+        from ea_core.llm import api_model
+
+        model = self.lm_model or (api_model(self.lm or "", None, self.lm_base_url) if self.lm else None)
+        return {str(model or ""): [float(self.price_in), float(self.price_out)]}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,11 +219,10 @@ class RunState:
 
 
 
-def lm_stage_output(answers: dict[str, np.ndarray]) -> StageOutput:
-    """The LM as a routing stage: its label, its confidence (1 when unknown) and its cost per input."""
-    conf = answers["confidence"].astype(np.float64)
-    conf = np.where(np.isnan(conf), 1.0, conf)
-    conf[answers["label"] < 0] = 0.0  # no usable answer: pass the input on when a stage follows
+def lm_stage_output(answers: dict[str, np.ndarray], missing: float = MISSING_CONFIDENCE) -> StageOutput:
+    """The LM as a routing stage: its label, its confidence (`routing_confidence`: `missing` when it
+    gave none, 0 with no usable answer) and its cost per input."""
+    conf = routing_confidence(answers["label"], answers["confidence"], missing)
     return StageOutput(name="lm", pred=answers["label"].astype(np.int64), conf=conf, is_lm=True,
                        cost_usd=answers["cost_usd"].astype(np.float64))
 
@@ -559,7 +562,8 @@ class Pipeline:
 
     def stage_mine(self) -> None:
         cfg = self.config
-        if cfg.few_shot > 0:
+        shown = self._few_shot_rows()
+        if shown:
             from ea_core.llm.prompt import select_examples
 
             self.state.lm_few_shot = [list(e) for e in select_examples(self.task.train, self.task.labels,
@@ -567,13 +571,14 @@ class Pipeline:
         self._load_lm_description()
         train_probs = self._train_probs_for_mining()
         y = self.task.train.labels
-        candidates = mining.ssm_wrong(train_probs, y, cfg.mining)
+        # The few-shot examples are in the prompt with their labels: never candidates (a label leak).
+        candidates = mining.without_shown(mining.ssm_wrong(train_probs, y, cfg.mining), shown)
         self.emit(ProgressEvent(stage="mine", step=0, total=0,
                                 message=f"{len(candidates)} of {len(y)} training examples are wrong for "
                                         f"{'every SSM' if cfg.mining == 'all' else 'the top SSM'}; asking the LM"))
         answers = self._lm_answers("train", candidates, "mine")
         usage = self.state.lm_usage.get("mine", {})
-        self.state.mining = mining.split_underfit(candidates, answers["label"], y, len(y), usage)
+        self.state.mining = mining.split_underfit(candidates, answers["label"], y, len(y), usage, shown)
         labels = answers["label"]
         answered = labels >= 0
         right = int(np.sum(labels[answered] == y[candidates][answered]))
@@ -583,7 +588,13 @@ class Pipeline:
             "failed (not cached: asked again by the next run)")))
         write_json(self.folder.path("mining.json"), self.state.mining.summary())
         save_arrays(self.folder.path("mining.npz"), underfit=self.state.mining.underfit,
-                    candidates=candidates, failed=self.state.mining.failed)
+                    candidates=candidates, failed=self.state.mining.failed, shown=np.asarray(shown, dtype=np.int64))
+
+    def _few_shot_rows(self) -> list[int]:
+        """Training rows shown to the LM as few-shot examples (none without --few-shot)."""
+        from ea_core.llm.prompt import select_example_rows
+
+        return select_example_rows(self.task.train, self.task.labels, self.config.few_shot, self.config.seed)
 
     def _lm_dir(self) -> Path:
         """LM outputs depend on the data (which inputs) and the LM (which answers)."""
@@ -631,9 +642,9 @@ class Pipeline:
 
     def stage_ea_full(self) -> None:
         """EA(Full) ablation: LM answers for the whole training split, ASSM on every LM error."""
-        n = len(self.task.train)
-        answers = self._lm_answers("train", np.arange(n), "train_full")
-        errors = mining.lm_errors(answers["label"], self.task.train.labels)
+        index = mining.without_shown(np.arange(len(self.task.train)), self._few_shot_rows())  # no label leaks
+        answers = self._lm_answers("train", index, "train_full")
+        errors = index[mining.lm_errors(answers["label"], self.task.train.labels[index])]
         self.state.assm_full = self._train_augmented("assm_full", errors)
 
     def stage_calibrate(self) -> None:
@@ -655,7 +666,8 @@ class Pipeline:
         write_json(self.folder.path("calibration.json"), self.state.calibration)
 
     def stage_tune(self) -> None:
-        """Thresholds of every routed system, chosen on validation for the run's LM budget."""
+        """Thresholds of every routed system for the run's LM budget, chosen on validation by the
+        honest rule of `report.tune_systems` (cross-fitted; a simpler system unless the gain is beyond noise)."""
         from ea_core.report import tune_systems
 
         self.state.tuning = tune_systems(self.state, callback=self.emit)
@@ -684,9 +696,20 @@ class Pipeline:
             "mining": st.mining.summary() if st.mining else None,
             "lm": st.lm_describe,
             "lm_usage": st.lm_usage,
+            "lm_with_confidence": lm_confidence_counts(st.lm_answers),
             "calibration": st.calibration,
             "notes": st.notes,
         }
+
+
+def lm_confidence_counts(lm_answers: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, int]]:
+    """Per split: LM answers naming a label, and how many of them carried the LM's own confidence
+    (the others route with `MISSING_CONFIDENCE`)."""
+    out = {}
+    for split, arrays in lm_answers.items():
+        ok = arrays["label"] >= 0
+        out[split] = {"answers": int(ok.sum()), "with_confidence": int(np.sum(ok & np.isfinite(arrays["confidence"])))}
+    return out
 
 
 def prompt_template(fields: Optional[dict[str, Any]]):
@@ -702,6 +725,20 @@ def prompt_template(fields: Optional[dict[str, Any]]):
     return PromptTemplate.from_dict(fields)
 
 
+def check_money_caps(cfg: RunConfig) -> None:
+    """A money cap on an LM whose price is unknown would count 0 per answer and never bind: refuse it."""
+    from ea_core.llm import api_model, price_known
+
+    caps = [name for name, value in (("--budget-usd", cfg.budget_usd), ("--max-cost-per-1k", cfg.max_cost_per_1k))
+            if value is not None]
+    if caps and not price_known(cfg.lm or "", model=cfg.lm_model, base_url=cfg.lm_base_url, prices=cfg.prices()):
+        model = api_model(cfg.lm or "", cfg.lm_model, cfg.lm_base_url)
+        raise ConfigError(
+            f"{' and '.join(caps)} {'need' if len(caps) > 1 else 'needs'} the LM's price, and model {model!r} has none "
+            "in the price table. Give it in USD per 1M tokens with --price-in X --price-out Y (in the app: the "
+            "input and output price fields of the Large model tab), or drop the money cap.")
+
+
 def check_lm_settings(cfg: RunConfig, api_key: Optional[str]) -> None:
     """Fail before hours of training, not at the mining stage: an API LM needs its key."""
     from ea_core.errors import LMError
@@ -711,6 +748,7 @@ def check_lm_settings(cfg: RunConfig, api_key: Optional[str]) -> None:
         return
     if cfg.lm == "openai" and not cfg.lm_model and not cfg.lm_base_url:
         raise ConfigError("--lm openai needs --lm-model NAME (e.g. gpt-4o-mini).")
+    check_money_caps(cfg)
     if api_key or os.environ.get(cfg.lm_key_env) or (cfg.lm_base_url and is_local_url(cfg.lm_base_url)):
         return
     raise LMError(f"No API key: set the environment variable {cfg.lm_key_env} (or name another one with "
@@ -817,11 +855,13 @@ def open_run(folder: str | Path) -> RunState:
         if (lm_dir / "label_offsets.json").is_file():
             state.lm_label_offsets = read_json(lm_dir / "label_offsets.json")
         if (root / "mining.npz").is_file() and (lm_dir / "mine.npz").is_file():
-            candidates = load_arrays(root / "mining.npz")["candidates"]
+            saved_mining = load_arrays(root / "mining.npz")
+            candidates = saved_mining["candidates"]
             answers = load_arrays(lm_dir / "mine.npz")
             if np.array_equal(answers["index"], candidates):
                 state.mining = mining.split_underfit(candidates, answers["label"], state.task.train.labels,
-                                                     len(state.task.train), state.lm_usage.get("mine"))
+                                                     len(state.task.train), state.lm_usage.get("mine"),
+                                                     saved_mining.get("shown", ()))
     if (root / "calibration.json").is_file():
         state.calibration = read_json(root / "calibration.json")
         state.temperatures = {name: float(c["temperature"]) for name, c in state.calibration.items()}

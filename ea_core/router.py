@@ -312,13 +312,6 @@ class StageStack:
         return RoutingResult(answered_by=answered, pred=self._pred_flat[answered * self.n + self._cols])
 
     # -- scoring ------------------------------------------------------------------------------
-    def spend(self, answered_by: np.ndarray) -> tuple[float, float]:
-        """(LM call rate, money per 1,000 inputs) of a routing."""
-        if self.n == 0:
-            return float("nan"), float("nan")
-        rate = 0.0 if self.first_lm is None else float(np.count_nonzero(answered_by >= self.first_lm)) / self.n
-        return rate, self._money(answered_by * self.n + self._cols) / self.n * 1000.0
-
     def _money(self, flat: np.ndarray) -> float:
         return 0.0 if self._cum_cost_flat is None else float(self._cum_cost_flat[flat].sum())
 

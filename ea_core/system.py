@@ -17,17 +17,15 @@ import numpy as np
 
 from ea_core.errors import ConfigError
 from ea_core.events import CancelToken, ProgressCallback
-from ea_core.llm.base import LMAnswer, LMProvider
+from ea_core.llm.base import MISSING_CONFIDENCE, LMAnswer, LMProvider, routing_confidence
 from ea_core.models.base import SmallModel
 from ea_core.splits import Split
 from ea_core.tuning import apply_temperature
 
 
-def lm_confidence(answer: LMAnswer) -> float:
-    """The LM's confidence for routing: 1 when it gives none, 0 when it gave no usable answer."""
-    if answer.label < 0:
-        return 0.0
-    return 1.0 if answer.confidence is None else float(answer.confidence)
+def lm_confidence(answer: LMAnswer, missing: float = MISSING_CONFIDENCE) -> float:
+    """The LM's confidence for routing, by the rule the run tuned with (`routing_confidence`)."""
+    return float(routing_confidence([answer.label], [answer.confidence], missing)[0])
 
 
 @dataclass
@@ -95,7 +93,8 @@ def check_stage(stage: SystemStage, labels: list[str]) -> None:
 class AdaptedSystem:
     """SSMs -> ASSMs -> LM (or any order), each stage answering what it is confident about."""
 
-    def __init__(self, labels: list[str], stages: list[SystemStage], provider: Optional[LMProvider] = None) -> None:
+    def __init__(self, labels: list[str], stages: list[SystemStage], provider: Optional[LMProvider] = None,
+                 lm_missing_confidence: float = MISSING_CONFIDENCE) -> None:
         if not stages:
             raise ConfigError("An adapted system needs at least one stage.")
         if any(s.is_lm for s in stages) and provider is None:
@@ -105,6 +104,7 @@ class AdaptedSystem:
         self.labels = list(labels)
         self.stages = stages
         self.provider = provider
+        self.lm_missing_confidence = float(lm_missing_confidence)  # must match what the thresholds were tuned with
 
     def _stage_proba(self, stage: SystemStage, split: Split) -> np.ndarray:
         assert stage.model is not None
@@ -128,7 +128,8 @@ class AdaptedSystem:
                 answers, _ = self.provider.classify([part.input(i) for i in range(len(part))], self.labels,
                                                     stage="lm:predict", callback=callback, cancel=cancel)
                 p = np.array([a.label for a in answers], dtype=np.int64)
-                c = np.array([lm_confidence(a) for a in answers])
+                c = routing_confidence([a.label for a in answers], [a.confidence for a in answers],
+                                       self.lm_missing_confidence)
             else:
                 proba = self._stage_proba(stage, part)
                 p, c = proba.argmax(1), proba.max(1)
@@ -152,7 +153,7 @@ class AdaptedSystem:
                 assert self.provider is not None
                 answers, _ = self.provider.classify([(text, pair)], self.labels, stage="lm:route_one")
                 a = answers[0]
-                label_idx, c, cost, raw = a.label, lm_confidence(a), a.cost_usd, a.raw
+                label_idx, c, cost, raw = a.label, lm_confidence(a, self.lm_missing_confidence), a.cost_usd, a.raw
                 answer = self.labels[label_idx] if label_idx >= 0 else ("(unparseable)" if label_idx == -1 else None)
             else:
                 proba = self._stage_proba(stage, split)[0]

@@ -96,7 +96,8 @@ class ScriptedServer:
 
     gold: input text -> label (found inside the last user message). answer_fn(request): the reply
     text instead (None: fall back to gold). supports_response_format / supports_logprobs=False:
-    a request using them gets a 400 naming the parameter; ignores_logprobs: accepted, none sent.
+    a request using them gets a 400 naming the parameter; ignores_logprobs: accepted, none sent;
+    ignores_response_format: accepted, answered in plain text as if it were not there.
     rejects: other body parameters answered with 400 "Unsupported parameter" (e.g. "max_tokens").
     confidence: probability put on the label's first token (a number or a function of the request).
     latency_s: delay before every reply. faults: see `Fault`; seed: for faults hitting a share.
@@ -114,6 +115,7 @@ class ScriptedServer:
         supports_response_format: bool = True,
         supports_logprobs: bool = True,
         ignores_logprobs: bool = False,
+        ignores_response_format: bool = False,
         rejects: Sequence[str] = (),
         confidence: Union[float, Callable[[ScriptedRequest], float]] = 0.9,
         send_usage: bool = True,
@@ -130,6 +132,7 @@ class ScriptedServer:
         self.supports_response_format = supports_response_format
         self.supports_logprobs = supports_logprobs
         self.ignores_logprobs = ignores_logprobs
+        self.ignores_response_format = ignores_response_format
         self.rejects = list(rejects)
         self.confidence = confidence
         self.send_usage = send_usage
@@ -292,7 +295,7 @@ class ScriptedServer:
             answer = others[0] if others else "WRONG"
         elif kind == "unparseable":
             answer = "I cannot decide between these."
-        structured = "response_format" in body
+        structured = "response_format" in body and not self.ignores_response_format
         label_like = answer in labels
         content = json.dumps({"label": answer}) if structured and label_like else answer
         choice: dict[str, Any] = {

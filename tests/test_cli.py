@@ -23,7 +23,7 @@ def test_help_documents_every_option(sub):
     assert res.returncode == 0
     for flag in {"train": ["--data", "--text-col", "--text-pair-col", "--label-col", "--ssm", "--out"],
                  "run": ["--lm", "--lm-model", "--lm-base-url", "--lm-key-env", "--budget-usd", "--concurrency",
-                         "--cache", "--ea-full", "--oof-folds"],
+                         "--cache", "--ea-full", "--oof-folds", "--price-in", "--price-out"],
                  "demo": ["--out"], "predict": ["--bundle", "--input"]}.get(sub[0] if sub else "", []):
         assert flag in res.stdout
     if not sub:

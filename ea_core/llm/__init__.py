@@ -53,6 +53,8 @@ __all__ = [
     "is_local_url",
     "make_key",
     "make_provider",
+    "api_model",
+    "price_known",
     "parse_answer",
     "select_examples",
 ]
@@ -65,6 +67,41 @@ def __getattr__(name: str) -> Any:
 
         return LocalHFProvider
     raise AttributeError(name)
+
+
+def price_known(
+    spec: str,
+    *,
+    model: Optional[str] = None,
+    base_url: Optional[str] = None,
+    prices: Union[PriceTable, dict[str, Any], str, Path, None] = None,
+) -> bool:
+    """Whether the money the LM a spec names costs is known: a local model or endpoint (free), or a
+    model with a price in `prices` (plus the default table). A money cap on an unknown price would
+    count 0 per answer and never run out, so callers refuse caps when this is False."""
+    head, _, rest = (spec or "").strip().partition(":")
+    kind = head.strip().lower()
+    if kind == "local":
+        return True
+    preset = None if kind == "openai" and not rest else get_preset(rest if kind == "openai" else head)
+    if is_local_url(base_url or (preset.base_url if preset else PRESETS["openai"].base_url)):
+        return True
+    chosen = api_model(spec, model, base_url)
+    return bool(chosen) and PriceTable.coerce(prices).known(str(chosen))
+
+
+def api_model(spec: str, model: Optional[str] = None, base_url: Optional[str] = None) -> Optional[str]:
+    """The model an API spec calls: `model`, else its preset's example (OpenAI's for plain 'openai'
+    without a base URL); None for a local spec or when nothing names one."""
+    head, _, rest = (spec or "").strip().partition(":")
+    kind = head.strip().lower()
+    if kind == "local" or not kind:
+        return None
+    if model:
+        return str(model)
+    if kind == "openai" and not rest:
+        return None if base_url else PRESETS["openai"].example_model
+    return get_preset(rest if kind == "openai" else head).example_model
 
 
 def make_provider(
@@ -108,11 +145,7 @@ def make_provider(
     env = key_env
     if preset is not None and preset.key_env and key_env == "OPENAI_API_KEY":
         env = preset.key_env
-    if preset is None and base_url is None:
-        preset_default: Optional[str] = PRESETS["openai"].example_model
-    else:
-        preset_default = preset.example_model if preset else None
-    chosen = model or preset_default
+    chosen = api_model(spec, model, base_url)
     if not chosen:
         raise ConfigError("Name the LM model to use (e.g. --lm-model gpt-4o-mini).")
     budget = options.pop("budget", None)

@@ -39,6 +39,8 @@ class UsageTracker:
             u.failures += 1
         elif answer.label == -1:  # UNPARSEABLE: an answer naming no label (cached)
             u.unparseable += 1
+        elif answer.confidence is not None:
+            u.with_confidence += 1
 
     def emit(self, force: bool = False, message: Optional[str] = None) -> None:
         if self.callback is None:

@@ -3,6 +3,13 @@
 A provider turns inputs into `LMAnswer`s. An answer's `label` indexes the task's label list, or
 is `UNPARSEABLE` (the LM answered but named no label, or several) or `FAILED` (no usable
 response after retries; it can be retried later). Neither is ever mapped to a label.
+
+An answer's confidence, for routing, follows one rule (`routing_confidence`, used by the run's
+cached-output routing and by the live system alike): the LM's own confidence when it gave one;
+`MISSING_CONFIDENCE` (0.5) when it gave none, so an unknown confidence never passes as a sure one:
+in the LM-first order answers the LM was sure of (> 0.5) can be taken while the unknown ones are
+passed on, and threshold tuning on validation decides whether the unknown ones, as a group, are
+trusted (a threshold <= 0.5); 0 when there is no usable answer (the input is passed on).
 """
 
 from __future__ import annotations
@@ -11,12 +18,25 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from ea_core.events import CancelToken, ProgressCallback
 
 UNPARSEABLE = -1
 FAILED = -2
 
 LMInput = tuple[str, Optional[str]]  # (text, second text of a pair or None)
+
+#: The routing confidence of an LM answer that carries none (see the module docstring).
+MISSING_CONFIDENCE = 0.5
+
+
+def routing_confidence(labels: Any, confidences: Any, missing: float = MISSING_CONFIDENCE) -> np.ndarray:
+    """Per answer: its confidence; `missing` when it has none (None or NaN); 0 when it has no label."""
+    conf = np.array([np.nan if c is None else c for c in np.ravel(confidences)], dtype=np.float64)
+    conf = np.where(np.isnan(conf), float(missing), np.clip(conf, 0.0, 1.0))
+    conf[np.ravel(np.asarray(labels)) < 0] = 0.0
+    return conf
 
 
 @dataclass
@@ -52,6 +72,7 @@ class LMUsage:
     cost_usd: float = 0.0
     budget_exhausted: bool = False
     price_unknown: bool = False  # the model has no price in the price table: cost_usd stays 0
+    with_confidence: int = 0  # answers (naming a label) that carried the LM's own confidence
 
     @property
     def tokens(self) -> int:

@@ -271,14 +271,6 @@ class AnswerCache:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
 
-    def delete(self, keys: Iterable[str]) -> int:
-        """Forget the given answers (e.g. to re-ask the LM); returns how many were removed."""
-        n = 0
-        with self._lock:
-            for key in keys:
-                n += self._conn.execute("DELETE FROM answers WHERE key=?", (key,)).rowcount
-        return n
-
     # ------------------------------------------------------------------------------ claims
 
     def claim(self, key: str, owner: str, ttl_s: float = 600.0) -> str:

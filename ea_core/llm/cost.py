@@ -2,7 +2,9 @@
 
 Prices are a plain editable table in USD per million input/output tokens; the defaults are list
 prices at the time of writing and will drift, so the table can be edited, saved and loaded from
-JSON. A model missing from the table costs 0 and is flagged "price unknown" rather than guessed.
+JSON. A model missing from the table costs 0 and is flagged "price unknown" rather than guessed;
+a money cap (a budget, a cost per 1,000 inputs) on such a model refuses to start, since it would
+never run out (`ea_core.llm.price_known`).
 A `Budget` is a shared, thread-safe spending cap: once it is spent, providers send no more calls;
 its `SpendLedger` (one per run folder) records each paid answer as it arrives.
 """
@@ -36,10 +38,8 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "qwen-max": (1.60, 6.40),
     "glm-4-flash": (0.0, 0.0),
     "glm-4-plus": (0.70, 0.70),
+    "meta-llama/Llama-3.3-70B-Instruct-Turbo": (0.88, 0.88),  # Together AI
 }
-
-#: Models served locally (Ollama, vLLM, llama.cpp) cost nothing per token.
-FREE_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "[::1]")
 
 
 def estimate_tokens(text: str) -> int:
@@ -221,10 +221,6 @@ class Budget:
             return self.ledger.total
         with self._lock:
             return self._spent
-
-    @property
-    def remaining(self) -> float:
-        return math.inf if self.max_usd is None else max(self.max_usd - self.spent, 0.0)
 
     @property
     def exhausted(self) -> bool:

@@ -10,7 +10,9 @@ Why it is built this way:
   them (HTTP 400 naming the parameter) the provider falls back and remembers that for its
   endpoint and model: in the provider instance (not in the process: two providers, or two users'
   runs, learn independently) and in the cache's capability table, which is how providers sharing
-  an `AnswerCache` (and later processes) learn from each other. While support is unknown the first
+  an `AnswerCache` (and later processes) learn from each other. What a probe learns never changes a
+  prompt's cache key (the key holds the request as asked for), so an answer bought once is found
+  again by every later run, whatever the endpoint turned out to take. While support is unknown the first
   requests go one at a time, so a rejection is met once, not once per parallel request.
 * Retries are done here, not by the SDK (its ``max_retries`` is 0): exponential backoff with
   jitter on 429, 5xx, timeouts and dropped connections, honouring ``Retry-After``.
@@ -354,7 +356,17 @@ class OpenAIProvider(LMProvider):
 
     # --------------------------------------------------------------------------- requests
 
-    def _settings(self, labels: Sequence[str], mode: _Mode) -> dict[str, Any]:
+    def _settings(self, labels: Sequence[str], mode: Optional[_Mode] = None) -> dict[str, Any]:
+        """What a cache key holds: the request as the user asked for it (`mode` None), never what a
+        probe learnt the endpoint takes, so an answer is found again whatever later probes learn.
+        With `mode`: the settings as keyed before that rule (`_legacy_key`)."""
+        if mode is None:
+            return {
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+                "structured": list(labels) if self.use_structured_output is not False else False,
+                "logprobs": self.top_logprobs if self.use_logprobs is not False else False,
+            }
         return {
             "temperature": self.temperature if mode.temperature else None,
             "max_tokens": self.max_tokens,
@@ -362,8 +374,26 @@ class OpenAIProvider(LMProvider):
             "logprobs": self.top_logprobs if mode.logprobs else False,
         }
 
-    def _key_for(self, messages: list[dict[str, str]], labels: Sequence[str], mode: _Mode) -> str:
-        return make_key(self.base_url, self.model, messages, self._settings(labels, mode))
+    def _key_for(self, messages: list[dict[str, str]], labels: Sequence[str]) -> str:
+        """The prompt's cache key: the same before and after any capability probe."""
+        return make_key(self.base_url, self.model, messages, self._settings(labels))
+
+    def _legacy_key(self, messages: list[dict[str, str]], labels: Sequence[str], mode: _Mode) -> Optional[str]:
+        """The key an answer got when keys followed the probed mode (caches written before): looked
+        up on a miss so those answers are not bought again. None when it is the current key."""
+        old = make_key(self.base_url, self.model, messages, self._settings(labels, mode))
+        return None if old == self._key_for(messages, labels) else old
+
+    def _lookup(self, keys: dict[str, str], legacy: dict[str, Optional[str]]) -> dict[str, CachedAnswer]:
+        """Cached answers by current key (id -> key / legacy key), legacy keys tried on a miss."""
+        if self.cache is None:
+            return {}
+        hits = self.cache.get_many(keys.values())
+        missing = {legacy[i]: keys[i] for i in keys if keys[i] not in hits and legacy.get(i)}
+        if missing:
+            for old, record in self.cache.get_many(missing).items():
+                hits[missing[old]] = record
+        return hits
 
     def _body(self, messages: list[dict[str, str]], labels: Sequence[str], mode: _Mode) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages}
@@ -475,10 +505,7 @@ class OpenAIProvider(LMProvider):
                 try:
                     if state.stopped:
                         return LMAnswer(label=FAILED, error=state.stop_reason)
-                    key = self._key_for(messages, labels, mode)
-                    if claimed is not None and claimed != key:  # a fallback changed the key
-                        self._release(claimed, state)
-                        claimed = None
+                    key = self._key_for(messages, labels)
                     kept = self._unsaved_answer(key, labels)
                     if kept is not None:
                         return kept
@@ -507,9 +534,7 @@ class OpenAIProvider(LMProvider):
                     try:
                         resp = await self._post(client, self._body(messages, labels, mode))
                         state.connection_ok()
-                        answer, record, keys = self._answer(
-                            resp, messages, labels, mode, time.perf_counter() - t0, key
-                        )
+                        answer, record = self._answer(resp, messages, labels, mode, time.perf_counter() - t0)
                     except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                         state.connection_ok()
                         feature = self._rejected_feature(exc, mode)
@@ -532,7 +557,7 @@ class OpenAIProvider(LMProvider):
                         state.connection_ok()
                         error = exc if isinstance(exc, BadReply) else BadReply(f"unreadable reply: {exc}")
                     else:
-                        if self._store(keys, record, state):
+                        if self._store([key], record, state):
                             claimed = None  # storing it dropped the claim
                         return answer
                 finally:
@@ -721,14 +746,9 @@ class OpenAIProvider(LMProvider):
         return f"The LM endpoint {self.base_url} refused the request ({status}). Details: {detail}"
 
     def _answer(
-        self, resp: dict[str, Any], messages: Any, labels: Sequence[str], mode: _Mode, latency: float, key: str
-    ) -> tuple[LMAnswer, CachedAnswer, list[str]]:
-        """The answer in a reply, what to cache, and the keys to cache it under.
-
-        Raises `BadReply` for a reply that carries no answer. Keys: the request's, and, when this
-        reply taught the provider something (log-probs ignored ...), the key a later request for
-        the same prompt will look up, so the probe's answer is not bought again.
-        """
+        self, resp: dict[str, Any], messages: Any, labels: Sequence[str], mode: _Mode, latency: float
+    ) -> tuple[LMAnswer, CachedAnswer]:
+        """The answer in a reply and what to cache (`BadReply` for a reply that carries no answer)."""
         choices = resp.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise BadReply("the endpoint answered with no choices")
@@ -774,8 +794,7 @@ class OpenAIProvider(LMProvider):
             cost_usd=cost,
             latency_s=latency,
         )
-        later = self._key_for(messages, labels, self._mode())
-        return answer, record, [key] if later == key else [key, later]
+        return answer, record
 
     # ---------------------------------------------------------------------------- classify
 
@@ -820,7 +839,7 @@ class OpenAIProvider(LMProvider):
 
         self._load_caps()
         mode = self._mode()
-        state = _RunState({gid: self._key_for(m, labels, mode) for gid, m in prompts.items()})
+        state = _RunState({gid: self._key_for(m, labels) for gid, m in prompts.items()})
         self.flush_unsaved()  # answers kept in memory by an earlier call whose disk was full
 
         def emit(force: bool = False) -> None:
@@ -829,7 +848,7 @@ class OpenAIProvider(LMProvider):
             except Cancelled:  # a callback may cancel by raising, like `cancel.check()`
                 state.stop("cancelled")
 
-        hits = self.cache.get_many(state.keys.values()) if self.cache is not None else {}
+        hits = self._lookup(state.keys, {gid: self._legacy_key(m, labels, mode) for gid, m in prompts.items()})
         with self._unsaved_lock:
             hits.update({k: self._unsaved[k] for k in state.keys.values() if k in self._unsaved})
         pending: list[str] = []
@@ -961,8 +980,9 @@ class OpenAIProvider(LMProvider):
         keys: dict[str, tuple[str, list[dict[str, str]]]] = {}
         for text, pair in inputs:
             messages = self.prompt.render(str(text), None if pair is None else str(pair), labels)
-            keys.setdefault(self._key_for(messages, labels, mode), (json.dumps(messages), messages))
-        cached_keys = set(self.cache.get_many(keys)) if self.cache is not None else set()
+            keys.setdefault(self._key_for(messages, labels), (json.dumps(messages), messages))
+        cached_keys = set(self._lookup({k: k for k in keys}, {k: self._legacy_key(m, labels, mode)
+                                                              for k, (_, m) in keys.items()}))
         todo = [m for k, (_, m) in keys.items() if k not in cached_keys]
         per_answer = sum(estimate_tokens(lab) for lab in labels) / len(labels) + (8 if mode.structured else 1)
         pt = sum(sum(estimate_tokens(msg["content"]) + 4 for msg in m) for m in todo)

@@ -24,6 +24,9 @@ class Preset:
     base_url: str
     key_env: Optional[str]  # None: no key needed (local servers)
     example_model: str
+    # True: the example model's price is not in the default table (cost.DEFAULT_PRICES), e.g. it is
+    # listed in another currency or tiered by prompt length; give it with --price-in/--price-out.
+    example_price_unknown: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,6 +51,7 @@ PRESETS: dict[str, Preset] = {
             "https://ark.cn-beijing.volces.com/api/v3",
             "ARK_API_KEY",
             "doubao-seed-1-6-flash-250615",
+            example_price_unknown=True,  # listed in CNY, tiered by prompt length
         ),
         Preset("openrouter", "OpenRouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", "openai/gpt-4o-mini"),
         Preset(

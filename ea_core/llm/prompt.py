@@ -103,12 +103,9 @@ class PromptTemplate:
         return cls(**known)
 
 
-def select_examples(split: Split, labels: Sequence[str], k: int, seed: int = 0) -> list[Example]:
-    """Up to `k` training examples per label, drawn at random (reproducibly with `seed`).
-
-    Examples are shuffled across labels so the prompt does not end on one label's block.
-    Labels with fewer than `k` examples give what they have; unlabelled rows (-1) are skipped.
-    """
+def select_example_rows(split: Split, labels: Sequence[str], k: int, seed: int = 0) -> list[int]:
+    """The rows of `split` that `select_examples` shows the LM, in prompt order: the LM has seen
+    their labels, so a run keeps them out of mining and of the LM's scores."""
     if k <= 0 or len(split) == 0:
         return []
     rng = np.random.default_rng(seed)
@@ -118,9 +115,17 @@ def select_examples(split: Split, labels: Sequence[str], k: int, seed: int = 0) 
         if len(rows):
             chosen.extend(int(i) for i in rng.choice(rows, size=min(k, len(rows)), replace=False))
     order = rng.permutation(len(chosen))
+    return [chosen[int(j)] for j in order]
+
+
+def select_examples(split: Split, labels: Sequence[str], k: int, seed: int = 0) -> list[Example]:
+    """Up to `k` training examples per label, drawn at random (reproducibly with `seed`).
+
+    Examples are shuffled across labels so the prompt does not end on one label's block.
+    Labels with fewer than `k` examples give what they have; unlabelled rows (-1) are skipped.
+    """
     out: list[Example] = []
-    for j in order:
-        i = chosen[int(j)]
+    for i in select_example_rows(split, labels, k, seed):
         text, pair = split.input(i)
         out.append((text, pair, str(labels[int(split.labels[i])])))
     return out

@@ -1,0 +1,167 @@
+"""Honest operating points: which rule for choosing the reported point holds on test?
+
+For each setting (demo size x LM kind) and data seed, one EA run (TF-IDF small model, an
+in-process scripted LM) is made once and cached under ``--runs`` (a rerun reuses it). Then every
+rule of `ea_core.tuning.HONEST_RULES` is applied to the run's cached validation stage outputs and
+its point scored on test. Printed per setting and rule:
+
+* gap: EA's test accuracy at the chosen point minus the best small model's (the one ranked first
+  on validation), in points: mean and worst over seeds;
+* optimism: the reported point's validation accuracy minus its test accuracy (mean), and the
+  same for the cross-fitted estimate where the rule makes one.
+
+Targets (issue 9): mean gap >= -0.3 and worst >= -1 point with an LM at chance; a positive mean
+gap when the LM is better than the small model on some classes; mean optimism <= 1 point.
+
+    .venv/bin/python bench/bench_honest.py [--seeds 10] [--runs /tmp/ea_honest_runs]
+
+Measured on a 2-core CPU with --seeds 20 (120 runs, ~3 s each when the CPU is free; rescoring cached
+runs ~30 s), the default rule against the old one (gap mean / worst, optimism; points):
+
+    setting                crossfit_guarded (default)     insample (old)
+    small  chance          -0.06 / -1.25, +1.05           -0.25 / -4.25, +2.26
+    small  better_on_some  +6.97 / +5.00, +0.98           +7.16 / +4.75, +1.25
+    small  better_on_one   +1.34 / -1.25, +2.19           +3.56 / -1.25, +2.03
+    medium chance          +0.01 / +0.00, +0.83           -0.19 / -2.20, +1.70
+    medium better_on_some  +6.47 / +2.20, +1.77           +6.97 / +3.60, +1.59
+    medium better_on_one   +2.19 / +0.00, +2.07           +3.19 / +0.60, +2.03
+
+With 10 seeds the default met every gap target (worst +0.00 in both chance settings); with 20 one
+small-size seed out of 20 took a noise gain (-1.25). A stricter test (quantile 0.01) removes it
+but loses 2 points of gain with the better LM on the small size. The optimism of a 20-seed mean
+has a standard error of 0.5-0.7 points (printed); part of it is the small model's own (TF-IDF's C
+is chosen on validation: +0.8 to +1.0 in the chance rows, where the rule keeps the small model),
+which no threshold rule can remove. The cross-fitted estimate ("cf optim.") is less optimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ea_core.llm.base import LMAnswer, LMProvider, LMUsage, normalize_request  # noqa: E402
+
+#: (name, max_train, max_val, max_test)
+SIZES = (("small", 600, 300, 400), ("medium", 1500, 500, 500))
+#: LM kinds: per-class probability of answering right (None: uniform random answer, chance level).
+#: ``better_on_some`` is better than TF-IDF overall; ``better_on_one`` only on the negative tweets
+#: (about 55% right overall, below TF-IDF), so routing has to find where it helps.
+LMS: dict[str, Optional[tuple[float, ...]]] = {"chance": None, "better_on_some": (0.92, 0.45, 0.85),
+                                               "better_on_one": (0.95, 0.40, 0.40)}
+
+
+class ScriptedLM(LMProvider):
+    """An LM that knows the labels and is right with a set probability per true class (or answers
+    at random); deterministic per text, so a cached answer and a fresh one agree."""
+
+    gives_confidence = False
+
+    def __init__(self, truth: dict[str, int], n_labels: int, acc: Optional[Sequence[float]], name: str) -> None:
+        self.truth, self.n_labels, self.acc, self.name = truth, n_labels, acc, name
+
+    def describe(self) -> dict[str, Any]:
+        return {"provider": "scripted", "model": self.name}
+
+    def _answer(self, text: str) -> int:
+        h = int.from_bytes(hashlib.sha256(f"{self.name}|{text}".encode()).digest()[:8], "little")
+        rng = np.random.default_rng(h)
+        y = self.truth.get(text)
+        if self.acc is None or y is None:
+            return int(rng.integers(self.n_labels))
+        if rng.random() < self.acc[y]:
+            return y
+        return int((y + 1 + rng.integers(self.n_labels - 1)) % self.n_labels)
+
+    def classify(self, inputs, labels, *, stage="lm", callback=None, cancel=None):
+        inputs, labels = normalize_request(inputs, labels)
+        answers = [LMAnswer(label=self._answer(t), prompt_tokens=50, completion_tokens=2) for t, _ in inputs]
+        return answers, LMUsage(calls=len(answers), prompt_tokens=50 * len(answers), completion_tokens=2 * len(answers))
+
+
+def make_run(folder: Path, size: tuple[str, int, int, int], lm: str, seed: int):
+    """One EA run (cached in `folder`), opened from disk."""
+    from ea_core.data import load_dataset
+    from ea_core.pipeline import Pipeline, RunConfig, is_run_folder, open_run
+
+    _, n_train, n_val, n_test = size
+    if not (is_run_folder(folder) and (folder / "results.json").is_file()):
+        task = load_dataset("demo:tweets", seed=seed, max_train=n_train, max_val=n_val, max_test=n_test)
+        truth = {t: int(y) for sp in (task.train, task.val, task.test) for t, y in zip(sp.texts, sp.labels)}
+        cfg = RunConfig(data="demo:tweets", ssm=["tfidf"], seed=seed, max_train=n_train, max_val=n_val,
+                        max_test=n_test, lm="openai", lm_model=f"scripted-{lm}", oof_folds=3,
+                        cache=str(folder / "answers.sqlite"))
+        Pipeline(cfg, folder, provider=ScriptedLM(truth, len(task.labels), LMS[lm], lm)).run()
+    return open_run(folder)
+
+
+def score_rules(state, rules: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Every rule's point on one run: gap to the best small model on test, val and test accuracy."""
+    from ea_core.report import ea_candidates
+    from ea_core.router import evaluate
+    from ea_core.tuning import choose_operating_point
+
+    cfg = state.config
+    y_val, y_test = state.task.val.labels, state.task.test.labels
+    layers = ("ssm", "assm", "lm")
+    val, test = state.stage_outputs("val", layers), state.stage_outputs("test", layers)
+    best_ssm_test = state.ssms[0].test_accuracy
+    out = {}
+    for rule in rules:
+        c = choose_operating_point(val, y_val, ea_candidates(state), rule=rule, max_lm_rate=cfg.max_lm_rate,
+                                   max_cost_per_1k=cfg.max_cost_per_1k, seed=cfg.seed)
+        t = evaluate(test, c.thresholds, y_test)
+        out[rule] = {"gap": 100 * (t.accuracy - best_ssm_test), "val": 100 * c.val_accuracy,
+                     "test": 100 * t.accuracy, "crossfit": 100 * c.crossfit_accuracy, "system": c.system,
+                     "lm_rate": 100 * t.lm_call_rate}
+    return out
+
+
+def main() -> None:
+    from ea_core.process import configure_process
+    from ea_core.tuning import HONEST_RULES
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--runs", default="/tmp/ea_honest_runs")
+    ap.add_argument("--sizes", default=",".join(s[0] for s in SIZES))
+    ap.add_argument("--lms", default=",".join(LMS))
+    args = ap.parse_args()
+    configure_process(2)
+    t0 = time.perf_counter()
+    sizes = [s for s in SIZES if s[0] in args.sizes.split(",")]
+    print("sizes (train/val/test): " + ", ".join(f"{s[0]} {s[1]}/{s[2]}/{s[3]}" for s in sizes))
+    print(f"{'setting':<24} {'rule':<24} {'gap mean':>8} {'worst':>7} {'optim.':>7} {'cf optim.':>9} "
+          f"{'chosen ssm/SL/EA':>16} {'LM %':>5} {'optim. SE':>9}")
+    for size in sizes:
+        for lm in args.lms.split(","):
+            res: list[dict[str, dict[str, float]]] = []
+            for seed in range(args.seeds):
+                state = make_run(Path(args.runs) / f"{size[0]}-{lm}-{seed}", size, lm, seed)
+                res.append(score_rules(state, HONEST_RULES))
+            setting = f"{size[0]} {lm}"
+            for rule in HONEST_RULES:
+                g = np.array([r[rule]["gap"] for r in res])
+                opt = np.array([r[rule]["val"] - r[rule]["test"] for r in res])
+                cf = np.array([r[rule]["crossfit"] - r[rule]["test"] for r in res])
+                chosen = [r[rule]["system"].split(" ")[0] for r in res]
+                kept = "/".join(str(chosen.count(k)) for k in ("ssm", "specific_layer", "full"))
+                lm_rate = np.mean([r[rule]["lm_rate"] for r in res])
+                cf_s = f"{np.nanmean(cf):+9.2f}" if np.isfinite(cf).any() else f"{'-':>9}"
+                print(f"{setting:<24} {rule:<24} {g.mean():+8.2f} {g.min():+7.2f} {opt.mean():+7.2f} {cf_s} "
+                      f"{kept:>16} {lm_rate:5.1f} {opt.std(ddof=1) / np.sqrt(len(opt)):9.2f}")
+            sys.stdout.flush()
+    print(f"({args.seeds} seeds per setting; gap and optimism in accuracy points; best small model = "
+          f"the SSM ranked first on validation; {time.perf_counter() - t0:.0f} s)")
+    print("targets: chance LM mean gap >= -0.3 and worst >= -1; better-on-some LM mean gap > 0; mean optimism <= 1")
+
+
+if __name__ == "__main__":
+    main()
