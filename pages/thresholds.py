@@ -150,9 +150,13 @@ def open_views(studio: Studio, owner: Optional[str], run_id: Optional[str], requ
     thresholds = ex.tuned_thresholds()
     figure, table = figures(ex, thresholds)
     small = [n for n, k in zip(ex.names, ex.kinds) if k != "lm"]
+    tuned = state.tuning.get(order, {})
+    kept = (f" The run kept {'the best small model alone' if tuned.get('chosen') == 'ssm' else 'a simpler cascade'}"
+            f" ({tuned.get('chosen')}): the other stages gained nothing beyond noise on validation folds they were "
+            "not tuned on; drag the sliders to try them." if tuned.get("chosen") not in (None, "full") else "")
     intro = note(f"Run {state.task.name}: {', '.join(ex.names)}. Thresholds start where the run tuned them on "
-                 f"validation (LM budget {pct(state.config.max_lm_rate, 0)} of inputs). Test figures are shown, never "
-                 "used to choose.", "info")
+                 f"validation (LM budget {pct(state.config.max_lm_rate, 0)} of inputs).{kept} Test figures are shown, "
+                 "never used to choose.", "info")
     last = f"**Last stage: {ex.names[-1]}** answers whatever reaches it (no threshold)."
     rel = reliability_plot(ex, small[0]) if small else as_plot(plots.empty("Reliability", "No small model."))
     return (intro, gr.update(choices=choices, value=order), gr.update(value=bool(calibrated)),
