@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 from ea_core.errors import EAError
 from ea_core.events import ProgressEvent
 from ea_core.mining import DEFAULT_OOF_FOLDS
+from ea_core.tuning import HONEST_RULES
 
 SPEC_HELP = ("small model SPEC: 'tfidf' (TF-IDF + logistic regression), 'head:MODEL' (frozen encoder + "
              "trained head) or 'finetune:MODEL' (full fine-tuning); MODEL is a Hugging Face id, a local "
@@ -136,6 +137,10 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="LM budget for the reported operating point: max share of inputs sent to the LM (default 0.3)")
     g.add_argument("--max-cost-per-1k", type=float, metavar="USD",
                    help="also cap the LM's money per 1,000 inputs for the reported operating point")
+    g.add_argument("--operating-point", choices=HONEST_RULES, default=HONEST_RULES[0],
+                   help="how the reported operating point is chosen on validation (default crossfit_guarded: "
+                        "a cascade must beat the best small model on validation folds its thresholds were not "
+                        "tuned on, beyond bootstrap noise; insample: the best validation accuracy, as before)")
     g.add_argument("--no-calibration", action="store_true", help="skip temperature scaling of the small models")
 
 
@@ -221,7 +226,7 @@ def _config_from_args(args: argparse.Namespace, lm: bool):
         cfg.budget_usd, cfg.concurrency, cfg.few_shot, cfg.cache = args.budget_usd, args.concurrency, args.few_shot, args.cache
         cfg.mining, cfg.oof_folds, cfg.assm, cfg.ea_full = args.mining, args.oof_folds, args.assm, args.ea_full
         cfg.max_lm_rate, cfg.calibrate = args.max_lm_rate, not args.no_calibration
-        cfg.max_cost_per_1k = args.max_cost_per_1k
+        cfg.max_cost_per_1k, cfg.operating_point = args.max_cost_per_1k, args.operating_point
         cfg.price_in, cfg.price_out = args.price_in, args.price_out
         cfg.prompt = _read_prompt_file(args.prompt_file) if args.prompt_file else None
     return cfg

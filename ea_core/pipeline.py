@@ -80,6 +80,7 @@ class RunConfig:
     calibrate: bool = True
     max_lm_rate: float = 0.3  # LM budget used to pick the reported operating point
     max_cost_per_1k: Optional[float] = None  # optional money budget (USD per 1,000 inputs), on top
+    operating_point: str = "crossfit_guarded"  # how the reported point is chosen: ea_core.tuning.HONEST_RULES
 
     def validate(self) -> None:
         if not self.ssm:
@@ -92,6 +93,10 @@ class RunConfig:
             raise ConfigError("--assm must be 'top' or 'each'.")
         if not 0.0 <= self.max_lm_rate <= 1.0:
             raise ConfigError("--max-lm-rate must be between 0 and 1.")
+        from ea_core.tuning import HONEST_RULES
+
+        if self.operating_point not in HONEST_RULES:
+            raise ConfigError(f"--operating-point must be one of {', '.join(HONEST_RULES)}.")
         if self.oof_folds == 1 or self.oof_folds < 0:
             raise ConfigError("--oof-folds must be 0 (off) or at least 2.")
         if self.max_cost_per_1k is not None and self.max_cost_per_1k < 0:

@@ -131,3 +131,18 @@ def test_a_run_reports_intervals_and_the_rule(tmp_path):
         assert lo <= rows[name]["test_accuracy"] <= hi, name
         lo, hi = rows[name]["val_accuracy_ci"]
         assert lo <= rows[name]["val_accuracy"] <= hi, name
+
+
+def test_the_old_rule_is_a_setting_and_a_bad_rule_is_refused(tmp_path) -> None:
+    """`--operating-point insample` reproduces tuning on all of validation; an unknown rule is a clear error."""
+    from ea_core.cli import build_parser, _config_from_args
+    from ea_core.errors import ConfigError
+    from ea_core.pipeline import RunConfig
+
+    args = build_parser().parse_args(["run", "--data", "demo:tweets", "--ssm", "tfidf", "--lm", "local", "--operating-point", "insample"])
+    cfg = _config_from_args(args, lm=True)
+    assert cfg.operating_point == "insample"
+    cfg.validate()
+    assert RunConfig.from_dict(cfg.to_dict()).operating_point == "insample"
+    with pytest.raises(ConfigError, match="--operating-point must be one of"):
+        RunConfig(data="demo:tweets", ssm=["tfidf"], operating_point="luckiest").validate()

@@ -107,11 +107,6 @@ def cross_entropy_np(logits: np.ndarray, y: np.ndarray) -> float:
     return float(-logp[np.arange(len(y)), np.asarray(y)].mean()) if len(y) else 0.0
 
 
-def accuracy(proba: np.ndarray, y: np.ndarray) -> float:
-    y = np.asarray(y)
-    return float((np.asarray(proba).argmax(axis=1) == y).mean()) if len(y) else 0.0
-
-
 def usable_val(val: Optional[Split]) -> Optional[Split]:
     """`val` if it has labelled rows to stop on, else None."""
     if val is None or len(val) == 0 or (np.asarray(val.labels) < 0).all():

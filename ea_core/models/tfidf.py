@@ -31,7 +31,8 @@ from ea_core.models.base import (
     read_tensors,
     register,
 )
-from ea_core.models.common import Progress, accuracy, check_training_data, check_warm_labels, softmax_np, usable_val
+from ea_core.metrics import accuracy
+from ea_core.models.common import Progress, check_training_data, check_warm_labels, softmax_np, usable_val
 from ea_core.splits import Split
 
 PAIR_SEP = " [SEP] "
@@ -168,7 +169,7 @@ class TfidfModel(SmallModel):
             C = min(self.warm_start_C, self.C_ if self.C_ is not None else (self.C or DEFAULT_C))
             self.coef_, self.intercept_ = _fit_proximal(X, y, k, C, self.coef_, self.intercept_, self.max_iter)
             self.labels_ = list(labels)
-            acc = None if Xv is None else accuracy(softmax_np(Xv @ self.coef_.T + self.intercept_), val.labels)
+            acc = None if Xv is None else accuracy(val.labels, np.asarray(Xv @ self.coef_.T + self.intercept_).argmax(1))
             progress.emit(2, val_accuracy=acc, message=f"warm start, C={C:g}")
             return self
 
@@ -176,7 +177,7 @@ class TfidfModel(SmallModel):
         for i, C in enumerate(grid):
             progress.check()
             coef, intercept = self._fit_fresh(X, y, k, C)
-            acc = None if Xv is None else accuracy(softmax_np(Xv @ coef.T + intercept), val.labels)
+            acc = None if Xv is None else accuracy(val.labels, np.asarray(Xv @ coef.T + intercept).argmax(1))
             if best is None or (acc is not None and acc > best[0]):
                 best = (acc if acc is not None else 0.0, C, coef, intercept)
             progress.emit(2 + i, val_accuracy=acc, message=f"C={C:g}")
