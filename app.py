@@ -102,7 +102,7 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
                       api_name="attach")
         t["run"].click(bind(train.start), [owner, g["api_key"], *form_inputs],
                        [current, t["timer"], t["status"], t["cancel"], t["resume"]], api_name="run").then(**attach)
-        t["cancel"].click(bind(train.cancel), [owner, current], t["status"], api_name="cancel")
+        t["cancel"].click(bind(train.cancel), [owner, current], [t["status"], t["timer"]], api_name="cancel")
         t["resume"].click(bind(train.resume), [owner, current, g["api_key"]],
                           [t["timer"], t["status"], t["cancel"], t["resume"]]).then(**attach)
         t["timer"].tick(bind(_tick), [owner, current], tick_outputs, show_progress="hidden",

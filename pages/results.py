@@ -26,8 +26,8 @@ from pages.ui import error_message, note, pct, seconds, usd
 SYSTEM_TITLES = {"lm": "LM alone", "specific_layer": "Specific Layer (SSMs → LM)",
                  "ea": "EA (SSMs → ASSMs → LM)", "ea_lm_first": "EA, LM before ASSMs", "ea_full": "EA(Full)",
                  "oracle": "oracle (right if any stage is right)"}
-TABLE_HEADERS = ["system", "val acc", "test acc", "macro-F1 (test)", "LM calls (test)", "train time", "peak memory",
-                 "LM money (test)", "USD / 1k inputs"]
+TABLE_HEADERS = ["system", "val acc (95% CI)", "test acc (95% CI)", "macro-F1 (test)", "LM calls (test)", "train time",
+                 "peak memory", "LM money (test)", "USD / 1k inputs"]
 RUN_HEADERS = ["run", "state", "started", "took"]
 
 
@@ -66,9 +66,17 @@ def _download_dir(session: Session, run_id: str) -> Path:
     return path
 
 
+def _with_ci(value: Optional[float], ci: Any) -> str:
+    """An accuracy with its 95% bootstrap interval, e.g. ``76.80% (73.0-80.4)``."""
+    if value is None or not ci:
+        return pct(value, 2)
+    return f"{pct(value, 2)} ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})"
+
+
 def _fmt_row(r: dict[str, Any]) -> list[str]:
     name = r["system"]
-    return [SYSTEM_TITLES.get(name, name), pct(r.get("val_accuracy"), 2), pct(r.get("test_accuracy"), 2),
+    return [SYSTEM_TITLES.get(name, name), _with_ci(r.get("val_accuracy"), r.get("val_accuracy_ci")),
+            _with_ci(r.get("test_accuracy"), r.get("test_accuracy_ci")),
             "-" if r.get("macro_f1") is None else f"{r['macro_f1']:.3f}", pct(r.get("lm_call_rate")),
             seconds(r.get("train_time_s")) if r.get("train_time_s") else "-",
             f"{r['peak_rss_mb']:.0f} MB" if r.get("peak_rss_mb") else "-",
@@ -108,6 +116,8 @@ def views(studio: Studio, owner: Optional[str], run_id: Optional[str], request: 
     if state.lm_usage:
         lines.append(f"LM usage of this run: {calls:,} paid calls, {usd(spent)}.")
     lines += [f"Note: {n}" for n in state.notes]
+    lines += [f"{SYSTEM_TITLES.get(r['system'], r['system'])}: {r['note']}" for r in rows
+              if r.get("note") and r["system"] != "oracle"]
     out = _download_dir(session, run_id)
     files = {}
     for name in ("results.csv", "results.json"):
@@ -115,7 +125,7 @@ def views(studio: Studio, owner: Optional[str], run_id: Optional[str], request: 
             files[name] = shutil.copyfile(folder / name, out / name)
     settings = settings_file(state.config.to_dict(), folder, out / "settings.json")
     intro = note(f"Run {state.task.name}: thresholds were tuned on validation; every test figure is on held-out "
-                 "data.", "info")
+                 "data. Accuracies show a 95% bootstrap interval.", "info")
     return (intro, table, shares, "\n\n".join(lines),
             gr.update(value=str(files["results.csv"]) if "results.csv" in files else None, interactive="results.csv" in files),
             gr.update(value=str(files["results.json"]) if "results.json" in files else None,

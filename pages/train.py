@@ -183,16 +183,20 @@ def refresh(studio: Studio, owner: Optional[str], run_id: Optional[str], request
     )
 
 
-def cancel(studio: Studio, owner: Optional[str], run_id: Optional[str]) -> str:
+def cancel(studio: Studio, owner: Optional[str], run_id: Optional[str]) -> tuple[str, Any]:
+    """Cancel: ask the worker to stop. Returns (status, timer): the timer is switched on again, since
+    a tick may have seen the run end (and stopped) before this answer reached the page; the next
+    tick then shows the final state."""
     if not run_id or not owner:
-        return note("No run to cancel.", "info")
+        return note("No run to cancel.", "info"), gr.skip()
     try:
         status = studio.manager.cancel(run_id, owner)
     except EAError as err:
-        return note(error_message(err), "error")
+        return note(error_message(err), "error"), gr.skip()
     if status.active:
-        return note("Cancelling: the run stops at its next step and keeps what it has done…", "warn")
-    return status_html(status)
+        return (note("Cancelling: the run stops at its next step and keeps what it has done…", "warn"),
+                gr.Timer(active=True))
+    return status_html(status), gr.Timer(active=True)
 
 
 def start(studio: Studio, owner: Optional[str], api_key: Optional[str], request: gr.Request,

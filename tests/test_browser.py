@@ -177,6 +177,11 @@ def test_upload_run_threshold_try_and_two_users_in_real_chromium(browser, app_ur
     status_a, status_b = (demo.studio.manager.status(r) for r in (run_a, run_b))
     assert status_a.owner != status_b.owner  # two browsers, two owners
     # Each page was told about its own run only, and was never sent the other's key (nor its own back).
+    for page, run in ((a, run_a), (b, run_b)):  # a streamed body is recorded when its stream closes
+        for _ in range(100):
+            if any(run in body for body in page.bodies):
+                break
+            page.page.wait_for_timeout(200)
     assert any(run_a in body for body in a.bodies) and any(run_b in body for body in b.bodies)
     assert not any(run_a in body for body in b.bodies) and not any(run_b in body for body in a.bodies)
     for key in (KEY_A, KEY_B):
