@@ -780,6 +780,8 @@ def save_task(task: TaskData, folder: Path) -> None:
         cols = {"text": pa.array(split.texts, pa.string()), "label": pa.array(split.labels)}
         if split.pairs is not None:
             cols["pair"] = pa.array(split.pairs, pa.string())
+        if split.images is not None:
+            cols["image"] = pa.array(split.images, pa.binary())
         pq.write_table(pa.table(cols), folder / f"{name}.parquet")
     write_json(folder / "task.json", {"name": task.name, "labels": task.labels, "warnings": task.warnings,
                                       "text_col": task.text_col, "pair_col": task.pair_col,
@@ -792,7 +794,8 @@ def load_task(folder: Path) -> TaskData:
     for name in SPLITS:
         t = pq.read_table(folder / f"{name}.parquet")
         pairs = t.column("pair").to_pylist() if "pair" in t.column_names else None
-        splits[name] = Split(t.column("text").to_pylist(), t.column("label").to_numpy(), pairs)
+        images = t.column("image").to_pylist() if "image" in t.column_names else None
+        splits[name] = Split(t.column("text").to_pylist(), t.column("label").to_numpy(), pairs, images)
     return TaskData(name=meta["name"], labels=meta["labels"], train=splits["train"], val=splits["val"],
                     test=splits["test"], warnings=meta["warnings"], text_col=meta["text_col"],
                     pair_col=meta["pair_col"], label_col=meta["label_col"])
