@@ -69,6 +69,11 @@ DEMO_DATASETS: dict[str, str] = {
         f"{DEMO_TWEETS_DEFAULT_SIZE[2]} test examples (stratified, seeded); "
         "max_train/max_val/max_test override these sizes."
     ),
+    "demo:digits": (
+        "Handwritten digits 0-9 from scikit-learn (1,797 grayscale 8x8 images, 10 classes), bundled "
+        "offline: an image task. Split 60/20/20 (stratified, seeded by --seed; val_frac/test_frac do not "
+        "apply, as for any dataset with its own splits); max_train/max_val/max_test cap the splits."
+    ),
 }
 
 #: File extensions understood by `load_dataset`, and the reader used for each.
@@ -152,6 +157,10 @@ def load_dataset(
     classes it drops when not). ``encoding`` (default UTF-8) is the text files' encoding.
     Labels follow `normalize_label` in every format.
 
+    Image datasets go to `ea_core.image_data` with the same split/cap/seed rules: ``demo:digits``,
+    a folder or ``.zip`` of class folders, a table whose image column (paths or bytes) is detected
+    or named by ``text_col``, or a Hugging Face dataset with an ``Image`` feature.
+
     Raises `DataError` with an actionable message for any problem with the data.
     """
     _check_options(val_frac, test_frac, max_train, max_val, max_test)
@@ -165,6 +174,18 @@ def load_dataset(
         )
 
     source = str(source).strip()
+    from ea_core import image_data  # images: demo:digits, a folder or ZIP of class folders, image tables
+
+    if image_data.is_image_source(source):
+        if val_source or test_source or split_col:
+            raise DataError(
+                f"{source} is an image dataset: give its splits as train/, val/ and test/ folders inside it, "
+                "not as --val-data/--test-data/--split-col."
+            )
+        return image_data.load_image_dataset(
+            source, val_frac=val_frac, test_frac=test_frac, seed=seed,
+            max_train=max_train, max_val=max_val, max_test=max_test,
+        )
     parts: dict[str, _Part]
     if source.lower().startswith("demo:"):
         parts, name = _load_demo(source), source.split(":", 1)[1].lower()
@@ -186,6 +207,13 @@ def load_dataset(
 
     main_key = "all" if "all" in parts else "train"
     main = parts[main_key]
+    image_col = None if text_pair_col else image_data.image_column(main.table, text_col)
+    if image_col is not None:  # a table of image paths or bytes, or a Hugging Face image dataset
+        return image_data.load_image_parts(
+            parts, name, image_col=image_col, label_col=label_col, split_col=split_col,
+            val_frac=val_frac, test_frac=test_frac, seed=seed, max_train=max_train, max_val=max_val,
+            max_test=max_test, allow_outside=main.origin.startswith("hf:"),
+        )
     cols = _resolve_columns(
         main, text_col, text_pair_col, label_col, split_col, allow_split=main_key == "all"
     )
@@ -301,16 +329,22 @@ def describe(task: TaskData) -> dict[str, Any]:
             "size": len(split),
             "label_counts": {label: int(counts[i]) for i, label in enumerate(task.labels)},
         }
-    return {
+    out = {
         "name": task.name,
         "labels": list(task.labels),
         "n_labels": task.n_labels,
         "is_pair": task.is_pair,
+        "modality": task.modality,
         "columns": {"text": task.text_col, "pair": task.pair_col, "label": task.label_col},
         "sizes": {part: splits[part]["size"] for part in _PARTS},
         "splits": splits,
         "warnings": list(task.warnings),
     }
+    if task.is_image:  # n_images, image_sizes (most common first), image_formats
+        from ea_core.image_data import describe_images
+
+        out.update(describe_images(task))
+    return out
 
 
 @dataclass
@@ -329,6 +363,9 @@ class SourceInfo:
     label_col: Optional[str] = None
     split_col: Optional[str] = None
     detect_error: Optional[str] = None
+    #: "text" here; an image source gives an `ea_core.image_data.ImageSourceInfo` ("image", with
+    #: class counts and sample names; thumbnails from `ea_core.image_data.image_preview`).
+    modality: str = "text"
 
 
 def inspect_source(source: str, *, n_preview: int = 10, encoding: Optional[str] = None) -> SourceInfo:
@@ -336,14 +373,24 @@ def inspect_source(source: str, *, n_preview: int = 10, encoding: Optional[str] 
 
     Raises `DataError` when the source cannot be read (the same messages as `load_dataset`).
     Hugging Face names are not inspected here (that would download); load them instead.
+    An image source (``demo:digits``, a folder or ZIP of class folders, a table with an image
+    column) gives an `ea_core.image_data.ImageSourceInfo`: `modality` "image", images per class
+    (`class_counts`) and sample names per class (`samples`), read from file names only.
     """
     source = str(source).strip()
+    from ea_core import image_data
+
+    if image_data.is_image_source(source):
+        return image_data.inspect_image_source(source, n_preview=n_preview)
     if source.lower().startswith("demo:"):
         part = _load_demo(source)["all"]
     elif _is_hf_name(source):
         raise DataError(f"{source!r} is a Hugging Face dataset name: load it to see its columns.")
     else:
         part = _Part(_read_file(source, encoding), source)
+    image_col = image_data.image_column(part.table)
+    if image_col is not None:
+        return image_data.inspect_image_table(part, image_col, n_preview=n_preview)
     table = part.table
     head = table.slice(0, n_preview).to_pylist()
     info = SourceInfo(columns=list(table.column_names), n_rows=table.num_rows, preview=head)
