@@ -7,7 +7,14 @@ A spec names where the LM runs:
 * a preset name (``deepseek``, ``qwen``, ``glm``, ``doubao``, ``openrouter``, ``together``,
   ``ollama``, ``vllm``, ``llamacpp``) — the same with that provider's URL and key variable;
 * ``local`` — the packaged offline SmolLM2 stand-in, scoring labels in-process (`LocalHFProvider`);
-* ``local:PATH_OR_ID`` — any local causal LM folder, ``.gguf`` file, or cached hub id.
+* ``local:PATH_OR_ID`` — any local causal LM folder, ``.gguf`` file, or cached hub id;
+* ``local:image-knn`` — for image tasks offline: a few-shot nearest-neighbour stand-in over a
+  pretrained image encoder's features of the prompt's example images (`ImageKNNProvider`); not a
+  language model, and it says so.
+
+Images: the API providers send an image task's inputs to vision LMs (settings ``image_max_side``,
+``image_detail``, ``image_format``, ``vision``: see `OpenAIProvider`); text-only providers (the
+local causal LM, a model known to be text-only) refuse them with a `ConfigError`.
 
 Every provider caches its answers in an `AnswerCache`, so an answer is paid for once (also across
 processes sharing the cache: prompts in flight are claimed there). A key pasted into a base URL
@@ -24,14 +31,27 @@ from ea_core.llm.base import FAILED, UNPARSEABLE, LMAnswer, LMInput, LMProvider,
 from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
 from ea_core.llm.cost import DEFAULT_PRICES, Budget, CostEstimate, PriceTable, SpendLedger, estimate_tokens
 from ea_core.llm.openai_api import OpenAIProvider
-from ea_core.llm.presets import PRESETS, Preset, get_preset, is_local_url
-from ea_core.llm.prompt import Example, PromptTemplate, find_label, parse_answer, select_examples
+from ea_core.llm.images import DEFAULT_IMAGE_MAX_SIDE, IMAGE_DETAILS, ImageSettings
+from ea_core.llm.presets import PRESETS, Preset, get_preset, is_local_url, model_accepts_images
+from ea_core.llm.prompt import (Example, PromptTemplate, example_from_json, example_to_json, find_label, parse_answer,
+                                select_examples)
+
+#: The offline image stand-in's spec (see `ImageKNNProvider`).
+IMAGE_KNN_SPEC = "local:image-knn"
 
 __all__ = [
     "FAILED",
     "UNPARSEABLE",
     "AnswerCache",
     "Budget",
+    "DEFAULT_IMAGE_MAX_SIDE",
+    "IMAGE_DETAILS",
+    "IMAGE_KNN_SPEC",
+    "ImageKNNProvider",
+    "ImageSettings",
+    "example_from_json",
+    "example_to_json",
+    "model_accepts_images",
     "CachedAnswer",
     "CostEstimate",
     "DEFAULT_PRICES",
@@ -66,6 +86,10 @@ def __getattr__(name: str) -> Any:
         from ea_core.llm.local_hf import LocalHFProvider
 
         return LocalHFProvider
+    if name == "ImageKNNProvider":
+        from ea_core.llm.local_image import ImageKNNProvider
+
+        return ImageKNNProvider
     raise AttributeError(name)
 
 
@@ -130,6 +154,10 @@ def make_provider(
         raise ConfigError("Choose an LM: 'openai' (or a preset such as 'deepseek'), 'local' or 'local:PATH'.")
     head, _, rest = spec.partition(":")
     kind = head.strip().lower()
+    if kind == "local" and rest.strip().lower() in ("image-knn", "imageknn", "image_knn"):
+        from ea_core.llm.local_image import ImageKNNProvider
+
+        return ImageKNNProvider(few_shot_examples, prompt=prompt, cache=cache, **options)
     if kind == "local":
         from ea_core.llm.local_hf import LocalHFProvider
 

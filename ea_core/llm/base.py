@@ -21,11 +21,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ea_core.events import CancelToken, ProgressCallback
+from ea_core.splits import ImageInput, Input
 
 UNPARSEABLE = -1
 FAILED = -2
 
-LMInput = tuple[str, Optional[str]]  # (text, second text of a pair or None)
+#: (text, second text of a pair or None), or (ImageInput, None) for an image task.
+LMInput = tuple[Input, Optional[str]]
 
 #: The routing confidence of an LM answer that carries none (see the module docstring).
 MISSING_CONFIDENCE = 0.5
@@ -84,6 +86,8 @@ class LMProvider(ABC):
 
     #: True when answers carry a confidence usable for routing.
     gives_confidence: bool = False
+    #: True when the provider can be asked about images (`ImageInput` inputs).
+    accepts_images: bool = False
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -103,10 +107,38 @@ class LMProvider(ABC):
 
 
 def normalize_request(inputs: Sequence[LMInput], labels: Sequence[str]) -> tuple[list[LMInput], list[str]]:
-    """Inputs and labels as plain strings (what every provider prompts with); no labels is an error."""
+    """Inputs and labels as plain strings (what every provider prompts with), images kept as
+    `ImageInput` (with no pair); no labels is an error."""
     from ea_core.errors import ConfigError
 
     labels = [str(lab) for lab in labels]
     if not labels:
         raise ConfigError("The task has no labels to classify into.")
-    return [(str(t), None if p is None else str(p)) for t, p in inputs], labels
+    out: list[LMInput] = []
+    for t, p in inputs:
+        if isinstance(t, ImageInput):
+            out.append((t, None))
+        else:
+            out.append((str(t), None if p is None else str(p)))
+    return out, labels
+
+
+def has_images(inputs: Sequence[LMInput]) -> bool:
+    """Whether any input is an image."""
+    return any(isinstance(t, ImageInput) for t, _ in inputs)
+
+
+#: What to say to someone who asked a text model about images.
+VISION_HINT = (
+    "use a vision LM through an OpenAI-compatible API (e.g. --lm openai --lm-model gpt-4o-mini, "
+    "--lm qwen --lm-model qwen-vl-plus, --lm glm --lm-model glm-4v-flash, or LLaVA / Qwen2-VL behind "
+    "--lm ollama / --lm vllm), or --lm local:image-knn, an offline stand-in that is not a language model"
+)
+
+
+def refuse_images(inputs: Sequence[LMInput], who: str) -> None:
+    """ConfigError when `inputs` hold an image: `who` (e.g. "The local LM 'x'") is a text model."""
+    if has_images(inputs):
+        from ea_core.errors import ConfigError
+
+        raise ConfigError(f"{who} is a text model; image tasks need a vision LM: {VISION_HINT}.")

@@ -47,6 +47,69 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4)) if text else 0
 
 
+#: Image tokens (base, per 512 px tile) by model-name prefix, from OpenAI's vision pricing notes
+#: for the GPT-4o family: 85 + 170 per tile at detail "high", 85 at "low". gpt-4o-mini counts
+#: more tokens per image (2833 + 5667 per tile) at a lower token price. Other vision models (Qwen-VL,
+#: GLM-4V, LLaVA ...) count differently; the default is used for them as a rough estimate.
+IMAGE_TOKENS: dict[str, tuple[int, int]] = {"gpt-4o-mini": (2833, 5667)}
+DEFAULT_IMAGE_TOKENS = (85, 170)
+
+
+def image_tokens(width: int, height: int, detail: str = "auto", model: str = "") -> int:
+    """Estimated prompt tokens of one image of this size (OpenAI's tile formula, see `IMAGE_TOKENS`).
+
+    "low": the base only. "high" and "auto" (an upper bound: "auto" may pick "low"): the image is
+    fitted in 2048 x 2048, its shorter side brought down to 768 px, and counted in 512 px tiles.
+    An estimate for budgets and the cost preview; what is billed comes from each response's usage.
+    """
+    tail = str(model).split("/", 1)[-1]
+    best = max((k for k in IMAGE_TOKENS if tail.startswith(k)), key=len, default=None)
+    base, tile = IMAGE_TOKENS[best] if best else DEFAULT_IMAGE_TOKENS
+    if detail == "low":
+        return base
+    w, h = float(max(width, 1)), float(max(height, 1))
+    if max(w, h) > 2048:
+        s = 2048 / max(w, h)
+        w, h = w * s, h * s
+    if min(w, h) > 768:
+        s = 768 / min(w, h)
+        w, h = w * s, h * s
+    return base + tile * math.ceil(w / 512) * math.ceil(h / 512)
+
+
+def message_tokens(message: Mapping[str, Any], model: str = "") -> int:
+    """Estimated prompt tokens of one chat message: ~4 characters a token for text, the tile
+    formula (`image_tokens`) for each image part, plus 4 for the message's framing."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return estimate_tokens(str(content or "")) + 4
+    from ea_core.llm.images import image_size, parse_ref
+
+    total = 4
+    for part in content:
+        if not isinstance(part, Mapping):
+            continue
+        if part.get("type") == "text":
+            total += estimate_tokens(str(part.get("text", "")))
+        elif part.get("type") == "image_url":
+            inner = part.get("image_url") or {}
+            url = str(inner.get("url", ""))
+            ref = parse_ref(url)
+            if ref is not None:
+                w, h = ref[1], ref[2]
+            elif url.startswith("data:") and "," in url:
+                import base64
+
+                try:
+                    w, h = image_size(base64.b64decode(url.split(",", 1)[1]))
+                except ValueError:
+                    w, h = 512, 512
+            else:
+                w, h = 512, 512  # a remote URL: size unknown
+            total += image_tokens(w, h, str(inner.get("detail", "auto")), model)
+    return total
+
+
 class PriceTable:
     """Per-model prices in USD per million input and output tokens.
 

@@ -42,7 +42,7 @@ import numpy as np
 from ea_core.errors import Cancelled, ConfigError, LMError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.llm._progress import UsageTracker
-from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage, normalize_request
+from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage, normalize_request, refuse_images
 from ea_core.llm.cache import AnswerCache, CachedAnswer, is_storage_error, make_key
 from ea_core.llm.prompt import Example, PromptTemplate
 from ea_core.process import TRANSFORMERS_BUILD_LOCK, warn_ignored_threads
@@ -265,6 +265,9 @@ class LocalHFProvider(LMProvider):
 
     def __repr__(self) -> str:
         return f"LocalHFProvider(model={self.describe()['model']!r})"
+
+    def _who(self) -> str:
+        return f"The local LM {self.describe()['model']!r}"
 
     def _load(self) -> tuple[Any, Any]:
         dtype = "float32" if self.device == "cpu" else "bfloat16"
@@ -535,6 +538,7 @@ class LocalHFProvider(LMProvider):
 
     def calibrate_on(self, inputs: Sequence[LMInput], labels: Sequence[str]) -> np.ndarray:
         """Set (and return) the per-label offsets from a sample of unlabelled inputs."""
+        refuse_images(inputs, self._who())
         labels = [str(lab) for lab in labels]
         rng = np.random.default_rng(self.seed)
         sample = list(inputs)
@@ -579,6 +583,7 @@ class LocalHFProvider(LMProvider):
         cancel: Optional[CancelToken] = None,
     ) -> tuple[list[LMAnswer], LMUsage]:
         """Score every label for every input; inputs skipped by cancellation are FAILED ("cancelled")."""
+        refuse_images(inputs, self._who())
         inputs, labels = normalize_request(inputs, labels)
         usage = LMUsage()
         tracker = UsageTracker(stage, len(inputs), callback, usage)

@@ -30,6 +30,12 @@ Why it is built this way:
   served) by its next `classify`.
 * A kill -9 loses only the requests in flight (at most `concurrency`): they may be billed but
   their answers never arrived; every answer that arrived is in the cache.
+* Images (vision LMs): an `ImageInput` is downscaled to ``image_max_side`` and sent as a base64
+  data URL in an ``image_url`` content part; the prompt is keyed on the SHA-256 of the bytes sent,
+  never the file name (see `ea_core.llm.images`). A model known to be text-only
+  (`ea_core.llm.presets.model_accepts_images`) or ``vision=False`` refuses images with a
+  `ConfigError` before any request; an endpoint that rejects the image stops the stage with an
+  `LMError` saying it may be a text model.
 * The API key lives only in memory: it is never written to the cache, a log, `describe()`,
   `repr()` or an error message (error texts are scrubbed of it). A key given in the base URL
   (``http://user:KEY@host/v1``) is taken out of the URL before the URL is stored or shown, and
@@ -57,10 +63,12 @@ from typing import Any, Optional, Sequence, Union
 from ea_core.errors import Cancelled, ConfigError, LMError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.llm._progress import UsageTracker
-from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage, normalize_request
+from ea_core.llm.base import (FAILED, LMAnswer, LMInput, LMProvider, LMUsage, has_images, normalize_request,
+                               refuse_images)
 from ea_core.llm.cache import ANSWERED, BUSY, AnswerCache, CachedAnswer, human_bytes, is_disk_full, make_key
-from ea_core.llm.cost import Budget, CostEstimate, PriceTable, estimate_tokens
-from ea_core.llm.presets import is_local_url
+from ea_core.llm.cost import Budget, CostEstimate, PriceTable, estimate_tokens, message_tokens
+from ea_core.llm.images import DEFAULT_IMAGE_MAX_SIDE, ImagePrep, ImageSettings, has_image_parts
+from ea_core.llm.presets import is_local_url, model_accepts_images
 from ea_core.llm.urls import strip_userinfo, userinfo_secret
 from ea_core.llm.prompt import Example, PromptTemplate, find_label
 
@@ -183,6 +191,10 @@ class OpenAIProvider(LMProvider):
         max_retry_after_s: float = 300.0,
         max_connection_failures: Optional[int] = None,
         claim_poll_s: float = 0.2,
+        image_max_side: int = DEFAULT_IMAGE_MAX_SIDE,
+        image_detail: str = "auto",
+        image_format: str = "PNG",
+        vision: Mode = "auto",
     ) -> None:
         if not model or not str(model).strip():
             raise ConfigError("Name the LM model to use (e.g. --lm-model gpt-4o-mini).")
@@ -225,6 +237,10 @@ class OpenAIProvider(LMProvider):
             else max(int(max_connection_failures), 1)
         )
         self.claim_poll_s = float(claim_poll_s)
+        # Images: sent at most image_max_side px on the longer side (see ea_core.llm.images).
+        # vision: "auto" (refuse images only for models known to be text-only), True, False.
+        self.images = ImageSettings(int(image_max_side), str(image_detail), str(image_format))
+        self.vision = _check_mode("vision", vision)
         # A claim is refreshed at every attempt; one older than the longest wait between two
         # attempts (plus a margin) belongs to a process that stopped working on it.
         self.claim_ttl_s = self.timeout_s + max(self.backoff_max_s, self.max_retry_after_s) + 30.0
@@ -250,6 +266,11 @@ class OpenAIProvider(LMProvider):
     def price_known(self) -> bool:
         return self.prices.known(self.model) or self.local
 
+    @property
+    def accepts_images(self) -> bool:  # type: ignore[override]
+        """Whether images are sent: ``vision=True``, or "auto" and the model is not known to be text-only."""
+        return self.vision is True or (self.vision == "auto" and model_accepts_images(self.model) is not False)
+
     def describe(self) -> dict[str, Any]:
         """Settings that identify this LM (never the key)."""
         price = self.prices.price(self.model)
@@ -273,7 +294,8 @@ class OpenAIProvider(LMProvider):
                 else ({"input": 0.0, "output": 0.0, "note": "local endpoint"} if self.local else "price unknown")
             ),
             "budget_usd": None if self.budget is None else self.budget.max_usd,
-            "prompt": self.prompt.to_dict(),
+            "images": {**self.images.to_dict(), "vision": self.vision, "accepts_images": self.accepts_images},
+            "prompt": self.prompt.to_dict(image_data=False),
         }
 
     def __repr__(self) -> str:
@@ -532,11 +554,13 @@ class OpenAIProvider(LMProvider):
                         return LMAnswer(label=FAILED, error="budget exhausted")
                     t0 = time.perf_counter()
                     try:
-                        resp = await self._post(client, self._body(messages, labels, mode))
+                        resp = await self._post(client, self._body(state.images.expand(messages), labels, mode))
                         state.connection_ok()
                         answer, record = self._answer(resp, messages, labels, mode, time.perf_counter() - t0)
                     except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                         state.connection_ok()
+                        if has_image_parts(messages) and _rejects_image(exc):
+                            raise _Fatal(self._image_rejected_message(exc)) from None
                         feature = self._rejected_feature(exc, mode)
                         if feature is None:
                             return LMAnswer(label=FAILED, error=self.scrub(f"rejected by the endpoint: {_describe(exc)}"))
@@ -667,6 +691,20 @@ class OpenAIProvider(LMProvider):
                  "again: answers already in the cache are not bought twice.")
         return self.scrub(text)
 
+    def _image_rejected_message(self, exc: Exception) -> str:
+        return self.scrub(
+            f"The LM endpoint {self.base_url} refused an image for model {self.model!r} ({_describe(exc)}). "
+            f"{self.model!r} may be a text model; image tasks need a vision LM (e.g. gpt-4o-mini, qwen-vl-plus, "
+            "glm-4v-flash, LLaVA or Qwen2-VL behind Ollama / vLLM), or --lm local:image-knn offline."
+        )
+
+    def _image_prep(self, inputs: Sequence[LMInput]) -> ImagePrep:
+        """What downscales this call's images; ConfigError first when the model cannot take them."""
+        if has_images(inputs) and not self.accepts_images:
+            why = "(vision=False)" if self.vision is False else "(known text-only)"
+            refuse_images(inputs, f"The LM {self.model!r} {why}")
+        return ImagePrep(self.images)
+
     def _unreachable_message(self, exc: Exception, times: int) -> str:
         return self.scrub(
             f"The LM endpoint {self.base_url} could not be reached {times} times in a row "
@@ -773,7 +811,7 @@ class OpenAIProvider(LMProvider):
         pt = int((usage or {}).get("prompt_tokens") or 0)
         ct = int((usage or {}).get("completion_tokens") or 0)
         if usage is None:  # some servers omit usage: estimate so costs stay visible
-            pt = sum(estimate_tokens(m["content"]) + 4 for m in messages)
+            pt = sum(message_tokens(m, self.model) for m in messages)
             ct = estimate_tokens(content)
         cost = self.prices.cost(self.model, pt, ct)
         answer = LMAnswer(
@@ -823,23 +861,24 @@ class OpenAIProvider(LMProvider):
         import openai
 
         inputs, labels = normalize_request(inputs, labels)
+        prep = self._image_prep(inputs)
         n = len(inputs)
         usage = LMUsage(price_unknown=not self.price_known)
         tracker = UsageTracker(stage, n, callback, usage)
         answers: list[Optional[LMAnswer]] = [None] * n
 
-        # Identical prompts are asked once.
+        # Identical prompts are asked once (an image: the same bytes sent, whatever its name).
         groups: dict[str, list[int]] = {}
-        prompts: dict[str, list[dict[str, str]]] = {}
+        prompts: dict[str, list[dict[str, Any]]] = {}
         for i, (text, pair) in enumerate(inputs):
-            messages = self.prompt.render(text, pair, labels)
+            messages = self.prompt.render(text, pair, labels, image_part=prep.part)
             gid = json.dumps(messages, ensure_ascii=False)
             groups.setdefault(gid, []).append(i)
             prompts[gid] = messages
 
         self._load_caps()
         mode = self._mode()
-        state = _RunState({gid: self._key_for(m, labels) for gid, m in prompts.items()})
+        state = _RunState({gid: self._key_for(m, labels) for gid, m in prompts.items()}, prep)
         self.flush_unsaved()  # answers kept in memory by an earlier call whose disk was full
 
         def emit(force: bool = False) -> None:
@@ -974,18 +1013,19 @@ class OpenAIProvider(LMProvider):
 
         Cache hits and repeated inputs are not counted as calls.
         """
-        labels = [str(lab) for lab in labels]
+        inputs, labels = normalize_request(inputs, labels)
+        prep = self._image_prep(inputs)
         self._load_caps()
         mode = self._mode()
-        keys: dict[str, tuple[str, list[dict[str, str]]]] = {}
+        keys: dict[str, tuple[str, list[dict[str, Any]]]] = {}
         for text, pair in inputs:
-            messages = self.prompt.render(str(text), None if pair is None else str(pair), labels)
+            messages = self.prompt.render(text, pair, labels, image_part=prep.part)
             keys.setdefault(self._key_for(messages, labels), (json.dumps(messages), messages))
         cached_keys = set(self._lookup({k: k for k in keys}, {k: self._legacy_key(m, labels, mode)
                                                               for k, (_, m) in keys.items()}))
         todo = [m for k, (_, m) in keys.items() if k not in cached_keys]
         per_answer = sum(estimate_tokens(lab) for lab in labels) / len(labels) + (8 if mode.structured else 1)
-        pt = sum(sum(estimate_tokens(msg["content"]) + 4 for msg in m) for m in todo)
+        pt = sum(sum(message_tokens(msg, self.model) for msg in m) for m in todo)
         if mode.structured:
             pt += len(todo) * (40 + sum(estimate_tokens(lab) for lab in labels))  # the schema
         ct = int(round(per_answer * len(todo)))
@@ -1002,8 +1042,9 @@ class OpenAIProvider(LMProvider):
 class _RunState:
     """Per-`classify` state shared by the workers (all on one event loop)."""
 
-    def __init__(self, keys: dict[str, str]) -> None:
+    def __init__(self, keys: dict[str, str], images: Optional[ImagePrep] = None) -> None:
         self.keys = keys
+        self.images = images or ImagePrep()  # expands the image references of prompts when sending
         self.owner = f"{os.getpid()}-{secrets.token_hex(6)}"  # whose claims these are in the cache
         self.probe_lock = asyncio.Lock()
         self.stopped = False
@@ -1032,6 +1073,14 @@ def _describe(exc: Exception) -> str:
     status = getattr(exc, "status_code", None)
     message = str(getattr(exc, "message", "") or exc) or type(exc).__name__
     return f"{type(exc).__name__}{f' ({status})' if status else ''}: {message}"[:500]
+
+
+def _rejects_image(exc: Exception) -> bool:
+    """Whether a 400/422 complains about the image (not about an optional parameter)."""
+    body = getattr(exc, "body", None)
+    text = (str(getattr(exc, "message", "")) + " " + (json.dumps(body) if body is not None else "")).lower()
+    params = ("response_format", "json_schema", "logprob", "max_tokens", "max_completion_tokens", "temperature")
+    return ("image" in text or "vision" in text or "multimodal" in text) and not any(p in text for p in params)
 
 
 def _label_confidence(content: str, span: Optional[tuple[int, int]], tokens: Any) -> Optional[float]:

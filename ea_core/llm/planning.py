@@ -15,7 +15,8 @@ from typing import Any, Optional, Sequence
 
 from ea_core.errors import EAError
 from ea_core.llm.base import FAILED, LMInput, LMProvider
-from ea_core.llm.cost import PriceTable, estimate_tokens
+from ea_core.llm.cost import PriceTable, estimate_tokens, message_tokens
+from ea_core.llm.images import DEFAULT_IMAGE_MAX_SIDE, ImageSettings, estimate_part
 from ea_core.llm.prompt import PromptTemplate
 from ea_core.splits import Split, TaskData
 
@@ -120,31 +121,43 @@ def tokens(n: float) -> str:
     return f"{n / 1e6:.1f}M"
 
 
-def _prompt_tokens(template: PromptTemplate, split: Split, labels: Sequence[str], sample: int = 200) -> float:
-    """Mean prompt tokens per input of `split` (on an evenly spaced sample of at most `sample` inputs)."""
+def _prompt_tokens(template: PromptTemplate, split: Split, labels: Sequence[str], sample: int = 200,
+                   model: str = "", images: Optional[ImageSettings] = None) -> float:
+    """Mean prompt tokens per input of `split` (on an evenly spaced sample of at most `sample` inputs);
+    images count by OpenAI's tile formula at the size they are sent (`cost.image_tokens`)."""
     n = len(split)
     if n == 0:
         return 0.0
     step = max(1, n // sample)
     idx = range(0, n, step)
-    total = sum(sum(estimate_tokens(m["content"]) + 4 for m in template.render(*split.input(i), labels)) for i in idx)
+    settings = images or ImageSettings()
+
+    def part(image: Any) -> dict[str, Any]:
+        return estimate_part(image, settings)
+
+    total = sum(sum(message_tokens(m, model) for m in template.render(*split.input(i), labels, image_part=part))
+                for i in idx)
     return total / len(idx)
 
 
 def estimate_run_cost(task: TaskData, model: str, *, template: Optional[PromptTemplate] = None,
                       prices: Optional[PriceTable] = None, ea_full: bool = False, local: bool = False,
-                      mining_share: tuple[float, float] = MINING_SHARE_RANGE) -> RunCostEstimate:
+                      mining_share: tuple[float, float] = MINING_SHARE_RANGE,
+                      image_max_side: int = DEFAULT_IMAGE_MAX_SIDE, image_detail: str = "auto") -> RunCostEstimate:
     """What the run's LM stages will ask: val + test in full, mining a share of train (all of it
     with EA(Full)). Tokens are ~4 characters each; cached answers are not subtracted (a rerun on
     the same data pays nothing, see the answer cache). `local`: an in-process or local-server LM
-    costs no money."""
+    costs no money. Image tasks: each image counts by OpenAI's tile formula at `image_max_side` and
+    `image_detail` (an estimate, see `cost.image_tokens`)."""
     template = template or PromptTemplate()
     prices = prices or PriceTable()
     labels = task.labels
     answer_tokens = sum(estimate_tokens(lab) for lab in labels) / max(len(labels), 1) + 1
     price = None if local else prices.price(model)
 
-    per_input = {name: _prompt_tokens(template, task.split(name), labels) for name in ("train", "val", "test")}
+    settings = ImageSettings(int(image_max_side), str(image_detail))
+    per_input = {name: _prompt_tokens(template, task.split(name), labels, model=model, images=settings)
+                 for name in ("train", "val", "test")}
 
     def part(split: str, count: float) -> tuple[float, float]:
         """(tokens, USD) of `count` calls on inputs like those of `split`."""

@@ -9,18 +9,23 @@ guess would silently poison the labels the small model learns from.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from ea_core.llm.base import UNPARSEABLE
-from ea_core.splits import Split
+from ea_core.splits import ImageInput, Input, Split
 
-Example = tuple[str, Optional[str], str]  # (text, pair or None, label string)
-Message = dict[str, str]
+#: (text, pair or None, label string), or (ImageInput, None, label string) for an image task.
+Example = tuple[Input, Optional[str], str]
+#: An OpenAI chat message: its content is a string, or a list of parts when it holds an image.
+Message = dict[str, Any]
+#: Turns an image into an OpenAI content part (see `ea_core.llm.images`).
+ImagePart = Callable[[ImageInput], dict[str, Any]]
 
 DEFAULT_SYSTEM = "You are a careful annotator. You read an input and classify it into exactly one label."
 DEFAULT_INSTRUCTION = (
@@ -29,6 +34,33 @@ DEFAULT_INSTRUCTION = (
 )
 DEFAULT_INPUT_FORMAT = "Text: {text}"
 DEFAULT_PAIR_FORMAT = "Text A: {text}\nText B: {pair}"
+DEFAULT_IMAGE_FORMAT = "Classify this image."
+
+
+def image_to_json(image: ImageInput) -> dict[str, str]:
+    """An image example as JSON (run state, bundles, saved prompts): its bytes in base64 and its name."""
+    return {"image_base64": base64.b64encode(image.data).decode("ascii"), "name": image.name}
+
+
+def as_input(value: Any) -> Input:
+    """An input from its saved form: an `ImageInput` (or its `image_to_json` dict) or a text."""
+    if isinstance(value, ImageInput):
+        return value
+    if isinstance(value, dict) and "image_base64" in value:
+        return ImageInput(base64.b64decode(value["image_base64"]), str(value.get("name") or ""))
+    return str(value)
+
+
+def example_to_json(example: Sequence[Any]) -> list[Any]:
+    """A few-shot example as a JSON-safe list ``[text or image dict, pair, label]``."""
+    x, pair, label = example
+    return [image_to_json(x) if isinstance(x, ImageInput) else x, pair, label]
+
+
+def example_from_json(data: Sequence[Any]) -> Example:
+    """The inverse of `example_to_json` (also takes an example that is already one)."""
+    x, pair, label = data
+    return as_input(x), None if pair is None else str(pair), str(label)
 
 
 def _fill(template: str, **values: str) -> str:
@@ -47,6 +79,10 @@ class PromptTemplate:
     comma-separated label list). Few-shot `examples` become earlier user/assistant turns, and the
     input itself the last user turn, written with `input_format` (`{text}`) or, for text pairs,
     `pair_format` (`{text}`, `{pair}`). Inputs longer than `max_input_chars` are cut.
+
+    An image input's user turn is a list of two parts: the text `image_format` and the image (as
+    the `image_part` given to `render` makes it). Image few-shot examples are image turns too, so a
+    vision LM sees each example picture with its label (each adds its image tokens to every call).
     """
 
     system: str = DEFAULT_SYSTEM
@@ -55,6 +91,7 @@ class PromptTemplate:
     pair_format: str = DEFAULT_PAIR_FORMAT
     examples: list[Example] = field(default_factory=list)
     max_input_chars: int = 4000
+    image_format: str = DEFAULT_IMAGE_FORMAT
 
     def format_input(self, text: str, pair: Optional[str] = None) -> str:
         """The user turn for one input."""
@@ -70,36 +107,65 @@ class PromptTemplate:
             instruction = _fill(instruction, labels=", ".join(str(lab) for lab in labels))
         return "\n\n".join(part for part in (self.system.strip(), instruction.strip()) if part)
 
-    def render(self, text: str, pair: Optional[str] = None, labels: Sequence[str] = ()) -> list[Message]:
-        """Chat messages (OpenAI format) asking the LM to classify one input into `labels`."""
+    def user_content(self, value: Any, pair: Optional[str] = None,
+                     image_part: Optional[ImagePart] = None) -> Any:
+        """The content of the user turn for one input: a string, or [text part, image part]."""
+        value = as_input(value)
+        if isinstance(value, ImageInput):
+            if image_part is None:
+                from ea_core.llm.images import estimate_part
+
+                image_part = estimate_part
+            return [{"type": "text", "text": self.image_format}, image_part(value)]
+        return self.format_input(value, pair)
+
+    def render(self, text: Input, pair: Optional[str] = None, labels: Sequence[str] = (),
+               image_part: Optional[ImagePart] = None) -> list[Message]:
+        """Chat messages (OpenAI format) asking the LM to classify one input into `labels`.
+
+        `image_part` turns an image into its content part (a vision provider passes one that
+        downscales it); without it an image becomes a reference to its size as it would be sent
+        at the default size (`ea_core.llm.images.estimate_part`): enough for estimates, not sendable.
+        """
         messages: list[Message] = []
         system = self.system_message(labels)
         if system:
             messages.append({"role": "system", "content": system})
         for ex_text, ex_pair, ex_label in self.examples:
-            messages.append({"role": "user", "content": self.format_input(ex_text, ex_pair)})
+            messages.append({"role": "user", "content": self.user_content(ex_text, ex_pair, image_part)})
             messages.append({"role": "assistant", "content": str(ex_label)})
-        messages.append({"role": "user", "content": self.format_input(text, pair)})
+        messages.append({"role": "user", "content": self.user_content(text, pair, image_part)})
         return messages
+
+    @property
+    def has_image_examples(self) -> bool:
+        return any(isinstance(as_input(e[0]), ImageInput) for e in self.examples)
 
     def with_examples(self, examples: Sequence[Example]) -> "PromptTemplate":
         """A copy using `examples` as few-shot turns."""
         data = self.to_dict()
-        data["examples"] = [tuple(e) for e in examples]
+        data["examples"] = [example_to_json(e) for e in examples]
         return PromptTemplate.from_dict(data)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, image_data: bool = True) -> dict[str, Any]:
+        """The template as JSON-safe data. Image examples hold their bytes in base64
+        (`example_to_json`); with ``image_data=False`` only their name and SHA-256 (for describe())."""
         data = asdict(self)
-        data["examples"] = [list(e) for e in self.examples]
+        if image_data:
+            data["examples"] = [example_to_json(e) for e in self.examples]
+        else:
+            data["examples"] = []
+            for e in self.examples:
+                x = as_input(e[0])
+                data["examples"].append([{"image": x.name, "sha256": x.sha256} if isinstance(x, ImageInput) else x,
+                                         e[1], e[2]])
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PromptTemplate":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         if "examples" in known:
-            known["examples"] = [
-                (str(e[0]), None if e[1] is None else str(e[1]), str(e[2])) for e in known["examples"]
-            ]
+            known["examples"] = [example_from_json(e) for e in known["examples"]]
         return cls(**known)
 
 
