@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 from ea_core.errors import EAError
 from ea_core.events import ProgressEvent
 from ea_core.mining import DEFAULT_OOF_FOLDS
+from ea_core.models.common import CLASS_WEIGHTS, DEFAULT_IMBALANCE_RATIO, SELECTION_METRICS
 from ea_core.tuning import HONEST_RULES
 
 SPEC_HELP = ("small model SPEC: 'tfidf' (TF-IDF + logistic regression), 'head:MODEL' (frozen encoder + "
@@ -101,6 +102,19 @@ def _add_ssm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("small models")
     g.add_argument("--ssm", action="append", required=required, metavar="SPEC", help=SPEC_HELP)
     g.add_argument("--epochs", type=int, help="training epochs for the neural small models (default: per kind)")
+    _add_imbalance_args(g)
+
+
+def _add_imbalance_args(g) -> None:
+    g.add_argument("--selection-metric", choices=SELECTION_METRICS, default="auto",
+                   help="what early stopping, the SSM ranking and threshold tuning maximise on validation "
+                        "(default auto: macro_f1 when the training labels are imbalanced, else accuracy)")
+    g.add_argument("--class-weight", choices=CLASS_WEIGHTS, default="auto",
+                   help="class weighting of the small models' loss (default auto: balanced when the training "
+                        "labels are imbalanced, else none)")
+    g.add_argument("--imbalance-ratio", type=float, default=DEFAULT_IMBALANCE_RATIO, metavar="R",
+                   help="largest / smallest training class count from which 'auto' counts labels as imbalanced "
+                        f"(default {DEFAULT_IMBALANCE_RATIO:g})")
 
 
 def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -175,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssm", action="append", metavar="SPEC", help=f"override the demo SSMs (default {DEMO_SSMS})")
     p.add_argument("--lm", default="local", metavar="PROVIDER", help="LM provider (default: local)")
     p.add_argument("--max-lm-rate", type=float, default=0.3, metavar="R", help="LM budget (default 0.3)")
+    _add_imbalance_args(p)
 
     p = sub.add_parser("predict", help="batch prediction with an exported bundle",
                        description="Route every input of FILE through an exported adapted system. A bundle is "
@@ -220,6 +235,7 @@ def _config_from_args(args: argparse.Namespace, lm: bool):
         label_col=args.label_col, split_col=args.split_col, val_source=args.val_data, test_source=args.test_data,
         val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed, max_train=args.max_train,
         max_val=args.max_val, max_test=args.max_test, ssm_settings=settings,
+        selection_metric=args.selection_metric, class_weight=args.class_weight, imbalance_ratio=args.imbalance_ratio,
     )
     if lm:
         cfg.lm, cfg.lm_model, cfg.lm_base_url, cfg.lm_key_env = args.lm, args.lm_model, args.lm_base_url, args.lm_key_env
@@ -329,7 +345,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             cfg = RunConfig(data="demo:tweets", ssm=args.ssm or list(DEMO_SSMS), lm=args.lm,
                             max_train=args.max_train, max_val=args.max_val, max_test=args.max_test,
-                            max_lm_rate=args.max_lm_rate, oof_folds=DEFAULT_OOF_FOLDS)
+                            max_lm_rate=args.max_lm_rate, oof_folds=DEFAULT_OOF_FOLDS,
+                            selection_metric=args.selection_metric, class_weight=args.class_weight,
+                            imbalance_ratio=args.imbalance_ratio)
             return run_and_report(cfg, args.out)
         if args.command == "predict":
             return cmd_predict(args)

@@ -34,6 +34,13 @@ from ea_core.llm.base import FAILED, MISSING_CONFIDENCE, UNPARSEABLE, LMAnswer, 
 from ea_core.llm.cost import SpendLedger
 from ea_core.llm.urls import strip_userinfo, userinfo_secret
 from ea_core.mining import DEFAULT_OOF_FOLDS
+from ea_core.models.common import (
+    CLASS_WEIGHTS,
+    DEFAULT_IMBALANCE_RATIO,
+    SELECTION_METRICS,
+    resolve_selection_metric,
+    selection_score,
+)
 from ea_core.resources import ResourceMeter
 from ea_core.router import StageOutput
 from ea_core.runfolder import RunFolder, fingerprint, load_arrays, read_json, save_arrays, write_json
@@ -81,6 +88,12 @@ class RunConfig:
     max_lm_rate: float = 0.3  # LM budget used to pick the reported operating point
     max_cost_per_1k: Optional[float] = None  # optional money budget (USD per 1,000 inputs), on top
     operating_point: str = "crossfit_guarded"  # how the reported point is chosen: ea_core.tuning.HONEST_RULES
+    # Imbalanced labels (ea_core.models.common): "auto" = on when the training split's largest/smallest
+    # class ratio is >= imbalance_ratio. selection_metric drives early stopping, the SSM ranking and
+    # threshold tuning alike; class_weight is every small model's loss weighting.
+    selection_metric: str = "auto"  # "auto", "accuracy" or "macro_f1"
+    class_weight: str = "auto"  # "auto", "balanced" or "none"
+    imbalance_ratio: float = DEFAULT_IMBALANCE_RATIO
 
     def validate(self) -> None:
         if not self.ssm:
@@ -110,6 +123,30 @@ class RunConfig:
                 raise ConfigError(f"{name} must be a price >= 0 in USD per 1M tokens.")
         if (self.price_in is None) != (self.price_out is None):
             raise ConfigError("Give both prices (--price-in and --price-out, USD per 1M tokens) or neither.")
+        if self.selection_metric not in SELECTION_METRICS:
+            raise ConfigError(f"--selection-metric must be one of {', '.join(SELECTION_METRICS)}.")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise ConfigError(f"--class-weight must be one of {', '.join(CLASS_WEIGHTS)}.")
+        if not (self.imbalance_ratio >= 1 and np.isfinite(self.imbalance_ratio)):
+            raise ConfigError("--imbalance-ratio must be a number >= 1 (largest / smallest class count).")
+
+    def metric_for(self, task: TaskData) -> str:
+        """The selection metric this run uses on `task`: ``accuracy`` or ``macro_f1`` (``auto``
+        resolves to macro_f1 when the training split is imbalanced past `imbalance_ratio`)."""
+        return resolve_selection_metric(self.selection_metric, task.train.labels, task.n_labels, self.imbalance_ratio)
+
+    def model_settings(self, spec: str) -> dict[str, Any]:
+        """Constructor settings for small model `spec`: the run-wide imbalance settings (only where
+        they differ from the models' defaults, so older runs keep their fingerprints), then the
+        per-kind `ssm_settings`, which win."""
+        run_wide: dict[str, Any] = {}
+        if self.selection_metric != "auto":
+            run_wide["selection_metric"] = self.selection_metric
+        if self.class_weight != "auto":
+            run_wide["class_weight"] = self.class_weight
+        if self.imbalance_ratio != DEFAULT_IMBALANCE_RATIO:
+            run_wide["imbalance_ratio"] = self.imbalance_ratio
+        return {**run_wide, **self.ssm_settings.get(spec.split(":", 1)[0], {})}
 
     def prices(self) -> Optional[dict[str, list[float]]]:
         """The user's prices for the LM model as a price-table entry (None: use the table's)."""
@@ -495,14 +532,15 @@ class Pipeline:
         cfg = self.config
         records = []
         for i, spec in enumerate(cfg.ssm):
-            settings = cfg.ssm_settings.get(spec.split(":", 1)[0], {})
+            settings = cfg.model_settings(spec)
             fp = fingerprint(cfg.data_fingerprint(), spec, settings)
             folder = self.folder.path("ssm", f"{i:02d}_{_safe(spec)}")
             records.append(self._train_small_model(
                 spec, folder, fp, lambda spec=spec, settings=settings: make_model(spec, self.task.labels, **settings),
                 self.task.train, warm=False))
-        # Eq. 7-8: rank by validation accuracy, best first (stable for ties: command-line order).
-        self.state.ssms = sorted(records, key=lambda r: -r.val_accuracy)
+        # Eq. 7-8: rank by the validation selection metric (accuracy, or macro-F1 on imbalanced
+        # labels), best first (stable for ties: command-line order).
+        self.state.ssms = rank_records(records, self.task.val.labels, cfg.metric_for(self.task), self.task.n_labels)
         write_json(self.folder.path("ranking.json"), [r.name for r in self.state.ssms])
 
     def _train_probs_for_mining(self) -> list[np.ndarray]:
@@ -518,7 +556,7 @@ class Pipeline:
             path = rec.folder / f"oof{cfg.oof_folds}.npz"
             if not path.is_file():
                 oof = np.zeros((len(self.task.train), self.task.n_labels))
-                settings = cfg.ssm_settings.get(rec.name.split(":", 1)[0], {})
+                settings = cfg.model_settings(rec.name)
                 for f, held in enumerate(folds):
                     self.cancel.check()
                     keep = np.setdiff1d(np.arange(len(self.task.train)), held)
@@ -698,6 +736,7 @@ class Pipeline:
             "task": {"name": st.task.name, "labels": st.task.labels, "pair": st.task.is_pair,
                      "sizes": {s: len(st.task.split(s)) for s in SPLITS}, "warnings": st.task.warnings},
             "ranking": [r.name for r in st.ssms],
+            "selection_metric": self.config.metric_for(st.task),
             "mining": st.mining.summary() if st.mining else None,
             "lm": st.lm_describe,
             "lm_usage": st.lm_usage,
@@ -705,6 +744,13 @@ class Pipeline:
             "calibration": st.calibration,
             "notes": st.notes,
         }
+
+
+def rank_records(records: list[StageRecord], y_val: np.ndarray, metric: str, n_labels: int) -> list[StageRecord]:
+    """Small models best first by `metric` (accuracy or macro_f1) on validation; stable for ties."""
+    scores = [selection_score(y_val, r.outputs()["val"].argmax(1), metric, n_labels) for r in records]
+    order = sorted(range(len(records)), key=lambda i: -(scores[i] if np.isfinite(scores[i]) else -np.inf))
+    return [records[i] for i in order]
 
 
 def lm_confidence_counts(lm_answers: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, int]]:

@@ -22,6 +22,12 @@ validation (``insample``, the old behaviour): LM at chance -0.06 / -1.25 and +0.
 -0.25 / -4.25 and -0.19 / -2.20); LM better overall +6.97 / +5.00 and +6.47 / +2.20 (old +7.16,
 +6.97); LM better on one class only +1.34 / -1.25 and +2.19 / +0.00 (old +3.56 / -1.25 and +3.19).
 It gives up some of the gain where the LM helps a little, in exchange for rarely paying for noise.
+
+Imbalanced labels: every row with predictions carries ``val_macro_f1`` / ``macro_f1`` (test) and
+``val_recall`` / ``test_recall`` (per-class recall, label -> share of that class's examples
+answered right; scikit-learn's ``recall_score``), so a system that always answers the majority
+shows a 0 there whatever its accuracy. Thresholds are tuned for the run's selection metric
+(`RunConfig.metric_for`: accuracy, or macro-F1 on imbalanced labels; recorded in tuning.json).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import numpy as np
 
 from ea_core.events import ProgressCallback, ProgressEvent
 from ea_core.llm.base import FAILED, UNPARSEABLE
-from ea_core.metrics import bootstrap_ci
+from ea_core.metrics import bootstrap_ci, macro_f1
 from ea_core.pipeline import RunState, StageRecord
 from ea_core.router import StageOutput, evaluate, route
 from ea_core.runfolder import write_json
@@ -46,7 +52,8 @@ TABLE_COLUMNS = (
     ("system", "system", "{}"),
     ("val_accuracy", "val acc", "{:.2%}"),
     ("test_accuracy", "test acc", "{:.2%}"),
-    ("macro_f1", "macro-F1", "{:.3f}"),
+    ("val_macro_f1", "val macro-F1", "{:.3f}"),
+    ("macro_f1", "test macro-F1", "{:.3f}"),
     ("lm_call_rate", "LM calls %", "{:.1%}"),
     ("train_time_s", "train s", "{:.1f}"),
     ("peak_rss_mb", "peak MB", "{:.0f}"),
@@ -161,17 +168,19 @@ def tune_systems(state: RunState, callback: Optional[ProgressCallback] = None,
     module docstring for why; ``insample`` is the old: best validation accuracy)."""
     cfg, y_val = state.config, state.task.val.labels
     rule = rule or getattr(cfg, "operating_point", None) or HONEST_DEFAULT
+    metric = cfg.metric_for(state.task)
     systems = routed_systems(state)
     out: dict[str, dict[str, Any]] = {}
     for i, (system, layers) in enumerate(systems.items()):
         stages = state.stage_outputs("val", layers)
         c = choose_operating_point(stages, y_val, system_candidates(state, layers), rule=rule,
-                                   max_lm_rate=cfg.max_lm_rate, max_cost_per_1k=cfg.max_cost_per_1k, seed=cfg.seed)
+                                   max_lm_rate=cfg.max_lm_rate, max_cost_per_1k=cfg.max_cost_per_1k, seed=cfg.seed,
+                                   metric=metric)
         m = evaluate(stages, c.thresholds, y_val)
         val = {"thresholds": c.thresholds, "accuracy": m.accuracy, "lm_call_rate": m.lm_call_rate,
                "cost_per_1k_usd": m.cost_per_1k_usd, "method": f"rule {rule}: {c.system}"}
         out[system] = {"layers": list(layers), "stages": [s.name for s in stages], "thresholds": c.thresholds,
-                       "val": val, "rule": rule, "chosen": c.system,
+                       "val": val, "rule": rule, "chosen": c.system, "selection_metric": metric,
                        "crossfit_accuracy": None if np.isnan(c.crossfit_accuracy) else c.crossfit_accuracy,
                        "candidates_crossfit_accuracy": c.detail.get("crossfit_accuracy")}
         if callback is not None:
@@ -229,31 +238,56 @@ def build_rows(state: RunState, tuning: Optional[dict[str, dict[str, Any]]] = No
     return add_accuracy_cis(state, rows, tuning)
 
 
+def row_pred(state: RunState, system: str, split: str, tuning: dict[str, dict[str, Any]]) -> Optional[np.ndarray]:
+    """Per-example answers of a results row's system on a split (None for the oracle, which has
+    no single answer, or an unknown system). Negative answers (LM failures) count as misses."""
+    records = state.records()
+    if system in records:
+        return records[system].outputs()[split].argmax(1)
+    if system == "lm":
+        return state.lm_answers[split]["label"]
+    if system in tuning and system != "oracle":
+        return route(state.stage_outputs(split, tuple(tuning[system]["layers"])), tuning[system]["thresholds"]).pred
+    return None
+
+
 def row_hits(state: RunState, system: str, split: str, tuning: dict[str, dict[str, Any]]) -> Optional[np.ndarray]:
     """Per-example correctness of a results row's system on a split (None for an unknown system)."""
     y = state.task.split(split).labels
-    records = state.records()
-    if system in records:
-        return records[system].outputs()[split].argmax(1) == y
-    if system == "lm":
-        return state.lm_answers[split]["label"] == y
     if system == "oracle":
         stages = state.stage_outputs(split)
         return np.any([s.pred == y for s in stages], axis=0)
-    if system in tuning:
-        return route(state.stage_outputs(split, tuple(tuning[system]["layers"])), tuning[system]["thresholds"]).pred == y
-    return None
+    pred = row_pred(state, system, split, tuning)
+    return None if pred is None else pred == y
+
+
+def class_recall(y: np.ndarray, hits: np.ndarray, labels: Sequence[str]) -> dict[str, Optional[float]]:
+    """Recall of each label (None for a label with no example in `y`), from per-example hits."""
+    from sklearn.metrics import recall_score
+
+    y = np.asarray(y)
+    counts = np.bincount(y, minlength=len(labels))
+    pred = np.where(hits, y, -1)  # a miss is an answer that is no label: recall only sees hits
+    rec = recall_score(y, pred, labels=list(range(len(labels))), average=None, zero_division=0.0) if y.size \
+        else np.zeros(len(labels))
+    return {name: (float(r) if counts[i] else None) for i, (name, r) in enumerate(zip(labels, rec))}
 
 
 def add_accuracy_cis(state: RunState, rows: list[dict[str, Any]], tuning: dict[str, dict[str, Any]],
                      n_boot: int = 1000) -> list[dict[str, Any]]:
     """``val_accuracy_ci`` / ``test_accuracy_ci``: 95% bootstrap intervals [lo, hi] of each row's
-    accuracy (seeded by the run's seed), so a gap within noise reads as one."""
+    accuracy (seeded by the run's seed), so a gap within noise reads as one; and beside them each
+    row's per-class recall (``val_recall`` / ``test_recall``) and validation macro-F1."""
+    labels = state.task.labels
     for row in rows:
         for split in ("val", "test"):
             hits = row_hits(state, row["system"], split, tuning)
             if hits is not None:
                 row[f"{split}_accuracy_ci"] = bootstrap_ci(hits, n_boot=n_boot, seed=state.config.seed)
+                row[f"{split}_recall"] = class_recall(state.task.split(split).labels, hits, labels)
+        pred = row_pred(state, row["system"], "val", tuning)
+        if pred is not None:
+            row["val_macro_f1"] = macro_f1(state.task.val.labels, pred, len(labels))
     return rows
 
 

@@ -46,6 +46,14 @@ thresholds are above its bins and stage k's is not): O(n + cells) work, no routi
   ``max_refine`` of the coarse front's points by single-stage coordinate ascent under their own
   budget, so `autotune` at a budget can sit slightly above the displayed front.
 
+Selection metric: `autotune`, `choose_operating_point` and the cross-fitting take
+``metric="accuracy"`` (default) or ``"macro_f1"``. Macro-F1 is not a sum over examples, so the
+grid search cannot count it per cell; with ``"macro_f1"`` every "correct" count above is weighted
+by scikit-learn's ``compute_sample_weight("balanced", y)`` (n / (K * class count)), which makes
+the objective balanced accuracy (mean per-class recall), macro-F1's additive stand-in: a
+minority-class input is worth as much of the score as its class is rare. Ties then use a float
+tolerance instead of half a count.
+
 Money: a paid stage costs its price for every input that reaches it (see `ea_core.router`).
 Search state (sorted confidences, candidate grids, grid tensors) is cached on a `StageStack`, so
 a UI that keeps one stack per split re-runs only the selection when the budget slider moves.
@@ -62,6 +70,7 @@ from scipy.special import logsumexp
 
 from ea_core.errors import ConfigError, DataError
 from ea_core.metrics import check_labels
+from ea_core.models.common import SELECTION_METRICS
 from ea_core.router import StagesLike, StageStack, as_stack
 
 #: A threshold above every confidence: the stage never answers, it always passes on.
@@ -69,6 +78,19 @@ NEVER_TAKES = 1.01
 #: Largest candidate grid searched exhaustively (cells = product of candidates per tunable stage).
 MAX_EXACT_CELLS = 1_000_000
 _EPS_COST = 1e-9  # relative slack for float money comparisons
+
+
+def metric_weights(y: np.ndarray, metric: str = "accuracy") -> Optional[np.ndarray]:
+    """Per-example weights of a selection `metric` in threshold search: None for accuracy (every
+    example counts 1), scikit-learn's balanced sample weights for macro_f1 (see the module docstring)."""
+    if metric not in SELECTION_METRICS or metric == "auto":
+        raise ConfigError(f"metric must be 'accuracy' or 'macro_f1', not {metric!r}.")
+    if metric == "accuracy":
+        return None
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    y = np.asarray(y)
+    return compute_sample_weight("balanced", y) if y.size else np.zeros(0)
 
 
 # =============================================================================================
@@ -251,7 +273,8 @@ def _bins_sorted(order: np.ndarray, sc: np.ndarray, cands: np.ndarray) -> np.nda
 class _Search:
     """Validation outputs prepared for threshold search (see the module docstring)."""
 
-    def __init__(self, stack: StageStack, n_candidates: Optional[int], base: Optional["_Search"] = None) -> None:
+    def __init__(self, stack: StageStack, n_candidates: Optional[int], base: Optional["_Search"] = None,
+                 weights: Optional[np.ndarray] = None) -> None:
         if stack.n == 0:
             raise DataError("Threshold tuning needs labelled validation examples; there are none.")
         self.stack = stack
@@ -263,8 +286,14 @@ class _Search:
         if base is not None:  # same stages and labels, other candidates: share the big arrays
             self.correct, self.cum_cost, self.reach_lm = base.correct, base.cum_cost, base.reach_lm
             self.calls_mat = base.calls_mat
+            self.tol = base.tol
         else:
             self.correct = stack.correct.astype(np.float64)
+            # Counts are integers (ties within half a count) unless weighted by a selection metric.
+            self.tol = 0.5
+            if weights is not None:
+                self.correct = self.correct * np.asarray(weights, dtype=np.float64)[None, :]
+                self.tol = 1e-9 * max(float(np.sum(weights)), 1.0)
             # Cumulative money if answered by stage a: sum of the prices of paid stages <= a.
             spend = np.zeros((self.S, self.n))
             for row, k in enumerate(stack.paid):
@@ -430,10 +459,11 @@ class _Search:
                 acc_j, calls_j, money_j = tables
                 if penalty is None:
                     ok = (calls_j <= calls_cap + 0.5) & (money_j <= money_cap)
-                    best = _pick(acc_j, calls_j, money_j, ok)
+                    best = _pick(acc_j, calls_j, money_j, ok, tol=self.tol)
                     if best < 0:
                         continue
-                    improved = _better((float(acc_j[best]), float(calls_j[best]), float(money_j[best])), cur)
+                    improved = _better((float(acc_j[best]), float(calls_j[best]), float(money_j[best])), cur,
+                                       self.tol)
                 else:
                     value = acc_j - penalty[0] * calls_j - penalty[1] * money_j
                     best = _pick(value, calls_j, money_j, np.ones(value.size, bool), tol=1e-9)
@@ -564,12 +594,12 @@ class _Search:
                 if self.has_cost and use_money:
                     money_t = table(self.cum_cost, cur[2])
                     ok &= money_t <= money_cap
-                best = _pick(acc_t.ravel(), calls_t.ravel(), money_t.ravel(), ok.ravel())
+                best = _pick(acc_t.ravel(), calls_t.ravel(), money_t.ravel(), ok.ravel(), tol=self.tol)
                 if best < 0:
                     continue
                 bk_new, bl_new = divmod(best, ml)
                 cand = (float(acc_t.flat[best]), float(calls_t.flat[best]), float(money_t.flat[best]))
-                if (bk_new, bl_new) != (j[k], j[l]) and _better(cand, cur):
+                if (bk_new, bl_new) != (j[k], j[l]) and _better(cand, cur, self.tol):
                     j[k], j[l] = bk_new, bl_new
                     take[k] = self.bins[k] > bk_new
                     take[l] = self.bins[l] > bl_new
@@ -604,10 +634,10 @@ def _pick(acc: np.ndarray, calls: np.ndarray, money: np.ndarray, ok: np.ndarray,
     return int(np.argmin(np.where(tie, money, np.inf)))
 
 
-def _better(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
-    """Lexicographically better: more correct, then fewer LM calls, then less money."""
-    if a[0] != b[0]:
-        return a[0] > b[0] + 0.5
+def _better(a: tuple[float, float, float], b: tuple[float, float, float], tol: float = 0.5) -> bool:
+    """Lexicographically better: more correct (by more than `tol`), then fewer LM calls, then less money."""
+    if abs(a[0] - b[0]) > tol:
+        return a[0] > b[0]
     if a[1] != b[1]:
         return a[1] < b[1] - 0.5
     return a[2] < b[2] - _EPS_COST * max(abs(b[2]), 1e-12)
@@ -632,11 +662,11 @@ def _caps(search: _Search, max_lm_rate: Optional[float], max_cost_per_1k: Option
 
 
 def _prepared(
-    stack: StageStack, n_candidates: Optional[int], max_cells: int, grid: bool = True
+    stack: StageStack, n_candidates: Optional[int], max_cells: int, grid: bool = True, metric: str = "accuracy"
 ) -> tuple[_Search, Optional[list[np.ndarray]], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The search, its coarse subsets and grid tensors, cached on the stack so that moving a budget
     slider only re-runs the selection (the cache holds one setting and is cleared with the labels)."""
-    key = ("search", n_candidates)
+    key = ("search", n_candidates, metric)
     search = stack.cache.get(key)
     if search is None:
         if stack.n == 0:
@@ -644,7 +674,7 @@ def _prepared(
         for k in [k for k in stack.cache if isinstance(k, tuple)]:
             del stack.cache[k]
         stack.cache.pop("fine", None)
-        search = stack.cache[key] = _Search(stack, n_candidates)
+        search = stack.cache[key] = _Search(stack, n_candidates, weights=metric_weights(stack.y, metric))
     if not grid or search.F == 0:
         return search, None, (np.zeros(0), np.zeros(0), np.zeros(0))
     gkey = ("grid", n_candidates, max_cells)
@@ -704,6 +734,7 @@ def autotune(
     max_exact_cells: int = MAX_EXACT_CELLS,
     restarts: int = 4,
     polish: bool = True,
+    metric: str = "accuracy",
 ) -> OperatingPoint:
     """Thresholds maximising validation accuracy within the budget (LM call share and/or money per
     1,000 inputs); ties go to fewer LM calls, then less money. Raises `ConfigError` if no
@@ -712,9 +743,12 @@ def autotune(
     The search over the candidate grid is exact when it fits `max_exact_cells` (else coarse grid +
     coordinate ascent, see the module docstring); `polish` then runs coordinate ascent over every
     distinct routing of each stage, which can only raise validation accuracy.
+
+    ``metric="macro_f1"`` maximises balanced accuracy instead (see the module docstring); the
+    returned point still reports plain accuracy.
     """
     stack = as_stack(stages, y)
-    search = _prepared(stack, n_candidates, max_exact_cells, grid=False)[0]
+    search = _prepared(stack, n_candidates, max_exact_cells, grid=False, metric=metric)[0]
     calls_cap, money_cap = _caps(search, max_lm_rate, max_cost_per_1k)
     what = ", ".join(
         s for s in (
@@ -727,7 +761,7 @@ def autotune(
         if calls > calls_cap + 0.5 or money > money_cap:
             raise _infeasible(search, np.array([calls]), np.array([money]), what)
         return _final_point(stack, [0.0], "single stage")
-    search, sub, (acc, calls, money) = _prepared(stack, n_candidates, max_exact_cells)
+    search, sub, (acc, calls, money) = _prepared(stack, n_candidates, max_exact_cells, metric=metric)
     ok = (calls <= calls_cap + 0.5) & (money <= money_cap)
     if not ok.any():
         raise _infeasible(search, calls, money, what)
@@ -813,7 +847,7 @@ def _polish(search: _Search, thresholds: list[float], calls_cap: float, money_ca
     """Coordinate ascent over every distinct routing of each stage, from `thresholds`; stages it
     does not move keep their threshold."""
     fine = search.stack.cache.get("fine")
-    if fine is None:
+    if fine is None or fine.correct is not search.correct:
         fine = search.stack.cache["fine"] = _Search(search.stack, None, base=search)
     # Fine candidate r takes the distinct confidences values[r:], as does any threshold in (values[r-1], values[r]].
     start = [int(np.searchsorted(fine.values[k], thresholds[k], side="left")) for k in range(fine.F)]
@@ -1027,14 +1061,15 @@ def subset_stages(stages: Sequence[Any], index: np.ndarray) -> list[Any]:
 
 
 def _tune_kept(stages: Sequence[Any], y: np.ndarray, keep: Sequence[int], max_lm_rate: Optional[float],
-               max_cost_per_1k: Optional[float]) -> list[float]:
+               max_cost_per_1k: Optional[float], metric: str = "accuracy") -> list[float]:
     """Thresholds of the full cascade with only the stages `keep` switched on, tuned on (stages, y)."""
     n_st = len(stages)
     keep = sorted(keep)
     sub = [stages[i] for i in keep]
     has_paid = any(s.is_lm or s.cost_usd is not None for s in sub)
     point = autotune(sub, y, max_lm_rate=max_lm_rate if has_paid else None,
-                     max_cost_per_1k=max_cost_per_1k if has_paid and any(s.cost_usd is not None for s in sub) else None)
+                     max_cost_per_1k=max_cost_per_1k if has_paid and any(s.cost_usd is not None for s in sub) else None,
+                     metric=metric)
     thr = [NEVER_TAKES] * n_st
     for i, t in zip(keep, point.thresholds):
         thr[i] = float(t)
@@ -1062,7 +1097,8 @@ def stratified_folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
 
 
 def crossfit_correct(stages: Sequence[Any], y: np.ndarray, keep: Sequence[int], *, folds: Sequence[np.ndarray],
-                     max_lm_rate: Optional[float] = None, max_cost_per_1k: Optional[float] = None) -> np.ndarray:
+                     max_lm_rate: Optional[float] = None, max_cost_per_1k: Optional[float] = None,
+                     metric: str = "accuracy") -> np.ndarray:
     """Per validation example: is it right under thresholds tuned on the *other* folds? The mean is
     an estimate of the tuned system's accuracy on new data (up to the other uses of validation)."""
     y = np.asarray(y)
@@ -1071,7 +1107,7 @@ def crossfit_correct(stages: Sequence[Any], y: np.ndarray, keep: Sequence[int], 
     for held in folds:
         fit = np.setdiff1d(all_idx, held)
         try:
-            thr = _tune_kept(subset_stages(stages, fit), y[fit], keep, max_lm_rate, max_cost_per_1k)
+            thr = _tune_kept(subset_stages(stages, fit), y[fit], keep, max_lm_rate, max_cost_per_1k, metric)
         except ConfigError:  # the budget cannot be met on this fold: count the fold as missed
             continue
         out[held] = _correct(subset_stages(stages, held), thr, y[held])
@@ -1098,6 +1134,7 @@ def choose_operating_point(
     quantile: float = 0.05,
     shrink: float = 0.5,
     seed: int = 0,
+    metric: str = "accuracy",
 ) -> HonestChoice:
     """The reported operating point of a cascade, by one of `HONEST_RULES`.
 
@@ -1122,6 +1159,11 @@ def choose_operating_point(
       candidate's (within the budget, else the simplest).
 
     Why the default: see the module docstring of ea_core.report and bench/bench_honest.py.
+
+    ``metric="macro_f1"``: thresholds maximise balanced accuracy (`metric_weights`), and the
+    cross-fitted scores and bootstrap gains compare balanced-weighted per-example correctness, so
+    a candidate wins by recovering rare classes, not by answering the majority. `HonestChoice`'s
+    accuracies stay plain accuracy; ``detail["crossfit_score"]`` holds the metric's scores.
     """
     if rule not in HONEST_RULES:
         raise ConfigError(f"Unknown operating-point rule {rule!r}; choose one of {', '.join(HONEST_RULES)}.")
@@ -1135,14 +1177,21 @@ def choose_operating_point(
         return HonestChoice(rule, system, [float(t) for t in thr], m.accuracy, cf, m.lm_call_rate, detail)
 
     def fitted(system: str) -> list[float]:
-        return _tune_kept(stages, y, candidates[system], max_lm_rate, max_cost_per_1k)
+        return _tune_kept(stages, y, candidates[system], max_lm_rate, max_cost_per_1k, metric)
+
+    w = metric_weights(y, metric)
+    w = np.ones(len(y)) if w is None else w
+
+    def weighted(hits: np.ndarray) -> np.ndarray:  # per-example score: mean = accuracy or balanced accuracy
+        return hits * w
 
     if rule == "insample":
         return finish(full, fitted(full), float("nan"), {})
     if rule in ("bootstrap_keep_simpler", "shrink"):
         thr_full, thr_simple = fitted(full), fitted(simplest)
         if rule == "bootstrap_keep_simpler":
-            diff = paired_bootstrap(_correct(stages, thr_full, y), _correct(stages, thr_simple, y), n_boot=n_boot, seed=seed)
+            diff = paired_bootstrap(weighted(_correct(stages, thr_full, y)), weighted(_correct(stages, thr_simple, y)),
+                                    n_boot=n_boot, seed=seed)
             lo = float(np.quantile(diff, quantile))
             return finish(full if lo > 0 else simplest, thr_full if lo > 0 else thr_simple, float("nan"),
                           {"gain_quantile": lo})
@@ -1162,8 +1211,9 @@ def choose_operating_point(
         return finish(simplest, thr_simple, float("nan"), {"over_budget": True}) if over else \
             finish(f"{full} (shrunk {shrink:g})", thr, float("nan"), {})
     folds = stratified_folds(y, k_folds, seed)
-    correct = {s: crossfit_correct(stages, y, candidates[s], folds=folds, max_lm_rate=max_lm_rate,
-                                   max_cost_per_1k=max_cost_per_1k) for s in names}
+    hits = {s: crossfit_correct(stages, y, candidates[s], folds=folds, max_lm_rate=max_lm_rate,
+                                max_cost_per_1k=max_cost_per_1k, metric=metric) for s in names}
+    correct = {s: weighted(h) for s, h in hits.items()}
     scores = {s: float(c.mean()) for s, c in correct.items()}
     best = simplest
     if rule == "crossfit_guarded":
@@ -1181,4 +1231,6 @@ def choose_operating_point(
             lo = float(np.quantile(paired_bootstrap(correct[s], correct[best], n_boot=n_boot, seed=seed), quantile))
             if lo > 0:
                 best = s
-    return finish(best, fitted(best), scores[best], {"crossfit_accuracy": scores})
+    accuracies = {s: float(h.mean()) for s, h in hits.items()}
+    return finish(best, fitted(best), accuracies[best], {"crossfit_accuracy": accuracies, "crossfit_score": scores,
+                                                         "metric": metric})

@@ -84,6 +84,29 @@ def _fmt_row(r: dict[str, Any]) -> list[str]:
             usd(r.get("cost_per_1k_usd")) if r.get("cost_per_1k_usd") is not None else "-"]
 
 
+def recall_table(rows: list[dict[str, Any]], labels: list[str]) -> str:
+    """Per-class recall of each system as a compact Markdown table: test recall, validation in
+    brackets. Accuracy hides a system that answers the majority class; a 0% column shows it."""
+    shown = [r for r in rows if r.get("test_recall") and r["system"] != "oracle"]
+    if not shown:
+        return ""
+
+    def cell(r: dict[str, Any], label: str) -> str:
+        test, val = (r.get("test_recall") or {}).get(label), (r.get("val_recall") or {}).get(label)
+        return f"{pct(test)} ({pct(val)})" if val is not None else pct(test)
+
+    def esc(text: str) -> str:
+        return str(text).replace("|", "\\|")
+
+    lines = ["**Recall per class** (test, validation in brackets)", "",
+             "| system | " + " | ".join(esc(name) for name in labels) + " |",
+             "|---|" + "---:|" * len(labels)]
+    for r in shown:
+        name = esc(SYSTEM_TITLES.get(r["system"], r["system"]))
+        lines.append(f"| {name} | " + " | ".join(cell(r, label) for label in labels) + " |")
+    return "\n".join(lines)
+
+
 def views(studio: Studio, owner: Optional[str], run_id: Optional[str], request: gr.Request) -> tuple[Any, ...]:
     """The tab for a finished run: tables, summary, downloads (copies in the session's folder)."""
     import pandas as pd
@@ -106,7 +129,8 @@ def views(studio: Studio, owner: Optional[str], run_id: Optional[str], request: 
                                                                          "accuracy there"])
     lines = [f"**{state.task.name}** · labels {', '.join(state.task.labels)} · train {len(state.task.train):,} / "
              f"val {len(state.task.val):,} / test {len(state.task.test):,}",
-             f"SSM ranking (validation accuracy): {', '.join(r.name for r in state.ssms)}"]
+             f"SSM ranking (validation {state.config.metric_for(state.task).replace('_', '-')}): "
+             f"{', '.join(r.name for r in state.ssms)}"]
     if state.mining is not None:
         m = state.mining.summary()
         lines.append(f"Mining: {m['sent_to_lm']:,} of {m['n_train']:,} training examples sent to the LM, "
@@ -118,6 +142,9 @@ def views(studio: Studio, owner: Optional[str], run_id: Optional[str], request: 
     lines += [f"Note: {n}" for n in state.notes]
     lines += [f"{SYSTEM_TITLES.get(r['system'], r['system'])}: {r['note']}" for r in rows
               if r.get("note") and r["system"] != "oracle"]
+    recall = recall_table(rows, state.task.labels)
+    if recall:
+        lines.append(recall)
     out = _download_dir(session, run_id)
     files = {}
     for name in ("results.csv", "results.json"):

@@ -13,6 +13,12 @@ Cache folder: the `cache_dir` setting, else ``$EA_CACHE_DIR/embeddings``, else
 ``~/.cache/ea_studio/embeddings`` (a model loaded from a bundle always uses the latter two: a
 bundle never chooses where this machine writes). Entries are plain ``.npy`` files read with
 ``allow_pickle=False``; deleting the folder is always safe.
+
+Imbalanced labels: ``class_weight`` ("auto", "balanced", "none") weights the cross-entropy by
+scikit-learn's ``compute_class_weight("balanced")``; "auto" does so when the training split's
+largest class has at least `imbalance_ratio` times the examples of its smallest. Early stopping
+keeps the epoch with the best ``selection_metric`` on validation (accuracy, macro-F1, or "auto":
+macro-F1 when imbalanced). A warm start trains its few hard examples unweighted.
 """
 
 from __future__ import annotations
@@ -32,11 +38,18 @@ from ea_core.events import CancelToken, ProgressCallback
 from ea_core.models.base import SmallModel, check_tensor, damaged, read_tensors, register
 from ea_core.models.catalog import is_local, resolve_model
 from ea_core.models.common import (
+    CLASS_WEIGHTS,
+    DEFAULT_IMBALANCE_RATIO,
+    SELECTION_METRICS,
     BestWeights,
     Progress,
+    check_choice,
     check_training_data,
     check_warm_labels,
+    class_weights,
     cross_entropy_np,
+    resolve_selection_metric,
+    selection_score,
     softmax_np,
     usable_val,
 )
@@ -214,6 +227,9 @@ class EncoderHeadModel(SmallModel):
         cache_dir: Optional[str] = None,
         use_cache: bool = True,
         save_encoder: bool = False,
+        class_weight: str = "auto",
+        imbalance_ratio: float = DEFAULT_IMBALANCE_RATIO,
+        selection_metric: str = "auto",
     ) -> None:
         self.model = str(model)
         self.max_length = int(max_length)
@@ -235,6 +251,9 @@ class EncoderHeadModel(SmallModel):
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.use_cache = bool(use_cache)
         self.save_encoder = bool(save_encoder)
+        self.class_weight = check_choice("class_weight", str(class_weight), CLASS_WEIGHTS)
+        self.imbalance_ratio = float(imbalance_ratio)
+        self.selection_metric = check_choice("selection_metric", str(selection_metric), SELECTION_METRICS)
         if self.epochs < 1 or self.batch_size < 1 or self.embed_batch_size < 1 or self.max_length < 2 or self.lr <= 0:
             raise ModelError("head needs epochs >= 1, batch_size >= 1, embed_batch_size >= 1, max_length >= 2 "
                              "and lr > 0.")
@@ -243,6 +262,9 @@ class EncoderHeadModel(SmallModel):
         self.scale_: Optional[np.ndarray] = None
         self.history_: list[dict[str, Any]] = []
         self.best_val_accuracy_: Optional[float] = None
+        self.best_val_score_: Optional[float] = None  # of `selection_metric_` (accuracy or macro-F1)
+        self.class_weight_: Optional[np.ndarray] = None  # per-label loss weights of the last fresh fit
+        self.selection_metric_: Optional[str] = None
         #: Encoder forward passes (batches) run by this instance: lets tests and UIs see cache hits.
         self.encoder_calls_ = 0
         self._encoder_source: Optional[str] = None  # overrides MODEL when the encoder was saved along
@@ -279,6 +301,9 @@ class EncoderHeadModel(SmallModel):
             "cache_dir": self.cache_dir,
             "use_cache": self.use_cache,
             "save_encoder": self.save_encoder,
+            "class_weight": self.class_weight,
+            "imbalance_ratio": self.imbalance_ratio,
+            "selection_metric": self.selection_metric,
         }
 
     # ------------------------------------------------------------------ embeddings
@@ -452,14 +477,20 @@ class EncoderHeadModel(SmallModel):
         # for a <= 5 pt validation loss; 10x more steps learns all and loses 10-15 pt.
         epochs = self.warm_start_epochs if warm else self.epochs
         lr = self.warm_start_lr if warm else self.lr
+        k, y = len(labels), np.asarray(train.labels)
+        weights = None if warm else class_weights(y, k, self.class_weight, self.imbalance_ratio)
+        if not warm:
+            self.class_weight_ = weights
+            self.selection_metric_ = resolve_selection_metric(self.selection_metric, y, k, self.imbalance_ratio)
+        loss_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
         # torch's thread count is process-wide and so not changed here: a CPU shared with other
         # busy work trains this head fastest with 1 thread (see `ea_core.process`).
         self._train_head(xt, yt, xv, None if val is None else val.labels, lr, epochs,
-                         Progress(stage, epochs, callback, cancel))
+                         Progress(stage, epochs, callback, cancel), loss_weight)
         return self
 
     def _train_head(self, xt: Any, yt: Any, xv: Any, yv: Optional[np.ndarray], lr: float, epochs: int,
-                    progress: Progress) -> None:
+                    progress: Progress, loss_weight: Any = None) -> None:
         """Mini-batch AdamW on the embeddings; keep the weights of the best validation epoch.
 
         Batch order and dropout masks come from one generator seeded with `seed`: the same seed
@@ -472,18 +503,19 @@ class EncoderHeadModel(SmallModel):
         gen = torch.Generator().manual_seed(self.seed)
         set_generator(self.head_, gen)
         try:
-            self._train_epochs(xt, yt, xv, yv, lr, epochs, progress, gen)
+            self._train_epochs(xt, yt, xv, yv, lr, epochs, progress, gen, loss_weight)
         finally:
             set_generator(self.head_, None)
 
     def _train_epochs(self, xt: Any, yt: Any, xv: Any, yv: Optional[np.ndarray], lr: float, epochs: int,
-                      progress: Progress, gen: Any) -> None:
+                      progress: Progress, gen: Any, loss_weight: Any = None) -> None:
         import torch
         import torch.nn.functional as F
 
         head = self.head_
         optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=self.weight_decay)
         best = BestWeights(self.patience)
+        metric = self.selection_metric_ or "accuracy"
         stop = False
         self.history_ = []
         for epoch in range(epochs):
@@ -491,7 +523,7 @@ class EncoderHeadModel(SmallModel):
             head.train()
             total, seen = 0.0, 0
             for idx in torch.randperm(len(xt), generator=gen).split(self.batch_size):
-                loss = F.cross_entropy(head(xt[idx]), yt[idx])
+                loss = F.cross_entropy(head(xt[idx]), yt[idx], weight=loss_weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -502,17 +534,28 @@ class EncoderHeadModel(SmallModel):
                 head.eval()
                 with torch.inference_mode():
                     val_logits = head(xv).numpy()
-                val_acc = float((val_logits.argmax(axis=1) == yv).mean())
+                val_pred = val_logits.argmax(axis=1)
+                val_acc = float((val_pred == yv).mean())
+                val_score = selection_score(yv, val_pred, metric, val_logits.shape[1])
                 val_loss = cross_entropy_np(val_logits, yv)
-                stop = best.update(head, val_acc, val_loss)
+                stop = best.update(head, val_score, val_loss)
             self.history_.append({"epoch": epoch + 1, "loss": total / seen, "val_accuracy": val_acc,
-                                  "val_loss": None if xv is None else val_loss})
+                                  "val_loss": None if xv is None else val_loss,
+                                  "val_score": None if xv is None else val_score, "metric": metric})
             progress.emit(epoch + 1, loss=total / seen, val_accuracy=val_acc, total=epoch + 1 if stop else None,
                           message="early stop" if stop else "training head")
             if stop:
                 break
-        self.best_val_accuracy_ = best.restore(head)
+        self.best_val_score_ = best.restore(head)
+        self.best_val_accuracy_ = self._best_accuracy(self.best_val_score_)
         head.eval()
+
+    def _best_accuracy(self, best_score: Optional[float]) -> Optional[float]:
+        """Validation accuracy of the epoch early stopping kept (from the history)."""
+        if best_score is None:
+            return None
+        kept = [h for h in self.history_ if h.get("val_score") == best_score]
+        return min(kept, key=lambda h: h["val_loss"])["val_accuracy"] if kept else None
 
     # ------------------------------------------------------------------ inference
 

@@ -4,8 +4,11 @@ A custom loop rather than `Trainer`, because on a laptop CPU the time goes into 
 are tokenised once, batched by similar length (mega-chunks sorted by length, batch order
 shuffled) and padded per batch, which does ~40% fewer token-passes than random batches on
 tweets. AdamW with linear warmup/decay, gradient clipping, evaluation under
-`torch.inference_mode`, early stopping on validation accuracy keeping the best weights, mixed
-precision on GPU only. Saved with `save_pretrained` (safetensors) plus the tokenizer.
+`torch.inference_mode`, early stopping on validation accuracy (or macro-F1: `selection_metric`)
+keeping the best weights, mixed precision on GPU only. Saved with `save_pretrained` (safetensors)
+plus the tokenizer. ``class_weight`` weights the cross-entropy by scikit-learn's
+``compute_class_weight("balanced")`` ("auto": when the training split's largest/smallest class
+ratio is at least `imbalance_ratio`; a warm start trains unweighted).
 
 Randomness (the new classifier layer's initial weights, dropout inside the transformer) comes
 from torch's global generators, which transformers' models offer no way around: `fit` seeds them
@@ -29,11 +32,18 @@ from ea_core.events import CancelToken, ProgressCallback
 from ea_core.models.base import SmallModel, damaged, register
 from ea_core.models.catalog import resolve_model
 from ea_core.models.common import (
+    CLASS_WEIGHTS,
+    DEFAULT_IMBALANCE_RATIO,
+    SELECTION_METRICS,
     BestWeights,
     Progress,
+    check_choice,
     check_training_data,
     check_warm_labels,
+    class_weights,
     cross_entropy_np,
+    resolve_selection_metric,
+    selection_score,
     softmax_np,
     usable_val,
 )
@@ -114,6 +124,9 @@ class FineTuneModel(SmallModel):
         precision: str = "auto",
         threads: Optional[int] = None,
         from_config: Optional[dict[str, Any]] = None,
+        class_weight: str = "auto",
+        imbalance_ratio: float = DEFAULT_IMBALANCE_RATIO,
+        selection_metric: str = "auto",
     ) -> None:
         self.model = str(model)
         self.epochs = int(epochs)
@@ -135,6 +148,9 @@ class FineTuneModel(SmallModel):
         self.threads = threads  # kept so saved configs load; see `ea_core.process.configure_process`
         warn_ignored_threads(f"finetune:{self.model}", threads)
         self.from_config = None if from_config is None else dict(from_config)
+        self.class_weight = check_choice("class_weight", str(class_weight), CLASS_WEIGHTS)
+        self.imbalance_ratio = float(imbalance_ratio)
+        self.selection_metric = check_choice("selection_metric", str(selection_metric), SELECTION_METRICS)
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1 or self.max_length < 2 or self.lr <= 0:
             raise ModelError("finetune needs epochs >= 1, batch_size >= 1, eval_batch_size >= 1, max_length >= 2 "
                              "and lr > 0.")
@@ -142,6 +158,9 @@ class FineTuneModel(SmallModel):
         self.tokenizer_: Any = None
         self.history_: list[dict[str, Any]] = []
         self.best_val_accuracy_: Optional[float] = None
+        self.best_val_score_: Optional[float] = None  # of `selection_metric_` (accuracy or macro-F1)
+        self.class_weight_: Optional[np.ndarray] = None  # per-label loss weights of the last fresh fit
+        self.selection_metric_: Optional[str] = None
 
     @property
     def spec(self) -> str:
@@ -168,6 +187,9 @@ class FineTuneModel(SmallModel):
             "precision": self.precision,
             "threads": self.threads,
             "from_config": self.from_config,
+            "class_weight": self.class_weight,
+            "imbalance_ratio": self.imbalance_ratio,
+            "selection_metric": self.selection_metric,
         }
 
     # ------------------------------------------------------------------ building
@@ -253,6 +275,14 @@ class FineTuneModel(SmallModel):
         lengths = np.array([len(f["input_ids"]) for f in feats])
         val_feats = None if val is None else tokenize_split(self.tokenizer_, val, self.max_length)
         y_train = torch.tensor(np.array(train.labels), dtype=torch.long)
+        k = len(labels)
+        weights = None if warm else class_weights(np.asarray(train.labels), k, self.class_weight, self.imbalance_ratio)
+        if not warm:
+            self.class_weight_ = weights
+            self.selection_metric_ = resolve_selection_metric(self.selection_metric, np.asarray(train.labels), k,
+                                                              self.imbalance_ratio)
+        metric = self.selection_metric_ or "accuracy"
+        loss_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
         steps_per_epoch = math.ceil(len(feats) / self.batch_size)
         total = steps_per_epoch * epochs
 
@@ -287,7 +317,9 @@ class FineTuneModel(SmallModel):
                     with autocast(device, self.precision):
                         logits = net(**batch).logits
                     # sum over the micro-batch / batch size: the gradients add up to the batch mean
-                    loss = F.cross_entropy(logits.float(), target, reduction="sum") / len(batch_idx)
+                    # (weighted: each example counts its class weight; the batch is not renormalised,
+                    # so micro-batches still add up to the same update)
+                    loss = F.cross_entropy(logits.float(), target, weight=loss_weight, reduction="sum") / len(batch_idx)
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                     loss_sum += float(loss.detach())
                 if scaler is not None:
@@ -307,11 +339,14 @@ class FineTuneModel(SmallModel):
                 val_acc = None
                 if val is not None and (step % eval_every == 0 or step == total):
                     val_logits = self._logits(val_feats, device)
-                    val_acc = float((val_logits.argmax(axis=1) == val.labels).mean())
+                    val_pred = val_logits.argmax(axis=1)
+                    val_acc = float((val_pred == val.labels).mean())
+                    val_score = selection_score(val.labels, val_pred, metric, k)
                     val_loss = cross_entropy_np(val_logits, val.labels)
                     self.history_.append({"step": step, "epoch": epoch + 1, "loss": running / seen,
-                                          "val_loss": val_loss, "val_accuracy": val_acc})
-                    stop = best.update(net, val_acc, val_loss)
+                                          "val_loss": val_loss, "val_accuracy": val_acc, "val_score": val_score,
+                                          "metric": metric})
+                    stop = best.update(net, val_score, val_loss)
                 progress.emit(step, loss=running / max(seen, 1), val_accuracy=val_acc,
                               message=f"epoch {epoch + 1}/{epochs}")
                 if stop:
@@ -319,7 +354,9 @@ class FineTuneModel(SmallModel):
             running, seen = 0.0, 0
             if stop:
                 break
-        self.best_val_accuracy_ = best.restore(net)
+        self.best_val_score_ = best.restore(net)
+        kept = [h for h in self.history_ if h["val_score"] == self.best_val_score_ and h["val_loss"] == best.loss]
+        self.best_val_accuracy_ = kept[0]["val_accuracy"] if kept else None
         net.eval()
         return self
 

@@ -10,6 +10,13 @@ and minimises ``C * cross-entropy(new data) + ||W - W_old||^2 / 2`` with L-BFGS 
 weights: the new examples are learnt while the weights stay near what the full training set
 taught (plain refitting on 20 examples would forget everything else). With C = `warm_start_C`
 (4): on 20 hard tweets it learns 90-100% of them for a 1-4 pt validation cost; C = 32 costs 8 pt.
+
+Imbalanced labels: ``class_weight`` ("auto", "balanced", "none") is scikit-learn's
+``class_weight="balanced"`` (each class's loss scaled by n / (K * count)); "auto" turns it on when
+the training split's largest class has at least `imbalance_ratio` times the examples of its
+smallest. C is picked by ``selection_metric`` on validation (accuracy, macro-F1, or "auto":
+macro-F1 when imbalanced). A warm start fits its few hard examples unweighted: the weights it
+starts from, and stays near, already carry the balancing.
 """
 
 from __future__ import annotations
@@ -31,8 +38,20 @@ from ea_core.models.base import (
     read_tensors,
     register,
 )
-from ea_core.metrics import accuracy
-from ea_core.models.common import Progress, check_training_data, check_warm_labels, softmax_np, usable_val
+from ea_core.models.common import (
+    CLASS_WEIGHTS,
+    DEFAULT_IMBALANCE_RATIO,
+    SELECTION_METRICS,
+    Progress,
+    check_choice,
+    check_training_data,
+    check_warm_labels,
+    class_weights,
+    resolve_selection_metric,
+    selection_score,
+    softmax_np,
+    usable_val,
+)
 from ea_core.splits import Split
 
 PAIR_SEP = " [SEP] "
@@ -67,6 +86,9 @@ class TfidfModel(SmallModel):
         max_iter: int = 1000,
         warm_start_C: float = 4.0,
         seed: int = 0,
+        class_weight: str = "auto",
+        imbalance_ratio: float = DEFAULT_IMBALANCE_RATIO,
+        selection_metric: str = "auto",
     ) -> None:
         self.C = None if C is None else float(C)
         self.C_grid = [float(c) for c in C_grid]
@@ -77,12 +99,17 @@ class TfidfModel(SmallModel):
         self.max_iter = int(max_iter)
         self.warm_start_C = float(warm_start_C)
         self.seed = int(seed)
+        self.class_weight = check_choice("class_weight", str(class_weight), CLASS_WEIGHTS)
+        self.imbalance_ratio = float(imbalance_ratio)
+        self.selection_metric = check_choice("selection_metric", str(selection_metric), SELECTION_METRICS)
         if len(self.word_ngrams) != 2 or (self.char_ngrams is not None and len(self.char_ngrams) != 2):
             raise ModelError("word_ngrams and char_ngrams are (min_n, max_n) pairs, e.g. (1, 2) and (2, 5).")
         self.vectorizers_: list[Any] = []
         self.coef_: Optional[np.ndarray] = None
         self.intercept_: Optional[np.ndarray] = None
         self.C_: Optional[float] = None
+        self.class_weight_: Optional[np.ndarray] = None  # per-label loss weights of the last fresh fit
+        self.selection_metric_: Optional[str] = None
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -95,6 +122,9 @@ class TfidfModel(SmallModel):
             "max_iter": self.max_iter,
             "warm_start_C": self.warm_start_C,
             "seed": self.seed,
+            "class_weight": self.class_weight,
+            "imbalance_ratio": self.imbalance_ratio,
+            "selection_metric": self.selection_metric,
         }
 
     # ------------------------------------------------------------------ features
@@ -169,25 +199,33 @@ class TfidfModel(SmallModel):
             C = min(self.warm_start_C, self.C_ if self.C_ is not None else (self.C or DEFAULT_C))
             self.coef_, self.intercept_ = _fit_proximal(X, y, k, C, self.coef_, self.intercept_, self.max_iter)
             self.labels_ = list(labels)
-            acc = None if Xv is None else accuracy(val.labels, np.asarray(Xv @ self.coef_.T + self.intercept_).argmax(1))
+            acc = None if Xv is None else selection_score(
+                val.labels, np.asarray(Xv @ self.coef_.T + self.intercept_).argmax(1), self.selection_metric_ or
+                "accuracy", k)
             progress.emit(2, val_accuracy=acc, message=f"warm start, C={C:g}")
             return self
 
+        self.class_weight_ = class_weights(y, k, self.class_weight, self.imbalance_ratio)
+        metric = self.selection_metric_ = resolve_selection_metric(self.selection_metric, y, k, self.imbalance_ratio)
         best: Optional[tuple[float, float, np.ndarray, np.ndarray]] = None
         for i, C in enumerate(grid):
             progress.check()
-            coef, intercept = self._fit_fresh(X, y, k, C)
-            acc = None if Xv is None else accuracy(val.labels, np.asarray(Xv @ coef.T + intercept).argmax(1))
-            if best is None or (acc is not None and acc > best[0]):
-                best = (acc if acc is not None else 0.0, C, coef, intercept)
-            progress.emit(2 + i, val_accuracy=acc, message=f"C={C:g}")
+            coef, intercept = self._fit_fresh(X, y, k, C, self.class_weight_)
+            score = None if Xv is None else selection_score(val.labels, np.asarray(Xv @ coef.T + intercept).argmax(1),
+                                                            metric, k)
+            if best is None or (score is not None and score > best[0]):
+                best = (score if score is not None else 0.0, C, coef, intercept)
+            progress.emit(2 + i, val_accuracy=score, message=f"C={C:g}" + (" (val macro-F1)" if metric == "macro_f1"
+                                                                            else ""))
         assert best is not None
         _, self.C_, self.coef_, self.intercept_ = best
         self.labels_ = list(labels)
         return self
 
-    def _fit_fresh(self, X: Any, y: np.ndarray, k: int, C: float) -> tuple[np.ndarray, np.ndarray]:
-        """scikit-learn's multinomial logistic regression, as a full (K, F) weight matrix."""
+    def _fit_fresh(self, X: Any, y: np.ndarray, k: int, C: float,
+                   weights: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """scikit-learn's multinomial logistic regression, as a full (K, F) weight matrix
+        (`weights`: per-label loss weights, as scikit-learn's ``class_weight``)."""
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
@@ -196,9 +234,12 @@ class TfidfModel(SmallModel):
         present = np.unique(y)
         if len(present) < k:  # some label has no training example: solve over all K ourselves
             zeros = np.zeros((k, X.shape[1]))
-            return _fit_proximal(X, y, k, C, zeros, np.zeros(k), self.max_iter, anchor_intercept=False)
+            return _fit_proximal(X, y, k, C, zeros, np.zeros(k), self.max_iter, anchor_intercept=False,
+                                 sample_weight=None if weights is None else weights[y])
         # newton-cg: ~15x faster than lbfgs on tens of thousands of sparse n-gram features
-        lr = LogisticRegression(C=C, solver="newton-cg", max_iter=self.max_iter, random_state=self.seed)
+        cw = None if weights is None else {int(c): float(weights[c]) for c in present}
+        lr = LogisticRegression(C=C, solver="newton-cg", max_iter=self.max_iter, random_state=self.seed,
+                                class_weight=cw)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             lr.fit(X, y)
@@ -281,12 +322,14 @@ def _fit_proximal(
     b0: np.ndarray,
     max_iter: int,
     anchor_intercept: bool = True,
+    sample_weight: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Minimise ``C * sum CE(softmax(XW^T + b), y) + ||W - W0||^2 / 2`` from (W0, b0) by L-BFGS.
 
     With W0 = 0 and `anchor_intercept=False` this is scikit-learn's objective; with the current
     weights it is a warm start that learns new examples without drifting far from the old
     solution (the intercept is then anchored too, or a few one-sided examples would shift it).
+    `sample_weight` scales each example's cross-entropy (class weighting), as in scikit-learn.
     """
     import scipy.sparse as sp
     from scipy.optimize import minimize
@@ -296,13 +339,15 @@ def _fit_proximal(
     # Columns absent from X have zero data gradient, so their weights stay at W0: optimise the rest.
     active = np.unique(X.indices)
     if len(active) < X.shape[1]:
-        W_act, b = _fit_proximal(X[:, active], y, k, C, W0[:, active], b0, max_iter, anchor_intercept)
+        W_act, b = _fit_proximal(X[:, active], y, k, C, W0[:, active], b0, max_iter, anchor_intercept,
+                                 sample_weight)
         W = W0.copy()
         W[:, active] = W_act
         return W, b
     n, f = X.shape
     onehot = np.zeros((n, k))
     onehot[np.arange(n), y] = 1.0
+    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     b0 = np.asarray(b0, dtype=np.float64)
     lam_b = 1.0 if anchor_intercept else 0.0
 
@@ -315,8 +360,8 @@ def _fit_proximal(
         diff = W - W0
         diff_b = b - b0
         penalty = 0.5 * float((diff * diff).sum()) + 0.5 * lam_b * float(diff_b @ diff_b)
-        loss = -C * float((onehot * logp).sum()) + penalty
-        r = C * (np.exp(logp) - onehot)
+        loss = -C * float((sw[:, None] * onehot * logp).sum()) + penalty
+        r = C * sw[:, None] * (np.exp(logp) - onehot)
         grad_W = np.asarray(X.T @ r).T + diff
         grad_b = r.sum(axis=0) + lam_b * diff_b
         return loss, np.concatenate([grad_W.ravel(), grad_b])
