@@ -71,10 +71,11 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
         d["source"].change(data.on_source, d["source"], [d["upload"], d["hf_name"], d["max_train"], d["max_val"],
                                                           d["max_test"]])
         d["upload"].upload(bind(data.on_upload), d["upload"],
-                           [d["message"], d["text_col"], d["pair_col"], d["label_col"], d["split_col"], d["preview"]],
+                           [d["message"], d["text_col"], d["pair_col"], d["label_col"], d["split_col"], d["preview"],
+                            d["gallery"]],
                            api_name="upload_data")
         load_outputs = [d["message"], d["summary"], d["counts"], d["warnings"], d["preview"], d["text_col"],
-                        d["pair_col"], d["label_col"], d["split_col"], data_info]
+                        d["pair_col"], d["label_col"], d["split_col"], data_info, d["gallery"]]
         loaded = d["load"].click(bind(data.load), data_inputs, load_outputs, api_name="load_data")
 
         # -- Small models and LM: estimates follow the data and the settings ---------------------
@@ -116,7 +117,7 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
         opened.change(bind(thresholds.open_views), [owner, opened], thr_outputs, api_name="open_run") \
             .then(**examples) \
             .then(bind(results.views), [owner, opened], res_outputs, api_name="results") \
-            .then(bind(_try_intro), [owner, opened], [y["intro"], y["pair"]]) \
+            .then(bind(_try_intro), [owner, opened], [y["intro"], y["pair"], y["text"], y["image"]]) \
             .then(bind(results.runs_list), owner, [r["runs"], r["run_pick"]])
 
         # -- Thresholds --------------------------------------------------------------------------
@@ -133,10 +134,10 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
                              h["reliability"], **fast)
 
         # -- Try it ------------------------------------------------------------------------------
-        route_inputs = [*route_state, y["use_lm"], g["api_key"], y["text"], y["pair"], *sliders]
-        gr.on([y["route"].click, y["text"].submit], bind(try_it.route), route_inputs, y["trace"],
+        route_inputs = [*route_state, y["use_lm"], g["api_key"], y["text"], y["pair"], y["image"], *sliders]
+        gr.on([y["route"].click, y["text"].submit, y["image"].upload], bind(try_it.route), route_inputs, y["trace"],
               concurrency_limit=4, api_name="try_route")
-        y["examples"].select(bind(try_it.pick_example), [owner, opened], [y["text"], y["pair"]]) \
+        y["examples"].select(bind(try_it.pick_example), [owner, opened], [y["text"], y["pair"], y["image"]]) \
             .then(bind(try_it.route), route_inputs, y["trace"], concurrency_limit=4)
         y["bundle"].upload(bind(try_it.load_bundle_zip), y["bundle"], y["bundle_msg"])
         y["unload_bundle"].click(bind(try_it.unload_bundle), None, y["bundle_msg"])
@@ -186,13 +187,17 @@ def _reopen_thresholds(studio: Studio, owner: Optional[str], run_id: Optional[st
     return thresholds.open_views(studio, owner, run_id, request, order=order, calibrated=calibrated)
 
 
-def _try_intro(studio: Studio, owner: Optional[str], run_id: Optional[str], request: gr.Request) -> tuple[Any, Any]:
+def _try_intro(studio: Studio, owner: Optional[str], run_id: Optional[str], request: gr.Request) -> tuple[Any, ...]:
+    """Try it's inputs follow the opened run's task: a text (and a second one for pairs) or an image."""
     if not thresholds.owned(studio, owner, run_id):
-        return gr.skip(), gr.skip()
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     state = thresholds.run_state(studio, studio.session(request), run_id)
-    text = (f"Route inputs through this run's system at the Thresholds tab's sliders. Labels: "
+    what = "images (upload one, or click a test example)" if state.task.is_image else "inputs"
+    text = (f"Route {what} through this run's system at the Thresholds tab's sliders. Labels: "
             f"{', '.join(state.task.labels)}.")
-    return note(text, "info"), gr.update(visible=state.task.is_pair)
+    image = state.task.is_image
+    return (note(text, "info"), gr.update(visible=state.task.is_pair), gr.update(visible=not image),
+            gr.update(visible=image))
 
 
 def _load_settings(path: Optional[str]) -> tuple[Any, ...]:

@@ -45,7 +45,7 @@ _STAGE_KEYS = {"name", "threshold", "folder", "temperature", "lm"}
 # key_env: written by older exports; read, never used.
 _LM_KEYS = {"spec", "model", "base_url", "key_env", "describe", "few_shot_examples", "prompt", "label_offsets",
             "prices"}
-_TASK_KEYS = {"name", "pair", "text_col", "pair_col"}
+_TASK_KEYS = {"name", "pair", "text_col", "pair_col", "modality"}
 
 
 def export_bundle(
@@ -180,8 +180,9 @@ def check_bundle_meta(meta: Any, path: Path) -> dict[str, Any]:
     if not isinstance(task, dict) or set(task) - _TASK_KEYS:
         raise _bad(path, f"'task' must be an object with only {', '.join(sorted(_TASK_KEYS))}")
     if not all(_optional_str(task.get(k)) for k in ("name", "text_col", "pair_col")) \
-            or task.get("pair") not in (None, True, False):
-        raise _bad(path, "'task': name, text_col and pair_col are strings, pair is true or false")
+            or task.get("pair") not in (None, True, False) or task.get("modality") not in (None, "text", "pair", "image"):
+        raise _bad(path, "'task': name, text_col and pair_col are strings, pair is true or false, modality is "
+                         "text, pair or image")
     if not isinstance(meta.get("metrics", {}), dict):
         raise _bad(path, "'metrics' must be an object")
     return meta
@@ -497,7 +498,7 @@ def export_run_bundle(state, rows: list[dict[str, Any]], out_dir: str | Path, sy
     stages = run_stage_entries(state, layers, thresholds, calibrated)
     lm = run_lm_settings(state) if any(st["name"] == "lm" for st in stages) else None
     task = {"name": state.task.name, "pair": state.task.is_pair, "text_col": state.task.text_col,
-            "pair_col": state.task.pair_col}
+            "pair_col": state.task.pair_col, "modality": state.task.modality}
     return export_bundle(out_dir, labels=state.task.labels, stages=stages, lm=lm, task=task, metrics=metrics)
 
 

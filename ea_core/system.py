@@ -19,7 +19,7 @@ from ea_core.errors import ConfigError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.llm.base import MISSING_CONFIDENCE, LMAnswer, LMProvider, routing_confidence
 from ea_core.models.base import SmallModel
-from ea_core.splits import Split
+from ea_core.splits import ImageInput, Input, Split
 from ea_core.tuning import apply_temperature
 
 
@@ -140,9 +140,13 @@ class AdaptedSystem:
             open_idx = open_idx[~take]
         return Predictions(pred, answered_by, conf, [s.name for s in self.stages])
 
-    def route_one(self, text: str, pair: Optional[str] = None) -> RouteTrace:
-        """One input through the real models, with a trace of every stage it reached."""
-        split = Split.from_texts([text], None if pair is None else [pair])
+    def route_one(self, item: Input, pair: Optional[str] = None) -> RouteTrace:
+        """One input (a text, with `pair` for pair tasks, or an `ImageInput`) through the real
+        models, with a trace of every stage it reached."""
+        if isinstance(item, ImageInput):
+            split = Split.from_images([item.data], [item.name or "image"])
+        else:
+            split = Split.from_texts([item], None if pair is None else [pair])
         trace = RouteTrace(prediction=None, answered_by="")
         t_all = time.perf_counter()
         for k, stage in enumerate(self.stages):
@@ -151,7 +155,7 @@ class AdaptedSystem:
             cost, raw = 0.0, None
             if stage.is_lm:
                 assert self.provider is not None
-                answers, _ = self.provider.classify([(text, pair)], self.labels, stage="lm:route_one")
+                answers, _ = self.provider.classify([split.input(0)], self.labels, stage="lm:route_one")
                 a = answers[0]
                 label_idx, c, cost, raw = a.label, lm_confidence(a, self.lm_missing_confidence), a.cost_usd, a.raw
                 answer = self.labels[label_idx] if label_idx >= 0 else ("(unparseable)" if label_idx == -1 else None)

@@ -1,4 +1,5 @@
-"""Data tab: choose the demo, upload a file or name a Hugging Face dataset; pick columns; check.
+"""Data tab: choose a demo, upload a file (a table, or a ZIP of image class folders) or name a
+Hugging Face dataset; pick columns; check. Image data shows a grid of sample images per class.
 
 Thin: reading, column detection, splitting and every error message are `ea_core.data`'s. An
 upload is moved out of Gradio's shared file cache into the session's private folder at once
@@ -24,10 +25,15 @@ from pages.ui import NONE, as_plot, cap, col, error_message, note
 
 DEMO = "demo:tweets"
 DEMO_CAPS = (2000, 500, 500)
-SOURCES = [("Demo: tweet sentiment (bundled, offline)", "demo"), ("Upload a file", "file"),
+#: The form's demo choices: the source string and the size caps it starts with (0 = all).
+DEMOS = {"demo": (DEMO, DEMO_CAPS), "digits": ("demo:digits", (0, 0, 0))}
+SOURCES = [("Demo: tweet sentiment (text, bundled, offline)", "demo"),
+           ("Demo: handwritten digits (images, bundled, offline)", "digits"), ("Upload a file", "file"),
            ("Hugging Face dataset (needs internet)", "hf")]
-UPLOAD_TYPES = sorted(SUPPORTED_FORMATS)
+UPLOAD_TYPES = sorted(SUPPORTED_FORMATS) + [".zip"]
 PREVIEW_ROWS = 8
+GALLERY_PER_CLASS = 4
+GALLERY_MIN_SIDE = 64  # tiny images (8x8 digits) are shown enlarged, pixels kept sharp
 
 
 def build() -> dict[str, Any]:
@@ -36,7 +42,8 @@ def build() -> dict[str, Any]:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             c["source"] = gr.Radio(SOURCES, value="demo", label="Dataset")
-            c["upload"] = gr.File(label="CSV, TSV, JSONL, JSON or Parquet file", file_types=UPLOAD_TYPES,
+            c["upload"] = gr.File(label="CSV, TSV, JSONL, JSON or Parquet file, or a ZIP of image class folders "
+                                        "(label/image.png)", file_types=UPLOAD_TYPES,
                                   visible=False, height=120, elem_id="data-upload")
             c["hf_name"] = gr.Textbox(label="Hugging Face dataset name", placeholder="e.g. stanfordnlp/imdb or hf:glue:sst2",
                                       visible=False)
@@ -66,6 +73,8 @@ def build() -> dict[str, Any]:
             c["counts"] = gr.Plot(as_plot(plots.empty("Class counts per split", "Load the data to see its classes.")),
                                   show_label=False, elem_id="data-counts")
             c["warnings"] = gr.HTML("")
+            c["gallery"] = gr.Gallery(label="Sample images per class", columns=8, height=260, visible=False,
+                                      allow_preview=False, elem_id="data-gallery")
             c["preview"] = gr.Dataframe(label="First rows", interactive=False, wrap=True,
                                         max_height=260, elem_id="data-preview")
     return c
@@ -77,15 +86,16 @@ FORM_KEYS = ("source", "hf_name", "text_col", "pair_col", "label_col", "split_co
 
 def source_of(session: Session, source: str, hf_name: str) -> str:
     """The data source string `ea_core.data` takes for the form's choice."""
-    if source == "demo":
-        return DEMO
+    if source in DEMOS:
+        return DEMOS[source][0]
     if source == "hf":
         name = (hf_name or "").strip()
         if not name:
             raise DataError("Type a Hugging Face dataset name (e.g. stanfordnlp/imdb), or pick the demo.")
         return name if name.startswith("hf:") or "/" in name else f"hf:{name}"
     if session.data_file is None or not session.data_file.is_file():
-        raise DataError("Upload a data file first (CSV, TSV, JSONL, JSON or Parquet), or pick the demo.")
+        raise DataError("Upload a data file first (CSV, TSV, JSONL, JSON, Parquet or a ZIP of image class "
+                        "folders), or pick a demo.")
     return str(session.data_file)
 
 
@@ -120,7 +130,7 @@ def settings_of(session: Session, values: dict[str, Any]) -> dict[str, Any]:
 
 def on_source(source: str) -> tuple[Any, ...]:
     """Show the upload box or the dataset name box; the demo gets its default sizes."""
-    caps = DEMO_CAPS if source == "demo" else (0, 0, 0)
+    caps = DEMOS[source][1] if source in DEMOS else (0, 0, 0)
     return (gr.update(visible=source == "file"), gr.update(visible=source == "hf"),
             gr.update(value=caps[0]), gr.update(value=caps[1]), gr.update(value=caps[2]))
 
@@ -135,7 +145,7 @@ def on_upload(studio: Studio, file: Optional[str], request: gr.Request) -> tuple
     """Move the upload into the session's private folder, then show its columns and first rows."""
     session = studio.session(request)
     if not file:
-        return (gr.skip(),) * 6
+        return (gr.skip(),) * 7
     src = Path(file)
     name = src.name
     dst = session.upload_dir / "data" / name
@@ -152,7 +162,14 @@ def on_upload(studio: Studio, file: Optional[str], request: gr.Request) -> tuple
     try:
         info = inspect_source(str(dst), n_preview=PREVIEW_ROWS)
     except EAError as err:
-        return (note(_readable(error_message(err), session), "error"), *(gr.skip(),) * 4, None)
+        return (note(_readable(error_message(err), session), "error"), *(gr.skip(),) * 4, None,
+                gr.update(value=None, visible=False))
+    if info.modality == "image":
+        counts = ", ".join(f"{label} {n:,}" for label, n in info.class_counts.items())
+        msg = (f"{name}: {info.n_rows:,} images in {len(info.class_counts)} classes ({counts})"
+               + (f"; {info.layout}" if info.layout else "") + ". Press Load data.")
+        return (note(msg, "ok"), *column_updates(info.columns, info.text_col, None, info.label_col, None),
+                _preview(info.preview), gallery(str(dst)))
     msg = f"{name}: {info.n_rows:,} rows, columns {', '.join(info.columns)}."
     if info.detect_error:
         msg += " Choose the text and label columns below, then press Load data."
@@ -161,7 +178,29 @@ def on_upload(studio: Studio, file: Optional[str], request: gr.Request) -> tuple
         msg += " Columns detected: check them, then press Load data."
         kind = "ok"
     return (note(msg, kind), *column_updates(info.columns, info.text_col, info.pair_col, info.label_col,
-                                             info.split_col), _preview(info.preview))
+                                             info.split_col), _preview(info.preview), gr.update(value=None, visible=False))
+
+
+def gallery(source: str) -> Any:
+    """The preview grid of an image source: a few images per class, captioned with their label."""
+    from PIL import Image
+
+    from ea_core.image_data import image_preview
+    from ea_core.imaging import open_image
+
+    try:
+        shown = image_preview(source, per_class=GALLERY_PER_CLASS)
+    except EAError:
+        return gr.update(value=None, visible=False)
+    items = []
+    for label, images in shown.items():
+        for name, data in images:
+            img = open_image(data, name)
+            if max(img.size) < GALLERY_MIN_SIDE:
+                scale = -(-GALLERY_MIN_SIDE // max(img.size))
+                img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+            items.append((img, f"{label} · {Path(name).name}"))
+    return gr.update(value=items, visible=bool(items))
 
 
 def _preview(rows: list[dict[str, Any]]) -> Any:
@@ -188,17 +227,22 @@ def load(studio: Studio, request: gr.Request, *values: Any) -> tuple[Any, ...]:
                             max_test=settings["max_test"])
     except EAError as err:
         return (note(_readable(error_message(err), session), "error"), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
-                *(gr.skip(),) * 4, None)
+                *(gr.skip(),) * 4, None, gr.skip())
     session.forget(lambda k: k == "task")
     session.cached("task", lambda: task)
     d = describe(task)
-    summary = (f"**{task.name}** · {task.n_labels} labels ({', '.join(task.labels)}) · "
-               f"{'text pairs' if task.is_pair else 'single texts'} · train {d['sizes']['train']:,} / "
-               f"validation {d['sizes']['val']:,} / test {d['sizes']['test']:,} examples · columns: text "
-               f"`{task.text_col}`" + (f", second text `{task.pair_col}`" if task.pair_col else "")
-               + f", label `{task.label_col}`")
+    kind = {"image": "images", "pair": "text pairs", "text": "single texts"}[task.modality]
+    summary = (f"**{task.name}** · {task.n_labels} labels ({', '.join(task.labels)}) · {kind} · "
+               f"train {d['sizes']['train']:,} / validation {d['sizes']['val']:,} / test {d['sizes']['test']:,} "
+               "examples · ")
+    if task.is_image:
+        sizes = ", ".join(list(d.get("image_sizes", {}))[:3])
+        summary += f"image sizes {sizes}" + (" …" if d.get("n_image_sizes", 0) > 3 else "")
+    else:
+        summary += (f"columns: text `{task.text_col}`" + (f", second text `{task.pair_col}`" if task.pair_col else "")
+                    + f", label `{task.label_col}`")
     warnings = "".join(note(_readable(w, session), "warn") for w in task.warnings)
-    rows = [{"label": task.labels[y], "text": t}
+    rows = [{"label": task.labels[y], "image" if task.is_image else "text": t}
             for t, y in zip(task.train.texts[:PREVIEW_ROWS], task.train.labels[:PREVIEW_ROWS])]
     if task.is_pair:
         for r, p in zip(rows, task.train.pairs or []):
@@ -207,7 +251,9 @@ def load(studio: Studio, request: gr.Request, *values: Any) -> tuple[Any, ...]:
     return (note(f"Loaded: {len(task.train) + len(task.val) + len(task.test):,} examples.", "ok"), summary,
             as_plot(plots.class_counts(d)), warnings, _preview(rows),
             *column_updates(columns, task.text_col, task.pair_col, task.label_col, col(form["split_col"])),
-            {"name": task.name, "labels": task.labels, "sizes": d["sizes"], "pair": task.is_pair})
+            {"name": task.name, "labels": task.labels, "sizes": d["sizes"], "pair": task.is_pair,
+             "modality": task.modality},
+            gallery(settings["data"]) if task.is_image else gr.update(value=None, visible=False))
 
 
 def _columns(session: Session, source: str) -> list[str]:

@@ -20,6 +20,8 @@ from pages.data import current_task
 from pages.session import Studio
 
 DEFAULT_SSMS = ["tfidf", "head:minilm"]
+#: Ticked when image data is loaded: the packaged pretrained CNN and a small CNN trained from scratch.
+DEFAULT_IMAGE_SSMS = ["head:efficientnet_lite0", "finetune:tiny_cnn"]
 FORM_KEYS = ("ssm", "head_epochs", "finetune_epochs", "max_length", "oof_folds", "mining", "assm", "ea_full",
              "calibrate", "max_lm_rate")
 SIZES_WHEN_UNKNOWN = (2000, 1000)  # train, val + test: the demo's default sample
@@ -31,7 +33,7 @@ def _default(cls: type, name: str) -> Any:
 
 def build() -> dict[str, Any]:
     c: dict[str, Any] = {}
-    labels, table = checklist(*SIZES_WHEN_UNKNOWN, settings={})
+    labels, table = checklist(*SIZES_WHEN_UNKNOWN, settings={}, modality="text")
     with gr.Row(equal_height=False):
         with gr.Column(scale=6, min_width=340):
             c["ssm"] = gr.CheckboxGroup(labels, value=DEFAULT_SSMS, label="Small models (SSMs) to train",
@@ -81,10 +83,11 @@ def settings_of(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def checklist(n_train: int, n_eval: int, settings: dict[str, dict[str, Any]], oof_folds: int = 0,
-              mean_chars: Optional[float] = None, n_val: Optional[int] = None) -> tuple[list[tuple[str, str]], list[list[str]]]:
-    """(checkbox choices, catalog table rows) with estimates for this data size."""
+              mean_chars: Optional[float] = None, n_val: Optional[int] = None,
+              modality: str = "text") -> tuple[list[tuple[str, str]], list[list[str]]]:
+    """(checkbox choices, catalog table rows) for this data's modality, with estimates for its size."""
     choices, rows = [], []
-    for ch in model_choices():
+    for ch in model_choices(modality):
         est = estimate_seconds(ch.spec, n_train, n_eval, oof_folds=oof_folds, settings=settings.get(ch.kind),
                                mean_chars=mean_chars, n_val=n_val)
         where = "offline" if ch.offline_available else "needs download"
@@ -94,17 +97,25 @@ def checklist(n_train: int, n_eval: int, settings: dict[str, dict[str, Any]], oo
 
 
 def refresh(studio: Studio, request: gr.Request, *values: Any) -> tuple[Any, Any]:
-    """Re-estimate the checklist for the loaded data and the current settings."""
+    """Re-estimate the checklist for the loaded data and the current settings. The list follows
+    the data: image architectures for images, text models otherwise; ticks that no longer apply
+    are replaced by that modality's defaults."""
     form = dict(zip(FORM_KEYS, values))
     task = current_task(studio.session(request))
     if task is None:
-        n_train, n_eval, n_val, mean_chars = *SIZES_WHEN_UNKNOWN, None, None
+        n_train, n_eval, n_val, mean_chars, modality = *SIZES_WHEN_UNKNOWN, None, None, "text"
     else:
         n_train, n_eval, n_val = max(len(task.train), 1), len(task.val) + len(task.test), len(task.val)
         sample = task.train.texts[:500]
-        mean_chars = sum(map(len, sample)) / max(len(sample), 1)
-    choices, rows = checklist(n_train, n_eval, ssm_settings(form), int(form["oof_folds"] or 0), mean_chars, n_val)
-    return gr.update(choices=choices), catalog_frame(rows)
+        mean_chars = None if task.is_image else sum(map(len, sample)) / max(len(sample), 1)
+        modality = task.modality
+    choices, rows = checklist(n_train, n_eval, ssm_settings(form), int(form["oof_folds"] or 0), mean_chars, n_val,
+                              modality)
+    valid = {spec for _, spec in choices}
+    ticked = [spec for spec in (form["ssm"] or []) if spec in valid]
+    if not ticked:
+        ticked = [spec for spec in (DEFAULT_IMAGE_SSMS if modality == "image" else DEFAULT_SSMS) if spec in valid]
+    return gr.update(choices=choices, value=ticked), catalog_frame(rows)
 
 
 CATALOG_HEADERS = ["spec", "model", "size", "availability", "CPU time (est.)", "description"]

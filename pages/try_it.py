@@ -4,7 +4,8 @@ Thin: the adapted system is `ea_core.bundle.system_from_run` (or a loaded bundle
 `route_one` trace says, stage by stage, the confidence against the threshold and who answered.
 Models are loaded once per (run, order, calibration) and session; moving a slider only changes
 thresholds. The LM stage needs the run's LM: the local model loads in this process (tens of
-seconds the first time), an API LM needs the key typed in the Large model tab.
+seconds the first time), an API LM needs the key typed in the Large model tab. An image task takes
+an uploaded image instead of text.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any, Optional
 import gradio as gr
 
 from ea_core.bundle import load_bundle, read_bundle_meta, system_from_run
-from ea_core.errors import ConfigError, EAError
+from ea_core.errors import ConfigError, DataError, EAError
+from ea_core.splits import ImageInput
 from ea_core.system import AdaptedSystem, RouteTrace
 from pages.session import Session, Studio
 from pages.thresholds import current_thresholds, explorer, owned, run_state
@@ -37,6 +39,8 @@ def build() -> dict[str, Any]:
         with gr.Column(scale=5, min_width=320):
             c["text"] = gr.Textbox(label="Input text", lines=3, elem_id="try-text")
             c["pair"] = gr.Textbox(label="Second text (pair tasks)", lines=2, visible=False, elem_id="try-pair")
+            c["image"] = gr.Image(type="filepath", label="Input image", visible=False, height=220,
+                                  sources=["upload", "clipboard"], elem_id="try-image")
             c["use_lm"] = gr.Checkbox(True, label="Call the LM stage if the input reaches it")
             c["route"] = gr.Button("Route this input", variant="primary", elem_id="try-route")
             c["trace"] = gr.HTML("", elem_id="try-trace")
@@ -102,18 +106,30 @@ def _layers(order: str) -> tuple[str, ...]:
     return ORDERS[order][1]
 
 
+def _image_input(image: Optional[str]) -> ImageInput:
+    """The uploaded image as a model input (its bytes; the file name for people only)."""
+    from ea_core.imaging import open_image
+
+    path = Path(image)
+    data = path.read_bytes()
+    open_image(data, path.name)  # a readable image, or a DataError that names it
+    return ImageInput(data, path.name)
+
+
 def route(studio: Studio, owner: Optional[str], run_id: Optional[str], order: str, calibrated: bool,
-          use_lm: bool, api_key: Optional[str], text: str, pair: Optional[str], request: gr.Request,
-          *sliders: float) -> str:
-    """Route one input at the current sliders and explain the route."""
+          use_lm: bool, api_key: Optional[str], text: str, pair: Optional[str], image: Optional[str],
+          request: gr.Request, *sliders: float) -> str:
+    """Route one input (the text, or the image for an image task) at the current sliders and explain the route."""
     session = studio.session(request)
-    if not (text or "").strip():
-        return note("Type an input first.", "info")
+    if not (text or "").strip() and not image:
+        return note("Type an input (or upload an image, for an image task) first.", "info")
     try:
         if session.bundle_dir is not None:
             system = session.cached(("bundle", str(session.bundle_dir), bool(use_lm)),
                                     lambda: load_bundle(session.bundle_dir, use_lm=False))
-            trace = system.route_one(text, pair or None)
+            item = _image_input(image) if image and read_bundle_meta(session.bundle_dir).get("task", {}).get("modality") == "image" \
+                else text
+            trace = system.route_one(item, pair or None)
             return trace_html(trace, note("Loaded bundle: routed with its own thresholds; its LM stage, if any, "
                                           "is not called (a bundle never chooses an endpoint or a key).", "info"))
         if not owned(studio, owner, run_id):
@@ -126,9 +142,16 @@ def route(studio: Studio, owner: Optional[str], run_id: Optional[str], order: st
             stage.threshold = t
         pair_value = pair if (pair or "").strip() else None
         state = run_state(studio, session, run_id)
-        if state.task.is_pair and pair_value is None:
-            return note("This task classifies text pairs: give the second text too.", "warn")
-        trace = system.route_one(text, pair_value)
+        if state.task.is_image:
+            if not image:
+                return note("This task classifies images: upload one, or click a test example.", "info")
+            trace = system.route_one(_image_input(image))
+        else:
+            if not (text or "").strip():
+                return note("Type an input first.", "info")
+            if state.task.is_pair and pair_value is None:
+                return note("This task classifies text pairs: give the second text too.", "warn")
+            trace = system.route_one(text, pair_value)
     except (EAError, OSError) as err:
         return note(error_message(err), "error")
     skipped = "" if use_lm else note("The LM stage was skipped: the last small model answered.", "info")
@@ -150,13 +173,23 @@ def examples(studio: Studio, owner: Optional[str], run_id: Optional[str], order:
 
 
 def pick_example(studio: Studio, owner: Optional[str], run_id: Optional[str], evt: gr.SelectData,
-                 request: gr.Request) -> tuple[Any, Any]:
-    """Clicking an example row puts its input in the boxes."""
+                 request: gr.Request) -> tuple[Any, Any, Any]:
+    """Clicking an example row puts its input in the boxes (its image, for an image task)."""
     if not owned(studio, owner, run_id) or evt is None:
-        return gr.skip(), gr.skip()
+        return gr.skip(), gr.skip(), gr.skip()
     value = evt.row_value[0] if getattr(evt, "row_value", None) else evt.value
+    state = run_state(studio, studio.session(request), run_id)
+    if state.task.is_image:
+        from ea_core.imaging import open_image
+
+        test = state.task.test
+        try:
+            i = test.texts.index(str(value))
+        except ValueError:
+            return gr.skip(), gr.skip(), gr.skip()
+        return gr.skip(), gr.skip(), open_image(test.images[i], test.texts[i])
     text, _, pair = str(value).partition(" ‖ ")
-    return text, pair
+    return text, pair, gr.skip()
 
 
 def load_bundle_zip(studio: Studio, file: Optional[str], request: gr.Request) -> str:

@@ -161,7 +161,7 @@ def test_main_flow_through_gradio_client_and_a_second_user_sees_nothing(served, 
     # Try it: one test input routed with the current sliders, as the cached routing predicts.
     i = 3
     text = state.task.test.texts[i]
-    trace = call("alice", alice, owner_a, "ea", True, True, KEY_ALICE, text, "", *sliders, api_name="/try_route")
+    trace = call("alice", alice, owner_a, "ea", True, True, KEY_ALICE, text, "", None, *sliders, api_name="/try_route")
     cached = route(state.stage_outputs("test"), ex.thresholds(sliders))
     assert f"by {ex.names[cached.answered_by[i]]}" in trace
     assert f"Answer: {state.task.labels[cached.pred[i]]}" in trace

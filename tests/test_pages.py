@@ -102,7 +102,7 @@ def test_a_real_bundle_loads_into_try_it_and_routes(tmp_path, fruit_run):
     req = request("s3")
     message = try_it.load_bundle_zip(studio, zip_path, req)
     assert "Bundle loaded" in message and "shown, not used" in message
-    trace = try_it.route(studio, None, None, "ea", True, True, None, "apple fresh pie item 5", "", req, *[0.5] * 8)
+    trace = try_it.route(studio, None, None, "ea", True, True, None, "apple fresh pie item 5", "", None, req, *[0.5] * 8)
     assert "Answer:" in trace and "never chooses an endpoint" in trace
 
 
