@@ -3,7 +3,10 @@
 A MODEL in a spec (``head:MODEL``, ``finetune:MODEL``) is a catalog name (``minilm``), a local
 folder (anything `save_pretrained` wrote) or a Hugging Face hub id. The catalog lists the paper's
 encoders plus the packaged all-MiniLM-L6-v2, which ships inside a pip package so that the studio
-works with no internet at all. Whether an entry can be used offline is computed when asked (the
+works with no internet at all. It also lists the image architectures (``modality == "image"``:
+the packaged EfficientNet-Lite0, torchvision's CNNs, a tiny CNN), whose MODEL is always the
+architecture name; for those, `offline_available` means "ImageNet weights load offline" (packaged,
+or already in torch's hub cache; ``tiny_cnn`` has none and needs none). Whether an entry can be used offline is computed when asked (the
 package is installed, or the hub cache already holds the model), never stored.
 """
 
@@ -54,16 +57,26 @@ class CatalogEntry:
     hidden: int = 768
     #: Name shown to people in a checklist; defaults to `name`.
     display_name: str = ""
+    #: ``text`` (transformer encoders: text and text-pair data) or ``image`` (CNNs).
+    modality: str = "text"
 
     @property
     def offline_available(self) -> bool:
-        """Computed now: the packaged copy is installed, or the hub cache holds the model."""
+        """Computed now: the packaged copy is installed, or the hub cache holds the model
+        (image entries: the ImageNet weights load offline; see the module docstring)."""
+        if self.modality == "image":
+            from ea_core.models.vision_backbones import pretrained_offline
+
+            return pretrained_offline(self.name)
         if self.packaged and packaged_minilm_path() is not None:
             return True
         return hub_cached(self.hf_id)
 
     def resolve(self) -> str:
-        """A local path when one exists (packaged copy), else the hub id."""
+        """A local path when one exists (packaged copy), else the hub id (image entries: the
+        architecture name, which `ea_core.models.vision` builds)."""
+        if self.modality == "image":
+            return self.name
         if self.packaged:
             path = packaged_minilm_path()
             if path is not None:
@@ -81,6 +94,7 @@ class CatalogEntry:
             "display_name": self.display_name or self.name,
             "layers": self.layers,
             "hidden": self.hidden,
+            "modality": self.modality,
         }
 
 
@@ -109,6 +123,42 @@ CATALOG: list[CatalogEntry] = [
         "xlnet", "xlnet-base-cased", _BOTH, "117M", "XLNet base (cased); GPU recommended for finetune.",
         display_name="XLNet base",
     ),
+    # Image architectures (see ea_core.models.vision_backbones for where their weights come from).
+    CatalogEntry(
+        "efficientnet_lite0", "efficientnet-lite0", _BOTH, "4.7M",
+        "EfficientNet-Lite0 with real ImageNet weights, packaged: the offline image default.",
+        packaged=True, display_name="EfficientNet-Lite0", modality="image",
+    ),
+    CatalogEntry(
+        "mobilenet_v2", "torchvision/mobilenet_v2", _BOTH, "3.5M",
+        "MobileNetV2 (paper); ImageNet weights downloaded by torchvision, random init offline.",
+        display_name="MobileNetV2", modality="image",
+    ),
+    CatalogEntry(
+        "resnet34", "torchvision/resnet34", _BOTH, "21.8M",
+        "ResNet-34 (paper); ImageNet weights downloaded by torchvision, random init offline.",
+        display_name="ResNet-34", modality="image",
+    ),
+    CatalogEntry(
+        "squeezenet1_0", "torchvision/squeezenet1_0", _BOTH, "1.2M",
+        "SqueezeNet 1.0 (paper); ImageNet weights downloaded by torchvision, random init offline.",
+        display_name="SqueezeNet 1.0", modality="image",
+    ),
+    CatalogEntry(
+        "resnet18", "torchvision/resnet18", _BOTH, "11.7M",
+        "ResNet-18; ImageNet weights downloaded by torchvision, random init offline.",
+        display_name="ResNet-18", modality="image",
+    ),
+    CatalogEntry(
+        "mobilenet_v3_small", "torchvision/mobilenet_v3_small", _BOTH, "2.5M",
+        "MobileNetV3-Small, the fastest CNN here; ImageNet weights downloaded by torchvision, random init offline.",
+        display_name="MobileNetV3-Small", modality="image",
+    ),
+    CatalogEntry(
+        "tiny_cnn", "tiny_cnn", _BOTH, "0.03M",
+        "A three-layer CNN trained from scratch (no pretrained weights): seconds on a CPU, for tiny images and tests.",
+        packaged=True, display_name="Tiny CNN", modality="image",
+    ),
 ]
 
 
@@ -121,8 +171,16 @@ def catalog_entry(name: str) -> Optional[CatalogEntry]:
     return None
 
 
-def catalog_names() -> list[str]:
-    return [entry.name for entry in CATALOG]
+def catalog_names(modality: Optional[str] = None) -> list[str]:
+    """Every catalog name, or those of one modality (``text`` or ``image``)."""
+    return [entry.name for entry in CATALOG if modality is None or entry.modality == modality]
+
+
+def model_modality(name: str) -> str:
+    """``image`` when MODEL is an image architecture in the catalog, else ``text`` (text catalog
+    names, local folders and Hugging Face ids are all transformer encoders)."""
+    entry = catalog_entry(str(name))
+    return entry.modality if entry is not None else "text"
 
 
 def resolve_model(name: str) -> str:
@@ -151,6 +209,8 @@ KIND_BLURBS: dict[str, str] = {
     "tfidf": "word n-grams + logistic regression; seconds on a CPU, no pretrained model.",
     "head": "frozen encoder, trained head (the fast CPU mode)",
     "finetune": "every weight fine-tuned (most accurate, slowest; GPU advised)",
+    "image_head": "frozen CNN, features computed once, trained head (the fast CPU mode)",
+    "image_finetune": "every CNN weight trained, with augmentations (GPU advised above small images)",
 }
 _KIND_SUFFIX = {"head": "frozen + head", "finetune": "fine-tuned"}
 
@@ -171,6 +231,8 @@ class ModelChoice:
     description: str
     #: The catalog entry's name, or None for ``tfidf`` (no pretrained model).
     model: Optional[str] = None
+    #: Which data it takes: ``text`` (text and text-pair data) or ``image``.
+    modality: str = "text"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -181,20 +243,27 @@ class ModelChoice:
             "offline_available": self.offline_available,
             "description": self.description,
             "model": self.model,
+            "modality": self.modality,
         }
 
 
-def model_choices() -> list[ModelChoice]:
+def model_choices(modality: Optional[str] = None) -> list[ModelChoice]:
     """Every SPEC a user can tick without typing a model id: ``tfidf``, then each catalog entry
     under each kind it supports (``head:minilm``, ``finetune:minilm``, ...), in catalog order.
 
-    Offline availability is computed now, as `CatalogEntry.offline_available` does.
+    `modality`: None lists every choice; ``text`` or ``pair`` only those for text data (tfidf and
+    the encoders), ``image`` only the image architectures. Offline availability is computed now,
+    as `CatalogEntry.offline_available` does.
     """
-    choices = [
+    want = None if modality is None else ("image" if modality == "image" else "text")
+    choices = [] if want == "image" else [
         ModelChoice("tfidf", "tfidf", "TF-IDF + logistic regression", "vocabulary x labels", True,
                     f"TF-IDF: {KIND_BLURBS['tfidf']}")
     ]
     for entry in CATALOG:
+        if want is not None and entry.modality != want:
+            continue
+        image = entry.modality == "image"
         offline = entry.offline_available
         for kind in entry.kinds:
             choices.append(ModelChoice(
@@ -203,7 +272,9 @@ def model_choices() -> list[ModelChoice]:
                 display_name=f"{entry.display_name or entry.name} ({_KIND_SUFFIX.get(kind, kind)})",
                 params=entry.params,
                 offline_available=offline,
-                description=f"{entry.description.rstrip('.')}; {KIND_BLURBS.get(kind, kind)}.",
+                description=f"{entry.description.rstrip('.')}; "
+                            f"{KIND_BLURBS.get(('image_' if image else '') + kind, kind)}.",
                 model=entry.name,
+                modality=entry.modality,
             ))
     return choices

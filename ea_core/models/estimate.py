@@ -18,6 +18,14 @@ other case is derived from them:
 * the head's training ignores the encoder width (the head is overhead-bound on a CPU);
 * load time scales with the catalog's parameter count (weights read from disk).
 
+Image models (``head:ARCH`` / ``finetune:ARCH`` on an image architecture) use the ``image``
+section of `cpu_rates.json` (written by ``bench/bench_vision.py --write``): training and
+evaluation images per second per architecture at 32 and 224 px, interpolated log-log in the
+input size (``image_size``, default `ea_core.models.vision.default_image_size`); without it, the
+rough 2-core figures of `FALLBACK_IMAGE_RATES` (a wider band). ``head`` runs the backbone once
+over every image and trains a head (the text head's per-epoch rate); ``finetune`` trains every
+epoch and evaluates the validation images after each.
+
 What is counted is what a run does: load the model, train (validation scored every epoch),
 then predict the training, validation and test splits (the pipeline caches every split's
 outputs). ``head`` embeds each text once (train + validation at fit, test at predict; the rest
@@ -61,6 +69,46 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "head": ("load_s", "embed_texts_per_s", "train_s_per_epoch_per_1k", "max_length"),
     "finetune": ("load_s", "train_examples_per_s", "infer_examples_per_s", "max_length"),
 }
+
+
+#: Images per second on 2 cores when cpu_rates.json has no ``image`` section: (train, eval) at
+#: 32 px and at 224 px (ENVIRONMENT.md's step times; eval taken as 3x train).
+FALLBACK_IMAGE_RATES: dict[str, dict[str, dict[str, float]]] = {
+    "efficientnet_lite0": {"train": {"32": 250.0, "224": 6.0}, "eval": {"32": 900.0, "224": 22.0}},
+    "mobilenet_v2": {"train": {"32": 213.0, "224": 5.5}, "eval": {"32": 640.0, "224": 17.0}},
+    "resnet34": {"train": {"32": 83.0, "224": 4.4}, "eval": {"32": 250.0, "224": 13.0}},
+    "squeezenet1_0": {"train": {"32": 640.0, "224": 12.3}, "eval": {"32": 1900.0, "224": 37.0}},
+    "resnet18": {"train": {"32": 160.0, "224": 8.0}, "eval": {"32": 480.0, "224": 24.0}},
+    "mobilenet_v3_small": {"train": {"32": 600.0, "224": 20.0}, "eval": {"32": 1800.0, "224": 60.0}},
+    "tiny_cnn": {"train": {"32": 3000.0, "224": 60.0}, "eval": {"32": 9000.0, "224": 180.0}},
+}
+IMAGE_LOAD_S = 1.5
+
+
+def image_rate(arch: str, phase: str, size: int, rates_file: Optional[Mapping[str, Any]] = None) -> tuple[float, bool]:
+    """(images per second, measured?) for `arch` training (`phase` ``train``) or evaluating
+    (``eval``) at `size` px: log-log interpolation between the 32 and 224 px figures."""
+    section = (rates_file or {}).get("image") if isinstance(rates_file, Mapping) else None
+    table = (section or {}).get("archs", {}).get(arch) if isinstance(section, Mapping) else None
+    measured = isinstance(table, Mapping) and isinstance(table.get(phase), Mapping)
+    figures = (table if measured else FALLBACK_IMAGE_RATES.get(arch, FALLBACK_IMAGE_RATES["resnet34"]))[phase]
+    try:
+        lo, hi = float(figures["32"]), float(figures["224"])
+    except (KeyError, TypeError, ValueError):
+        lo, hi, measured = *(float(v) for v in FALLBACK_IMAGE_RATES["resnet34"][phase].values()), False
+    if not (lo > 0 and hi > 0):
+        figures, measured = FALLBACK_IMAGE_RATES.get(arch, FALLBACK_IMAGE_RATES["resnet34"])[phase], False
+        lo, hi = float(figures["32"]), float(figures["224"])
+    slope = math.log(hi / lo) / math.log(224 / 32)
+    return lo * (max(int(size), 1) / 32) ** slope, measured
+
+
+@lru_cache(maxsize=4)
+def _raw_rates(path: Optional[str] = None) -> Mapping[str, Any]:
+    try:
+        return json.loads((Path(path) if path else RATES_PATH).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 @dataclass(frozen=True)
@@ -321,6 +369,9 @@ def estimate_seconds(
     from ea_core.models.finetune import FineTuneModel
 
     kind, model = parse_spec(spec)
+    if model is not None and catalog_entry(model) is not None and catalog_entry(model).modality == "image":
+        return _estimate_image(spec, kind, catalog_entry(model).name, n_train, n_eval, epochs=epochs,
+                               oof_folds=oof_folds, settings=settings, n_val=n_val, rates=rates)
     if n_train < 1 or n_eval < 0:
         raise ConfigError(f"Time estimate needs n_train >= 1 and n_eval >= 0; got {n_train} and {n_eval}.")
     if oof_folds == 1 or oof_folds < 0:
@@ -383,6 +434,55 @@ def estimate_seconds(
     return _finish(spec, total((lo_ep + hi_ep) / 2), total(lo_ep), total(hi_ep), band, basis, k)
 
 
+def _estimate_image(spec: str, kind: str, arch: str, n_train: int, n_eval: int, *, epochs: Optional[int],
+                    oof_folds: int, settings: Optional[dict[str, Any]], n_val: Optional[int],
+                    rates: Optional[CpuRates]) -> TimeEstimate:
+    """`estimate_seconds` for ``head:ARCH`` / ``finetune:ARCH`` on an image architecture."""
+    from ea_core.models.vision import ImageFineTuneModel, ImageHeadModel, default_image_size
+
+    if n_train < 1 or n_eval < 0:
+        raise ConfigError(f"Time estimate needs n_train >= 1 and n_eval >= 0; got {n_train} and {n_eval}.")
+    if oof_folds == 1 or oof_folds < 0:
+        raise ConfigError("oof_folds must be 0 (off) or at least 2.")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"epochs must be at least 1; got {epochs}.")
+    rates = rates or load_rates()
+    settings = dict(settings or {})
+    raw = _raw_rates(None)
+    n_val = n_eval // 2 if n_val is None else min(max(int(n_val), 0), n_eval)
+    k = int(oof_folds)
+    cls = ImageHeadModel if kind == "head" else ImageFineTuneModel
+    size = int(settings.get("image_size") or default_image_size(arch, settings.get("pretrained")))
+    n_epochs = int(epochs if epochs is not None else _setting(settings, cls, "epochs"))
+    patience = int(_setting(settings, cls, "patience"))
+    lo_ep, hi_ep = _epoch_range(n_epochs, patience, n_val > 0)
+    eval_rate, measured_eval = image_rate(arch, "eval", size, raw)
+    train_rate, measured_train = image_rate(arch, "train", size, raw)
+    measured = measured_eval and (kind == "head" or measured_train)
+    band = MEASURED_BAND if measured else SCALED_BAND
+    load = float((raw.get("image") or {}).get("load_s", IMAGE_LOAD_S)) if isinstance(raw.get("image"), Mapping) \
+        else IMAGE_LOAD_S
+
+    def total(ep: float) -> dict[str, float]:
+        if kind == "head":
+            epoch = rates.head_epoch_s_per_1k * n_train / 1000
+            return {"load": load, "embed": (n_train + n_eval) / eval_rate, "train": ep * epoch,
+                    "predict": 0.0, "oof": (k - 1) * ep * epoch if k else 0.0}
+        fold = (load + ep * ((k - 1) / k * n_train / train_rate + n_val / eval_rate) + n_train / k / eval_rate) \
+            if k else 0.0
+        return {"load": load, "train": ep * (n_train / train_rate + n_val / eval_rate),
+                "predict": (n_train + n_eval) / eval_rate, "oof": k * fold}
+
+    stop = f"{lo_ep}-{hi_ep} epochs (early stopping)" if lo_ep < hi_ep else f"{hi_ep} epochs"
+    source = ("measured by bench/bench_vision.py" if measured
+              else "rough 2-core figures (no image rates in cpu_rates.json)")
+    where = raw.get("image", {}).get("measured_on", "") if measured and isinstance(raw.get("image"), Mapping) else ""
+    basis = (f"{spec}: {arch} at {size} px, {eval_rate:.0f} images/s evaluating"
+             + (f", {train_rate:.0f} images/s training" if kind == "finetune" else "")
+             + f" ({source}{', ' + where[:10] if where else ''}); {stop}")
+    return _finish(spec, total((lo_ep + hi_ep) / 2), total(lo_ep), total(hi_ep), band, basis, k)
+
+
 def _finish(spec: str, mid: dict[str, float], low: dict[str, float], high: dict[str, float],
             band: tuple[float, float], basis: str, k: int) -> TimeEstimate:
     if k:
@@ -424,6 +524,7 @@ __all__ = [
     "estimate_seconds",
     "format_estimate",
     "format_seconds",
+    "image_rate",
     "load_rates",
     "parse_rates",
     "relative_compute",
