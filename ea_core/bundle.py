@@ -188,6 +188,21 @@ def check_bundle_meta(meta: Any, path: Path) -> dict[str, Any]:
     return meta
 
 
+def _is_image_json(value: Any) -> bool:
+    """A few-shot image as `ea_core.llm.prompt.image_to_json` writes it: valid base64 and a name."""
+    import base64
+    import binascii
+
+    if not (isinstance(value, dict) and set(value) <= {"image_base64", "name"} and _optional_str(value.get("name"))
+            and isinstance(value.get("image_base64"), str)):
+        return False
+    try:
+        base64.b64decode(value["image_base64"], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
 def _check_lm(lm: Any, labels: list[str], path: Path) -> None:
     from ea_core.llm.cost import PriceTable
     from ea_core.pipeline import prompt_template
@@ -206,9 +221,10 @@ def _check_lm(lm: Any, labels: list[str], path: Path) -> None:
         raise _bad(path, "'lm.describe' must be an object")
     examples = lm.get("few_shot_examples")
     if examples is not None and not (isinstance(examples, list) and all(
-            isinstance(x, list) and len(x) == 3 and isinstance(x[0], str) and _optional_str(x[1])
-            and isinstance(x[2], str) for x in examples)):
-        raise _bad(path, "'lm.few_shot_examples' must be a list of [text, pair or null, label]")
+            isinstance(x, list) and len(x) == 3 and _optional_str(x[1]) and isinstance(x[2], str)
+            and (isinstance(x[0], str) or _is_image_json(x[0]))
+            for x in examples)):
+        raise _bad(path, "'lm.few_shot_examples' must be a list of [text or image, pair or null, label]")
     offsets = lm.get("label_offsets")
     if offsets is not None and not (isinstance(offsets, list) and len(offsets) == len(labels)
                                     and all(_is_number(x) for x in offsets)):
@@ -393,7 +409,9 @@ def make_lm_provider(lm: dict[str, Any], labels: list[str], plan: BundleLM, *, a
     from ea_core.pipeline import prompt_template
 
     cache = AnswerCache(Path(cache_path)) if cache_path else None
-    examples = [tuple(x) for x in lm["few_shot_examples"]] if lm.get("few_shot_examples") else None
+    from ea_core.llm.prompt import example_from_json
+
+    examples = [example_from_json(x) for x in lm["few_shot_examples"]] if lm.get("few_shot_examples") else None
     provider = make_provider(plan.spec, model=plan.model, base_url=plan.base_url, key_env=plan.key_env,
                              api_key=api_key, cache=cache, few_shot_examples=examples,
                              prompt=prompt_template(lm.get("prompt")), prices=lm.get("prices"))

@@ -30,6 +30,8 @@ SPEC_HELP = ("small model SPEC: 'tfidf' (TF-IDF + logistic regression), 'head:MO
 # The offline default run: demo tweets, two offline SSMs, the packaged local LM.
 DEMO_SSMS = ["tfidf", "head:minilm"]
 DEMO_SIZES = {"max_train": 2000, "max_val": 500, "max_test": 500}  # the demo:tweets default sample
+# The offline image default: demo digits (all 1,797), the packaged pretrained CNN and a small CNN from scratch.
+DEMO_IMAGE_SSMS = ["head:efficientnet_lite0", "finetune:tiny_cnn"]
 
 
 class TerminalProgress:
@@ -181,12 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole EA run on the offline default (demo tweets, local models)",
                        description=f"Demo tweets ({DEMO_SIZES['max_train']}/{DEMO_SIZES['max_val']}/"
                                    f"{DEMO_SIZES['max_test']} examples), SSMs {', '.join(DEMO_SSMS)}, and the packaged "
-                                   "SmolLM2-135M-Instruct as the LM (a weak stand-in: use a real LM for real gains).")
-    p.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder (default runs/demo)")
-    p.add_argument("--max-train", type=int, default=DEMO_SIZES["max_train"], metavar="N")
-    p.add_argument("--max-val", type=int, default=DEMO_SIZES["max_val"], metavar="N")
-    p.add_argument("--max-test", type=int, default=DEMO_SIZES["max_test"], metavar="N")
-    p.add_argument("--ssm", action="append", metavar="SPEC", help=f"override the demo SSMs (default {DEMO_SSMS})")
+                                   "SmolLM2-135M-Instruct as the LM (a weak stand-in: use a real LM for real gains). "
+                                   f"With --data demo:digits: the 1,797 digit images, SSMs {', '.join(DEMO_IMAGE_SSMS)}, "
+                                   "and the offline image stand-in local:image-knn as the LM stage.")
+    p.add_argument("--data", choices=("demo:tweets", "demo:digits"), default="demo:tweets",
+                   help="which bundled demo (default demo:tweets; demo:digits is an image task)")
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/demo, runs/demo-digits)")
+    p.add_argument("--max-train", type=int, default=None, metavar="N", help=f"default {DEMO_SIZES['max_train']} "
+                   "for tweets, all for digits")
+    p.add_argument("--max-val", type=int, default=None, metavar="N")
+    p.add_argument("--max-test", type=int, default=None, metavar="N")
+    p.add_argument("--ssm", action="append", metavar="SPEC",
+                   help=f"override the demo SSMs (default {DEMO_SSMS}; for digits {DEMO_IMAGE_SSMS})")
     p.add_argument("--lm", default="local", metavar="PROVIDER", help="LM provider (default: local)")
     p.add_argument("--max-lm-rate", type=float, default=0.3, metavar="R", help="LM budget (default 0.3)")
     _add_imbalance_args(p)
@@ -229,7 +237,7 @@ def _config_from_args(args: argparse.Namespace, lm: bool):
 
     settings = {}
     if getattr(args, "epochs", None):
-        settings = {"head": {"epochs": args.epochs}, "finetune": {"epochs": args.epochs}}
+        settings = {kind: {"epochs": args.epochs} for kind in ("head", "finetune", "image_head", "image_finetune")}
     cfg = RunConfig(
         data=args.data, ssm=list(args.ssm), text_col=args.text_col, text_pair_col=args.text_pair_col,
         label_col=args.label_col, split_col=args.split_col, val_source=args.val_data, test_source=args.test_data,
@@ -343,12 +351,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "demo":
             from ea_core.pipeline import RunConfig
 
-            cfg = RunConfig(data="demo:tweets", ssm=args.ssm or list(DEMO_SSMS), lm=args.lm,
-                            max_train=args.max_train, max_val=args.max_val, max_test=args.max_test,
-                            max_lm_rate=args.max_lm_rate, oof_folds=DEFAULT_OOF_FOLDS,
+            images = args.data == "demo:digits"
+            sizes = {k: getattr(args, k) if getattr(args, k) is not None else (None if images else DEMO_SIZES[k])
+                     for k in DEMO_SIZES}
+            cfg = RunConfig(data=args.data, ssm=args.ssm or list(DEMO_IMAGE_SSMS if images else DEMO_SSMS),
+                            lm=args.lm, **sizes, max_lm_rate=args.max_lm_rate, oof_folds=DEFAULT_OOF_FOLDS,
                             selection_metric=args.selection_metric, class_weight=args.class_weight,
                             imbalance_ratio=args.imbalance_ratio)
-            return run_and_report(cfg, args.out)
+            return run_and_report(cfg, args.out or ("runs/demo-digits" if images else "runs/demo"))
         if args.command == "predict":
             return cmd_predict(args)
     except EAError as err:

@@ -48,6 +48,8 @@ from ea_core.splits import Split, TaskData
 from ea_core.tuning import apply_temperature
 
 SPLITS = ("train", "val", "test")
+#: Few-shot examples per label the offline image stand-in (local:image-knn) sees when --few-shot is not given.
+IMAGE_KNN_FEW_SHOT = 5
 
 
 @dataclass
@@ -138,7 +140,14 @@ class RunConfig:
     def model_settings(self, spec: str) -> dict[str, Any]:
         """Constructor settings for small model `spec`: the run-wide imbalance settings (only where
         they differ from the models' defaults, so older runs keep their fingerprints), then the
-        per-kind `ssm_settings`, which win."""
+        per-kind `ssm_settings`, which win. Image models (kinds ``image_head``/``image_finetune``)
+        take their own settings and, of the run-wide ones, only an explicit class weighting."""
+        from ea_core.models import spec_kind
+
+        kind = spec_kind(spec)
+        if kind.startswith("image_"):
+            weighting = {"balanced": {"class_weight": "balanced"}}.get(self.class_weight, {})
+            return {**weighting, **self.ssm_settings.get(kind, {})}
         run_wide: dict[str, Any] = {}
         if self.selection_metric != "auto":
             run_wide["selection_metric"] = self.selection_metric
@@ -146,7 +155,7 @@ class RunConfig:
             run_wide["class_weight"] = self.class_weight
         if self.imbalance_ratio != DEFAULT_IMBALANCE_RATIO:
             run_wide["imbalance_ratio"] = self.imbalance_ratio
-        return {**run_wide, **self.ssm_settings.get(spec.split(":", 1)[0], {})}
+        return {**run_wide, **self.ssm_settings.get(kind, {})}
 
     def prices(self) -> Optional[dict[str, list[float]]]:
         """The user's prices for the LM model as a price-table entry (None: use the table's)."""
@@ -368,7 +377,9 @@ class Pipeline:
             from ea_core.llm.cost import Budget
 
             cfg = self.config
-            examples = [tuple(e) for e in self.state.lm_few_shot] if self.state.lm_few_shot else None
+            from ea_core.llm.prompt import example_from_json
+
+            examples = [example_from_json(e) for e in self.state.lm_few_shot] if self.state.lm_few_shot else None
             # One ledger per run folder: every paid answer is recorded as it arrives, so a resumed
             # run starts from the money already spent (the cap is on the run, not on a session).
             money = {} if cfg.lm.startswith("local") else {"budget": Budget(cfg.budget_usd, ledger=self._ledger())}
@@ -496,19 +507,41 @@ class Pipeline:
             )
             save_task(self.task, data_dir)
             self.folder.mark_done("data", fp)
+        from ea_core.models import check_spec_for_data
+
+        for spec in cfg.ssm:  # a text model on images (or the reverse) fails now, with the models to use
+            check_spec_for_data(spec, self.task.modality)
+        if self.task.is_image:
+            self._adapt_to_images()
         self.state = RunState(folder=self.folder, config=cfg, task=self.task)
         for w in self.task.warnings:
             self.emit(ProgressEvent(stage="data", step=0, total=0, message=f"warning: {w}"))
 
+    def _adapt_to_images(self) -> None:
+        """An image task: make ``--lm local`` (the offline default)
+        the offline image stand-in, which answers from few-shot examples (5 per label unless
+        --few-shot says otherwise). The resolved settings are what config.json records."""
+        from ea_core.llm import IMAGE_KNN_SPEC
+
+        cfg = self.config
+        if cfg.lm == "local":
+            cfg.lm = IMAGE_KNN_SPEC
+            self.emit(ProgressEvent(stage="data", step=0, total=0, message=(
+                "image data: the local LM stage is the offline stand-in local:image-knn (few-shot nearest neighbours, "
+                "not a language model); give a vision LM (--lm openai --lm-model ...) for real gains")))
+        if cfg.lm == IMAGE_KNN_SPEC and cfg.few_shot <= 0:
+            cfg.few_shot = IMAGE_KNN_FEW_SHOT
+        write_json(self.folder.path("config.json"), cfg.to_dict())
+
     def _train_small_model(self, name: str, folder: Path, fp: str, build: Callable[[], Any], train: Split,
-                           warm: bool) -> StageRecord:
+                           warm: bool, select: Optional[Callable[[np.ndarray], float]] = None) -> StageRecord:
         """Train (or reload) one small model and cache its probabilities on every split."""
         info_path = folder / "info.json"
         if not self.folder.is_done(f"model_{folder.parent.name}_{folder.name}", fp):
             model = build()
             with ResourceMeter() as meter:
                 model.fit(train, self.task.val, self.task.labels, callback=self.emit, cancel=self.cancel,
-                          warm_start=warm, stage=f"train:{name}")
+                          warm_start=warm, stage=f"train:{name}", select=select)
             for stale in folder.glob("oof*.npz"):  # out-of-fold outputs of a previous model
                 stale.unlink()
             model.save(folder / "model")
@@ -607,10 +640,10 @@ class Pipeline:
         cfg = self.config
         shown = self._few_shot_rows()
         if shown:
-            from ea_core.llm.prompt import select_examples
+            from ea_core.llm.prompt import example_to_json, select_examples
 
-            self.state.lm_few_shot = [list(e) for e in select_examples(self.task.train, self.task.labels,
-                                                                       cfg.few_shot, cfg.seed)]
+            self.state.lm_few_shot = [example_to_json(e) for e in select_examples(self.task.train, self.task.labels,
+                                                                                  cfg.few_shot, cfg.seed)]
         self._load_lm_description()
         train_probs = self._train_probs_for_mining()
         y = self.task.train.labels
@@ -672,12 +705,48 @@ class Pipeline:
             return []
         train = self.task.train.subset(index)
         records = []
+        select = self._assm_select()
         for src in self._assm_sources():
-            fp = fingerprint(index, src.name, read_json(src.folder / "info.json"))
+            fp = fingerprint(index, src.name, read_json(src.folder / "info.json"), *(["select:routed"] if select else []))
             folder = self.folder.path(layer, src.folder.name)
             records.append(self._train_small_model(
-                f"{layer}:{src.name}", folder, fp, lambda src=src: load_model(src.folder / "model"), train, warm=True))
+                f"{layer}:{src.name}", folder, fp, lambda src=src: load_model(src.folder / "model"), train, warm=True,
+                select=select))
         return records
+
+    def _assm_select(self) -> Optional[Callable[[np.ndarray], float]]:
+        """The epoch score of an augmented SSM: the validation accuracy of the routed system it
+        joins (Specific Layer -> this ASSM -> LM, thresholds tuned within the run's LM budget).
+
+        Accuracy on all of validation favours an ASSM that does little (it is trained on the few
+        examples everything else gets wrong). bench/bench_assm_signal.py, 6 seeds on demo tweets
+        with an LM better on some classes: EA test 75.4% with this score vs 73.8% with plain
+        validation accuracy, optimism no worse. None (plain selection) when the LM has no
+        validation answers yet.
+        """
+        from ea_core.tuning import Calibration, autotune
+
+        if "val" not in self.state.lm_answers:
+            return None
+        cfg, y = self.config, self.task.val.labels
+        metric = cfg.metric_for(self.task)
+
+        def stage(name: str, proba: np.ndarray) -> StageOutput:
+            if cfg.calibrate:
+                proba = apply_temperature(proba, Calibration.fit(proba, y).temperature)
+            return StageOutput.from_proba(name, proba)
+
+        front = [stage(r.name, r.outputs()["val"]) for r in self.state.ssms]
+        lm = lm_stage_output(self.state.lm_answers["val"])
+
+        def score(proba: np.ndarray) -> float:
+            try:
+                point = autotune([*front, stage("assm", proba), lm], y, max_lm_rate=cfg.max_lm_rate,
+                                 max_cost_per_1k=cfg.max_cost_per_1k, metric=metric)
+            except ConfigError:  # no point within the budget: fall back to the ASSM's own accuracy
+                return float(np.mean(proba.argmax(1) == y))
+            return float(point.accuracy)
+        return score
 
     def stage_assm(self) -> None:
         assert self.state.mining is not None

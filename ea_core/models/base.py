@@ -19,6 +19,7 @@ import numpy as np
 
 from ea_core.errors import ModelError
 from ea_core.events import CancelToken, ProgressCallback
+from ea_core.models.common import EpochScore
 from ea_core.splits import Split
 
 MODEL_JSON = "model.json"
@@ -51,10 +52,13 @@ class SmallModel(ABC):
         cancel: Optional[CancelToken] = None,
         warm_start: bool = False,
         stage: Optional[str] = None,
+        select: Optional[EpochScore] = None,
     ) -> "SmallModel":
         """Train on `train` (early stopping on `val` when given). With `warm_start=True`, continue
         from the current weights (used to fine-tune an SSM into an augmented SSM). `stage` names the
-        progress events (default ``train:<spec>``)."""
+        progress events (default ``train:<spec>``). `select`: the score of the validation
+        probabilities that early stopping maximises instead of the selection metric (models without
+        epochs ignore it)."""
 
     @abstractmethod
     def predict_proba(self, split: Split, *, batch_size: Optional[int] = None) -> np.ndarray:

@@ -5,7 +5,7 @@ Kept free of torch and transformers so that the TF-IDF kind stays cheap to impor
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -207,6 +207,18 @@ def resolve_selection_metric(setting: str, y: np.ndarray, n_labels: int,
     if setting != "auto":
         return setting
     return "macro_f1" if is_imbalanced(y, n_labels, ratio) else "accuracy"
+
+
+#: A caller's own epoch score: validation probabilities in, a number to maximise out (see `SmallModel.fit`).
+EpochScore = Callable[[np.ndarray], float]
+
+
+def epoch_score(y: np.ndarray, logits: np.ndarray, metric: str, select: Optional[EpochScore] = None) -> float:
+    """The validation score early stopping maximises: the caller's `select` of the probabilities
+    when given (an augmented SSM is scored by the routed system it joins), else the selection metric."""
+    if select is not None:
+        return float(select(softmax_np(logits)))
+    return selection_score(y, logits.argmax(axis=1), metric, logits.shape[1])
 
 
 def selection_score(y: np.ndarray, pred: np.ndarray, metric: str, n_labels: int) -> float:

@@ -49,7 +49,8 @@ from ea_core.models.common import (
     class_weights,
     cross_entropy_np,
     resolve_selection_metric,
-    selection_score,
+    epoch_score,
+    EpochScore,
     softmax_np,
     usable_val,
 )
@@ -450,6 +451,7 @@ class EncoderHeadModel(SmallModel):
         cancel: Optional[CancelToken] = None,
         warm_start: bool = False,
         stage: Optional[str] = None,
+        select: Optional[EpochScore] = None,
     ) -> "EncoderHeadModel":
         import torch
 
@@ -486,11 +488,11 @@ class EncoderHeadModel(SmallModel):
         # torch's thread count is process-wide and so not changed here: a CPU shared with other
         # busy work trains this head fastest with 1 thread (see `ea_core.process`).
         self._train_head(xt, yt, xv, None if val is None else val.labels, lr, epochs,
-                         Progress(stage, epochs, callback, cancel), loss_weight)
+                         Progress(stage, epochs, callback, cancel), loss_weight, select)
         return self
 
     def _train_head(self, xt: Any, yt: Any, xv: Any, yv: Optional[np.ndarray], lr: float, epochs: int,
-                    progress: Progress, loss_weight: Any = None) -> None:
+                    progress: Progress, loss_weight: Any = None, select: Optional[EpochScore] = None) -> None:
         """Mini-batch AdamW on the embeddings; keep the weights of the best validation epoch.
 
         Batch order and dropout masks come from one generator seeded with `seed`: the same seed
@@ -503,12 +505,13 @@ class EncoderHeadModel(SmallModel):
         gen = torch.Generator().manual_seed(self.seed)
         set_generator(self.head_, gen)
         try:
-            self._train_epochs(xt, yt, xv, yv, lr, epochs, progress, gen, loss_weight)
+            self._train_epochs(xt, yt, xv, yv, lr, epochs, progress, gen, loss_weight, select)
         finally:
             set_generator(self.head_, None)
 
     def _train_epochs(self, xt: Any, yt: Any, xv: Any, yv: Optional[np.ndarray], lr: float, epochs: int,
-                      progress: Progress, gen: Any, loss_weight: Any = None) -> None:
+                      progress: Progress, gen: Any, loss_weight: Any = None,
+                      select: Optional[EpochScore] = None) -> None:
         import torch
         import torch.nn.functional as F
 
@@ -536,7 +539,7 @@ class EncoderHeadModel(SmallModel):
                     val_logits = head(xv).numpy()
                 val_pred = val_logits.argmax(axis=1)
                 val_acc = float((val_pred == yv).mean())
-                val_score = selection_score(yv, val_pred, metric, val_logits.shape[1])
+                val_score = epoch_score(yv, val_logits, metric, select)
                 val_loss = cross_entropy_np(val_logits, yv)
                 stop = best.update(head, val_score, val_loss)
             self.history_.append({"epoch": epoch + 1, "loss": total / seen, "val_accuracy": val_acc,

@@ -43,7 +43,8 @@ from ea_core.models.common import (
     class_weights,
     cross_entropy_np,
     resolve_selection_metric,
-    selection_score,
+    epoch_score,
+    EpochScore,
     softmax_np,
     usable_val,
 )
@@ -238,6 +239,7 @@ class FineTuneModel(SmallModel):
         cancel: Optional[CancelToken] = None,
         warm_start: bool = False,
         stage: Optional[str] = None,
+        select: Optional[EpochScore] = None,
     ) -> "FineTuneModel":
         check_training_data(labels, train, val)
         warm = warm_start and self.model_ is not None
@@ -245,7 +247,7 @@ class FineTuneModel(SmallModel):
             check_warm_labels(getattr(self, "labels_", None), labels)
         device = pick_device(self.device)
         with _forked_rng(device):  # the caller's random state is untouched by what follows
-            return self._fit(train, val, labels, device, warm, callback, cancel, stage)
+            return self._fit(train, val, labels, device, warm, callback, cancel, stage, select)
 
     def _fit(
         self,
@@ -257,6 +259,7 @@ class FineTuneModel(SmallModel):
         callback: Optional[ProgressCallback],
         cancel: Optional[CancelToken],
         stage: Optional[str],
+        select: Optional[EpochScore] = None,
     ) -> "FineTuneModel":
         import torch
         import torch.nn.functional as F
@@ -341,7 +344,7 @@ class FineTuneModel(SmallModel):
                     val_logits = self._logits(val_feats, device)
                     val_pred = val_logits.argmax(axis=1)
                     val_acc = float((val_pred == val.labels).mean())
-                    val_score = selection_score(val.labels, val_pred, metric, k)
+                    val_score = epoch_score(val.labels, val_logits, metric, select)
                     val_loss = cross_entropy_np(val_logits, val.labels)
                     self.history_.append({"step": step, "epoch": epoch + 1, "loss": running / seen,
                                           "val_loss": val_loss, "val_accuracy": val_acc, "val_score": val_score,

@@ -164,6 +164,7 @@ class TfidfModel(SmallModel):
         cancel: Optional[CancelToken] = None,
         warm_start: bool = False,
         stage: Optional[str] = None,
+        select: Optional[EpochScore] = None,
     ) -> "TfidfModel":
         from sklearn.feature_extraction.text import TfidfVectorizer
 

@@ -40,6 +40,8 @@ from ea_core.events import CancelToken, ProgressCallback
 from ea_core.models.base import SmallModel, check_tensor, damaged, read_tensors, register
 from ea_core.models.common import (
     BestWeights,
+    EpochScore,
+    epoch_score,
     Progress,
     check_training_data,
     check_warm_labels,
@@ -403,7 +405,8 @@ class ImageHeadModel(_ImageModel):
 
     def fit(self, train: Split, val: Optional[Split], labels: list[str], *,
             callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-            warm_start: bool = False, stage: Optional[str] = None) -> "ImageHeadModel":
+            warm_start: bool = False, stage: Optional[str] = None,
+            select: Optional[EpochScore] = None) -> "ImageHeadModel":
         import torch
 
         from ea_core.models.seeded import set_generator
@@ -433,13 +436,13 @@ class ImageHeadModel(_ImageModel):
         set_generator(self.head_, gen)
         try:
             self._train(std(xt), torch.from_numpy(np.asarray(train.labels)), None if xv is None else std(xv),
-                        None if val is None else np.asarray(val.labels), lr, epochs, progress, gen)
+                        None if val is None else np.asarray(val.labels), lr, epochs, progress, gen, select)
         finally:
             set_generator(self.head_, None)
         return self
 
     def _train(self, xt: Any, yt: Any, xv: Any, yv: Optional[np.ndarray], lr: float, epochs: int,
-               progress: Progress, gen: Any) -> None:
+               progress: Progress, gen: Any, select: Optional[EpochScore] = None) -> None:
         import torch
         import torch.nn.functional as F
 
@@ -467,7 +470,7 @@ class ImageHeadModel(_ImageModel):
                     logits = head(xv).numpy()
                 val_acc = float((logits.argmax(axis=1) == yv).mean())
                 val_loss = cross_entropy_np(logits, yv)
-                stop = best.update(head, val_acc, val_loss)
+                stop = best.update(head, epoch_score(yv, logits, "accuracy", select), val_loss)
             self.history_.append({"epoch": epoch + 1, "loss": total / seen, "val_accuracy": val_acc,
                                   "val_loss": val_loss})
             progress.emit(epoch + 1, loss=total / seen, val_accuracy=val_acc, total=epoch + 1 if stop else None,
@@ -685,7 +688,8 @@ class ImageFineTuneModel(_ImageModel):
 
     def fit(self, train: Split, val: Optional[Split], labels: list[str], *,
             callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-            warm_start: bool = False, stage: Optional[str] = None) -> "ImageFineTuneModel":
+            warm_start: bool = False, stage: Optional[str] = None,
+            select: Optional[EpochScore] = None) -> "ImageFineTuneModel":
         import torch
         import torch.nn.functional as F
 
@@ -753,7 +757,7 @@ class ImageFineTuneModel(_ImageModel):
                         val_loss = cross_entropy_np(logits, val.labels)
                         self.history_.append({"step": step, "epoch": epoch + 1, "loss": running / seen,
                                               "val_loss": val_loss, "val_accuracy": val_acc})
-                        stop = best.update(net, val_acc, val_loss)
+                        stop = best.update(net, epoch_score(val.labels, logits, "accuracy", select), val_loss)
                     progress.emit(step, loss=running / seen, val_accuracy=val_acc,
                                   total=step if stop else None,
                                   message="early stop" if stop else f"epoch {epoch + 1}/{epochs}")
