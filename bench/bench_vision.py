@@ -61,9 +61,9 @@ def digits_task(seed: int = 0):
 
 def run_digits(spec: str, labels, train, val, test, **settings) -> dict:
     from ea_core.models import make_model
-    from ea_core.models.vision import SHARED_FEATURES
+    from ea_core.models.encoder_head import SHARED_MEMORY
 
-    SHARED_FEATURES.clear()  # time the backbone, not the memory
+    SHARED_MEMORY.clear()  # time the backbone, not the memory
     model = make_model(spec, **settings)
     t0 = time.perf_counter()
     model.fit(train, val, labels)

@@ -204,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "treated as data from someone else: it never chooses where the LM is called or "
                                    "which key is sent, and it may only use files inside its own folder.")
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder (a run writes DIR/bundle)")
-    p.add_argument("--input", required=True, metavar="FILE", help="CSV, TSV, JSONL, Parquet or .txt (one input per line)")
+    p.add_argument("--input", required=True, metavar="FILE", help="CSV, TSV, JSONL, Parquet or .txt (one input per line); "
+                   "for an image system: an image, or a folder or .zip of images (class folders named like the "
+                   "labels are scored)")
     p.add_argument("--output", metavar="FILE",
                    help="write predictions here (default: FILE.predictions.csv). CSV output is made safe for "
                         "spreadsheets: a cell starting with =, +, -, @, tab or carriage return gets a leading ' "
@@ -320,9 +322,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     lm_kw = dict(base_url=args.lm_base_url, key_env=args.lm_key_env, trust_endpoint=args.trust_bundle_endpoint,
                  local_model=args.lm_local)
     # Read the input first: a bad file fails before any model loads.
-    split, _ = read_inputs(args.input, text_col=args.text_col or task.get("text_col"),
-                           pair_col=args.text_pair_col or task.get("pair_col"), labels=meta["labels"],
-                           pair_task=task.get("pair"))
+    if task.get("modality") == "image":
+        from ea_core.image_data import read_image_inputs
+
+        split, warnings = read_image_inputs(args.input, labels=meta["labels"])
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    else:
+        split, _ = read_inputs(args.input, text_col=args.text_col or task.get("text_col"),
+                               pair_col=args.text_pair_col or task.get("pair_col"), labels=meta["labels"],
+                               pair_task=task.get("pair"))
     if not args.no_lm and any(e.get("lm") for e in meta["stages"]):
         # Say where the LM will be called (or refuse the bundle's own endpoint) before any model loads.
         print(plan_bundle_lm(meta["lm"], where=Path(args.bundle) / BUNDLE_JSON, **lm_kw).describe(),

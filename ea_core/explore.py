@@ -112,9 +112,10 @@ class Explorer:
         return self.val.evaluate(thresholds), self.test.evaluate(thresholds)
 
     def autotune(self, max_lm_rate: Optional[float] = None, max_cost_per_1k: Optional[float] = None) -> list[float]:
-        """Thresholds maximising validation accuracy within the budget (`ConfigError` if none meets it)."""
+        """Thresholds maximising the run's selection metric on validation (accuracy, or mean per-class
+        recall for macro-F1) within the budget (`ConfigError` if none meets it)."""
         point = autotune(self.val, self.state.task.val.labels, max_lm_rate=max_lm_rate,
-                         max_cost_per_1k=max_cost_per_1k)
+                         max_cost_per_1k=max_cost_per_1k, metric=self.state.config.metric_for(self.state.task))
         return [float(t) for t in point.thresholds]
 
     # -- what to compare with ----------------------------------------------------------

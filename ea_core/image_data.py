@@ -424,7 +424,7 @@ class _File:
     key: Any  # a ZipInfo or an absolute path
 
 
-def _zip_items(source: str, path: str) -> _Items:
+def _zip_items(source: str, path: str, tree: Optional[Callable[..., _Items]] = None) -> _Items:
     try:
         zf = zipfile.ZipFile(path)
     except PermissionError:
@@ -470,7 +470,7 @@ def _zip_items(source: str, path: str) -> _Items:
             raise _Unreadable(f"above the {MAX_IMAGE_FILE_BYTES >> 20} MB limit per image")
         return data
 
-    return _tree_items(source, files, dirs, read, "ZIP")
+    return (tree or _tree_items)(source, files, dirs, read, "ZIP")
 
 
 def _check_zip_limits(source: str, infos: list[zipfile.ZipInfo]) -> None:
@@ -528,7 +528,7 @@ def _check_member_name(source: str, name: str, info: zipfile.ZipInfo) -> None:
         )
 
 
-def _folder_items(source: str, path: str) -> _Items:
+def _folder_items(source: str, path: str, tree: Optional[Callable[..., _Items]] = None) -> _Items:
     root = os.path.realpath(path)
     files: list[_File] = []
     dirs: list[PurePosixPath] = []
@@ -566,7 +566,7 @@ def _folder_items(source: str, path: str) -> _Items:
         except OSError as exc:
             raise _Unreadable(f"cannot be read ({exc.strerror or exc})") from None
 
-    items = _tree_items(source, files, dirs, read, "folder")
+    items = (tree or _tree_items)(source, files, dirs, read, "folder")
     if outside:
         items.warnings.append(_listing(f"Skipped {len(outside)} entries of {source} that are not regular files inside it", outside))
     return items
@@ -659,6 +659,60 @@ def _tree_items(source: str, files: list[_File], dirs: list[PurePosixPath], read
         read=lambda i: read_file(kept[i]), warnings=warnings, label_col="label", image_col="image",
         empty_classes=empty, layout=layout,
     )
+
+
+def _flat_items(source: str, files: list[_File], dirs: list[PurePosixPath], read_file: Callable[[_File], bytes],
+                kind: str) -> _Items:
+    """Every image of a ZIP or folder, in any layout (for prediction): its parent folder's name is
+    kept as its raw label (None at the top level)."""
+    images = [f for f in files if not _is_junk(f.rel) and f.rel.suffix.lower() in IMAGE_EXTENSIONS]
+    if not images:
+        raise DataError(f"No image files found in the {kind} {source} ({', '.join(sorted(IMAGE_EXTENSIONS)[:6])} ...).")
+    labels = [_data.normalize_label(f.rel.parent.name) if len(f.rel.parts) > 1 else None for f in images]
+    return _Items(origin=source, names=[str(f.rel) for f in images], labels=labels,
+                  splits=np.full(len(images), -1, dtype=np.int64), read=lambda i: read_file(images[i]))
+
+
+def read_image_inputs(source: str, labels: Optional[list[str]] = None) -> tuple[Split, list[str]]:
+    """Images to classify with an exported system, and what was skipped (warnings).
+
+    `source` is one image file, or a folder or ZIP holding images in any layout (a ZIP is read in
+    memory with the same zip-slip and bomb guards as training data). An image inside a folder
+    named after one of `labels` keeps that gold label, so `predict` can score it; the others are
+    unlabelled (-1). Unreadable files are skipped and named; none readable is a DataError.
+    """
+    path = os.path.expanduser(str(source).strip())
+    if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
+        _data.check_data_path(source)
+        try:
+            data = Path(path).read_bytes()
+            return Split.from_images([convert_image(data, Path(path).name)], [Path(path).name]), []
+        except OSError as exc:
+            raise DataError(f"Cannot read {source}: {exc.strerror or exc}.") from None
+        except _Unreadable as why:
+            raise DataError(f"{source} is not a readable image ({why}).") from None
+    if Path(path).suffix.lower() == ".zip":
+        _data.check_data_path(source)
+        items = _zip_items(source, path, _flat_items)
+    elif os.path.isdir(path):
+        items = _folder_items(source, path, _flat_items)
+    else:
+        _data.check_data_path(source)
+        raise DataError(f"{source}: give an image file, a folder of images or a .zip of images to classify.")
+    index = {label: i for i, label in enumerate(labels or [])}
+    images, names, gold, skipped = [], [], [], []
+    for i, name in enumerate(items.names):
+        try:
+            images.append(convert_image(items.read(i), name))
+        except _Unreadable as why:
+            skipped.append(f"{name} ({why})")
+            continue
+        names.append(name)
+        gold.append(index.get(items.labels[i], -1) if items.labels[i] is not None else -1)
+    if not images:
+        raise DataError(f"None of the {len(items.names)} image files of {source} could be read: {'; '.join(skipped[:3])}.")
+    warnings = [_listing(f"Skipped {len(skipped)} unreadable files of {source}", skipped)] if skipped else []
+    return Split(names, np.asarray(gold, dtype=np.int64), None, images), warnings
 
 
 def _split_name(name: str) -> Optional[str]:

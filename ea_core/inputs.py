@@ -109,7 +109,7 @@ def write_predictions(path: str, split: Split, preds: Predictions, labels: list[
     import json
 
     names = preds.stage_names
-    header = ["text"] + (["text_pair"] if split.pairs is not None else []) + ["prediction", "answered_by", "confidence"]
+    header = ["image" if split.is_image else "text"] + (["text_pair"] if split.pairs is not None else []) + ["prediction", "answered_by", "confidence"]
     try:
         f = open(path, "w", newline="", encoding="utf-8")
     except OSError as err:

@@ -73,7 +73,7 @@ def build() -> dict[str, Any]:
             c["counts"] = gr.Plot(as_plot(plots.empty("Class counts per split", "Load the data to see its classes.")),
                                   show_label=False, elem_id="data-counts")
             c["warnings"] = gr.HTML("")
-            c["gallery"] = gr.Gallery(label="Sample images per class", columns=8, height=260, visible=False,
+            c["gallery"] = gr.Gallery(label="Sample images per class", columns=6, height=260, visible=False,
                                       allow_preview=False, elem_id="data-gallery")
             c["preview"] = gr.Dataframe(label="First rows", interactive=False, wrap=True,
                                         max_height=260, elem_id="data-preview")

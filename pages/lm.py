@@ -23,11 +23,14 @@ from pages.ui import error_message, note, pct, seconds, usd
 
 LOCAL = "local"
 CUSTOM = "custom"
-CHOICES = ([("Local: SmolLM2-135M, offline stand-in (weak)", LOCAL)]
+CHOICES = ([("Local offline stand-in (weak): SmolLM2-135M for text, few-shot image-knn for images", LOCAL)]
            + [(p.title, name) for name, p in PRESETS.items()] + [("Other OpenAI-compatible endpoint", CUSTOM)])
 LOCAL_NOTE = ("The local model is SmolLM2-135M-Instruct, packaged so the app works with no key and no network. "
               "It is a weak stand-in (about chance level on the demo): it exercises every step, but real gains "
-              "need a real LM: pick an endpoint and paste its key.")
+              "need a real LM: pick an endpoint and paste its key. For image data no vision LM installs offline: "
+              "the local stage is local:image-knn, few-shot nearest neighbours over EfficientNet features of 5 "
+              "examples per label, which is not a language model. A vision model (e.g. gpt-4o-mini, qwen-vl-plus) "
+              "behind an endpoint is what brings real gains.")
 FORM_KEYS = ("preset", "base_url", "model", "price_in", "price_out", "budget_usd", "concurrency", "few_shot",
              "prompt_system", "prompt_instruction", "prompt_input", "prompt_pair")
 
@@ -158,11 +161,19 @@ def render_preview(studio: Studio, request: gr.Request, *values: Any) -> str:
     except Exception as err:  # noqa: BLE001  (a half-typed template must not break the page)
         return note(f"Cannot render the prompt: {err}", "error")
     parts = "".join(f"<div><b>{html.escape(m['role'])}</b><pre style='white-space:pre-wrap;margin:2px 0 8px'>"
-                    f"{html.escape(m['content'])}</pre></div>" for m in messages)
+                    f"{html.escape(_shown(m['content']))}</pre></div>" for m in messages)
     shots = int(form["few_shot"] or 0)
     extra = (f"<p><i>+ {shots} example(s) per label from the training data, as earlier turns.</i></p>"
              if shots else "")
     return f"<div class='ea-note ea-info'><b>Prompt preview</b> (first training example){extra}{parts}</div>"
+
+
+def _shown(content: Any) -> str:
+    """A message's content as text; an image part (image tasks) shows as a placeholder."""
+    if isinstance(content, str):
+        return content
+    return "\n".join(p.get("text", "") if p.get("type") == "text" else "[the input image]"
+                     for p in content if isinstance(p, dict))
 
 
 def run_test(studio: Studio, api_key: Optional[str], request: gr.Request, *values: Any) -> str:

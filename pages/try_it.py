@@ -125,13 +125,22 @@ def route(studio: Studio, owner: Optional[str], run_id: Optional[str], order: st
         return note("Type an input (or upload an image, for an image task) first.", "info")
     try:
         if session.bundle_dir is not None:
-            system = session.cached(("bundle", str(session.bundle_dir), bool(use_lm)),
-                                    lambda: load_bundle(session.bundle_dir, use_lm=False))
-            item = _image_input(image) if image and read_bundle_meta(session.bundle_dir).get("task", {}).get("modality") == "image" \
-                else text
-            trace = system.route_one(item, pair or None)
-            return trace_html(trace, note("Loaded bundle: routed with its own thresholds; its LM stage, if any, "
-                                          "is not called (a bundle never chooses an endpoint or a key).", "info"))
+            meta = read_bundle_meta(session.bundle_dir)
+            # A local LM runs in this process; an API LM is never called from a bundle here (a
+            # bundle never chooses an endpoint or a key).
+            local_lm = str((meta.get("lm") or {}).get("spec") or "").startswith("local")
+            with_lm = bool(use_lm) and local_lm
+            system = session.cached(("bundle", str(session.bundle_dir), with_lm),
+                                    lambda: load_bundle(session.bundle_dir, use_lm=with_lm))
+            image_task = meta.get("task", {}).get("modality") == "image"
+            if image_task and not image:
+                return note("This bundle classifies images: upload one.", "info")
+            trace = system.route_one(_image_input(image) if image_task else text, pair or None)
+            said = ("its local LM stage runs here" if with_lm else "it has no LM stage" if not meta.get("lm") else
+                    "its LM stage is skipped, as asked" if local_lm else
+                    "its LM stage is skipped: an API LM is not called from a loaded bundle (a bundle never chooses "
+                    "an endpoint or a key; use `python -m ea_core predict` with --lm-base-url)")
+            return trace_html(trace, note(f"Loaded bundle: routed with its own thresholds; {said}.", "info"))
         if not owned(studio, owner, run_id):
             return note("Open a finished run first (Train & mine, or Results → past runs).", "info")
         system = _system(studio, session, run_id, order, calibrated, use_lm, api_key)

@@ -210,3 +210,112 @@ def test_reload_mid_run_reattaches_and_cancel_stops_it(browser, app_url):
 
 def _run_ids(demo) -> set[str]:
     return {path.name for path in demo.studio.runs_dir.iterdir() if (path / "status.json").is_file()}
+
+
+DIGITS = "Demo: handwritten digits (images, bundled, offline)"
+
+
+def _digit_png(path: Path, index: int = 10) -> str:
+    """One of scikit-learn's 8x8 digits (0-16 scaled to 0-255) as a 64x64 grayscale PNG; its label.
+
+    Upscaled bilinearly, as the models resize their inputs: a blocky (nearest-neighbour) upscale is
+    an input unlike any the tiny CNN trained on, and it misreads most of them."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from ea_core.imaging import encode_png
+
+    digits = load_digits()
+    pixels = np.clip(np.rint(digits.images[index] * 255.0 / 16.0), 0, 255).astype(np.uint8)
+    big = Image.fromarray(pixels).resize((64, 64), Image.Resampling.BILINEAR)
+    path.write_bytes(encode_png(np.asarray(big)))
+    return str(int(digits.target[index]))
+
+
+def test_image_path(browser, app_url, tmp_path):
+    """Digits demo: gallery and summary, image models listed, a run with finetune:tiny_cnn and the
+    default local LM (local:image-knn for images), then Try it on a test example and an uploaded PNG."""
+    d = Page(browser, app_url["url"])
+    p = d.page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    # Data: pick the digits demo, load it; the gallery shows sample images, the summary says images.
+    d.tab(TABS[0])
+    p.get_by_label(DIGITS).check()
+    p.get_by_role("button", name="Splits and sizes").click()  # a smaller sample: fewer calls to the LM stand-in
+    for label, n in (("Max train examples (0 = all)", 300), ("Max validation", 100), ("Max test", 100)):
+        box = p.get_by_label(label)
+        d.expect(box).to_have_value("0")  # the digits demo's own caps (all) came first
+        box.fill(str(n))
+        box.press("Tab")
+    p.get_by_role("button", name="Load data").click()
+    d.expect(p.locator("#data-message")).to_contain_text("Loaded: 500 examples", timeout=60_000)
+    d.expect(p.locator("#data-summary")).to_contain_text("images")
+    gallery = p.locator("#data-gallery img")
+    d.expect(gallery.first).to_be_visible(timeout=30_000)
+    decoded = "() => [...document.querySelectorAll('#data-gallery img')].filter(i => i.complete && i.naturalWidth > 0).length"
+    p.wait_for_function(f"({decoded})() >= 40", timeout=30_000)  # 4 per class, each one a real picture
+    assert gallery.count() >= 10, f"the gallery shows {gallery.count()} images"
+    p.wait_for_timeout(500)
+    p.screenshot(path=str(ARTIFACTS / "image_data.png"), full_page=True)
+    width = p.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1280, f"the Data tab scrolls sideways at 1280 px ({width} px wide)"
+
+    # Small models: image architectures (not tfidf), the image defaults ticked; keep only tiny_cnn.
+    d.tab(TABS[1])
+    choices = p.locator("#ssm-choices")
+    d.expect(choices.locator("label", has_text="finetune:tiny_cnn")).to_be_visible(timeout=30_000)
+    d.expect(choices).to_contain_text("head:efficientnet_lite0")
+    d.expect(choices).not_to_contain_text("tfidf")
+    d.expect(choices).not_to_contain_text("minilm")
+    ticked = choices.locator("input[type=checkbox]:checked")
+    d.expect(ticked).to_have_count(2)
+    d.expect(choices.locator("label", has_text="finetune:tiny_cnn").locator("input")).to_be_checked()
+    d.expect(choices.locator("label", has_text="head:efficientnet_lite0").locator("input")).to_be_checked()
+    choices.locator("label", has_text="head:efficientnet_lite0").click()
+    d.expect(choices.locator("label", has_text="head:efficientnet_lite0").locator("input")).not_to_be_checked()
+    d.expect(ticked).to_have_count(1)
+
+    # Large model: left at its default, the local model (the offline image stand-in for images).
+    d.tab(TABS[2])
+    d.expect(p.locator("#lm-prompt-preview")).to_contain_text("[the input image]", timeout=15_000)
+    p.screenshot(path=str(ARTIFACTS / "image_lm.png"), full_page=True)
+    d.run()
+    d.expect(p.locator("#run-status")).to_contain_text("Run finished", timeout=180_000)
+    log = p.locator("#run-log textarea")
+    d.expect(log).to_have_value(re.compile("tiny_cnn"))
+    d.expect(log).to_have_value(re.compile("image-knn"))
+
+    # Try it: the image input replaces the text box; a clicked test example is shown and routed.
+    d.tab(TABS[5])
+    image = p.locator("#try-image")
+    d.expect(image).to_be_visible(timeout=30_000)
+    d.expect(p.locator("#try-text")).to_be_hidden()
+    trace = p.locator("#try-trace")
+    example = p.locator("#try-examples").get_by_role("gridcell", name=re.compile(r"\.png$")).first
+    d.expect(example).to_be_visible(timeout=30_000)
+    example.click()
+    d.expect(image.locator("img")).to_be_visible(timeout=30_000)
+    answered = re.compile(r"Answer: \S+ — by ((assm:)?finetune:tiny_cnn|lm),")  # the stage that answered
+    d.expect(trace).to_contain_text(answered, timeout=60_000)
+    clicked = trace.inner_text()
+
+    # Upload a PNG: it is routed on upload, and again with the button.
+    png = tmp_path / "digit.png"
+    gold = _digit_png(png)
+    image.locator("input[type=file]").set_input_files(str(png))
+    d.expect(image.locator("img")).to_have_attribute("src", re.compile("digit"), timeout=30_000)
+    deadline = time.time() + 60
+    while time.time() < deadline and trace.inner_text() == clicked:
+        time.sleep(0.2)
+    assert trace.inner_text() != clicked, "the upload was not routed"
+    d.expect(trace).to_contain_text(answered)
+    p.locator("#try-route").click()
+    d.expect(trace).to_contain_text(answered, timeout=60_000)
+    said = re.search(r"Answer: (\S+)", trace.inner_text()).group(1)
+    assert said == gold, f"answered {said!r} for a clear {gold}"  # a 0: every run so far reads it with ~1.0
+    p.wait_for_timeout(500)
+    p.screenshot(path=str(ARTIFACTS / "image_try.png"), full_page=True)
+    print(f"example trace: {clicked!r}\nupload (gold {gold}) trace: {trace.inner_text()!r}")
+    d.context.close()

@@ -98,6 +98,29 @@ def test_the_offline_default_lm_is_the_image_stand_in(tmp_path: Path) -> None:
     lm_row = next(r for r in state.rows if r["system"] == "lm")
     assert lm_row["test_accuracy"] > 0.3  # few-shot nearest neighbours: weak, but far above 10% chance
 
+    # The exported bundle classifies a folder of images (class folders named like labels are scored)
+    from ea_core.cli import main
+
+    folder = tmp_path / "inputs"
+    for i in range(12):
+        label = state.task.labels[int(state.task.test.labels[i])]
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        (folder / label / f"img{i}.png").write_bytes(state.task.test.images[i])
+    (folder / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", "--bundle", str(tmp_path / "run" / "bundle"), "--input", str(folder),
+                 "--output", str(out)]) == 0
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("image,prediction") and len(rows) == 13  # the broken file skipped
+    # A ZIP whose member climbs out is refused before any model loads
+    import zipfile
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../escaped.png", state.task.test.images[0])
+    assert main(["predict", "--bundle", str(tmp_path / "run" / "bundle"), "--input", str(evil)]) == 2
+    assert not (tmp_path / "escaped.png").exists()
+
 
 @pytest.mark.parametrize("spec", ["finetune:tiny_cnn"])
 def test_an_image_model_on_text_is_refused(tmp_path: Path, spec: str) -> None:

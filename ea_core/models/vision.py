@@ -172,42 +172,6 @@ def _batched_forward(module: Any, pixels: np.ndarray, mean: Any, std: Any, batch
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
-class FeatureMemory:
-    """Backbone features already computed in this process, keyed by (backbone space, split content).
-
-    Bounded by the number of stored vectors (LRU); thread-safe. Shared by every `ImageHeadModel`
-    unless one is given its own.
-    """
-
-    def __init__(self, max_vectors: int = 500_000) -> None:
-        self.max_vectors = int(max_vectors)
-        self._lock = threading.Lock()
-        self._items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-
-    def get(self, space: str, key: str) -> Optional[np.ndarray]:
-        with self._lock:
-            value = self._items.get((space, key))
-            if value is not None:
-                self._items.move_to_end((space, key))
-            return value
-
-    def put(self, space: str, key: str, value: np.ndarray) -> None:
-        with self._lock:
-            self._items[(space, key)] = value
-            self._items.move_to_end((space, key))
-            while sum(len(v) for v in self._items.values()) > self.max_vectors and len(self._items) > 1:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-
-SHARED_FEATURES = FeatureMemory()
 
 
 class _ImageModel(SmallModel):
@@ -319,7 +283,8 @@ class ImageHeadModel(_ImageModel):
         self._backbone_note: Optional[str] = None
         self._backbone_id = ""
         self._lock = threading.Lock()
-        self.memory: Optional[FeatureMemory] = None
+        #: The in-process feature memory; None means the process's shared `EmbeddingMemory`.
+        self.memory: Any = None
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -367,22 +332,35 @@ class ImageHeadModel(_ImageModel):
 
     def features(self, split: Split, progress: Optional[Progress] = None,
                  batch_size: Optional[int] = None) -> np.ndarray:
-        """Pooled backbone features (n, dim) float32, from the in-process memory when possible."""
-        backbone = self._load_backbone()
-        memory = SHARED_FEATURES if self.memory is None else self.memory
-        space, key = self._space(), _content_key(split)
-        found = memory.get(space, key)
-        if found is not None:
-            return found
-        device = _device(self.device)
-        backbone.to(device)
-        mean, std = self._mean_std(device)
-        bs = batch_size or self.embed_batch_size
-        feats = _batched_forward(backbone, _pixels(split, self.size), mean, std, bs, device,
-                                 self.channels_last and device.type == "cpu", progress)
-        self.backbone_calls_ += math.ceil(len(split) / bs)
-        memory.put(space, key, feats)
-        return feats
+        """Pooled backbone features (n, dim) float32. Each image's vector is kept in the in-process
+        memory under its bytes' SHA-256, so another fold, a subset or a warm start on the same
+        images skips the backbone (the memory is `EmbeddingMemory`, shared with the text heads)."""
+        from ea_core.models.encoder_head import MIN_CACHED_INPUTS, SHARED_MEMORY, _assemble
+
+        if not split.is_image:
+            _pixels(split, self.size)  # the ModelError that says to pick a text model
+        memory = SHARED_MEMORY if self.memory is None else self.memory
+        space = self._space()
+        keys = [hashlib.sha256(data).hexdigest() for data in split.images or []]
+        known = memory.get_many(space, keys)
+        todo = {key: i for i, key in enumerate(keys) if key not in known}  # one row per distinct image
+        fresh: dict[str, np.ndarray] = {}
+        if todo:
+            backbone = self._load_backbone()
+            device = _device(self.device)
+            backbone.to(device)
+            mean, std = self._mean_std(device)
+            bs = batch_size or self.embed_batch_size
+            part = split.subset(list(todo.values()))
+            feats = _batched_forward(backbone, _pixels(part, self.size), mean, std, bs, device,
+                                     self.channels_last and device.type == "cpu", progress)
+            self.backbone_calls_ += math.ceil(len(part) / bs)
+            fresh = dict(zip(todo, feats))
+            if len(split) >= MIN_CACHED_INPUTS:  # one image routed live is not worth remembering
+                memory.put_many(space, fresh)
+        if not keys:
+            return np.zeros((0, feature_dim(self.model, self.width)), dtype=np.float32)
+        return _assemble(keys, known, fresh)
 
     # ------------------------------------------------------------------ training
 
@@ -798,4 +776,4 @@ class ImageFineTuneModel(_ImageModel):
         self.model_.eval()
 
 
-__all__ = ["ImageFineTuneModel", "ImageHeadModel", "FeatureMemory", "SHARED_FEATURES", "default_image_size"]
+__all__ = ["ImageFineTuneModel", "ImageHeadModel", "default_image_size"]
