@@ -136,8 +136,11 @@ def on_source(source: str) -> tuple[Any, ...]:
 
 
 def column_updates(columns: list[str], text: Optional[str], pair: Optional[str], label: Optional[str],
-                   split: Optional[str]) -> tuple[Any, ...]:
-    return (gr.update(choices=columns, value=text), gr.update(choices=[NONE] + columns, value=pair or NONE),
+                   split: Optional[str], image: bool = False) -> tuple[Any, ...]:
+    """The four column pickers; for image data the first names the image column and the
+    second-text picker (text pairs only) is hidden."""
+    return (gr.update(choices=columns, value=text, label="Image column" if image else "Text column"),
+            gr.update(choices=[NONE] + columns, value=pair or NONE, visible=not image),
             gr.update(choices=columns, value=label), gr.update(choices=[NONE] + columns, value=split or NONE))
 
 
@@ -168,7 +171,7 @@ def on_upload(studio: Studio, file: Optional[str], request: gr.Request) -> tuple
         counts = ", ".join(f"{label} {n:,}" for label, n in info.class_counts.items())
         msg = (f"{name}: {info.n_rows:,} images in {len(info.class_counts)} classes ({counts})"
                + (f"; {info.layout}" if info.layout else "") + ". Press Load data.")
-        return (note(msg, "ok"), *column_updates(info.columns, info.text_col, None, info.label_col, None),
+        return (note(msg, "ok"), *column_updates(info.columns, info.text_col, None, info.label_col, None, image=True),
                 _preview(info.preview), gallery(str(dst)))
     msg = f"{name}: {info.n_rows:,} rows, columns {', '.join(info.columns)}."
     if info.detect_error:
@@ -250,7 +253,8 @@ def load(studio: Studio, request: gr.Request, *values: Any) -> tuple[Any, ...]:
     columns = _columns(session, settings["data"]) or [c for c in (task.text_col, task.pair_col, task.label_col) if c]
     return (note(f"Loaded: {len(task.train) + len(task.val) + len(task.test):,} examples.", "ok"), summary,
             as_plot(plots.class_counts(d)), warnings, _preview(rows),
-            *column_updates(columns, task.text_col, task.pair_col, task.label_col, col(form["split_col"])),
+            *column_updates(columns, task.text_col, task.pair_col, task.label_col, col(form["split_col"]),
+                            image=task.is_image),
             {"name": task.name, "labels": task.labels, "sizes": d["sizes"], "pair": task.is_pair,
              "modality": task.modality},
             gallery(settings["data"]) if task.is_image else gr.update(value=None, visible=False))

@@ -140,3 +140,39 @@ def test_the_model_checklist_estimates_grow_with_the_data():
     assert [spec for _, spec in small] == [spec for _, spec in large]
     assert rows[0][0] == "tfidf" and any(r[3] == "offline" for r in rows)
     assert small[0][0] != large[0][0]  # the tfidf line's time changed with the size
+
+
+def test_a_zip_of_image_class_folders_uploads_loads_and_offers_image_models(tmp_path):
+    """The Data tab on a user's ZIP: class counts, a sample grid, image column pickers; the Small
+    models tab then lists image architectures only, with the image defaults ticked."""
+    from ea_core.data import load_dataset
+    from pages import data
+    from pages.ui import NONE
+
+    digits = load_dataset("demo:digits", max_train=60, max_val=20, max_test=20)
+    upload = tmp_path / "gradio" / "shapes.zip"
+    upload.parent.mkdir()
+    with zipfile.ZipFile(upload, "w") as zf:
+        for i, (img, y) in enumerate(zip(digits.train.images, digits.train.labels)):
+            if digits.labels[int(y)] in ("0", "1", "7"):
+                zf.writestr(f"shapes/{digits.labels[int(y)]}/img{i}.png", img)
+        zf.writestr("shapes/notes.txt", "not an image")
+    studio = Studio(tmp_path / "runs")
+    req = request("zip-user")
+    message, text_col, pair_col, _, _, _, gallery = data.on_upload(studio, str(upload), req)
+    assert "images in 3 classes" in message and "Traceback" not in message
+    assert text_col["label"] == "Image column" and pair_col["visible"] is False
+    assert gallery["visible"] and len(gallery["value"]) == 3 * data.GALLERY_PER_CLASS
+    values = dict(source="file", hf_name="", text_col=NONE, pair_col=NONE, label_col=NONE,
+                  split_col=NONE, val_frac=0.2, test_frac=0.2, max_train=0, max_val=0, max_test=0, seed=0)
+    out = data.load(studio, req, *[values[k] for k in data.FORM_KEYS])
+    assert out[-2]["modality"] == "image" and out[-1]["visible"]
+    assert "images" in out[1]
+    ticked = models.refresh(studio, req, *[{"ssm": ["tfidf", "head:minilm"], "head_epochs": 3, "finetune_epochs": 1,
+                                            "max_length": 64, "oof_folds": 0, "mining": "all", "assm": "top",
+                                            "ea_full": False, "calibrate": True, "max_lm_rate": 0.3}[k]
+                                           for k in models.FORM_KEYS])[0]
+    specs = {spec for _, spec in ticked["choices"]}
+    assert "tfidf" not in specs and "head:efficientnet_lite0" in specs
+    assert ticked["value"] == models.DEFAULT_IMAGE_SSMS
+
