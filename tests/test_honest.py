@@ -146,3 +146,17 @@ def test_the_old_rule_is_a_setting_and_a_bad_rule_is_refused(tmp_path) -> None:
     assert RunConfig.from_dict(cfg.to_dict()).operating_point == "insample"
     with pytest.raises(ConfigError, match="--operating-point must be one of"):
         RunConfig(data="demo:tweets", ssm=["tfidf"], operating_point="luckiest").validate()
+
+
+def test_tfidf_can_choose_its_C_on_training_folds_so_validation_stays_unpicked() -> None:
+    """With C_selection="cv" the validation split plays no part in the fit: the same model comes out
+    whatever its labels say (with "val", C is picked for its luck there)."""
+    from ea_core.data import load_dataset
+    from ea_core.models import make_model
+
+    task = load_dataset("demo:tweets", max_train=400, max_val=200, max_test=10)
+    shuffled = task.val.subset(np.arange(len(task.val)))
+    shuffled.labels = np.random.default_rng(0).permutation(shuffled.labels)
+    fits = [make_model("tfidf", C_selection="cv").fit(task.train, val, task.labels) for val in (task.val, shuffled)]
+    assert fits[0].C_ == fits[1].C_ and np.array_equal(fits[0].coef_, fits[1].coef_)
+    assert fits[0].C_ in fits[0].C_grid

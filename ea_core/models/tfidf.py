@@ -58,6 +58,9 @@ PAIR_SEP = " [SEP] "
 VOCAB_JSON = "tfidf_vocab.json"
 WEIGHTS = "tfidf.safetensors"
 DEFAULT_C_GRID = (0.5, 2.0, 8.0, 32.0)
+#: How C is chosen from the grid: on the validation split ("val") or by k-fold on the training split ("cv").
+C_SELECTIONS = ("val", "cv")
+CV_FOLDS = 3
 DEFAULT_C = 4.0  # used when C is None and there is no validation split to pick from the grid
 
 
@@ -89,6 +92,7 @@ class TfidfModel(SmallModel):
         class_weight: str = "auto",
         imbalance_ratio: float = DEFAULT_IMBALANCE_RATIO,
         selection_metric: str = "auto",
+        C_selection: str = "val",
     ) -> None:
         self.C = None if C is None else float(C)
         self.C_grid = [float(c) for c in C_grid]
@@ -102,6 +106,7 @@ class TfidfModel(SmallModel):
         self.class_weight = check_choice("class_weight", str(class_weight), CLASS_WEIGHTS)
         self.imbalance_ratio = float(imbalance_ratio)
         self.selection_metric = check_choice("selection_metric", str(selection_metric), SELECTION_METRICS)
+        self.C_selection = check_choice("C_selection", str(C_selection), C_SELECTIONS)
         if len(self.word_ngrams) != 2 or (self.char_ngrams is not None and len(self.char_ngrams) != 2):
             raise ModelError("word_ngrams and char_ngrams are (min_n, max_n) pairs, e.g. (1, 2) and (2, 5).")
         self.vectorizers_: list[Any] = []
@@ -123,6 +128,7 @@ class TfidfModel(SmallModel):
             "warm_start_C": self.warm_start_C,
             "seed": self.seed,
             "class_weight": self.class_weight,
+            "C_selection": self.C_selection,
             "imbalance_ratio": self.imbalance_ratio,
             "selection_metric": self.selection_metric,
         }
@@ -174,7 +180,7 @@ class TfidfModel(SmallModel):
         warm = warm_start and self.coef_ is not None
         if warm:
             check_warm_labels(getattr(self, "labels_", None), labels)
-        if self.C is not None or val is None:
+        if self.C is not None or (val is None and self.C_selection == "val"):
             grid = [self.C if self.C is not None else DEFAULT_C]
         else:
             grid = list(self.C_grid)
@@ -208,6 +214,10 @@ class TfidfModel(SmallModel):
 
         self.class_weight_ = class_weights(y, k, self.class_weight, self.imbalance_ratio)
         metric = self.selection_metric_ = resolve_selection_metric(self.selection_metric, y, k, self.imbalance_ratio)
+        if self.C_selection == "cv" and len(grid) > 1:
+            self.C_, self.coef_, self.intercept_ = self._fit_cv(X, y, k, grid, metric, progress)
+            self.labels_ = list(labels)
+            return self
         best: Optional[tuple[float, float, np.ndarray, np.ndarray]] = None
         for i, C in enumerate(grid):
             progress.check()
@@ -222,6 +232,31 @@ class TfidfModel(SmallModel):
         _, self.C_, self.coef_, self.intercept_ = best
         self.labels_ = list(labels)
         return self
+
+    def _fit_cv(self, X: Any, y: np.ndarray, k: int, grid: list[float], metric: str,
+                progress: Progress) -> tuple[float, np.ndarray, np.ndarray]:
+        """C chosen by stratified k-fold on the training split (validation is left for ranking and
+        routing, so the reported validation figure is not picked for luck there), then refitted on all of it."""
+        from sklearn.model_selection import StratifiedKFold
+
+        n_splits = int(min(CV_FOLDS, np.bincount(y, minlength=k)[np.bincount(y, minlength=k) > 0].min()))
+        if n_splits < 2:  # a class with one example: no folds to score on
+            C = DEFAULT_C
+        else:
+            folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=self.seed).split(np.zeros(len(y)), y))
+            scores = []
+            for i, C in enumerate(grid):
+                progress.check()
+                fold_scores = []
+                for fit_idx, held in folds:
+                    coef, intercept = self._fit_fresh(X[fit_idx], y[fit_idx], k, C, self.class_weight_)
+                    fold_scores.append(selection_score(y[held], np.asarray(X[held] @ coef.T + intercept).argmax(1),
+                                                       metric, k))
+                scores.append(float(np.mean(fold_scores)))
+                progress.emit(2 + i, message=f"C={C:g}: {n_splits}-fold {metric} on train {scores[-1]:.3f}")
+            C = grid[int(np.argmax(scores))]
+        coef, intercept = self._fit_fresh(X, y, k, C, self.class_weight_)
+        return C, coef, intercept
 
     def _fit_fresh(self, X: Any, y: np.ndarray, k: int, C: float,
                    weights: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
