@@ -7,7 +7,7 @@ ARCH is an image architecture (see `ea_core.models.vision_backbones.ARCHITECTURE
 
 * `ImageHeadModel` — the fast CPU mode. The backbone runs once per image, batched, without
   autograd, channels-last on CPU; the pooled features are kept in memory keyed by the images'
-  content (a bounded LRU shared by the models of one process), so retraining, warm starts,
+  bytes, one vector per image (a bounded LRU shared by the models of one process), so retraining, warm starts,
   out-of-fold heads and predicting the training split never run the backbone again. The head
   (linear softmax by default, or one hidden layer) is trained with AdamW and early stopping on
   validation accuracy, with its initial weights, batch order and dropout from a seeded generator.
@@ -40,6 +40,7 @@ from ea_core.events import CancelToken, ProgressCallback
 from ea_core.models.base import SmallModel, check_tensor, damaged, read_tensors, register
 from ea_core.models.common import (
     BestWeights,
+    class_weights,
     EpochScore,
     epoch_score,
     Progress,
@@ -103,13 +104,12 @@ def _check_common(arch: str, image_size: Optional[int], width: int, class_weight
 
 
 def _class_weights(y: np.ndarray, k: int, mode: Optional[str]) -> Any:
+    """The loss weights as a tensor: None, or scikit-learn's balanced weights (`class_weights`)."""
     import torch
 
     if mode is None:
         return None
-    counts = np.bincount(y, minlength=k).astype(np.float64)
-    w = np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(w, dtype=torch.float32)
+    return torch.tensor(class_weights(y, k, "balanced"), dtype=torch.float32)
 
 
 @contextlib.contextmanager
