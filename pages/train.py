@@ -17,7 +17,7 @@ import gradio as gr
 from ea_core.errors import EAError
 from ea_core.monitor import STEP_TITLES, RunProgress
 from ea_core.pipeline import RunConfig, step_names
-from ea_core.runs import RunStatus, read_status
+from ea_core.runs import RunStatus
 from pages import plots
 from pages.session import Studio, Watch
 from pages.ui import as_plot, error_message, note, pct, seconds, usd

@@ -19,12 +19,12 @@ from typing import Any, Optional
 import gradio as gr
 
 from ea_core.bundle import load_bundle, read_bundle_meta, system_from_run
-from ea_core.errors import ConfigError, DataError, EAError
+from ea_core.errors import ConfigError, EAError
 from ea_core.splits import ImageInput
 from ea_core.system import AdaptedSystem, RouteTrace
 from pages.session import Session, Studio
 from pages.thresholds import current_thresholds, explorer, owned, run_state
-from pages.ui import error_message, note, pct, seconds, usd
+from pages.ui import error_message, note, seconds, usd
 
 EXAMPLE_HEADERS = ["text", "gold", "routed answer", "answered by", "right?"]
 MAX_BUNDLE_BYTES = 2 << 30

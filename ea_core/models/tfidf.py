@@ -42,6 +42,7 @@ from ea_core.models.common import (
     CLASS_WEIGHTS,
     DEFAULT_IMBALANCE_RATIO,
     SELECTION_METRICS,
+    EpochScore,
     Progress,
     check_choice,
     check_training_data,

@@ -40,13 +40,13 @@ from ea_core.events import CancelToken, ProgressCallback
 from ea_core.models.base import SmallModel, check_tensor, damaged, read_tensors, register
 from ea_core.models.common import (
     BestWeights,
-    class_weights,
     EpochScore,
-    epoch_score,
     Progress,
     check_training_data,
     check_warm_labels,
+    class_weights,
     cross_entropy_np,
+    epoch_score,
     softmax_np,
     usable_val,
 )
