@@ -36,7 +36,11 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     folder = tmp_path_factory.mktemp("tiny_bert_state")
     tokenizer = load_tokenizer("minilm")
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT)).save_pretrained(folder)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the same random encoder whatever ran before
+        torch.manual_seed(0)
+        BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
