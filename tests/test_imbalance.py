@@ -25,12 +25,11 @@ from ea_core.router import StageOutput  # noqa: E402
 from ea_core.runfolder import save_arrays  # noqa: E402
 from ea_core.splits import Split  # noqa: E402
 from ea_core.tuning import autotune, choose_operating_point  # noqa: E402
+from tests.test_models import save_tiny_bert  # noqa: E402
 
 LABELS = ["major", "mid", "rare"]
 CUES = [["alpha", "apple", "arrow"], ["bravo", "banana", "bridge"], ["charlie", "cherry", "castle"]]
 FILL = "the car drive road today city we it is a very new old blue green house tree".split()
-TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                 max_position_embeddings=128)
 
 
 def skewed(n: int, seed: int, props=(0.80, 0.15, 0.05), signal: float = 0.6, noise: float = 0.15) -> Split:
@@ -63,19 +62,7 @@ def task() -> tuple[Split, Split, Split]:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from transformers import BertConfig, BertModel
-
-    from ea_core.models.hf_common import load_tokenizer
-
-    import torch
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = load_tokenizer("minilm")
-    with torch.random.fork_rng(devices=[]):  # the same random encoder whatever ran before
-        torch.manual_seed(0)
-        BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 # ---------------------------------------------------------------------------- the rule

@@ -83,20 +83,24 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("embeddings")
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A tiny random BERT saved with save_pretrained, with MiniLM's tokenizer."""
+def save_tiny_bert(folder: Path) -> str:
+    """A tiny random BERT (seeded: the same encoder whatever ran before) saved with
+    save_pretrained into `folder`, with MiniLM's tokenizer; the tests' stand-in for a real encoder."""
+    import torch
     from transformers import BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = load_tokenizer("minilm")
-    import torch
-
-    with torch.random.fork_rng(devices=[]):  # the same random encoder whatever ran before
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random BERT saved with save_pretrained, with MiniLM's tokenizer."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture(scope="module")

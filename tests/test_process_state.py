@@ -20,11 +20,10 @@ import torch
 from ea_core.errors import ConfigError
 from ea_core.models import make_model
 from ea_core.models.encoder_head import EmbeddingMemory
-from ea_core.models.hf_common import load_tokenizer
 from ea_core.process import configure_process
 from ea_core.splits import Split
 from tests.scripted_server import LABELS, ScriptedServer, make_inputs, provider_for
-from tests.test_models import TINY_BERT, _synthetic
+from tests.test_models import _synthetic, save_tiny_bert
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -32,17 +31,7 @@ from tests.test_models import TINY_BERT, _synthetic
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random BERT saved with save_pretrained, with MiniLM's tokenizer."""
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny_bert_state")
-    tokenizer = load_tokenizer("minilm")
-    import torch
-
-    with torch.random.fork_rng(devices=[]):  # the same random encoder whatever ran before
-        torch.manual_seed(0)
-        BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert_state"))
 
 
 def _run_in_threads(*targets: Callable[[], None]) -> None:
