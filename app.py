@@ -81,7 +81,7 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
         # -- Small models and LM: estimates follow the data and the settings ---------------------
         refresh_models = dict(fn=bind(models.refresh), inputs=model_inputs, outputs=[m["ssm"], m["catalog"]],
                               show_progress="hidden")
-        estimate = dict(fn=bind(lm.estimate), inputs=[m["ea_full"], *lm_inputs], outputs=g["estimate"],
+        estimate = dict(fn=bind(lm.estimate), inputs=[m["ea_full"], m["probe_lm"], *lm_inputs], outputs=g["estimate"],
                         show_progress="hidden")
         preview = dict(fn=bind(lm.render_preview), inputs=lm_inputs, outputs=g["preview"],
                        show_progress="hidden")
@@ -91,8 +91,8 @@ def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
                                                        g["price_in"], g["price_out"]]).then(**estimate)
         gr.on([g[k].input for k in ("prompt_system", "prompt_instruction", "prompt_input", "prompt_pair")]
               + [g["few_shot"].change], **preview)
-        gr.on([g[k].change for k in ("price_in", "price_out", "budget_usd", "model")] + [m["ea_full"].change],
-              **estimate)
+        gr.on([g[k].change for k in ("price_in", "price_out", "budget_usd", "model")]
+              + [m["ea_full"].change, m["probe_lm"].change], **estimate)
         g["test"].click(bind(lm.run_test), [g["api_key"], *lm_inputs], g["test_out"], concurrency_limit=4,
                         api_name="test_connection")
 

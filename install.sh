@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install Easy Adaptation Studio into ./.venv (idempotent; safe to run again).
-#   ./install.sh          runtime + offline models
+#   ./install.sh          runtime + offline models + this project (editable)
 #   ./install.sh --test   the same plus the test tools (pytest, Playwright) and Debian's chromium
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,6 +11,10 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet -r requirements.txt
 .venv/bin/python -m pip install --quiet --no-deps -r requirements-models.txt
+# The project itself, editable (pyproject.toml): console scripts, and `python -m ea_core` from any folder.
+# No build isolation, so nothing is fetched to build it: setuptools in .venv is the backend.
+.venv/bin/python -m pip install --quiet "setuptools>=70"
+.venv/bin/python -m pip install -qq --no-deps --no-build-isolation -e .
 # De-quantize the packaged offline LM once (~30 s), so that runs load it in seconds.
 .venv/bin/python -m ea_core.llm.local_hf >/dev/null
 if [ "${1:-}" = "--test" ]; then

@@ -134,7 +134,7 @@ def part_sliders(browser, moves: int, n_val: int) -> None:
 
         # The server's share of a move: routing, figures and table, in-process, on the same run.
         from ea_core.explore import Explorer
-        from ea_core.pipeline import open_run
+        from ea_core.runstate import open_run
         from pages import thresholds
 
         (folder,) = [p for p in demo.studio.runs_dir.iterdir() if (p / "status.json").is_file()]

@@ -51,7 +51,9 @@ SSM = "head:minilm"
 def make_run(folder: Path, seed: int, lm: str, sizes: tuple[int, int, int]) -> Any:
     """One EA run with the library's default ASSM selection (cached in `folder`), opened from disk."""
     from ea_core.data import load_dataset
-    from ea_core.pipeline import Pipeline, RunConfig, is_run_folder, open_run
+    from ea_core.pipeline import Pipeline
+    from ea_core.runconfig import RunConfig
+    from ea_core.runstate import is_run_folder, open_run
 
     n_train, n_val, n_test = sizes
     if not (is_run_folder(folder) and (folder / "results.json").is_file()):
@@ -113,8 +115,8 @@ def _score(proba: np.ndarray, y: np.ndarray, rows: np.ndarray) -> tuple[float, f
 
 
 def ea_stages(state, assm: dict[str, np.ndarray], split: str, temperature: float):
-    from ea_core.pipeline import lm_stage_output
     from ea_core.router import StageOutput
+    from ea_core.runstate import lm_stage_output
     from ea_core.tuning import apply_temperature
 
     src = state.ssms[0]
@@ -126,7 +128,8 @@ def ea_stages(state, assm: dict[str, np.ndarray], split: str, temperature: float
 def score_signals(state) -> dict[str, dict[str, float]]:
     from ea_core.report import ea_candidates
     from ea_core.router import evaluate
-    from ea_core.tuning import Calibration, autotune, choose_operating_point
+    from ea_core.operating_point import choose_operating_point
+    from ea_core.tuning import Calibration, autotune
 
     cfg = state.config
     y_val, y_test = state.task.val.labels, state.task.test.labels

@@ -21,7 +21,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ea_core.data import load_dataset  # noqa: E402
-from ea_core.pipeline import Pipeline, RunConfig  # noqa: E402
+from ea_core.pipeline import Pipeline  # noqa: E402
+from ea_core.runconfig import RunConfig  # noqa: E402
 from tests.scripted_server import ScriptedServer  # noqa: E402
 
 

@@ -32,7 +32,15 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Optional, Sequence
 
 from ea_core.errors import ConfigError, ModelError
+from ea_core.llm import make_provider
+from ea_core.llm.cache import AnswerCache
+from ea_core.llm.cost import PriceTable
+from ea_core.llm.presets import PRESETS, get_preset
+from ea_core.llm.prompt import example_from_json
 from ea_core.llm.urls import strip_userinfo, userinfo_secret
+from ea_core.models import load_model
+from ea_core.models.base import is_hub_id, read_json_file
+from ea_core.runconfig import prompt_template
 from ea_core.runfolder import write_json
 from ea_core.system import AdaptedSystem, SystemStage
 from ea_core.tuning import NEVER_TAKES
@@ -204,9 +212,6 @@ def _is_image_json(value: Any) -> bool:
 
 
 def _check_lm(lm: Any, labels: list[str], path: Path) -> None:
-    from ea_core.llm.cost import PriceTable
-    from ea_core.pipeline import prompt_template
-
     if not isinstance(lm, dict):
         raise _bad(path, "'lm' must be an object")
     unknown = sorted(set(lm) - _LM_KEYS)
@@ -307,8 +312,6 @@ def _root(folder: str | Path) -> Path:
 
 def read_bundle_meta(folder: str | Path) -> dict[str, Any]:
     """bundle.json of a bundle folder, checked (see `check_bundle_meta`), or a clear error."""
-    from ea_core.models.base import read_json_file
-
     root = _root(folder)
     path = root / BUNDLE_JSON
     try:
@@ -356,9 +359,6 @@ def plan_bundle_lm(lm: dict[str, Any], *, where: Path, base_url: Optional[str] =
                    local_model: Optional[str] = None) -> BundleLM:
     """Decide where a bundle's LM is called (see the module docstring); ConfigError when the bundle
     recorded an endpoint of its own and the caller named none."""
-    from ea_core.llm.presets import PRESETS, get_preset
-    from ea_core.models.base import is_hub_id
-
     spec = lm["spec"].strip()
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
@@ -404,13 +404,7 @@ def make_lm_provider(lm: dict[str, Any], labels: list[str], plan: BundleLM, *, a
                      cache_path: Optional[str]):
     """The LM as it was during the run (prompt, few-shot examples, label calibration), called
     where `plan` says."""
-    from ea_core.llm import make_provider
-    from ea_core.llm.cache import AnswerCache
-    from ea_core.pipeline import prompt_template
-
     cache = AnswerCache(Path(cache_path)) if cache_path else None
-    from ea_core.llm.prompt import example_from_json
-
     examples = [example_from_json(x) for x in lm["few_shot_examples"]] if lm.get("few_shot_examples") else None
     provider = make_provider(plan.spec, model=plan.model, base_url=plan.base_url, key_env=plan.key_env,
                              api_key=api_key, cache=cache, few_shot_examples=examples,
@@ -433,8 +427,6 @@ def load_bundle(folder: str | Path, *, api_key: Optional[str] = None, cache_path
     With `use_lm=False`, the LM stage is dropped and the last small model answers whatever reaches
     it (offline use; say so to the user).
     """
-    from ea_core.models import load_model
-
     root = _root(folder)
     path = root / BUNDLE_JSON
     meta = read_bundle_meta(root)
@@ -529,8 +521,6 @@ def system_from_run(state, thresholds: Sequence[float], layers: Sequence[str] = 
     `api_key` is needed only for an API LM and only lives in the returned provider's memory.
     With `use_lm=False` the LM stage is dropped and the last small model answers the rest.
     """
-    from ea_core.models import load_model
-
     stages: list[SystemStage] = []
     for st in run_stage_entries(state, layers, thresholds, calibrated):
         if st.get("folder") is None:

@@ -17,11 +17,15 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ea_core.errors import EAError
+from ea_core.errors import ConfigError, EAError
 from ea_core.events import ProgressEvent
+from ea_core.llm.base import MISSING_CONFIDENCE
+from ea_core.metrics import SELECTION_METRICS
 from ea_core.mining import DEFAULT_OOF_FOLDS
-from ea_core.models.common import CLASS_WEIGHTS, DEFAULT_IMBALANCE_RATIO, SELECTION_METRICS
-from ea_core.tuning import HONEST_RULES
+from ea_core.models.common import CLASS_WEIGHTS, DEFAULT_IMBALANCE_RATIO
+from ea_core.operating_point import HONEST_DEFAULT, HONEST_RULES
+from ea_core.process import configure_process
+from ea_core.runconfig import RunConfig, prompt_template
 
 SPEC_HELP = ("small model SPEC: 'tfidf' (TF-IDF + logistic regression), 'head:MODEL' (frozen encoder + "
              "trained head) or 'finetune:MODEL' (full fine-tuning); MODEL is a Hugging Face id, a local "
@@ -145,6 +149,11 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--oof-folds", type=int, default=DEFAULT_OOF_FOLDS, metavar="K",
                    help=f"find SSM-wrong examples with K-fold cross-fitted SSMs (default {DEFAULT_OOF_FOLDS}; 0 = "
                         "in-sample, where a small model that fits its training data leaves almost nothing to mine)")
+    g.add_argument("--probe-lm", type=int, default=0, metavar="N",
+                   help="ask the LM about N more training inputs, drawn at random among those the best small model "
+                        "is least sure of (out of fold; the --max-lm-rate share), so that the operating point's "
+                        "guard sees hundreds of paired examples, not only validation's; N extra paid calls, "
+                        "cached and reused by mining (default 0: off)")
     g.add_argument("--assm", choices=("top", "each"), default="top",
                    help="augment the top-ranked SSM only, or each SSM (default top)")
     g.add_argument("--ea-full", action="store_true",
@@ -153,10 +162,12 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="LM budget for the reported operating point: max share of inputs sent to the LM (default 0.3)")
     g.add_argument("--max-cost-per-1k", type=float, metavar="USD",
                    help="also cap the LM's money per 1,000 inputs for the reported operating point")
-    g.add_argument("--operating-point", choices=HONEST_RULES, default=HONEST_RULES[0],
-                   help="how the reported operating point is chosen on validation (default crossfit_guarded: "
-                        "a cascade must beat the best small model on validation folds its thresholds were not "
-                        "tuned on, beyond bootstrap noise; insample: the best validation accuracy, as before)")
+    g.add_argument("--operating-point", choices=HONEST_RULES, default=HONEST_DEFAULT,
+                   help=f"how the reported operating point is chosen on validation (default {HONEST_DEFAULT}: the "
+                        "LM budget spent on the inputs the best small model is least sure of, kept when its gain "
+                        "over the best single system is beyond bootstrap noise; a tuned cascade replaces it only "
+                        "when it beats it beyond noise on validation folds its thresholds were not tuned on; "
+                        "insample: the point with the best validation accuracy)")
     g.add_argument("--no-calibration", action="store_true", help="skip temperature scaling of the small models")
 
 
@@ -235,8 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args: argparse.Namespace, lm: bool):
-    from ea_core.pipeline import RunConfig
-
     settings = {}
     if getattr(args, "epochs", None):
         settings = {kind: {"epochs": args.epochs} for kind in ("head", "finetune", "image_head", "image_finetune")}
@@ -253,6 +262,7 @@ def _config_from_args(args: argparse.Namespace, lm: bool):
         cfg.mining, cfg.oof_folds, cfg.assm, cfg.ea_full = args.mining, args.oof_folds, args.assm, args.ea_full
         cfg.max_lm_rate, cfg.calibrate = args.max_lm_rate, not args.no_calibration
         cfg.max_cost_per_1k, cfg.operating_point = args.max_cost_per_1k, args.operating_point
+        cfg.probe_lm = args.probe_lm
         cfg.price_in, cfg.price_out = args.price_in, args.price_out
         cfg.prompt = _read_prompt_file(args.prompt_file) if args.prompt_file else None
     return cfg
@@ -260,9 +270,6 @@ def _config_from_args(args: argparse.Namespace, lm: bool):
 
 def _read_prompt_file(path: str) -> dict:
     import json
-
-    from ea_core.errors import ConfigError
-    from ea_core.pipeline import prompt_template
 
     try:
         fields = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -295,8 +302,7 @@ def run_and_report(cfg, out: str) -> int:
         print(f"Mining: {m['sent_to_lm']} of {m['n_train']} training examples sent to the LM, "
               f"{m['underfit']} underfit (LM wrong too), {m['lm_failed']} failed calls.")
     if state.lm_answers:
-        from ea_core.llm.base import MISSING_CONFIDENCE
-        from ea_core.pipeline import lm_confidence_counts
+        from ea_core.runstate import lm_confidence_counts
 
         counts = lm_confidence_counts(state.lm_answers)
         print("LM answers with a confidence: " + ", ".join(
@@ -309,6 +315,11 @@ def run_and_report(cfg, out: str) -> int:
     for note in state.notes:
         print(f"note: {note}")
     print(format_table(rows))
+    for row in rows:
+        if row.get("candidates"):
+            weighed = ", ".join(f"{name} {acc:.1%}" for name, acc in row["candidates"].items())
+            why = state.tuning.get(row['system'], {}).get('why') or row.get('note', '')
+            print(f"{row['system']}: {why} (validation, never test: {weighed})")
     print(f"Results written to {out_dir / 'results.json'}")
     return 0
 
@@ -323,7 +334,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                  local_model=args.lm_local)
     # Read the input first: a bad file fails before any model loads.
     if task.get("modality") == "image":
-        from ea_core.image_data import read_image_inputs
+        from ea_core.data import read_image_inputs
 
         split, warnings = read_image_inputs(args.input, labels=meta["labels"])
         for w in warnings:
@@ -349,8 +360,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from ea_core.process import configure_process
-
     configure_process()
     try:
         if args.command == "train":
@@ -358,8 +367,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "run":
             return run_and_report(_config_from_args(args, lm=True), args.out)
         if args.command == "demo":
-            from ea_core.pipeline import RunConfig
-
             images = args.data == "demo:digits"
             sizes = {k: getattr(args, k) if getattr(args, k) is not None else (None if images else DEMO_SIZES[k])
                      for k in DEMO_SIZES}

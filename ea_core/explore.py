@@ -1,7 +1,7 @@
 """A finished run's operating points, for threshold sliders: route, score, auto-tune, compare.
 
 Everything the app's Thresholds tab shows comes from here, computed from the run's cached stage
-outputs (no model runs, nothing is paid): `ThresholdExplorer.evaluate` is what one slider move
+outputs (no model runs, nothing is paid): `Explorer.evaluate` is what one slider move
 costs (the incremental `StageStack` routing, well under a millisecond at 10,000 examples), the
 Pareto front and the reference points are computed once per routing order and calibration
 setting. Thresholds are chosen on validation; test figures are computed beside them, never used
@@ -16,8 +16,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ea_core.errors import ConfigError
-from ea_core.pipeline import RunState
+from ea_core.operating_point import budget_quantile_thresholds
 from ea_core.router import RoutingMetrics, StageStack
+from ea_core.runstate import RunState
 from ea_core.tuning import NEVER_TAKES, OperatingPoint, apply_temperature, autotune, pareto_front, reliability_bins
 
 #: Routing orders a user can pick: name -> (title, stage layers).
@@ -135,6 +136,12 @@ class Explorer:
             sl_test = StageStack(self.state.stage_outputs("test", tuple(tuned["layers"]), self.calibrated), y_test,
                                  self.state.task.n_labels).evaluate(tuned["thresholds"])
             refs.append(Reference("Specific Layer", sl_val.lm_call_rate, sl_val.accuracy, sl_test.accuracy))
+        cfg = self.state.config
+        if "lm" in self.kinds and len(y_val):
+            thr = budget_quantile_thresholds(self.state.stage_outputs("val", ORDERS[self.order][1], self.calibrated),
+                                             max_lm_rate=cfg.max_lm_rate, max_cost_per_1k=cfg.max_cost_per_1k)
+            v, t = self.evaluate(thr)
+            refs.append(Reference("LM budget on the least sure", v.lm_call_rate, v.accuracy, t.accuracy))
         return refs
 
     def reliability(self, name: str, n_bins: int = 10) -> dict[str, dict[str, np.ndarray]]:

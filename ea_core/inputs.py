@@ -19,7 +19,8 @@ def read_inputs(path: str, *, text_col: Optional[str] = None, pair_col: Optional
     Columns: as named, else as in training (the caller passes the bundle's), else detected like
     `ea_core.data` does. `pair_task` (from the bundle) makes a missing second text an error.
     """
-    from ea_core.data import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS, _find, check_data_path, read_table
+    from ea_core.data import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS, check_data_path, read_table
+    from ea_core.data import find_column as _find
 
     p = Path(path)
     check_data_path(str(path))  # missing, a folder, a FIFO (which would block forever), a device

@@ -14,6 +14,9 @@ import numpy as np
 
 from ea_core.errors import DataError
 
+#: What early stopping, the SSM ranking and threshold tuning maximise (the ``selection_metric`` setting).
+SELECTION_METRICS = ("auto", "accuracy", "macro_f1")
+
 
 def check_labels(y: np.ndarray, n: Optional[int] = None, n_labels: Optional[int] = None) -> np.ndarray:
     """`y` as a 1-D int64 array of known labels (raises `DataError` otherwise)."""

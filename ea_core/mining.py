@@ -82,6 +82,19 @@ def without_shown(index: np.ndarray, shown: Sequence[int]) -> np.ndarray:
     return index[~np.isin(index, np.asarray(list(shown), dtype=np.int64))]
 
 
+def probe_sample(confidence: np.ndarray, *, share: float, n: int, seed: int,
+                 shown: Sequence[int] = ()) -> np.ndarray:
+    """Up to `n` training rows drawn at random (seeded) among the `share` of rows the best small
+    model is least sure of (its out-of-fold confidence): a sample of the region an operating point
+    sends to the LM, unbiased, unlike the mined rows (only those the small models got wrong).
+    Few-shot rows are never drawn. Sorted row indices."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    k = int(np.floor(share * len(conf) + 1e-9))
+    region = without_shown(np.argsort(conf, kind="stable")[:k], shown)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(region, size=min(int(n), len(region)), replace=False)).astype(np.int64)
+
+
 def split_underfit(
     candidates: np.ndarray, lm_labels: np.ndarray, y: np.ndarray, n_train: int, usage: Optional[dict] = None,
     shown: Sequence[int] = (),

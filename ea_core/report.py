@@ -9,19 +9,10 @@ when tuning overfits, and ``val_accuracy_ci`` / ``test_accuracy_ci`` are 95% boo
 A routed row's ``val_accuracy_crossfit`` is its accuracy on validation folds its thresholds were
 not tuned on: a less optimistic reading than ``val_accuracy``.
 
-The reported operating point of each routed system is chosen by `ea_core.tuning.HONEST_DEFAULT`
-(``crossfit_guarded``), because validation also did early stopping, TF-IDF's C, the ranking and
-the temperatures, so the point with the best validation accuracy is partly picked for its luck.
-Candidate systems inside the cascade (the best small model alone, the Specific Layer, all stages)
-are tuned on 4 of 5 validation folds and scored on the fifth; a candidate is eligible only when
-the paired bootstrap of its cross-fitted gain over the small model alone has its 5% point above 0;
-the eligible one with the best cross-fitted accuracy is refitted on all of validation.
-bench/bench_honest.py (TF-IDF + a scripted LM, demo tweets, 20 seeds x 2 sizes), EA's test
-accuracy minus the best small model's, mean / worst in points, this rule vs tuning on all of
-validation (``insample``, the old behaviour): LM at chance -0.06 / -1.25 and +0.01 / +0.00 (old
--0.25 / -4.25 and -0.19 / -2.20); LM better overall +6.97 / +5.00 and +6.47 / +2.20 (old +7.16,
-+6.97); LM better on one class only +1.34 / -1.25 and +2.19 / +0.00 (old +3.56 / -1.25 and +3.19).
-It gives up some of the gain where the LM helps a little, in exchange for rarely paying for noise.
+The reported operating point of each routed system is chosen by `ea_core.operating_point`'s rule
+(the run's ``operating_point``); each routed row says which system the rule kept, why, and what every
+candidate the rule weighed scored on validation (``candidates``; cross-fitted for tuned thresholds,
+never test). bench/bench_honest.py prints what each rule gives on test.
 
 Imbalanced labels: every row with predictions carries ``val_macro_f1`` / ``macro_f1`` (test) and
 ``val_recall`` / ``test_recall`` (per-class recall, label -> share of that class's examples
@@ -42,10 +33,11 @@ import numpy as np
 from ea_core.events import ProgressCallback, ProgressEvent
 from ea_core.llm.base import FAILED, UNPARSEABLE
 from ea_core.metrics import bootstrap_ci, macro_f1
-from ea_core.pipeline import RunState, StageRecord
+from ea_core.operating_point import HONEST_DEFAULT, SYSTEM_WORDS, choose_operating_point
 from ea_core.router import StageOutput, evaluate, route
 from ea_core.runfolder import write_json
-from ea_core.tuning import HONEST_DEFAULT, choose_operating_point, pareto_front
+from ea_core.runstate import RunState, StageRecord
+from ea_core.tuning import pareto_front
 
 # Printed columns: (key, header, format)
 TABLE_COLUMNS = (
@@ -161,6 +153,21 @@ def ea_candidates(state: RunState) -> dict[str, list[int]]:
     return system_candidates(state, SYSTEM_LAYERS["ea"])
 
 
+def candidate_estimates(detail: dict[str, Any]) -> Optional[dict[str, float]]:
+    """What each system an operating-point rule weighed scored on validation (cross-fitted for tuned
+    thresholds, in-sample for points that read no label), by name; None when the rule made none."""
+    est = detail.get("estimates") or detail.get("crossfit_accuracy")
+    return None if est is None else {k: float(v) for k, v in est.items()}
+
+
+def probe_pairs(state: RunState) -> Optional[dict[str, np.ndarray]]:
+    """The probed training inputs (`RunConfig.probe_lm`) as `choose_operating_point` takes them."""
+    if state.probe is None:
+        return None
+    return {"y": state.task.train.labels[state.probe["index"]], "ssm_label": state.probe["ssm_label"],
+            "lm_label": state.probe["lm_label"]}
+
+
 def tune_systems(state: RunState, callback: Optional[ProgressCallback] = None,
                  rule: Optional[str] = None) -> dict[str, dict[str, Any]]:
     """Thresholds for every routed system within the run's LM budget, chosen on validation by
@@ -175,19 +182,28 @@ def tune_systems(state: RunState, callback: Optional[ProgressCallback] = None,
         stages = state.stage_outputs("val", layers)
         c = choose_operating_point(stages, y_val, system_candidates(state, layers), rule=rule,
                                    max_lm_rate=cfg.max_lm_rate, max_cost_per_1k=cfg.max_cost_per_1k, seed=cfg.seed,
-                                   metric=metric)
+                                   metric=metric, probe=probe_pairs(state))
         m = evaluate(stages, c.thresholds, y_val)
         val = {"thresholds": c.thresholds, "accuracy": m.accuracy, "lm_call_rate": m.lm_call_rate,
                "cost_per_1k_usd": m.cost_per_1k_usd, "method": f"rule {rule}: {c.system}"}
         out[system] = {"layers": list(layers), "stages": [s.name for s in stages], "thresholds": c.thresholds,
                        "val": val, "rule": rule, "chosen": c.system, "selection_metric": metric,
                        "crossfit_accuracy": None if np.isnan(c.crossfit_accuracy) else c.crossfit_accuracy,
-                       "candidates_crossfit_accuracy": c.detail.get("crossfit_accuracy")}
+                       "candidates_crossfit_accuracy": c.detail.get("crossfit_accuracy"),
+                       "candidates": candidate_estimates(c.detail), "why": c.detail.get("why")}
         if callback is not None:
             callback(ProgressEvent(stage="tune", step=i + 1, total=len(systems), val_accuracy=m.accuracy,
-                                   message=f"{system}: val acc {m.accuracy:.1%}, LM calls {m.lm_call_rate:.1%} "
-                                           f"(rule {rule} chose: {c.system})"))
+                                   message=f"{system}: val acc {m.accuracy:.1%}, LM calls {m.lm_call_rate:.1%}: "
+                                           f"{SYSTEM_WORDS.get(c.system, c.system)}"))
     return out
+
+
+def routed_note(chosen: str) -> Optional[str]:
+    """The plain-words note of a routed row whose tuning predates the rules' own reasons."""
+    if chosen == "full":
+        return None
+    kept = "the best small model alone" if chosen == "ssm" else "the Specific Layer"
+    return f"kept {kept}: the other stages gained nothing beyond noise on validation"
 
 
 def build_rows(state: RunState, tuning: Optional[dict[str, dict[str, Any]]] = None) -> list[dict[str, Any]]:
@@ -221,11 +237,12 @@ def build_rows(state: RunState, tuning: Optional[dict[str, dict[str, Any]]] = No
             row["note"] = "no augmented SSM was trained (too few underfit examples): EA = the Specific Layer"
         if tuning[system].get("crossfit_accuracy") is not None:
             row["val_accuracy_crossfit"] = tuning[system]["crossfit_accuracy"]  # on folds not tuned on
-        chosen = tuning[system].get("chosen", "full")
-        if chosen != "full":
-            kept = "the best small model alone" if chosen == "ssm" else "the Specific Layer"
-            row["note"] = ((row["note"] + "; ") if "note" in row else "") + (
-                f"its gain on validation was within noise: {kept} answers (rule {tuning[system].get('rule')})")
+        why = tuning[system].get("why") or routed_note(tuning[system].get("chosen", "full"))
+        if why:
+            row["note"] = ((row["note"] + "; ") if "note" in row else "") + why
+        for key in ("chosen", "candidates"):
+            if tuning[system].get(key) is not None:
+                row[key] = tuning[system][key]
         rows.append(row)
     ea = next(r for r in rows if r["system"] == "ea")
     oracle = {}

@@ -39,6 +39,9 @@ from typing import Any, Optional
 from ea_core.errors import Cancelled, ConfigError, EAError, RunBusy
 from ea_core.events import CancelToken, ProgressCallback, ProgressEvent
 from ea_core.llm.urls import strip_userinfo, userinfo_secret
+from ea_core.pipeline import Pipeline
+from ea_core.process import PASSIVE_WAIT, configure_process
+from ea_core.runconfig import RunConfig
 from ea_core.runfolder import RunFolder, read_json, write_json
 
 STATUS_JSON = "status.json"
@@ -199,8 +202,6 @@ def execute_run(config: Any, folder: str | Path, *, api_key: Optional[str] = Non
     user-facing `EAError`, or any other exception, reported as an internal error). Exceptions are
     re-raised after the status is written, so the CLI can still print and exit with its code.
     """
-    from ea_core.pipeline import Pipeline
-
     folder = Path(folder)
     cancel = cancel or CancelToken()
     run_folder = RunFolder(folder)
@@ -233,8 +234,6 @@ def execute_run(config: Any, folder: str | Path, *, api_key: Optional[str] = Non
 def _worker_env() -> dict[str, str]:
     """The server's environment minus anything that looks like a secret, plus passive OpenMP
     waiting (see `ea_core.process.PASSIVE_WAIT`: the worker shares the CPU with the app)."""
-    from ea_core.process import PASSIVE_WAIT
-
     env = {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k)}
     env.setdefault("OMP_WAIT_POLICY", PASSIVE_WAIT)
     return env
@@ -470,9 +469,6 @@ def worker_main(argv: Optional[list[str]] = None) -> int:
     except ValueError:
         api_key = None
     del line
-    from ea_core.pipeline import RunConfig
-    from ea_core.process import configure_process
-
     configure_process()
     cancel = CancelToken()
     for sig in (signal.SIGTERM, signal.SIGINT):

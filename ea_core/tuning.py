@@ -69,15 +69,14 @@ from scipy import optimize
 from scipy.special import logsumexp
 
 from ea_core.errors import ConfigError, DataError
-from ea_core.metrics import check_labels
-from ea_core.models.common import SELECTION_METRICS
+from ea_core.metrics import SELECTION_METRICS, check_labels
 from ea_core.router import StagesLike, StageStack, as_stack
 
 #: A threshold above every confidence: the stage never answers, it always passes on.
 NEVER_TAKES = 1.01
 #: Largest candidate grid searched exhaustively (cells = product of candidates per tunable stage).
 MAX_EXACT_CELLS = 1_000_000
-_EPS_COST = 1e-9  # relative slack for float money comparisons
+EPS_COST = 1e-9  # relative slack for float money comparisons
 
 
 def metric_weights(y: np.ndarray, metric: str = "accuracy") -> Optional[np.ndarray]:
@@ -640,7 +639,7 @@ def _better(a: tuple[float, float, float], b: tuple[float, float, float], tol: f
         return a[0] > b[0]
     if a[1] != b[1]:
         return a[1] < b[1] - 0.5
-    return a[2] < b[2] - _EPS_COST * max(abs(b[2]), 1e-12)
+    return a[2] < b[2] - EPS_COST * max(abs(b[2]), 1e-12)
 
 
 def _caps(search: _Search, max_lm_rate: Optional[float], max_cost_per_1k: Optional[float]) -> tuple[float, float]:
@@ -657,7 +656,7 @@ def _caps(search: _Search, max_lm_rate: Optional[float], max_cost_per_1k: Option
         if not search.has_cost:
             raise ConfigError("A money budget was given but no stage has per-example costs (cost_usd).")
         total = max_cost_per_1k * n / 1000.0
-        money_cap = total * (1 + _EPS_COST) + 1e-15
+        money_cap = total * (1 + EPS_COST) + 1e-15
     return calls_cap, money_cap
 
 
@@ -911,7 +910,7 @@ def pareto_front(
         picks = np.unique(np.round(np.linspace(0, len(js) - 1, min(max_refine, len(js)))).astype(int))
         refined = []
         for p in picks:
-            caps = (np.inf, m[flats[p]] * (1 + _EPS_COST) + 1e-15) if cost_weighted else (c[flats[p]], np.inf)
+            caps = (np.inf, m[flats[p]] * (1 + EPS_COST) + 1e-15) if cost_weighted else (c[flats[p]], np.inf)
             refined.append(search.ascend(js[p], *caps))
         js = js + refined
     scores = np.array([search.score(j) for j in js]) if sub is not None else np.stack([a[flats], c[flats], m[flats]], 1)
@@ -1017,220 +1016,3 @@ __all__ = [
     "reliability_bins",
     "val_test_report",
 ]
-
-
-# =============================================================================================
-# Honest operating points
-# =============================================================================================
-#
-# Thresholds tuned on the same validation split that also did early stopping, model ranking and
-# calibration read better on validation than they do on new data: the tuned point is chosen in
-# part for its luck on those examples. The rules below choose the operating point (which system,
-# which thresholds) from cached stage outputs only, so they can be compared without retraining
-# (bench/bench_honest.py). Every choice is a threshold vector of the *full* cascade: a simpler
-# system is the same cascade with some stages switched off (`NEVER_TAKES`), e.g. the best small
-# model alone is "stage 0 takes everything".
-
-#: Operating-point rules `choose_operating_point` knows, the default first (see `HONEST_DEFAULT`).
-HONEST_RULES = ("crossfit_guarded", "crossfit_keep_simpler", "crossfit", "insample", "bootstrap_keep_simpler", "shrink")
-#: The rule the run's tune stage uses (chosen by bench/bench_honest.py's figures; see `choose_operating_point`).
-HONEST_DEFAULT = "crossfit_guarded"
-
-
-@dataclass
-class HonestChoice:
-    """An operating point chosen by an honesty rule: the cascade's thresholds, which candidate
-    system they realise, their (in-sample) validation accuracy and an estimate of it made on
-    validation examples the thresholds were not tuned on (cross-fitted; nan when not computed)."""
-
-    rule: str
-    system: str
-    thresholds: list[float]
-    val_accuracy: float
-    crossfit_accuracy: float
-    lm_call_rate: float
-    detail: dict[str, Any]
-
-
-def subset_stages(stages: Sequence[Any], index: np.ndarray) -> list[Any]:
-    """The same stages restricted to the examples `index` (a fold of validation)."""
-    from ea_core.router import StageOutput
-
-    return [StageOutput(s.name, s.pred[index], s.conf[index], s.is_lm,
-                        None if s.cost_usd is None else s.cost_usd[index]) for s in stages]
-
-
-def _tune_kept(stages: Sequence[Any], y: np.ndarray, keep: Sequence[int], max_lm_rate: Optional[float],
-               max_cost_per_1k: Optional[float], metric: str = "accuracy") -> list[float]:
-    """Thresholds of the full cascade with only the stages `keep` switched on, tuned on (stages, y)."""
-    n_st = len(stages)
-    keep = sorted(keep)
-    sub = [stages[i] for i in keep]
-    has_paid = any(s.is_lm or s.cost_usd is not None for s in sub)
-    point = autotune(sub, y, max_lm_rate=max_lm_rate if has_paid else None,
-                     max_cost_per_1k=max_cost_per_1k if has_paid and any(s.cost_usd is not None for s in sub) else None,
-                     metric=metric)
-    thr = [NEVER_TAKES] * n_st
-    for i, t in zip(keep, point.thresholds):
-        thr[i] = float(t)
-    thr[keep[-1]] = 0.0  # the last switched-on stage answers everything that reaches it
-    thr[-1] = 0.0
-    return thr
-
-
-def _correct(stages: Sequence[Any], thresholds: Sequence[float], y: np.ndarray) -> np.ndarray:
-    return as_stack(stages).route(list(thresholds)).pred == y
-
-
-def stratified_folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """Held-out index sets of `k` stratified folds (fewer when a class is too small to split)."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    y = np.asarray(y)
-    k = int(max(2, min(k, len(y))))
-    counts = np.bincount(y) if y.size else np.zeros(0, int)
-    if counts[counts > 0].min(initial=k) >= k:
-        splitter: Any = StratifiedKFold(k, shuffle=True, random_state=seed)
-    else:
-        splitter = KFold(k, shuffle=True, random_state=seed)
-    return [test for _, test in splitter.split(np.zeros(len(y)), y)]
-
-
-def crossfit_correct(stages: Sequence[Any], y: np.ndarray, keep: Sequence[int], *, folds: Sequence[np.ndarray],
-                     max_lm_rate: Optional[float] = None, max_cost_per_1k: Optional[float] = None,
-                     metric: str = "accuracy") -> np.ndarray:
-    """Per validation example: is it right under thresholds tuned on the *other* folds? The mean is
-    an estimate of the tuned system's accuracy on new data (up to the other uses of validation)."""
-    y = np.asarray(y)
-    out = np.zeros(len(y), dtype=bool)
-    all_idx = np.arange(len(y))
-    for held in folds:
-        fit = np.setdiff1d(all_idx, held)
-        try:
-            thr = _tune_kept(subset_stages(stages, fit), y[fit], keep, max_lm_rate, max_cost_per_1k, metric)
-        except ConfigError:  # the budget cannot be met on this fold: count the fold as missed
-            continue
-        out[held] = _correct(subset_stages(stages, held), thr, y[held])
-    return out
-
-
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """Bootstrap distribution of mean(a) - mean(b) over paired examples (a, b: per-example scores)."""
-    from ea_core.metrics import bootstrap_means
-
-    return bootstrap_means(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), n_boot=n_boot, seed=seed)
-
-
-def choose_operating_point(
-    stages: Sequence[Any],
-    y: np.ndarray,
-    candidates: dict[str, Sequence[int]],
-    *,
-    rule: str = HONEST_DEFAULT,
-    max_lm_rate: Optional[float] = None,
-    max_cost_per_1k: Optional[float] = None,
-    k_folds: int = 5,
-    n_boot: int = 1000,
-    quantile: float = 0.05,
-    shrink: float = 0.5,
-    seed: int = 0,
-    metric: str = "accuracy",
-) -> HonestChoice:
-    """The reported operating point of a cascade, by one of `HONEST_RULES`.
-
-    `candidates` maps system names to the stage indices they switch on, simplest first, the full
-    system last (e.g. ``{"ssm": [0], "specific_layer": [0, 1, 3], "ea": [0, 1, 2, 3]}``).
-
-    * ``insample``: the full system tuned on all of validation (the old behaviour).
-    * ``crossfit``: every candidate's thresholds are tuned on k-1 stratified folds and scored on
-      the held-out fold; the candidate with the best cross-fitted accuracy wins (ties: simpler),
-      then its thresholds are refitted on all of validation.
-    * ``crossfit_keep_simpler``: as ``crossfit``, but a more complex candidate replaces a
-      simpler one only when the paired bootstrap of their cross-fitted per-example correctness puts
-      the `quantile` (5%) point of the gain above 0: a gain within noise keeps the simpler system.
-    * ``crossfit_guarded`` (default): candidates whose cross-fitted gain over the *simplest* is
-      beyond noise (same bootstrap test) are eligible; the eligible one with the best cross-fitted
-      accuracy wins (ties: simpler), refitted on all of validation. Unlike the sequential
-      ``crossfit_keep_simpler`` it does not give up a richer system that is clearly better than
-      the small model alone but within noise of the Specific Layer.
-    * ``bootstrap_keep_simpler``: the full system tuned on all of validation, kept only if the
-      paired bootstrap of its in-sample gain over the simplest candidate is beyond noise.
-    * ``shrink``: the full system's thresholds moved a share `shrink` of the way towards the simplest
-      candidate's (within the budget, else the simplest).
-
-    Why the default: see the module docstring of ea_core.report and bench/bench_honest.py.
-
-    ``metric="macro_f1"``: thresholds maximise balanced accuracy (`metric_weights`), and the
-    cross-fitted scores and bootstrap gains compare balanced-weighted per-example correctness, so
-    a candidate wins by recovering rare classes, not by answering the majority. `HonestChoice`'s
-    accuracies stay plain accuracy; ``detail["crossfit_score"]`` holds the metric's scores.
-    """
-    if rule not in HONEST_RULES:
-        raise ConfigError(f"Unknown operating-point rule {rule!r}; choose one of {', '.join(HONEST_RULES)}.")
-    y = check_labels(y, n=len(stages[0]))
-    names = list(candidates)
-    full, simplest = names[-1], names[0]
-    stack = as_stack(stages, y)
-
-    def finish(system: str, thr: list[float], cf: float, detail: dict[str, Any]) -> HonestChoice:
-        m = stack.evaluate(thr)
-        return HonestChoice(rule, system, [float(t) for t in thr], m.accuracy, cf, m.lm_call_rate, detail)
-
-    def fitted(system: str) -> list[float]:
-        return _tune_kept(stages, y, candidates[system], max_lm_rate, max_cost_per_1k, metric)
-
-    w = metric_weights(y, metric)
-    w = np.ones(len(y)) if w is None else w
-
-    def weighted(hits: np.ndarray) -> np.ndarray:  # per-example score: mean = accuracy or balanced accuracy
-        return hits * w
-
-    if rule == "insample":
-        return finish(full, fitted(full), float("nan"), {})
-    if rule in ("bootstrap_keep_simpler", "shrink"):
-        thr_full, thr_simple = fitted(full), fitted(simplest)
-        if rule == "bootstrap_keep_simpler":
-            diff = paired_bootstrap(weighted(_correct(stages, thr_full, y)), weighted(_correct(stages, thr_simple, y)),
-                                    n_boot=n_boot, seed=seed)
-            lo = float(np.quantile(diff, quantile))
-            return finish(full if lo > 0 else simplest, thr_full if lo > 0 else thr_simple, float("nan"),
-                          {"gain_quantile": lo})
-        # Interpolate between routing-equivalent thresholds inside each stage's observed
-        # confidences ("takes all" = its lowest, "takes none" = just above its highest), so that
-        # halfway means halfway in what the stage takes, not halfway to 0.
-        def inside(t: float, conf: np.ndarray) -> float:
-            return float(min(max(t, conf.min()), conf.max() + 1e-9))
-
-        thr = [float(inside(s_, st.conf) + shrink * (inside(f, st.conf) - inside(s_, st.conf)))
-               for f, s_, st in zip(thr_full, thr_simple, stages)]
-        thr[-1] = 0.0
-        m = stack.evaluate(thr)
-        n = len(y)
-        over = (max_lm_rate is not None and m.lm_call_rate * n > np.floor(max_lm_rate * n + 1e-9) + 0.5) or (
-            max_cost_per_1k is not None and m.cost_per_1k_usd > max_cost_per_1k * (1 + _EPS_COST) + 1e-12)
-        return finish(simplest, thr_simple, float("nan"), {"over_budget": True}) if over else \
-            finish(f"{full} (shrunk {shrink:g})", thr, float("nan"), {})
-    folds = stratified_folds(y, k_folds, seed)
-    hits = {s: crossfit_correct(stages, y, candidates[s], folds=folds, max_lm_rate=max_lm_rate,
-                                max_cost_per_1k=max_cost_per_1k, metric=metric) for s in names}
-    correct = {s: weighted(h) for s, h in hits.items()}
-    scores = {s: float(c.mean()) for s, c in correct.items()}
-    best = simplest
-    if rule == "crossfit_guarded":
-        def beyond_noise(s: str) -> bool:
-            gain = paired_bootstrap(correct[s], correct[simplest], n_boot=n_boot, seed=seed)
-            return float(np.quantile(gain, quantile)) > 0
-
-        eligible = [simplest] + [s for s in names[1:] if beyond_noise(s)]
-        best = max(eligible, key=lambda s: (scores[s], -names.index(s)))
-    for s in names[1:] if rule != "crossfit_guarded" else []:
-        if rule == "crossfit":
-            if scores[s] > scores[best] + 1e-12:
-                best = s
-        else:
-            lo = float(np.quantile(paired_bootstrap(correct[s], correct[best], n_boot=n_boot, seed=seed), quantile))
-            if lo > 0:
-                best = s
-    accuracies = {s: float(h.mean()) for s, h in hits.items()}
-    return finish(best, fitted(best), accuracies[best], {"crossfit_accuracy": accuracies, "crossfit_score": scores,
-                                                         "metric": metric})

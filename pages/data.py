@@ -188,7 +188,7 @@ def gallery(source: str) -> Any:
     """The preview grid of an image source: a few images per class, captioned with their label."""
     from PIL import Image
 
-    from ea_core.image_data import image_preview
+    from ea_core.data import image_preview
     from ea_core.imaging import open_image
 
     try:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from ea_core.errors import ConfigError
 from ea_core.llm import PRESETS
 from ea_core.llm.prompt import DEFAULT_INPUT_FORMAT, DEFAULT_INSTRUCTION, DEFAULT_PAIR_FORMAT, DEFAULT_SYSTEM
-from ea_core.pipeline import RunConfig
+from ea_core.runconfig import RunConfig
 from pages import data, lm, models
 from pages.session import Session
 from pages.ui import NONE
@@ -86,7 +86,7 @@ def form_from_config(cfg: RunConfig) -> dict[str, Any]:
         "max_length": head.get("max_length", fine.get("max_length", models._default(models.FineTuneModel,
                                                                                       "max_length"))),
         "oof_folds": cfg.oof_folds, "mining": cfg.mining, "assm": cfg.assm, "ea_full": cfg.ea_full,
-        "calibrate": cfg.calibrate, "max_lm_rate": cfg.max_lm_rate,
+        "calibrate": cfg.calibrate, "max_lm_rate": cfg.max_lm_rate, "probe_lm": cfg.probe_lm,
         "preset": preset, "base_url": cfg.lm_base_url or preset_url or "", "model": cfg.lm_model or "",
         "price_in": cfg.price_in, "price_out": cfg.price_out, "budget_usd": cfg.budget_usd,
         "concurrency": cfg.concurrency, "few_shot": cfg.few_shot,

@@ -203,7 +203,7 @@ def run_test(studio: Studio, api_key: Optional[str], request: gr.Request, *value
     return f"{note(f'Connected to {report.model}.', 'ok')}<table class='ea-trace'>{body}</table>"
 
 
-def estimate(studio: Studio, ea_full: bool, request: gr.Request, *values: Any) -> str:
+def estimate(studio: Studio, ea_full: bool, probe_lm: Optional[float], request: gr.Request, *values: Any) -> str:
     """What the run will ask of the LM (calls, tokens, USD), for the loaded data and these settings."""
     form = dict(zip(FORM_KEYS, values))
     task = current_task(studio.session(request))
@@ -216,7 +216,7 @@ def estimate(studio: Studio, ea_full: bool, request: gr.Request, *values: Any) -
     local = s["lm"] == "local" or is_local_url(s.get("lm_base_url"))
     prices = PriceTable({s["lm_model"]: [s["price_in"], s["price_out"]]} if s.get("price_in") is not None else None)
     est = estimate_run_cost(task, s.get("lm_model") or "local", template=template_of(form), prices=prices,
-                            ea_full=bool(ea_full), local=local)
+                            ea_full=bool(ea_full), local=local, probe=int(probe_lm or 0))
     money = ("free" if local else (f"{usd(est.usd_low)}-{usd(est.usd_high)}" if est.price_known
                                    else "unknown: enter the model's prices"))
     items = "".join(f"<li>{html.escape(line)}</li>" for line in est.lines)

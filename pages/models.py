@@ -23,7 +23,7 @@ DEFAULT_SSMS = ["tfidf", "head:minilm"]
 #: Ticked when image data is loaded: the packaged pretrained CNN and a small CNN trained from scratch.
 DEFAULT_IMAGE_SSMS = ["head:efficientnet_lite0", "finetune:tiny_cnn"]
 FORM_KEYS = ("ssm", "head_epochs", "finetune_epochs", "max_length", "oof_folds", "mining", "assm", "ea_full",
-             "calibrate", "max_lm_rate")
+             "calibrate", "max_lm_rate", "probe_lm")
 SIZES_WHEN_UNKNOWN = (2000, 1000)  # train, val + test: the demo's default sample
 
 
@@ -63,6 +63,11 @@ def build() -> dict[str, Any]:
                 c["calibrate"] = gr.Checkbox(True, label="Calibrate confidences (temperature scaling on validation)")
                 c["max_lm_rate"] = gr.Slider(0, 1, value=0.3, step=0.01, label="Reported operating point: "
                                              "max share of inputs sent to the LM")
+                c["probe_lm"] = gr.Number(0, precision=0, minimum=0, label="Probe the LM on this many unsure "
+                                          "training inputs (0 = off)",
+                                          info="Extra paid calls (counted in the Large model tab's estimate): "
+                                               "more evidence for deciding whether the LM beats the small models "
+                                               "where they are unsure, when validation is small.")
     return c
 
 
@@ -79,7 +84,8 @@ def settings_of(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("Tick at least one small model in the Small models tab.")
     return {"ssm": specs, "ssm_settings": ssm_settings(values), "oof_folds": int(values["oof_folds"]),
             "mining": values["mining"], "assm": values["assm"], "ea_full": bool(values["ea_full"]),
-            "calibrate": bool(values["calibrate"]), "max_lm_rate": float(values["max_lm_rate"])}
+            "calibrate": bool(values["calibrate"]), "max_lm_rate": float(values["max_lm_rate"]),
+            "probe_lm": int(values.get("probe_lm") or 0)}
 
 
 def checklist(n_train: int, n_eval: int, settings: dict[str, dict[str, Any]], oof_folds: int = 0,

@@ -21,7 +21,8 @@ Figure = dict[str, Any]
 
 COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
 LM_COLOR = "#E45756"
-REF_COLORS = {"LM alone": LM_COLOR, "best SSM": "#B279A2", "Specific Layer": "#54A24B"}
+REF_COLORS = {"LM alone": LM_COLOR, "best SSM": "#B279A2", "Specific Layer": "#54A24B",
+              "LM budget on the least sure": "#E45756"}
 FONT = {"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 12}
 
 

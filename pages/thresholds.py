@@ -15,8 +15,9 @@ import gradio as gr
 
 from ea_core.errors import ConfigError, EAError
 from ea_core.explore import ORDERS, Explorer, threshold_to_slider
-from ea_core.pipeline import RunState, open_run
+from ea_core.report import routed_note
 from ea_core.router import RoutingMetrics
+from ea_core.runstate import RunState, open_run
 from pages import plots
 from pages.session import Session, Studio
 from pages.ui import as_plot, error_message, note, pct, usd
@@ -151,9 +152,8 @@ def open_views(studio: Studio, owner: Optional[str], run_id: Optional[str], requ
     figure, table = figures(ex, thresholds)
     small = [n for n, k in zip(ex.names, ex.kinds) if k != "lm"]
     tuned = state.tuning.get(order, {})
-    kept = (f" The run kept {'the best small model alone' if tuned.get('chosen') == 'ssm' else 'a simpler cascade'}"
-            f" ({tuned.get('chosen')}): the other stages gained nothing beyond noise on validation folds they were "
-            "not tuned on; drag the sliders to try them." if tuned.get("chosen") not in (None, "full") else "")
+    why = tuned.get("why") or routed_note(tuned.get("chosen", "full"))
+    kept = f" The run {why}; drag the sliders to try other points." if why else ""
     intro = note(f"Run {state.task.name}: {', '.join(ex.names)}. Thresholds start where the run tuned them on "
                  f"validation (LM budget {pct(state.config.max_lm_rate, 0)} of inputs).{kept} Test figures are shown, "
                  "never used to choose.", "info")

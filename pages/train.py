@@ -15,8 +15,11 @@ from typing import Any, Optional, Sequence
 import gradio as gr
 
 from ea_core.errors import EAError
+from ea_core.llm import is_local_url
 from ea_core.monitor import STEP_TITLES, RunProgress
-from ea_core.pipeline import RunConfig, step_names
+from ea_core.pipeline import step_names
+from ea_core.runconfig import RunConfig
+from ea_core.runfolder import read_json
 from ea_core.runs import RunStatus
 from pages import plots
 from pages.session import Studio, Watch
@@ -84,8 +87,6 @@ def counters_html(progress: RunProgress, free: bool = False) -> str:
 
 
 def models_rows(progress: RunProgress, folder: Any) -> list[list[Any]]:
-    from ea_core.runfolder import read_json
-
     rows = []
     for name, m in progress.models.items():
         test = "-"
@@ -119,8 +120,6 @@ def status_html(status: RunStatus, notes: Sequence[str] = ()) -> str:
 
 def run_notes(folder: Any) -> list[str]:
     """What a finished run wants the user to know (failed LM calls, an exhausted budget ...)."""
-    from ea_core.runfolder import read_json
-
     path = folder / "summary.json"
     try:
         return list(read_json(path).get("notes", [])) if path.is_file() else []
@@ -136,8 +135,6 @@ def watch(studio: Studio, run_id: str, request: Optional[gr.Request]) -> Watch:
     if session.watch is None or session.watch.run_id != run_id:
         folder = studio.manager.folder(run_id)
         try:
-            from ea_core.runfolder import read_json
-
             cfg = RunConfig.from_dict(read_json(folder / "config.json"))
             steps, local = step_names(cfg), bool(cfg.lm and cfg.lm.startswith("local"))
         except (EAError, OSError, ValueError):
@@ -226,9 +223,6 @@ def start(studio: Studio, owner: Optional[str], api_key: Optional[str], request:
 
 def resume(studio: Studio, owner: Optional[str], run_id: Optional[str], api_key: Optional[str]) -> tuple[Any, ...]:
     """Resume a cancelled, failed or interrupted run where it stopped (finished stages are kept)."""
-    from ea_core.llm import is_local_url
-    from ea_core.runfolder import read_json
-
     try:
         if not run_id or not owner:
             raise EAError("No run to resume.")

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import html
 import shutil
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
 
+from ea_core.archives import bundle_zip_limits, extract_zip
 from ea_core.bundle import load_bundle, read_bundle_meta, system_from_run
 from ea_core.errors import ConfigError, EAError
+from ea_core.explore import ORDERS
+from ea_core.imaging import open_image
 from ea_core.splits import ImageInput
 from ea_core.system import AdaptedSystem, RouteTrace
 from pages.session import Session, Studio
@@ -27,8 +29,6 @@ from pages.thresholds import current_thresholds, explorer, owned, run_state
 from pages.ui import error_message, note, seconds, usd
 
 EXAMPLE_HEADERS = ["text", "gold", "routed answer", "answered by", "right?"]
-MAX_BUNDLE_BYTES = 2 << 30
-MAX_BUNDLE_FILES = 10_000
 
 
 def build() -> dict[str, Any]:
@@ -101,15 +101,11 @@ def _system(studio: Studio, session: Session, run_id: str, order: str, calibrate
 
 
 def _layers(order: str) -> tuple[str, ...]:
-    from ea_core.explore import ORDERS
-
     return ORDERS[order][1]
 
 
 def _image_input(image: Optional[str]) -> ImageInput:
     """The uploaded image as a model input (its bytes; the file name for people only)."""
-    from ea_core.imaging import open_image
-
     path = Path(image)
     data = path.read_bytes()
     open_image(data, path.name)  # a readable image, or a DataError that names it
@@ -189,8 +185,6 @@ def pick_example(studio: Studio, owner: Optional[str], run_id: Optional[str], ev
     value = evt.row_value[0] if getattr(evt, "row_value", None) else evt.value
     state = run_state(studio, studio.session(request), run_id)
     if state.task.is_image:
-        from ea_core.imaging import open_image
-
         test = state.task.test
         try:
             i = test.texts.index(str(value))
@@ -210,17 +204,16 @@ def load_bundle_zip(studio: Studio, file: Optional[str], request: gr.Request) ->
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     try:
-        unpack_zip(Path(file), target)
+        extract_zip(Path(file), target, bundle_zip_limits(), source="The uploaded zip")
         root = next((p.parent for p in target.rglob("bundle.json")), None)
         if root is None:
             raise ConfigError("This zip holds no bundle.json: export a bundle from Results & export.")
         meta = read_bundle_meta(root)
         load_bundle(root, use_lm=False)  # every model loads, or the message says which does not
-    except (EAError, OSError, zipfile.BadZipFile) as err:
+    except (EAError, OSError) as err:
         shutil.rmtree(target, ignore_errors=True)
         session.bundle_dir = None
-        return note(f"Cannot use this bundle: {error_message(err) if not isinstance(err, zipfile.BadZipFile) else 'not a valid zip file'}",
-                    "error")
+        return note(f"Cannot use this bundle: {error_message(err)}", "error")
     finally:
         Path(file).unlink(missing_ok=True)
     session.bundle_dir = root
@@ -229,24 +222,6 @@ def load_bundle_zip(studio: Studio, file: Optional[str], request: gr.Request) ->
     endpoint = f" Its LM was {lm.get('model') or lm.get('spec')} at {lm.get('base_url') or 'the default endpoint'}" \
         f" (shown, not used)." if lm else ""
     return note(f"Bundle loaded: labels {', '.join(meta['labels'])}; stages {stages}.{endpoint}", "ok")
-
-
-def unpack_zip(path: Path, target: Path) -> None:
-    """Extract a zip into `target`, refusing entries that escape it, links, and zip bombs."""
-    with zipfile.ZipFile(path) as zf:
-        infos = zf.infolist()
-        if len(infos) > MAX_BUNDLE_FILES:
-            raise ConfigError(f"The zip has {len(infos):,} entries (limit {MAX_BUNDLE_FILES:,}).")
-        if sum(i.file_size for i in infos) > MAX_BUNDLE_BYTES:
-            raise ConfigError("The zip unpacks to more than 2 GB: refused.")
-        root = target.resolve()
-        for info in infos:
-            dest = (target / info.filename).resolve()
-            if root != dest and root not in dest.parents:
-                raise ConfigError(f"The zip entry {info.filename!r} points outside the bundle: refused.")
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise ConfigError(f"The zip entry {info.filename!r} is a symbolic link: refused.")
-        zf.extractall(target)
 
 
 def unload_bundle(studio: Studio, request: gr.Request) -> str:

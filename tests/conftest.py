@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 def fruit_run(tmp_path_factory):
     """A finished EA run (TF-IDF SSM, scripted LM on 127.0.0.1) on the fruit task, shared by the
     tests that only read a run: (runs folder, run folder, the scripted server, still serving)."""
-    from ea_core.pipeline import RunConfig
+    from ea_core.runconfig import RunConfig
     from ea_core.runs import execute_run
     from tests.fruit import LABELS, lm_answer, make_task
     from tests.scripted_server import ScriptedServer

@@ -301,7 +301,7 @@ def fuzz_cases(folder: Path) -> list:
     """Cases for `bench/bench_fuzz.py`: every tampered variant of a fresh fruit run's bundle (TF-IDF,
     its augmented model and a scripted LM on 127.0.0.1), each through ``predict ... --no-lm``."""
     from bench.bench_fuzz import Case
-    from ea_core.pipeline import RunConfig
+    from ea_core.runconfig import RunConfig
     from ea_core.runs import execute_run
     from tests.fruit import LABELS, lm_answer, make_task
     from tests.scripted_server import ScriptedServer

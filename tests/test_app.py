@@ -20,8 +20,8 @@ from gradio_client import Client, handle_file
 
 from ea_core.bundle import load_bundle
 from ea_core.explore import Explorer
-from ea_core.pipeline import open_run
 from ea_core.router import route
+from ea_core.runstate import open_run
 from tests.fruit import LABELS, lm_answer, make_task
 from tests.scripted_server import ScriptedServer
 
@@ -91,6 +91,7 @@ def wait_done(client: Client, owner: str, run_id: str, timeout: float = 240.0) -
     raise AssertionError("the run did not finish")
 
 
+@pytest.mark.slow
 def test_main_flow_through_gradio_client_and_a_second_user_sees_nothing(served, tmp_path):
     demo, url, srv, data = served
     alice, bob = Client(url, verbose=False), Client(url, verbose=False)
@@ -191,6 +192,7 @@ def test_main_flow_through_gradio_client_and_a_second_user_sees_nothing(served, 
             assert KEY_ALICE.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_upload_errors_are_messages_and_keep_the_settings(served, tmp_path):
     demo, url, _, _ = served
     client = Client(url, verbose=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ea_core.explore import Explorer
-from ea_core.pipeline import open_run
+from ea_core.runstate import open_run
 from tests.fruit import LABELS, lm_answer, make_task
 from tests.scripted_server import ScriptedServer
 
@@ -28,6 +28,8 @@ KEY_A = "sk-BROWSERA-5e4d3c2b1a0f9e8d7c6b"
 KEY_B = "sk-BROWSERB-a1b2c3d4e5f60718293a"
 TABS = ["1 · Data", "2 · Small models", "3 · Large model", "4 · Train & mine", "5 · Thresholds", "6 · Try it",
         "7 · Results & export"]
+
+pytestmark = pytest.mark.slow  # a real browser: the quick check is pytest -m "not slow"
 
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,7 @@ def test_a_key_in_a_bundles_url_is_dropped(evil, inputs, tmp_path):
     assert srv.count == len(TEXTS) and not leaked(srv, secret) and not leaked(srv, CANARY)
 
 
+@pytest.mark.slow
 def test_the_good_bundle_predicts_at_the_users_endpoint(good, inputs, fruit_run, tmp_path):
     srv = fruit_run[2]
     res = predict("--bundle", str(good), "--input", str(inputs), "--output", str(tmp_path / "p.csv"),
@@ -269,6 +270,7 @@ def test_a_tampered_bundle_is_a_message_naming_the_file(tampered, inputs, tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["threshold_nan_string", "tfidf_coef_shape", "weights_truncated", "fifo_model_json"])
 def test_the_cli_exits_2_without_a_traceback(tampered, inputs, tmp_path, name):
     res = predict("--bundle", str(tampered[name]), "--input", str(inputs), "--output", str(tmp_path / "p.csv"),

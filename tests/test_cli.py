@@ -44,6 +44,7 @@ def small_csv(path: Path, n_per_class=40, seed=0):
     return path
 
 
+@pytest.mark.slow
 def test_train_writes_the_results_table(tmp_path):
     data = small_csv(tmp_path / "reviews.csv")
     out = tmp_path / "run"

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ea_core import data as data_mod
+from ea_core.data import sources as data_mod
 from ea_core.data import DEMO_DATASETS, DEMO_TWEETS_DEFAULT_SIZE, describe, load_dataset, read_table
 from ea_core.errors import ConfigError, DataError
 from ea_core.splits import Split, TaskData

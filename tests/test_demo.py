@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # the demo end to end (minutes): the quick check is pytest -m "not slow"
 
 
 def test_demo_runs_end_to_end_offline(tmp_path):

@@ -8,8 +8,8 @@ import pytest
 from ea_core.bundle import export_run_bundle, load_bundle, system_from_run
 from ea_core.errors import ConfigError
 from ea_core.explore import Explorer, slider_to_threshold
-from ea_core.pipeline import open_run
 from ea_core.router import evaluate, route
+from ea_core.runstate import open_run
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_a_bundle_exported_at_slider_thresholds_predicts_like_the_sliders(state,
 
 
 def test_a_run_without_an_lm_reopens_and_routes_its_small_models(tmp_path, fruit_run):
-    from ea_core.pipeline import RunConfig
+    from ea_core.runconfig import RunConfig
     from ea_core.runs import execute_run
 
     data = fruit_run[1] / "data"

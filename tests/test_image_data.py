@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ea_core import image_data
+from ea_core.data import images as image_data
 from ea_core.data import DEMO_DATASETS, describe, inspect_source, load_dataset
 from ea_core.errors import DataError
 from ea_core.imaging import open_image

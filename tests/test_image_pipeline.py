@@ -27,6 +27,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=600, env={**__import__("os").environ, KEY_ENV: "sk-test"})
 
 
+@pytest.mark.slow
 def test_train_on_the_digits_demo_writes_results_like_text(tmp_path: Path) -> None:
     """The fixed surface: `train --data demo:digits --ssm head:efficientnet_lite0 --out DIR`."""
     repo = Path(__file__).resolve().parents[1]
@@ -40,6 +41,7 @@ def test_train_on_the_digits_demo_writes_results_like_text(tmp_path: Path) -> No
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_text_model_on_images_is_refused_before_training(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     proc = _cli("train", "--data", "demo:digits", "--ssm", "tfidf", "--out", str(tmp_path / "run"), cwd=repo)
@@ -65,8 +67,10 @@ def _answer_by_pixels(gold: dict[bytes, str]):
     return answer
 
 
+@pytest.mark.slow
 def test_a_vision_lm_run_sends_images_and_a_rerun_pays_nothing(tmp_path: Path, monkeypatch) -> None:
-    from ea_core.pipeline import Pipeline, RunConfig
+    from ea_core.pipeline import Pipeline
+    from ea_core.runconfig import RunConfig
 
     monkeypatch.setenv(KEY_ENV, "sk-test")
     task = load_dataset("demo:digits", **SIZES)
@@ -87,9 +91,12 @@ def test_a_vision_lm_run_sends_images_and_a_rerun_pays_nothing(tmp_path: Path, m
         assert srv.count == first  # the same images are found in the cache: nothing is bought twice
 
 
+@pytest.mark.slow
 def test_the_offline_default_lm_is_the_image_stand_in(tmp_path: Path) -> None:
     from ea_core.llm import IMAGE_KNN_SPEC
-    from ea_core.pipeline import IMAGE_KNN_FEW_SHOT, Pipeline, RunConfig, open_run
+    from ea_core.pipeline import IMAGE_KNN_FEW_SHOT, Pipeline
+    from ea_core.runconfig import RunConfig
+    from ea_core.runstate import open_run
 
     cfg = RunConfig(data="demo:digits", ssm=["finetune:tiny_cnn"], lm="local", oof_folds=0, **SIZES)
     Pipeline(cfg, tmp_path / "run").run()
@@ -125,7 +132,8 @@ def test_the_offline_default_lm_is_the_image_stand_in(tmp_path: Path) -> None:
 @pytest.mark.parametrize("spec", ["finetune:tiny_cnn"])
 def test_an_image_model_on_text_is_refused(tmp_path: Path, spec: str) -> None:
     from ea_core.errors import ConfigError
-    from ea_core.pipeline import Pipeline, RunConfig
+    from ea_core.pipeline import Pipeline
+    from ea_core.runconfig import RunConfig
 
     cfg = RunConfig(data="demo:tweets", ssm=[spec], max_train=100, max_val=50, max_test=50)
     with pytest.raises(ConfigError, match="image model but the data holds texts"):

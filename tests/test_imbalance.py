@@ -20,11 +20,13 @@ from ea_core.errors import ConfigError, ModelError  # noqa: E402
 from ea_core.metrics import macro_f1  # noqa: E402
 from ea_core.models import load_model, make_model  # noqa: E402
 from ea_core.models.common import class_weights, imbalance_ratio, resolve_selection_metric  # noqa: E402
-from ea_core.pipeline import RunConfig, StageRecord, rank_records  # noqa: E402
+from ea_core.operating_point import choose_operating_point  # noqa: E402
 from ea_core.router import StageOutput  # noqa: E402
+from ea_core.runconfig import RunConfig  # noqa: E402
 from ea_core.runfolder import save_arrays  # noqa: E402
+from ea_core.runstate import StageRecord, rank_records  # noqa: E402
 from ea_core.splits import Split  # noqa: E402
-from ea_core.tuning import autotune, choose_operating_point  # noqa: E402
+from ea_core.tuning import autotune  # noqa: E402
 from tests.test_models import save_tiny_bert  # noqa: E402
 
 LABELS = ["major", "mid", "rare"]
@@ -110,6 +112,7 @@ def test_tfidf_weighting_raises_minority_recall_and_macro_f1(task, tmp_path):
     np.testing.assert_allclose(old.predict_proba(test), weighted.predict_proba(test))
 
 
+@pytest.mark.slow
 def test_head_weighting_raises_minority_recall_and_macro_f1(task, tiny_dir, tmp_path):
     from ea_core.models.encoder_head import EmbeddingMemory
 
@@ -218,8 +221,8 @@ def test_cli_flag_reaches_the_config():
 
 
 def test_report_rows_carry_per_class_recall(fruit_run):
-    from ea_core.pipeline import open_run
     from ea_core.report import format_table
+    from ea_core.runstate import open_run
 
     state = open_run(fruit_run[1])
     rows = json.loads((fruit_run[1] / "results.json").read_text())["rows"]

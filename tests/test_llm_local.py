@@ -43,6 +43,7 @@ def test_packaged_model_is_found() -> None:
     assert name.endswith(".gguf")
 
 
+@pytest.mark.slow
 def test_scores_labels_and_caches(loaded: LocalHFProvider, tmp_path) -> None:
     cache = AnswerCache(tmp_path / "local.sqlite")
     p = LocalHFProvider(cache=cache, calibrate=False)
@@ -68,6 +69,7 @@ def test_scores_labels_and_caches(loaded: LocalHFProvider, tmp_path) -> None:
     assert np.allclose([_scores(b) for b in again], [_scores(a) for a in answers], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_calibration_subtracts_label_means(loaded: LocalHFProvider, tmp_path) -> None:
     cache = AnswerCache(tmp_path / "cal.sqlite")
     raw, _ = LocalHFProvider(calibrate=False, cache=cache).classify(TWEETS, LABELS)
@@ -86,6 +88,7 @@ def test_calibration_subtracts_label_means(loaded: LocalHFProvider, tmp_path) ->
     assert tuple(LABELS) in auto._offsets
 
 
+@pytest.mark.slow
 def test_multi_token_labels_and_pairs(loaded: LocalHFProvider) -> None:
     labels = ["very negative", "neutral statement", "positive"]
     p = LocalHFProvider(calibrate=False)
@@ -95,12 +98,14 @@ def test_multi_token_labels_and_pairs(loaded: LocalHFProvider) -> None:
     assert pairs[0].label in (0, 1)
 
 
+@pytest.mark.slow
 def test_shared_prefix_reuse_matches_full_prompts(loaded: LocalHFProvider) -> None:
     a, _ = LocalHFProvider(calibrate=False, reuse_prefix=True).classify(TWEETS[:3], LABELS)
     b, _ = LocalHFProvider(calibrate=False, reuse_prefix=False).classify(TWEETS[:3], LABELS)
     assert np.allclose([_scores(x) for x in a], [_scores(x) for x in b], atol=1e-2)
 
 
+@pytest.mark.slow
 def test_cancelled_before_start(loaded: LocalHFProvider) -> None:
     token = CancelToken()
     token.cancel()
@@ -109,6 +114,7 @@ def test_cancelled_before_start(loaded: LocalHFProvider) -> None:
     assert usage.failures == len(TWEETS)
 
 
+@pytest.mark.slow
 def test_callback_may_cancel_by_raising(loaded: LocalHFProvider) -> None:
     from ea_core.errors import Cancelled
 
@@ -130,6 +136,7 @@ def test_make_provider_local_specs() -> None:
         bad.classify(TWEETS[:1], LABELS)
 
 
+@pytest.mark.slow
 def test_the_kept_dequantized_copy_scores_like_the_gguf_model(loaded: LocalHFProvider, tmp_path, monkeypatch) -> None:
     """The first load keeps a de-quantized copy (later loads take seconds); it holds the same model."""
     import torch
@@ -150,6 +157,7 @@ def test_the_kept_dequantized_copy_scores_like_the_gguf_model(loaded: LocalHFPro
         assert torch.equal(model(**ids).logits, copy(**ids).logits)
 
 
+@pytest.mark.slow
 def test_a_full_cache_disk_does_not_stop_local_scoring(loaded: LocalHFProvider, tmp_path, monkeypatch) -> None:
     """Local answers cost nothing: a cache that cannot be written is a warning, not a failed stage."""
     import sqlite3

@@ -227,7 +227,8 @@ def test_claims_wait_for_a_live_owner_and_take_over_from_a_dead_one(tmp_path) ->
 
 
 def test_a_run_folder_has_one_writer(tmp_path, monkeypatch) -> None:
-    from ea_core.pipeline import Pipeline, RunConfig
+    from ea_core.pipeline import Pipeline
+    from ea_core.runconfig import RunConfig
     from ea_core.runfolder import RunFolder
     from tests.fruit import make_task
 
@@ -395,7 +396,8 @@ def test_cli_run_with_a_directory_as_cache_fails_before_training(tmp_path) -> No
 
 
 def test_a_run_against_a_dead_endpoint_fails_before_any_training(tmp_path, monkeypatch) -> None:
-    from ea_core.pipeline import Pipeline, RunConfig
+    from ea_core.pipeline import Pipeline
+    from ea_core.runconfig import RunConfig
     from tests.fruit import make_task
 
     monkeypatch.setenv("EA_TEST_KEY", "sk-x")
@@ -411,7 +413,8 @@ def test_a_run_against_a_dead_endpoint_fails_before_any_training(tmp_path, monke
 
 
 def test_a_key_in_the_base_url_is_used_but_never_stored(tmp_path, monkeypatch) -> None:
-    from ea_core.pipeline import Pipeline, RunConfig
+    from ea_core.pipeline import Pipeline
+    from ea_core.runconfig import RunConfig
     from ea_core.runs import RunManager
     from tests.fruit import LABELS as FRUIT_LABELS, lm_answer, make_task
 

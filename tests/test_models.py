@@ -253,6 +253,7 @@ def test_tfidf_missing_label_in_training_still_gives_k_columns():
 # ---------------------------------------------------------------------------- head:minilm
 
 
+@pytest.mark.slow
 def test_head_beats_majority(tweets, head_model):
     labels, train, _, test = tweets
     proba = head_model.predict_proba(test)
@@ -262,6 +263,7 @@ def test_head_beats_majority(tweets, head_model):
     assert head_model.best_val_accuracy_ is not None
 
 
+@pytest.mark.slow
 def test_head_embedding_cache_is_reused(tweets, head_model, cache_dir):
     labels, train, val, test = tweets
     head_model.predict_proba(test)  # make sure test embeddings are cached
@@ -279,6 +281,7 @@ def test_head_embedding_cache_is_reused(tweets, head_model, cache_dir):
     assert other.encoder_calls_ == 0
 
 
+@pytest.mark.slow
 def test_head_save_load_round_trip(tweets, head_model, tmp_path):
     _, _, _, test = tweets
     head_model.save(tmp_path)
@@ -288,6 +291,7 @@ def test_head_save_load_round_trip(tweets, head_model, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(test), head_model.predict_proba(test))
 
 
+@pytest.mark.slow
 def test_head_warm_start_on_small_hard_set(tweets, head_model, tmp_path):
     labels, _, val, test = tweets
     head_model.save(tmp_path)
@@ -344,6 +348,7 @@ def test_head_pairs_and_saved_encoder(tiny_dir, tmp_path):
 # ---------------------------------------------------------------------------- finetune
 
 
+@pytest.mark.slow
 def test_finetune_tiny_model_learns_easy_task(tiny_finetune):
     test = _synthetic(200, 9)
     proba = tiny_finetune.predict_proba(test)
@@ -353,6 +358,7 @@ def test_finetune_tiny_model_learns_easy_task(tiny_finetune):
     assert tiny_finetune.history_ and "val_accuracy" in tiny_finetune.history_[-1]
 
 
+@pytest.mark.slow
 def test_finetune_save_load_is_exact(tiny_finetune, tmp_path):
     test = _synthetic(64, 10)
     tiny_finetune.save(tmp_path)
@@ -364,6 +370,7 @@ def test_finetune_save_load_is_exact(tiny_finetune, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(test), tiny_finetune.predict_proba(test))
 
 
+@pytest.mark.slow
 def test_finetune_warm_start_learns_hard_examples(tiny_finetune, tmp_path):
     tiny_finetune.save(tmp_path)
     model = load_model(tmp_path)
@@ -413,6 +420,7 @@ def test_finetune_pairs_and_from_config(tiny_dir):
     assert model.predict_proba(split).shape == (2, 2)
 
 
+@pytest.mark.slow
 def test_finetune_minilm_one_step(tweets, tmp_path):
     """The real pretrained path: load MiniLM with a fresh 3-way head, train, save, load."""
     labels, train, _, test = tweets

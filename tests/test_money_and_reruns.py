@@ -105,13 +105,14 @@ def test_a_money_cap_on_an_unknown_price_refuses_to_start_and_says_how_to_give_o
         assert srv.count == 0 and not (tmp_path / "runs" / "x" / "stages").exists()
         # With the price given, the same settings pass the check (and reach the run's config).
         from ea_core.cli import _config_from_args, build_parser
-        from ea_core.pipeline import check_money_caps
+        from ea_core.runconfig import check_money_caps
 
         cfg = _config_from_args(build_parser().parse_args(argv + ["--price-in", "0.5", "--price-out", "2"]), lm=True)
         assert (cfg.price_in, cfg.price_out) == (0.5, 2.0)
         check_money_caps(cfg)
 
 
+@pytest.mark.slow
 def test_spend_recorded_per_answer_holds_the_budget_across_a_kill_9_and_a_resume(tmp_path, fruit):
     """Killed mid-mining, the resumed run's budget counts the money the killed one paid."""
     gold = {line.split(",")[0]: line.split(",")[1] for line in fruit.read_text().splitlines()[1:]}
@@ -152,7 +153,7 @@ def test_an_lm_answer_without_confidence_is_not_treated_as_certain_in_the_run_or
     import numpy as np
 
     from ea_core.llm.base import MISSING_CONFIDENCE, LMAnswer
-    from ea_core.pipeline import lm_confidence_counts, lm_stage_output
+    from ea_core.runstate import lm_confidence_counts, lm_stage_output
     from ea_core.system import lm_confidence
 
     answers = [LMAnswer(label=0, confidence=0.93), LMAnswer(label=1), LMAnswer(label=-1), LMAnswer(label=-2)]
@@ -180,7 +181,8 @@ def test_few_shot_examples_are_not_mining_candidates_and_not_asked(tmp_path, fru
     """The LM sees the few-shot examples' labels in its prompt: asking it about them (in mining or
     in the EA(Full) ablation) would score a leak as skill."""
     from ea_core.llm.prompt import select_example_rows
-    from ea_core.pipeline import Pipeline, RunConfig
+    from ea_core.pipeline import Pipeline
+    from ea_core.runconfig import RunConfig
     from tests.fruit import is_hard, item
 
     gold = {line.split(",")[0]: line.split(",")[1] for line in fruit.read_text().splitlines()[1:]}
@@ -201,7 +203,7 @@ def test_few_shot_examples_are_not_mining_candidates_and_not_asked(tmp_path, fru
 def test_run_mines_with_out_of_fold_outputs_by_default_as_demo_does():
     from ea_core.cli import _config_from_args, build_parser
     from ea_core.mining import DEFAULT_OOF_FOLDS
-    from ea_core.pipeline import RunConfig
+    from ea_core.runconfig import RunConfig
 
     args = build_parser().parse_args(["run", "--data", "x.csv", "--ssm", "tfidf", "--lm", "openai"])
     assert _config_from_args(args, lm=True).oof_folds == DEFAULT_OOF_FOLDS >= 2

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from ea_core.errors import ConfigError
-from ea_core.pipeline import RunConfig
+from ea_core.runconfig import RunConfig
 from pages import form, lm, models, plots, try_it
 from pages.session import Studio
 
@@ -120,7 +120,7 @@ def test_a_closed_session_loses_its_uploads(tmp_path):
 
 def test_figures_are_plain_plotly_json_with_titles_and_axis_units(fruit_run):
     from ea_core.explore import Explorer
-    from ea_core.pipeline import open_run
+    from ea_core.runstate import open_run
 
     ex = Explorer.build(open_run(fruit_run[1]))
     current = ex.evaluate(ex.tuned_thresholds())

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 from ea_core.bundle import load_bundle
-from ea_core.pipeline import Pipeline, RunConfig
+from ea_core.pipeline import Pipeline
 from ea_core.report import build_rows
 from ea_core.router import route
+from ea_core.runconfig import RunConfig
 from ea_core.runfolder import read_json
 from tests.fruit import LABELS, calls_per_item, is_dark, is_hard, item, lm_answer, make_task
 from tests.scripted_server import ScriptedServer
@@ -129,6 +130,7 @@ def test_budget_cap_stops_calls_and_the_run_goes_on(tmp_path, server_and_data, m
     assert next(r for r in rows if r["system"] == "tfidf")["test_accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_resume_after_kill_during_mining_buys_no_answer_twice(tmp_path):
     data = tmp_path / "fruit.csv"
     gold = make_task(data)
@@ -184,6 +186,7 @@ def test_ea_full_ablation_asks_the_lm_about_the_whole_training_split(tmp_path, s
     assert read_json(state.assm_full[0].folder / "info.json")["trained_on"] == dark
 
 
+@pytest.mark.slow
 def test_predict_cli_routes_a_file_through_the_exported_bundle(tmp_path, server_and_data, monkeypatch):
     srv, data = server_and_data
     monkeypatch.setenv("EA_TEST_KEY", SECRET)
@@ -232,6 +235,7 @@ def test_cancel_during_mining_stops_the_run_and_a_rerun_finishes_it(tmp_path, se
     assert state.mining is not None and max(calls_per_item(srv).values()) == 1
 
 
+@pytest.mark.slow
 def test_an_edited_prompt_template_reaches_the_lm_and_the_bundle(tmp_path, server_and_data, monkeypatch):
     srv, data = server_and_data
     monkeypatch.setenv("EA_TEST_KEY", SECRET)

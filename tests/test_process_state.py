@@ -226,6 +226,7 @@ def test_configure_process_is_one_time_and_quiet(monkeypatch: pytest.MonkeyPatch
 # ---------------------------------------------------------------------------- random state
 
 
+@pytest.mark.slow
 def test_fit_is_reproducible_and_leaves_global_rng_alone(tiny_dir: str, tmp_path: Path) -> None:
     train, val, test = _synthetic(80, 25), _synthetic(30, 26), _synthetic(30, 27)
     for spec, settings in (
@@ -243,6 +244,7 @@ def test_fit_is_reproducible_and_leaves_global_rng_alone(tiny_dir: str, tmp_path
         assert not np.array_equal(first, other), spec
 
 
+@pytest.mark.slow
 def test_two_head_fits_in_threads_match_fits_alone(tiny_dir: str, tmp_path: Path) -> None:
     """Each fit draws from its own generators, so running two at once changes neither."""
     train, val, test = _synthetic(80, 28), _synthetic(30, 29), _synthetic(30, 30)

@@ -18,9 +18,10 @@ import psutil
 import pytest
 
 from ea_core.errors import ConfigError, RunBusy
-from ea_core.pipeline import RunConfig, open_run
+from ea_core.runconfig import RunConfig
 from ea_core.runfolder import RunFolder
 from ea_core.runs import RunManager, execute_run, read_status
+from ea_core.runstate import open_run
 from tests.fruit import LABELS, calls_per_item, lm_answer, make_task
 from tests.scripted_server import ScriptedServer
 
@@ -65,6 +66,7 @@ def events(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_background_run_finishes_keeps_the_key_in_memory_and_reopens_without_it(tmp_path, fruit):
     data, start = fruit
     srv = start(latency_s=0.05)
@@ -94,6 +96,7 @@ def test_a_background_run_finishes_keeps_the_key_in_memory_and_reopens_without_i
     assert state.tuning["ea"]["stages"] == [s.name for s in state.stage_outputs("val")]
 
 
+@pytest.mark.slow
 def test_cancel_stops_the_worker_keeps_what_was_paid_and_resume_finishes(tmp_path, fruit):
     data, start = fruit
     srv = start(latency_s=0.3)  # slow answers: mining takes a while
@@ -123,6 +126,7 @@ def test_cancel_stops_the_worker_keeps_what_was_paid_and_resume_finishes(tmp_pat
     assert sum(n - 1 for n in calls_per_item(srv).values()) <= 1
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_reported_interrupted_with_a_terminal_event(tmp_path, fruit):
     data, start = fruit
     srv = start(latency_s=0.3)
@@ -155,6 +159,7 @@ def test_a_session_sees_and_touches_only_its_own_runs(tmp_path, fruit):
     assert "alice" not in (manager.folder(run_id) / "status.json").read_text()
 
 
+@pytest.mark.slow
 def test_one_writer_per_run_folder(tmp_path, fruit):
     data, start = fruit
     srv = start()

@@ -127,6 +127,7 @@ def test_the_estimate_knows_the_image_models():
 # ---------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_tiny_cnn_finetuned_on_digits_beats_chance(digits, tiny_finetuned):
     _, _, test = digits
     assert _acc(tiny_finetuned, test) > 0.6  # chance is 0.1
@@ -138,6 +139,7 @@ def test_tiny_cnn_finetuned_on_digits_beats_chance(digits, tiny_finetuned):
     assert tiny_finetuned.get_config()["pretrained"] is False
 
 
+@pytest.mark.slow
 def test_finetune_round_trip_gives_identical_probabilities(digits, tiny_finetuned, tmp_path):
     _, _, test = digits
     tiny_finetuned.save(tmp_path / "m")
@@ -150,6 +152,7 @@ def test_finetune_round_trip_gives_identical_probabilities(digits, tiny_finetune
     assert np.array_equal(loaded.predict_proba(test), tiny_finetuned.predict_proba(test))
 
 
+@pytest.mark.slow
 def test_warm_start_class_weights_augment_and_cancel(digits):
     train, val, test = digits
     model = make_model("finetune:tiny_cnn", image_size=16, epochs=2, augment="crop+flip", class_weight="balanced",
@@ -178,6 +181,7 @@ def test_seeded_fits_are_reproducible_and_leave_the_global_rng_alone(digits):
     assert np.array_equal(a.predict_proba(test), b.predict_proba(test))
 
 
+@pytest.mark.slow
 def test_head_on_tiny_cnn_round_trips_with_its_random_backbone(digits, tmp_path):
     train, val, test = digits
     model = make_model("head:tiny_cnn", image_size=16, width=8, epochs=30).fit(train, val, LABELS)
@@ -190,6 +194,7 @@ def test_head_on_tiny_cnn_round_trips_with_its_random_backbone(digits, tmp_path)
     assert np.array_equal(load_model(tmp_path / "h").predict_proba(test), model.predict_proba(test))
 
 
+@pytest.mark.slow
 def test_head_efficientnet_lite0_beats_chance_on_a_digits_subset(digits, tmp_path):
     train, val, test = digits
     events: list[ProgressEvent] = []
@@ -207,6 +212,7 @@ def test_head_efficientnet_lite0_beats_chance_on_a_digits_subset(digits, tmp_pat
 # ---------------------------------------------------------------------------- damaged folders
 
 
+@pytest.mark.slow
 def test_damaged_weights_are_model_errors(tiny_finetuned, tmp_path):
     folder = tiny_finetuned.save(tmp_path / "m")
     weights = folder / "model.safetensors"

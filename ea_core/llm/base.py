@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ea_core.errors import ConfigError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.splits import ImageInput, Input
 
@@ -109,8 +110,6 @@ class LMProvider(ABC):
 def normalize_request(inputs: Sequence[LMInput], labels: Sequence[str]) -> tuple[list[LMInput], list[str]]:
     """Inputs and labels as plain strings (what every provider prompts with), images kept as
     `ImageInput` (with no pair); no labels is an error."""
-    from ea_core.errors import ConfigError
-
     labels = [str(lab) for lab in labels]
     if not labels:
         raise ConfigError("The task has no labels to classify into.")
@@ -139,6 +138,4 @@ VISION_HINT = (
 def refuse_images(inputs: Sequence[LMInput], who: str) -> None:
     """ConfigError when `inputs` hold an image: `who` (e.g. "The local LM 'x'") is a text model."""
     if has_images(inputs):
-        from ea_core.errors import ConfigError
-
         raise ConfigError(f"{who} is a text model; image tasks need a vision LM: {VISION_HINT}.")

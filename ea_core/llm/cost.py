@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from ea_core.errors import ConfigError
+from ea_core.llm.images import image_size, parse_ref
 
 #: USD per 1M (input, output) tokens. List prices when written; edit or load your own.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -83,8 +84,6 @@ def message_tokens(message: Mapping[str, Any], model: str = "") -> int:
     content = message.get("content")
     if not isinstance(content, list):
         return estimate_tokens(str(content or "")) + 4
-    from ea_core.llm.images import image_size, parse_ref
-
     total = 4
     for part in content:
         if not isinstance(part, Mapping):

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from ea_core.errors import ConfigError
+from ea_core.imaging import downscale
 from ea_core.splits import ImageInput
 
 #: Longer side, in pixels, an image is downscaled to before a vision LM sees it (see the module doc).
@@ -129,8 +130,6 @@ class ImagePrep:
 
     def sent_bytes(self, image: ImageInput) -> bytes:
         """The bytes sent for `image`: downscaled and re-encoded (deterministic)."""
-        from ea_core.imaging import downscale
-
         src = image.sha256
         with self._lock:
             if src in self._recent:

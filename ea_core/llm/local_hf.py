@@ -45,7 +45,7 @@ from ea_core.llm._progress import UsageTracker
 from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage, normalize_request, refuse_images
 from ea_core.llm.cache import AnswerCache, CachedAnswer, is_storage_error, make_key
 from ea_core.llm.prompt import Example, PromptTemplate
-from ea_core.process import TRANSFORMERS_BUILD_LOCK, warn_ignored_threads
+from ea_core.process import TRANSFORMERS_BUILD_LOCK, configure_process, warn_ignored_threads
 
 log = logging.getLogger(__name__)
 
@@ -622,7 +622,5 @@ class LocalHFProvider(LMProvider):
 
 
 if __name__ == "__main__":  # python -m ea_core.llm.local_hf: prepare the offline LM (see install.sh)
-    from ea_core.process import configure_process
-
     configure_process()
     print(f"offline LM ready: {prepare_default_model()}")

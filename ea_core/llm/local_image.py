@@ -23,6 +23,7 @@ import numpy as np
 
 from ea_core.errors import Cancelled, ConfigError, LMError
 from ea_core.events import CancelToken, ProgressCallback
+from ea_core.imaging import to_array
 from ea_core.llm._progress import UsageTracker
 from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage, normalize_request
 from ea_core.llm.prompt import Example, PromptTemplate, as_input
@@ -138,8 +139,6 @@ class ImageKNNProvider(LMProvider):
 
     def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Unit-length feature rows, one per image."""
-        from ea_core.imaging import to_array
-
         if not images:
             return np.zeros((0, 1), dtype=np.float32)
         names = [im.name or f"image {i}" for i, im in enumerate(images)]

@@ -142,10 +142,11 @@ def _prompt_tokens(template: PromptTemplate, split: Split, labels: Sequence[str]
 
 def estimate_run_cost(task: TaskData, model: str, *, template: Optional[PromptTemplate] = None,
                       prices: Optional[PriceTable] = None, ea_full: bool = False, local: bool = False,
+                      probe: int = 0,
                       mining_share: tuple[float, float] = MINING_SHARE_RANGE,
                       image_max_side: int = DEFAULT_IMAGE_MAX_SIDE, image_detail: str = "auto") -> RunCostEstimate:
     """What the run's LM stages will ask: val + test in full, mining a share of train (all of it
-    with EA(Full)). Tokens are ~4 characters each; cached answers are not subtracted (a rerun on
+    with EA(Full)), and up to `probe` random unsure training inputs (`RunConfig.probe_lm`). Tokens are ~4 characters each; cached answers are not subtracted (a rerun on
     the same data pays nothing, see the answer cache). `local`: an in-process or local-server LM
     costs no money. Image tasks: each image counts by OpenAI's tile formula at `image_max_side` and
     `image_detail` (an estimate, see `cost.image_tokens`)."""
@@ -171,6 +172,8 @@ def estimate_run_cost(task: TaskData, model: str, *, template: Optional[PromptTe
     n_train = len(task.train)
     lo_share, hi_share = (1.0, 1.0) if ea_full else mining_share
     lo_calls, hi_calls = int(round(n_train * lo_share)), int(round(n_train * hi_share))
+    probe = 0 if ea_full else min(int(probe), n_train)  # EA(Full) already asks about every training input
+    hi_calls = min(hi_calls + probe, n_train)
     lo_tok, lo_usd = part("train", lo_calls)
     hi_tok, hi_usd = part("train", hi_calls)
     money = "free (local model)" if local else ("price unknown: give prices" if price is None else None)
@@ -180,7 +183,8 @@ def estimate_run_cost(task: TaskData, model: str, *, template: Optional[PromptTe
 
     mining = (f"EA(Full): all {n_train:,} training examples" if ea_full else
               f"mining: {lo_calls:,}-{hi_calls:,} of {n_train:,} training examples (those every small model "
-              f"gets wrong, {lo_share:.0%}-{hi_share:.0%}; known after training)")
+              f"gets wrong, {lo_share:.0%}-{hi_share:.0%}; known after training)" +
+              (f" + up to {probe:,} probed unsure inputs (some may be mined anyway)" if probe else ""))
     lines = [f"validation + test: {n_eval:,} calls, ~{tokens(eval_tokens)} tokens, {usd(eval_usd)}",
              f"{mining}: ~{tokens(lo_tok)}-{tokens(hi_tok)} tokens, " + (money or f"{usd(lo_usd)}-{usd(hi_usd)}")]
     return RunCostEstimate(

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ea_core.llm.base import UNPARSEABLE
+from ea_core.llm.images import estimate_part
 from ea_core.splits import ImageInput, Input, Split
 
 #: (text, pair or None, label string), or (ImageInput, None, label string) for an image task.
@@ -113,8 +114,6 @@ class PromptTemplate:
         value = as_input(value)
         if isinstance(value, ImageInput):
             if image_part is None:
-                from ea_core.llm.images import estimate_part
-
                 image_part = estimate_part
             return [{"type": "text", "text": self.image_format}, image_part(value)]
         return self.format_input(value, pair)

@@ -27,6 +27,7 @@ from ea_core.models.base import SmallModel, load_model, registered_kinds
 from ea_core.models.catalog import CATALOG, catalog_names, model_modality, resolve_model
 from ea_core.models.encoder_head import EncoderHeadModel
 from ea_core.models.finetune import FineTuneModel
+from ea_core.models.hf_common import load_pretrained
 from ea_core.models.tfidf import TfidfModel
 from ea_core.models.vision import ImageFineTuneModel, ImageHeadModel
 
@@ -145,7 +146,5 @@ def make_model(spec: str, labels: Optional[list[str]] = None, **settings: Any) -
 def _check_model(model: str) -> None:
     """Fail fast (ModelError) when MODEL can't be found: reads only its config."""
     from transformers import AutoConfig
-
-    from ea_core.models.hf_common import load_pretrained
 
     load_pretrained(AutoConfig, model, resolve_model(model), builds_model=False)

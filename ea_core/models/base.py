@@ -19,6 +19,7 @@ import numpy as np
 
 from ea_core.errors import ModelError
 from ea_core.events import CancelToken, ProgressCallback
+from ea_core.models.catalog import catalog_entry
 from ea_core.models.common import EpochScore
 from ea_core.splits import Split
 
@@ -225,8 +226,6 @@ def is_hub_id(name: str) -> bool:
 def check_named_model(name: str, where: Path) -> None:
     """A pretrained MODEL that an untrusted bundle names must be a catalog name or a Hugging Face
     id: a path would make the bundle load files from outside itself."""
-    from ea_core.models.catalog import catalog_entry
-
     if catalog_entry(str(name).strip()) is not None or is_hub_id(name):
         return
     raise ModelError(f"{where}: the model names {name!r}, which is not a catalog name or a Hugging Face id; "

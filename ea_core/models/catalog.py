@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ea_core.models.vision_backbones import pretrained_offline
+
 #: The hub id of the packaged model; resolving it also gives the packaged copy.
 MINILM_HF_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -65,8 +67,6 @@ class CatalogEntry:
         """Computed now: the packaged copy is installed, or the hub cache holds the model
         (image entries: the ImageNet weights load offline; see the module docstring)."""
         if self.modality == "image":
-            from ea_core.models.vision_backbones import pretrained_offline
-
             return pretrained_offline(self.name)
         if self.packaged and packaged_minilm_path() is not None:
             return True

@@ -11,6 +11,7 @@ import numpy as np
 
 from ea_core.errors import DataError, ModelError
 from ea_core.events import CancelToken, ProgressCallback, ProgressEvent, StageTimer, no_progress
+from ea_core.metrics import SELECTION_METRICS, accuracy, macro_f1
 from ea_core.splits import Split
 
 
@@ -152,8 +153,6 @@ class BestWeights:
 
 #: How a small model weights its classes in the training loss (the ``class_weight`` setting).
 CLASS_WEIGHTS = ("auto", "balanced", "none")
-#: What early stopping, the SSM ranking and threshold tuning maximise (the ``selection_metric`` setting).
-SELECTION_METRICS = ("auto", "accuracy", "macro_f1")
 #: ``auto`` turns class weighting (and macro-F1 selection) on when the training split's largest
 #: class has at least this many times the examples of its smallest. 3.0: the demo tweets (2.3:1)
 #: stay as they were, where weighting trades accuracy for little macro-F1; a 62% majority of
@@ -223,8 +222,6 @@ def epoch_score(y: np.ndarray, logits: np.ndarray, metric: str, select: Optional
 
 def selection_score(y: np.ndarray, pred: np.ndarray, metric: str, n_labels: int) -> float:
     """The score a selection `metric` (``accuracy`` or ``macro_f1``, already resolved) gives `pred`."""
-    from ea_core.metrics import accuracy, macro_f1
-
     if metric == "macro_f1":
         return macro_f1(y, pred, n_labels)
     return accuracy(y, pred)

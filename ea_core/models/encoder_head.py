@@ -35,12 +35,12 @@ import numpy as np
 
 from ea_core.errors import ModelError
 from ea_core.events import CancelToken, ProgressCallback
-from ea_core.models.base import SmallModel, check_tensor, damaged, read_tensors, register
+from ea_core.metrics import SELECTION_METRICS
+from ea_core.models.base import SmallModel, check_named_model, check_tensor, damaged, read_tensors, register
 from ea_core.models.catalog import is_local, resolve_model
 from ea_core.models.common import (
     CLASS_WEIGHTS,
     DEFAULT_IMBALANCE_RATIO,
-    SELECTION_METRICS,
     BestWeights,
     EpochScore,
     Progress,
@@ -604,8 +604,6 @@ class EncoderHeadModel(SmallModel):
         """From a bundle: embeddings go to this user's cache (never a `cache_dir` the bundle names),
         the device is chosen here, and the encoder is the bundle's own copy or a catalog name /
         Hugging Face id, never a folder elsewhere on this machine."""
-        from ea_core.models.base import check_named_model
-
         self.cache_dir = None
         self.device = "auto"
         self.save_encoder = False

@@ -44,7 +44,11 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ea_core.errors import ConfigError
+from ea_core.models import parse_spec
 from ea_core.models.catalog import catalog_entry, catalog_names, is_local, model_choices, resolve_model
+from ea_core.models.encoder_head import EncoderHeadModel
+from ea_core.models.finetune import FineTuneModel
+from ea_core.models.vision import ImageFineTuneModel, ImageHeadModel, default_image_size
 
 RATES_PATH = Path(__file__).with_name("cpu_rates.json")
 REFERENCE_MODEL = "minilm"
@@ -364,10 +368,6 @@ def estimate_seconds(
     widened for measurement noise; the central figure is halfway. See the module docstring
     for what is measured and what is scaled.
     """
-    from ea_core.models import parse_spec  # the package imports this module's neighbours first
-    from ea_core.models.encoder_head import EncoderHeadModel
-    from ea_core.models.finetune import FineTuneModel
-
     kind, model = parse_spec(spec)
     if model is not None and catalog_entry(model) is not None and catalog_entry(model).modality == "image":
         return _estimate_image(spec, kind, catalog_entry(model).name, n_train, n_eval, epochs=epochs,
@@ -438,8 +438,6 @@ def _estimate_image(spec: str, kind: str, arch: str, n_train: int, n_eval: int, 
                     oof_folds: int, settings: Optional[dict[str, Any]], n_val: Optional[int],
                     rates: Optional[CpuRates]) -> TimeEstimate:
     """`estimate_seconds` for ``head:ARCH`` / ``finetune:ARCH`` on an image architecture."""
-    from ea_core.models.vision import ImageFineTuneModel, ImageHeadModel, default_image_size
-
     if n_train < 1 or n_eval < 0:
         raise ConfigError(f"Time estimate needs n_train >= 1 and n_eval >= 0; got {n_train} and {n_eval}.")
     if oof_folds == 1 or oof_folds < 0:

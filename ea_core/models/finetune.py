@@ -29,12 +29,12 @@ import numpy as np
 
 from ea_core.errors import ModelError
 from ea_core.events import CancelToken, ProgressCallback
+from ea_core.metrics import SELECTION_METRICS
 from ea_core.models.base import SmallModel, damaged, register
 from ea_core.models.catalog import resolve_model
 from ea_core.models.common import (
     CLASS_WEIGHTS,
     DEFAULT_IMBALANCE_RATIO,
-    SELECTION_METRICS,
     BestWeights,
     EpochScore,
     Progress,

@@ -29,6 +29,7 @@ import numpy as np
 
 from ea_core.errors import ModelError
 from ea_core.events import CancelToken, ProgressCallback
+from ea_core.metrics import SELECTION_METRICS
 from ea_core.models.base import (
     MODEL_JSON,
     SmallModel,
@@ -41,7 +42,6 @@ from ea_core.models.base import (
 from ea_core.models.common import (
     CLASS_WEIGHTS,
     DEFAULT_IMBALANCE_RATIO,
-    SELECTION_METRICS,
     EpochScore,
     Progress,
     check_choice,

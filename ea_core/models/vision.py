@@ -37,6 +37,7 @@ import numpy as np
 
 from ea_core.errors import ModelError
 from ea_core.events import CancelToken, ProgressCallback
+from ea_core.imaging import to_array
 from ea_core.models.base import SmallModel, check_tensor, damaged, read_tensors, register
 from ea_core.models.common import (
     BestWeights,
@@ -50,6 +51,8 @@ from ea_core.models.common import (
     softmax_np,
     usable_val,
 )
+from ea_core.models.encoder_head import MIN_CACHED_INPUTS, SHARED_MEMORY, _assemble
+from ea_core.models.hf_common import pick_device
 from ea_core.models.vision_backbones import ARCHITECTURES, architecture, build_backbone, build_net, feature_dim
 from ea_core.splits import Split
 
@@ -124,8 +127,6 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _device(name: str) -> Any:
-    from ea_core.models.hf_common import pick_device
-
     return pick_device(name)
 
 
@@ -139,8 +140,6 @@ def _normalise(batch_u8: Any, mean: Any, std: Any, channels_last: bool) -> Any:
 
 
 def _pixels(split: Split, size: int) -> np.ndarray:
-    from ea_core.imaging import to_array
-
     if not split.is_image:
         raise ModelError("This is an image model but the data holds texts; pick a text model "
                          "(tfidf, head:minilm, ...) or load image data.")
@@ -335,8 +334,6 @@ class ImageHeadModel(_ImageModel):
         """Pooled backbone features (n, dim) float32. Each image's vector is kept in the in-process
         memory under its bytes' SHA-256, so another fold, a subset or a warm start on the same
         images skips the backbone (the memory is `EmbeddingMemory`, shared with the text heads)."""
-        from ea_core.models.encoder_head import MIN_CACHED_INPUTS, SHARED_MEMORY, _assemble
-
         if not split.is_image:
             _pixels(split, self.size)  # the ModelError that says to pick a text model
         memory = SHARED_MEMORY if self.memory is None else self.memory
