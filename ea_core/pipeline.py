@@ -44,6 +44,7 @@ from ea_core.runstate import (
     answers_to_arrays,
     lm_confidence_counts,
     lm_stage_output,
+    oof_path,
     load_task,
     rank_records,
     save_state,
@@ -325,7 +326,7 @@ class Pipeline:
         folds = mining.kfold_indices(self.task.train.labels, cfg.oof_folds, cfg.seed)
         probs = []
         for rec in self.state.ssms:
-            path = rec.folder / f"oof{cfg.oof_folds}.npz"
+            path = oof_path(rec.folder, cfg.oof_folds)
             if not path.is_file():
                 oof = np.zeros((len(self.task.train), self.task.n_labels))
                 settings = cfg.model_settings(rec.name)

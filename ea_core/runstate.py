@@ -99,6 +99,19 @@ class RunState:
         return out
 
 
+def oof_path(record_folder: Path, folds: int) -> Path:
+    """Where a small model's out-of-fold training probabilities (mining's input) are saved."""
+    return Path(record_folder) / f"oof{folds}.npz"
+
+
+def mining_probs(state: "RunState") -> list[np.ndarray]:
+    """Each small model's training-split probabilities as mining saw them (out of fold when the run
+    mined so and they are saved, else in-sample), in rank order."""
+    k = state.config.oof_folds
+    return [load_arrays(oof_path(r.folder, k))["proba"] if k >= 2 and oof_path(r.folder, k).is_file()
+            else r.outputs()["train"] for r in state.ssms]
+
+
 def rank_records(records: list[StageRecord], y_val: np.ndarray, metric: str, n_labels: int) -> list[StageRecord]:
     """Small models best first by `metric` (accuracy or macro_f1) on validation; stable for ties."""
     scores = [selection_score(y_val, r.outputs()["val"].argmax(1), metric, n_labels) for r in records]

@@ -25,7 +25,7 @@ LAYERS = (
     ("mining", ("ea_core.mining",)),
     ("run state", ("ea_core.runconfig", "ea_core.runstate")),
     ("engine and services", ("ea_core.pipeline", "ea_core.report", "ea_core.bundle", "ea_core.explore",
-                             "ea_core.system", "ea_core.inputs", "ea_core.monitor")),
+                             "ea_core.system", "ea_core.inputs", "ea_core.monitor", "ea_core.findings")),
     ("entry points", ("ea_core.runs", "ea_core.worker", "ea_core.cli", "ea_core.__main__")),
 )
 

@@ -240,3 +240,35 @@ def test_tfidf_can_choose_its_C_on_training_folds_so_validation_stays_unpicked()
     fits = [make_model("tfidf", C_selection="cv").fit(task.train, val, task.labels) for val in (task.val, shuffled)]
     assert fits[0].C_ == fits[1].C_ and np.array_equal(fits[0].coef_, fits[1].coef_)
     assert fits[0].C_ in fits[0].C_grid
+
+
+def test_a_run_lists_what_mining_found_and_the_probe_feeds_the_guard(tmp_path):
+    """The mined examples (every small model wrong out of fold) with each model's answer and the LM's,
+    filterable and written as a spreadsheet-safe CSV; --probe-lm's answers are saved and reopened."""
+    import csv
+
+    from ea_core.findings import mined_counts, mined_examples, write_mined_csv
+    from ea_core.pipeline import Pipeline
+    from ea_core.runconfig import RunConfig
+    from ea_core.runstate import open_run
+
+    cfg = RunConfig(data="demo:tweets", ssm=["tfidf"], max_train=200, max_val=120, max_test=120, lm="openai",
+                    lm_model="always-0", cache=str(tmp_path / "answers.sqlite"), probe_lm=25)
+    Pipeline(cfg, tmp_path / "run", provider=_HalfRightLM()).run()
+    state = open_run(tmp_path / "run")
+    rows = mined_examples(state)
+    counts = mined_counts(state)
+    assert len(rows) == counts["sent"] > 0 and counts["underfit"] + counts["lm_fixed"] + counts["failed"] == counts["sent"]
+    labels = state.task.labels
+    for row in rows:
+        assert row["tfidf"] != row["gold"]  # mined: the small model was wrong (out of fold)
+        assert row["lm"] == labels[0]  # the LM always answers label 0
+        assert row["outcome"] == ("lm_fixed" if row["gold"] == labels[0] else "underfit")
+    assert all(r["outcome"] == "underfit" for r in mined_examples(state, "underfit"))
+    assert len(mined_examples(state, "lm_fixed")) == counts["lm_fixed"]
+    path = write_mined_csv(rows, tmp_path / "mined.csv")
+    with open(path, newline="") as f:
+        back = list(csv.DictReader(f))
+    assert len(back) == len(rows) and set(back[0]) >= {"row", "text", "gold", "tfidf", "lm", "outcome"}
+    assert state.probe is not None and len(state.probe["index"]) == 25
+    assert state.tuning["ea"]["candidates"] and "probed training inputs" in state.tuning["ea"]["why"]
