@@ -2,9 +2,10 @@
 
     python app.py [--host H] [--port P] [--runs-dir DIR] [--auth USER:PASSWORD]
 
-Each tab is a module of `pages/` (components and thin handlers that call `ea_core`); this file
-builds them and wires the events in one place, top to bottom. Runs are worker processes under
-``--runs-dir`` (default ``runs/``), owned by the browser that started them.
+Each tab is a module of `pages/` (its components by name, and thin handlers that call `ea_core`
+and return updates keyed by component); this file builds the tabs and wires the events in one
+place, top to bottom. Runs are worker processes under ``--runs-dir`` (default ``runs/``), owned
+by the browser that started them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import gradio as gr  # noqa: E402
 
 from pages import data, form, lm, models, results, thresholds, train, try_it  # noqa: E402
 from pages.session import Studio, new_owner_token  # noqa: E402
-from pages.ui import CSS, bind as _bind, error_message, note  # noqa: E402
+from pages.ui import CSS, bind as _bind, pick  # noqa: E402
 
 TITLE = "Easy Adaptation Studio"
 INTRO = ("Adapt a large model (LM) to your classification task without touching its weights: small models learn "
@@ -33,184 +34,149 @@ INTRO = ("Adapt a large model (LM) to your classification task without touching 
 def build_app(runs_dir: str | Path = "runs") -> gr.Blocks:
     """The whole UI, bound to one `Studio` (run manager + sessions) over `runs_dir`."""
     studio = Studio(runs_dir)
-    def bind(fn: Any) -> Any:  # handlers take the studio first; Gradio passes the components after it
-        return _bind(fn, studio)
+
+    def bind(fn: Any, *tab: Any) -> Any:  # handlers take the studio (and their tab) first; Gradio passes the rest
+        return _bind(fn, studio, *tab)
 
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         owner = gr.BrowserState(None, storage_key="ea-studio-owner", secret=studio.server_secret())
         current = gr.BrowserState(None, storage_key="ea-studio-run", secret=studio.server_secret())
         opened = gr.State(None)  # the finished run whose results the tabs show
-        data_info = gr.State(None)
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Tabs():
             with gr.Tab("1 · Data", id="data"):
-                d = data.build()
+                data_tab = data.build()
             with gr.Tab("2 · Small models", id="models"):
-                m = models.build()
+                models_tab = models.build()
             with gr.Tab("3 · Large model", id="lm"):
-                g = lm.build()
+                lm_tab = lm.build()
             with gr.Tab("4 · Train & mine", id="train"):
-                t = train.build()
+                train_tab = train.build(current, opened)
             with gr.Tab("5 · Thresholds", id="thresholds"):
-                h = thresholds.build()
+                thresholds_tab = thresholds.build()
             with gr.Tab("6 · Try it", id="try"):
-                y = try_it.build()
+                try_tab = try_it.build()
             with gr.Tab("7 · Results & export", id="results"):
-                r = results.build()
+                results_tab = results.build()
 
-        comps = {**d, **m, **g}
-        form_inputs = [comps[k] for k in form.KEYS]
-        data_inputs = [d[k] for k in data.FORM_KEYS]
-        model_inputs = [m[k] for k in models.FORM_KEYS]
-        lm_inputs = [g[k] for k in lm.FORM_KEYS]
-        sliders = h["sliders"]
-        route_state = [owner, opened, h["order"], h["calibrated"]]
+        form_fields = {k: {**data_tab, **models_tab, **lm_tab}[k] for k in form.KEYS}
+        form_inputs = list(form_fields.values())
+        data_inputs = pick(data_tab, *data.FORM_KEYS)
+        model_inputs = pick(models_tab, *models.FORM_KEYS)
+        lm_inputs = pick(lm_tab, *lm.FORM_KEYS)
+        api_key = lm_tab["api_key"]
+        sliders = thresholds_tab["sliders"]
+        route_state = [owner, opened, thresholds_tab["order"], thresholds_tab["calibrated"]]
         fast = dict(show_progress="hidden", concurrency_limit=None, trigger_mode="always_last")
 
         # -- Data --------------------------------------------------------------------------------
-        d["source"].change(data.on_source, d["source"], [d["upload"], d["hf_name"], d["max_train"], d["max_val"],
-                                                          d["max_test"]])
-        d["upload"].upload(bind(data.on_upload), d["upload"],
-                           [d["message"], d["text_col"], d["pair_col"], d["label_col"], d["split_col"], d["preview"],
-                            d["gallery"]],
-                           api_name="upload_data")
-        load_outputs = [d["message"], d["summary"], d["counts"], d["warnings"], d["preview"], d["text_col"],
-                        d["pair_col"], d["label_col"], d["split_col"], data_info, d["gallery"]]
-        loaded = d["load"].click(bind(data.load), data_inputs, load_outputs, api_name="load_data")
+        data_tab["source"].change(_bind(data.on_source, data_tab), data_tab["source"],
+                                  pick(data_tab, "upload", "hf_name", "max_train", "max_val", "max_test"))
+        data_tab["upload"].upload(bind(data.on_upload, data_tab), data_tab["upload"],
+                                  pick(data_tab, "message", "text_col", "pair_col", "label_col", "split_col",
+                                       "preview", "gallery"), api_name="upload_data")
+        load_data = dict(fn=bind(data.load, data_tab), inputs=data_inputs,
+                         outputs=pick(data_tab, "message", "summary", "counts", "warnings", "preview", "text_col",
+                                      "pair_col", "label_col", "split_col", "info", "gallery"))
+        loaded = data_tab["load"].click(**load_data, api_name="load_data")
 
         # -- Small models and LM: estimates follow the data and the settings ---------------------
-        refresh_models = dict(fn=bind(models.refresh), inputs=model_inputs, outputs=[m["ssm"], m["catalog"]],
-                              show_progress="hidden")
-        estimate = dict(fn=bind(lm.estimate), inputs=[m["ea_full"], m["probe_lm"], *lm_inputs], outputs=g["estimate"],
-                        show_progress="hidden")
-        preview = dict(fn=bind(lm.render_preview), inputs=lm_inputs, outputs=g["preview"],
+        refresh_models = dict(fn=bind(models.refresh, models_tab), inputs=model_inputs,
+                              outputs=pick(models_tab, "ssm", "catalog"), show_progress="hidden")
+        estimate = dict(fn=bind(lm.estimate), inputs=[models_tab["ea_full"], models_tab["probe_lm"], *lm_inputs],
+                        outputs=lm_tab["estimate"], show_progress="hidden")
+        preview = dict(fn=bind(lm.render_preview), inputs=lm_inputs, outputs=lm_tab["preview"],
                        show_progress="hidden")
         loaded.then(**refresh_models).then(**estimate).then(**preview)
-        gr.on([m[k].change for k in ("head_epochs", "finetune_epochs", "max_length", "oof_folds")], **refresh_models)
-        g["preset"].change(lm.on_preset, g["preset"], [g["local_note"], g["api_group"], g["base_url"], g["model"],
-                                                       g["price_in"], g["price_out"]]).then(**estimate)
-        gr.on([g[k].input for k in ("prompt_system", "prompt_instruction", "prompt_input", "prompt_pair")]
-              + [g["few_shot"].change], **preview)
-        gr.on([g[k].change for k in ("price_in", "price_out", "budget_usd", "model")]
-              + [m["ea_full"].change, m["probe_lm"].change], **estimate)
-        g["test"].click(bind(lm.run_test), [g["api_key"], *lm_inputs], g["test_out"], concurrency_limit=4,
-                        api_name="test_connection")
+        gr.on([models_tab[k].change for k in ("head_epochs", "finetune_epochs", "max_length", "oof_folds")],
+              **refresh_models)
+        lm_tab["preset"].change(lm.on_preset, lm_tab["preset"],
+                                pick(lm_tab, "local_note", "api_group", "base_url", "model", "price_in", "price_out",
+                                     "free")) \
+            .then(**estimate)
+        gr.on([lm_tab[k].input for k in ("prompt_system", "prompt_instruction", "prompt_input", "prompt_pair")]
+              + [lm_tab["few_shot"].change], **preview)
+        gr.on([lm_tab[k].change for k in ("price_in", "price_out", "free", "budget_usd", "model")]
+              + [models_tab["ea_full"].change, models_tab["probe_lm"].change], **estimate)
+        lm_tab["test"].click(bind(lm.run_test), [api_key, *lm_inputs], lm_tab["test_out"], concurrency_limit=4,
+                             api_name="test_connection")
 
         # -- Train & mine ------------------------------------------------------------------------
-        tick_outputs = [t["timer"], t["status"], t["stepper"], t["bars"], t["counters"], t["models"], t["curves"],
-                        t["log"], t["cancel"], t["resume"], opened]
-        attach = dict(fn=bind(_attach), inputs=[owner, current], outputs=tick_outputs, show_progress="hidden",
-                      api_name="attach")
-        t["run"].click(bind(train.start), [owner, g["api_key"], *form_inputs],
-                       [current, t["timer"], t["status"], t["cancel"], t["resume"]], api_name="run").then(**attach)
-        t["cancel"].click(bind(train.cancel), [owner, current], [t["status"], t["timer"]], api_name="cancel")
-        t["resume"].click(bind(train.resume), [owner, current, g["api_key"]],
-                          [t["timer"], t["status"], t["cancel"], t["resume"]]).then(**attach)
-        t["timer"].tick(bind(_tick), [owner, current], tick_outputs, show_progress="hidden",
-                        concurrency_limit=None, api_name="progress")
+        buttons = pick(train_tab, "timer", "status", "cancel", "resume")
+        tick_outputs = pick(train_tab, "timer", "status", "stepper", "bars", "counters", "models", "curves", "log",
+                            "cancel", "resume", "opened")
+        attach = dict(fn=bind(train.attach, train_tab), inputs=[owner, current], outputs=tick_outputs,
+                      show_progress="hidden", api_name="attach")
+        train_tab["run"].click(bind(train.start, train_tab), [owner, api_key, *form_inputs], [current, *buttons],
+                               api_name="run").then(**attach)
+        train_tab["cancel"].click(bind(train.cancel, train_tab), [owner, current], pick(train_tab, "status", "timer"),
+                                  api_name="cancel")
+        train_tab["resume"].click(bind(train.resume, train_tab), [owner, current, api_key], buttons).then(**attach)
+        train_tab["timer"].tick(bind(train.tick, train_tab), [owner, current], tick_outputs, show_progress="hidden",
+                                concurrency_limit=None, api_name="progress")
 
         # -- A finished run opens in Thresholds, Try it and Results ------------------------------
-        thr_outputs = thresholds.outputs_of(h)
-        examples = dict(fn=bind(try_it.examples), inputs=[*route_state, *sliders], outputs=y["examples"],
+        thr_outputs = thresholds.outputs_of(thresholds_tab)
+        examples = dict(fn=bind(try_it.examples), inputs=[*route_state, *sliders], outputs=try_tab["examples"],
                         show_progress="hidden", concurrency_limit=None)
-        res_outputs = [r["intro"], r["table"], r["shares"], r["summary"], r["dl_csv"], r["dl_json"], r["dl_settings"]]
-        opened.change(bind(thresholds.open_views), [owner, opened], thr_outputs, api_name="open_run") \
+        runs_list = dict(fn=bind(results.runs_list, results_tab), inputs=owner,
+                         outputs=pick(results_tab, "runs", "run_pick"))
+        opened.change(bind(thresholds.open_views, thresholds_tab), [owner, opened], thr_outputs, api_name="open_run") \
             .then(**examples) \
-            .then(bind(results.views), [owner, opened], res_outputs, api_name="results") \
-            .then(bind(_try_intro), [owner, opened], [y["intro"], y["pair"], y["text"], y["image"]]) \
-            .then(bind(results.runs_list), owner, [r["runs"], r["run_pick"]])
+            .then(bind(results.views, results_tab), [owner, opened],
+                  pick(results_tab, "intro", "table", "shares", "summary", "dl_csv", "dl_json", "dl_settings"),
+                  api_name="results") \
+            .then(bind(try_it.intro, try_tab), [owner, opened], pick(try_tab, "intro", "pair", "text", "image")) \
+            .then(**runs_list)
 
         # -- Thresholds --------------------------------------------------------------------------
-        figures = [h["routing"], h["metrics"]]
-        gr.on([s.input for s in sliders] + [s.release for s in sliders], bind(thresholds.on_slider),
+        figures = pick(thresholds_tab, "routing", "metrics")
+        gr.on([s.input for s in sliders] + [s.release for s in sliders], bind(thresholds.on_slider, thresholds_tab),
               [*route_state, *sliders], figures, api_name="thresholds", **fast)
         gr.on([s.release for s in sliders], **examples)
-        gr.on([h["order"].input, h["calibrated"].input], bind(_reopen_thresholds),
-              [owner, opened, h["order"], h["calibrated"]], thr_outputs).then(**examples)
-        h["autotune"].click(bind(thresholds.on_autotune), [*route_state, h["budget_kind"], h["budget"]],
-                            [*sliders, *figures, h["tune_msg"]], concurrency_limit=None, api_name="autotune") \
+        gr.on([thresholds_tab["order"].input, thresholds_tab["calibrated"].input],
+              bind(thresholds.on_order, thresholds_tab), [owner, opened, thresholds_tab["order"],
+                                                          thresholds_tab["calibrated"]], thr_outputs) \
             .then(**examples)
-        h["rel_model"].input(bind(thresholds.on_reliability), [*route_state, h["rel_model"]],
-                             h["reliability"], **fast)
+        thresholds_tab["autotune"].click(bind(thresholds.on_autotune, thresholds_tab),
+                                         [*route_state, thresholds_tab["budget_kind"], thresholds_tab["budget"]],
+                                         [*sliders, *figures, thresholds_tab["tune_msg"]], concurrency_limit=None,
+                                         api_name="autotune").then(**examples)
+        thresholds_tab["rel_model"].input(bind(thresholds.on_reliability), [*route_state, thresholds_tab["rel_model"]],
+                                          thresholds_tab["reliability"], **fast)
 
         # -- Try it ------------------------------------------------------------------------------
-        route_inputs = [*route_state, y["use_lm"], g["api_key"], y["text"], y["pair"], y["image"], *sliders]
-        gr.on([y["route"].click, y["text"].submit, y["image"].upload], bind(try_it.route), route_inputs, y["trace"],
-              concurrency_limit=4, api_name="try_route")
-        y["examples"].select(bind(try_it.pick_example), [owner, opened], [y["text"], y["pair"], y["image"]]) \
-            .then(bind(try_it.route), route_inputs, y["trace"], concurrency_limit=4)
-        y["bundle"].upload(bind(try_it.load_bundle_zip), y["bundle"], y["bundle_msg"])
-        y["unload_bundle"].click(bind(try_it.unload_bundle), None, y["bundle_msg"])
+        route = dict(fn=bind(try_it.route), outputs=try_tab["trace"], concurrency_limit=4,
+                     inputs=[*route_state, try_tab["use_lm"], api_key, *pick(try_tab, "text", "pair", "image"),
+                             *sliders])
+        gr.on([try_tab["route"].click, try_tab["text"].submit, try_tab["image"].upload], **route,
+              api_name="try_route")
+        try_tab["examples"].select(bind(try_it.pick_example, try_tab), [owner, opened],
+                                   pick(try_tab, "text", "pair", "image")).then(**route)
+        try_tab["bundle"].upload(bind(try_it.load_bundle_zip), try_tab["bundle"], try_tab["bundle_msg"])
+        try_tab["unload_bundle"].click(bind(try_it.unload_bundle), None, try_tab["bundle_msg"])
 
         # -- Results & export --------------------------------------------------------------------
-        r["make_bundle"].click(bind(results.make_bundle), [*route_state, *sliders],
-                               [r["dl_bundle"], r["bundle_msg"]], concurrency_limit=2, api_name="export_bundle")
-        r["refresh_runs"].click(bind(results.runs_list), owner, [r["runs"], r["run_pick"]], api_name="runs")
-        r["open"].click(_pick, r["run_pick"], current, api_name="open").then(**attach)
-        r["settings_file"].upload(_load_settings, r["settings_file"], [*form_inputs, r["settings_msg"]])
+        results_tab["make_bundle"].click(bind(results.make_bundle, results_tab), [*route_state, *sliders],
+                                         pick(results_tab, "dl_bundle", "bundle_msg"), concurrency_limit=2,
+                                         api_name="export_bundle")
+        results_tab["refresh_runs"].click(**runs_list, api_name="runs")
+        results_tab["open"].click(results.pick, results_tab["run_pick"], current, api_name="open").then(**attach)
+        results_tab["settings_file"].upload(_bind(results.load_settings, form_fields, results_tab),
+                                            results_tab["settings_file"], [*form_inputs, results_tab["settings_msg"]])
 
         # -- Page load: owner token, the run this browser was watching, the demo data ------------
-        demo.load(_ensure_owner, owner, owner).then(**attach) \
-            .then(bind(results.runs_list), owner, [r["runs"], r["run_pick"]]) \
-            .then(bind(data.load), data_inputs, load_outputs) \
+        demo.load(_ensure_owner, owner, owner).then(**attach).then(**runs_list).then(**load_data) \
             .then(**refresh_models).then(**estimate).then(**preview)
         demo.unload(studio.drop)
     demo.studio = studio  # for tests and benchmarks: the run manager, and the form's fields by name
-    demo.form_fields = {k: comps[k] for k in form.KEYS}
+    demo.form_fields = form_fields
     return demo
 
-
-# -- small glue handlers (everything else lives in pages/) -------------------------------------------
 
 def _ensure_owner(owner: Optional[str]) -> str:
     """The browser's owner token: made once, kept in its localStorage."""
     return owner or new_owner_token()
-
-
-def _attach(studio: Studio, owner: Optional[str], run_id: Optional[str], request: gr.Request) -> tuple[Any, ...]:
-    """Show the run this browser is on (a reload re-attaches: the monitor replays its event log)."""
-    if run_id:
-        studio.session(request).watch = None
-    return train.refresh(studio, owner, run_id, request, force=True)
-
-
-def _tick(studio: Studio, owner: Optional[str], run_id: Optional[str], request: gr.Request) -> tuple[Any, ...]:
-    return train.refresh(studio, owner, run_id, request)
-
-
-def _pick(run_id: Optional[str]) -> Any:
-    return run_id or gr.skip()
-
-
-def _reopen_thresholds(studio: Studio, owner: Optional[str], run_id: Optional[str], order: str, calibrated: bool,
-                       request: gr.Request) -> tuple[Any, ...]:
-    return thresholds.open_views(studio, owner, run_id, request, order=order, calibrated=calibrated)
-
-
-def _try_intro(studio: Studio, owner: Optional[str], run_id: Optional[str], request: gr.Request) -> tuple[Any, ...]:
-    """Try it's inputs follow the opened run's task: a text (and a second one for pairs) or an image."""
-    if not thresholds.owned(studio, owner, run_id):
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    state = thresholds.run_state(studio, studio.session(request), run_id)
-    what = "images (upload one, or click a test example)" if state.task.is_image else "inputs"
-    text = (f"Route {what} through this run's system at the Thresholds tab's sliders. Labels: "
-            f"{', '.join(state.task.labels)}.")
-    image = state.task.is_image
-    return (note(text, "info"), gr.update(visible=state.task.is_pair), gr.update(visible=not image),
-            gr.update(visible=image))
-
-
-def _load_settings(path: Optional[str]) -> tuple[Any, ...]:
-    """Fill the Data, Small models and Large model tabs from a settings file."""
-    if not path:
-        return (gr.skip(),) * (len(form.KEYS) + 1)
-    try:
-        cfg = form.read_settings(path)
-    except Exception as err:  # noqa: BLE001  (any bad file is a message, never a traceback)
-        return (gr.skip(),) * len(form.KEYS) + (note(error_message(err), "error"),)
-    values = form.form_from_config(cfg)
-    msg = form.upload_note(cfg) or "Settings loaded into the Data, Small models and Large model tabs."
-    return (*[values[k] for k in form.KEYS], note(msg, "warn" if form.upload_note(cfg) else "ok"))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

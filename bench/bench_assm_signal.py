@@ -86,17 +86,17 @@ class _Recorder:
 
 def assm_trajectory(state) -> list[dict[str, np.ndarray]]:
     """The ASSM's probabilities on val and test after each warm-start epoch (the library's loop)."""
-    from ea_core.models import encoder_head, load_model
+    from ea_core.models import head, load_model
 
     src = state.ssms[0]
     model = load_model(src.folder / "model")
     train = state.task.train.subset(state.mining.underfit)
-    saved = encoder_head.BestWeights
-    encoder_head.BestWeights = _Recorder
+    saved = head.BestWeights
+    head.BestWeights = _Recorder
     try:
         model.fit(train, state.task.val, state.task.labels, warm_start=True)
     finally:
-        encoder_head.BestWeights = saved
+        head.BestWeights = saved
     out = []
     for weights in _Recorder.epochs:
         model.head_.load_state_dict(weights)

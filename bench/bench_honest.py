@@ -91,6 +91,18 @@ BETTER_BY = {"better_by_3": 3.0, "better_by_5": 5.0, "better_by_8": 8.0}
 DIFFICULTY_SLOPE = 0.3  # LM accuracy per unit of the small model's confidence (its own accuracy's is ~1)
 
 
+def long_inputs_accuracy(task) -> dict[str, float]:
+    """An LM right on 90% of the longer half of the inputs and 50% of the shorter half: better on a
+    sub-distribution that the small models' confidences do not show."""
+    texts = [t for sp in (task.train, task.val, task.test) for t in sp.texts]
+    median = float(np.median([len(t) for t in texts]))
+    return {t: 0.9 if len(t) > median else 0.5 for t in texts}
+
+
+#: LMs better on a sub-distribution (per-text accuracy from the task).
+SUBGROUP_LMS = {"long_inputs": long_inputs_accuracy}
+
+
 def difficulty_accuracy(task, better_by: float, seed: int) -> dict[str, float]:
     """Per text: the probability that a `BETTER_BY` LM answers right (see there)."""
     from ea_core.models import make_model
@@ -141,7 +153,7 @@ class ScriptedLM(LMProvider):
 
 
 def make_run(folder: Path, size: tuple[str, int, int, int], lm: str, seed: int, c_selection: str = "val",
-             probe: int = 0):
+             probe: int = 0, router: str = "cascade"):
     """One EA run (cached in `folder`), opened from disk. `size` names a demo size or a `DATASETS` entry."""
     from ea_core.data import load_dataset
     from ea_core.pipeline import Pipeline
@@ -161,8 +173,10 @@ def make_run(folder: Path, size: tuple[str, int, int, int], lm: str, seed: int, 
         truth = {t: int(y) for sp in (task.train, task.val, task.test) for t, y in zip(sp.texts, sp.labels)}
         settings = {} if c_selection == "val" else {"tfidf": {"C_selection": c_selection}}
         cfg = RunConfig(data=data, ssm=["tfidf"], seed=seed, lm="openai", lm_model=f"scripted-{lm}", oof_folds=3,
-                        cache=str(folder / "answers.sqlite"), ssm_settings=settings, probe_lm=probe, **caps)
-        text_acc = difficulty_accuracy(task, BETTER_BY[lm], seed) if lm in BETTER_BY else None
+                        cache=str(folder / "answers.sqlite"), ssm_settings=settings, probe_lm=probe, router=router,
+                        **caps)
+        text_acc = (difficulty_accuracy(task, BETTER_BY[lm], seed) if lm in BETTER_BY else
+                    SUBGROUP_LMS[lm](task) if lm in SUBGROUP_LMS else None)
         Pipeline(cfg, folder, provider=ScriptedLM(truth, len(task.labels), LMS.get(lm), lm, text_acc)).run()
     return open_run(folder)
 

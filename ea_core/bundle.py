@@ -35,10 +35,11 @@ from ea_core.errors import ConfigError, ModelError
 from ea_core.llm import make_provider
 from ea_core.llm.cache import AnswerCache
 from ea_core.llm.cost import PriceTable
-from ea_core.llm.presets import PRESETS, get_preset
+from ea_core.llm.presets import PRESETS
 from ea_core.llm.prompt import example_from_json
-from ea_core.llm.urls import strip_userinfo, userinfo_secret
-from ea_core.models import load_model
+from ea_core.llm.spec import LOCAL_IMAGE, LMSpec
+from ea_core.llm.urls import strip_userinfo
+from ea_core.models import EmbeddingMemory, load_model
 from ea_core.models.base import is_hub_id, read_json_file
 from ea_core.runconfig import prompt_template
 from ea_core.runfolder import write_json
@@ -360,16 +361,20 @@ def plan_bundle_lm(lm: dict[str, Any], *, where: Path, base_url: Optional[str] =
     """Decide where a bundle's LM is called (see the module docstring); ConfigError when the bundle
     recorded an endpoint of its own and the caller named none."""
     spec = lm["spec"].strip()
-    kind, _, rest = spec.partition(":")
-    kind = kind.strip().lower()
-    recorded = strip_userinfo(lm["base_url"]) if lm.get("base_url") else None
-    if kind == "local":
+    try:
+        parsed = LMSpec.parse(spec, model=lm.get("model"), base_url=lm.get("base_url"), key_env="", environ={})
+    except ConfigError as err:
+        raise ConfigError(f"{where}: 'lm.spec' {spec!r}: {err}") from None
+    recorded = parsed.given_url
+    if parsed.is_local:
         if base_url:
             raise ConfigError(f"{where}: this bundle's LM runs in process ({spec}): an endpoint URL does not apply; "
                               "drop --lm-base-url (or pass --lm-local PATH_OR_ID to choose the local model).")
-        named = rest.strip() or (lm.get("model") or "").strip() or None
         if local_model:
             return BundleLM(f"local:{local_model.strip()}", None, None, "")
+        if parsed.kind == LOCAL_IMAGE:
+            return BundleLM(parsed.spec, None, None, "")
+        named = parsed.model
         if named is None:
             return BundleLM("local", None, None, "")
         if is_hub_id(named) and not named.lower().endswith(".gguf"):
@@ -379,14 +384,11 @@ def plan_bundle_lm(lm: dict[str, Any], *, where: Path, base_url: Optional[str] =
                           "yourself: --lm-local PATH_OR_ID (or --no-lm to skip the LM).")
     if local_model:
         raise ConfigError(f"{where}: this bundle's LM is an API ({spec}), not a local model: drop --lm-local.")
-    try:
-        preset = None if kind == "openai" and not rest else get_preset(rest if kind == "openai" else kind)
-    except ConfigError as err:
-        raise ConfigError(f"{where}: 'lm.spec' {spec!r}: {err}") from None
+    preset = PRESETS[parsed.preset] if parsed.preset else None
     own_url = (preset or PRESETS["openai"]).base_url
     standard_env = "OPENAI_API_KEY" if preset is None else (preset.key_env or "")
     if base_url:
-        url = strip_userinfo(base_url.strip())
+        url = LMSpec.parse(spec, base_url=base_url, key_env="", environ={}).given_url
     elif recorded is None or _same_url(recorded, own_url):
         url = own_url
     elif trust_endpoint:
@@ -400,15 +402,23 @@ def plan_bundle_lm(lm: dict[str, Any], *, where: Path, base_url: Optional[str] =
     return BundleLM(spec, lm.get("model"), url, standard_env if key_env is None else key_env, recorded)
 
 
+def bundle_lm_is_local(meta: dict[str, Any]) -> bool:
+    """Whether a bundle's LM stage runs in process (a local model), by its recorded spec."""
+    try:
+        return LMSpec.parse(str((meta.get("lm") or {}).get("spec") or ""), environ={}).is_local
+    except ConfigError:
+        return False
+
+
 def make_lm_provider(lm: dict[str, Any], labels: list[str], plan: BundleLM, *, api_key: Optional[str],
-                     cache_path: Optional[str]):
+                     cache_path: Optional[str], options: Optional[dict[str, Any]] = None):
     """The LM as it was during the run (prompt, few-shot examples, label calibration), called
-    where `plan` says."""
+    where `plan` says; `options` go to `make_provider` (a server's budget, retries, timeout)."""
     cache = AnswerCache(Path(cache_path)) if cache_path else None
     examples = [example_from_json(x) for x in lm["few_shot_examples"]] if lm.get("few_shot_examples") else None
     provider = make_provider(plan.spec, model=plan.model, base_url=plan.base_url, key_env=plan.key_env,
                              api_key=api_key, cache=cache, few_shot_examples=examples,
-                             prompt=prompt_template(lm.get("prompt")), prices=lm.get("prices"))
+                             prompt=prompt_template(lm.get("prompt")), prices=lm.get("prices"), **(options or {}))
     if lm.get("label_offsets") and hasattr(provider, "set_label_offsets"):
         provider.set_label_offsets(labels, lm["label_offsets"])
     return provider
@@ -419,13 +429,15 @@ def make_lm_provider(lm: dict[str, Any], labels: list[str], plan: BundleLM, *, a
 
 def load_bundle(folder: str | Path, *, api_key: Optional[str] = None, cache_path: Optional[str] = None,
                 use_lm: bool = True, key_env: Optional[str] = None, base_url: Optional[str] = None,
-                trust_endpoint: bool = False, local_model: Optional[str] = None) -> AdaptedSystem:
+                trust_endpoint: bool = False, local_model: Optional[str] = None,
+                lm_options: Optional[dict[str, Any]] = None) -> AdaptedSystem:
     """Rebuild the adapted system from an untrusted bundle folder (see the module docstring).
 
     The LM stage is called at `base_url` with the key `api_key` or the one in `key_env` (default:
     the provider's standard variable); the bundle's own endpoint only with `trust_endpoint`.
     With `use_lm=False`, the LM stage is dropped and the last small model answers whatever reaches
-    it (offline use; say so to the user).
+    it (offline use; say so to the user). `lm_options` go to the LM provider (`make_provider`:
+    e.g. ``budget``, ``max_retries``, ``timeout_s`` for a server).
     """
     root = _root(folder)
     path = root / BUNDLE_JSON
@@ -434,11 +446,12 @@ def load_bundle(folder: str | Path, *, api_key: Optional[str] = None, cache_path
     has_lm = use_lm and any(e.get("lm") for e in meta["stages"])
     plan = None
     if has_lm:
-        if base_url and userinfo_secret(base_url):  # the caller's own URL carries their key
-            api_key = api_key or userinfo_secret(base_url)
+        # The caller's own URL may carry their key: split out there, used in memory only.
+        api_key = LMSpec.parse("openai", base_url=base_url, api_key=api_key, key_env="", environ={}).key
         plan = plan_bundle_lm(meta["lm"], where=path, base_url=base_url, key_env=key_env,
                               trust_endpoint=trust_endpoint, local_model=local_model)
     stages: list[SystemStage] = []
+    memory = EmbeddingMemory()  # the system's own: a later stage reuses what an earlier one embedded
     for i, e in enumerate(meta["stages"]):
         if e.get("lm"):
             if use_lm:
@@ -448,7 +461,7 @@ def load_bundle(folder: str | Path, *, api_key: Optional[str] = None, cache_path
         if not model_dir.is_dir():
             raise _bad(path, f"stage {e['name']!r}: folder {e['folder']!r} does not exist in the bundle")
         try:
-            model = load_model(model_dir, root=root)
+            model = load_model(model_dir, root=root, memory=memory)
         except ModelError as err:
             raise ConfigError(f"Bundle stage {e['name']!r}: {err}") from None
         if list(model.labels_) != labels:
@@ -459,7 +472,8 @@ def load_bundle(folder: str | Path, *, api_key: Optional[str] = None, cache_path
                                   temperature=float(e["temperature"])))
     provider = None
     if plan is not None:
-        provider = make_lm_provider(meta["lm"], labels, plan, api_key=api_key, cache_path=cache_path)
+        provider = make_lm_provider(meta["lm"], labels, plan, api_key=api_key, cache_path=cache_path,
+                                    options=lm_options)
     return AdaptedSystem(labels, stages, provider)
 
 
@@ -467,7 +481,7 @@ def run_lm_settings(state) -> dict[str, Any]:
     """The run's LM as a bundle records it: enough to rebuild the same provider, never the key."""
     cfg = state.config
     return {"spec": cfg.lm, "model": cfg.lm_model,
-            "base_url": strip_userinfo(cfg.lm_base_url) if cfg.lm_base_url else None,
+            "base_url": cfg.lm_spec(environ={}).given_url,
             "describe": state.lm_describe, "few_shot_examples": state.lm_few_shot, "prompt": cfg.prompt,
             "label_offsets": state.lm_label_offsets, "prices": cfg.prices()}
 
@@ -522,20 +536,20 @@ def system_from_run(state, thresholds: Sequence[float], layers: Sequence[str] = 
     With `use_lm=False` the LM stage is dropped and the last small model answers the rest.
     """
     stages: list[SystemStage] = []
+    memory = EmbeddingMemory()  # the system's own: a later stage reuses what an earlier one embedded
     for st in run_stage_entries(state, layers, thresholds, calibrated):
         if st.get("folder") is None:
             if use_lm:
                 stages.append(SystemStage(name=st["name"], threshold=st["threshold"]))
         else:
-            stages.append(SystemStage(name=st["name"], threshold=st["threshold"], model=load_model(st["folder"]),
-                                      temperature=st["temperature"]))
+            stages.append(SystemStage(name=st["name"], threshold=st["threshold"],
+                                      model=load_model(st["folder"], memory=memory), temperature=st["temperature"]))
     if use_lm and provider is None and any(s.is_lm for s in stages):
         cfg = state.config
         # The user's own run: its endpoint and key variable are the user's choice, unlike a bundle's.
-        url = cfg.lm_base_url
-        plan = BundleLM(cfg.lm, cfg.lm_model, strip_userinfo(url) if url else None,
-                        cfg.lm_key_env or "OPENAI_API_KEY")
+        spec = cfg.lm_spec(api_key, environ={})  # the key pasted, or the one in the URL (memory only)
+        plan = BundleLM(cfg.lm, cfg.lm_model, spec.given_url, cfg.lm_key_env or "OPENAI_API_KEY")
         provider = make_lm_provider(run_lm_settings(state), state.task.labels, plan,
-                                    api_key=api_key or userinfo_secret(url),
+                                    api_key=spec.key,
                                     cache_path=str(cfg.cache_path(state.folder.root)))
     return AdaptedSystem(state.task.labels, stages, provider if use_lm else None)

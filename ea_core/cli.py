@@ -4,6 +4,8 @@
     python -m ea_core run     --data ... --ssm ... --lm openai --lm-model NAME | --lm local[:PATH] [--out DIR]
     python -m ea_core demo    [--out DIR]
     python -m ea_core predict --bundle DIR --input FILE [--output FILE] [--lm-base-url URL]
+    python -m ea_core serve   --bundle DIR [--host H] [--port P] [--api-key-env VAR] [--lm-base-url URL]
+    python -m ea_core from-log LOG_DIR --out FILE.jsonl [--lm-labels]
 
 Bad input exits with code 2 and a specific message on stderr, never a traceback. The API key is
 read from an environment variable (OPENAI_API_KEY, or the one named by --lm-key-env), never from
@@ -18,14 +20,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ea_core.errors import ConfigError, EAError
-from ea_core.events import ProgressEvent
+from ea_core.events import Callback, ProgressEvent
 from ea_core.llm.base import MISSING_CONFIDENCE
 from ea_core.metrics import SELECTION_METRICS
 from ea_core.mining import DEFAULT_OOF_FOLDS
 from ea_core.models.common import CLASS_WEIGHTS, DEFAULT_IMBALANCE_RATIO
 from ea_core.operating_point import HONEST_DEFAULT, HONEST_RULES
 from ea_core.process import configure_process
-from ea_core.runconfig import RunConfig, prompt_template
+from ea_core.runconfig import ROUTERS, RunConfig, prompt_template
 
 SPEC_HELP = ("small model SPEC: 'tfidf' (TF-IDF + logistic regression), 'head:MODEL' (frozen encoder + "
              "trained head) or 'finetune:MODEL' (full fine-tuning); MODEL is a Hugging Face id, a local "
@@ -38,8 +40,9 @@ DEMO_SIZES = {"max_train": 2000, "max_val": 500, "max_test": 500}  # the demo:tw
 DEMO_IMAGE_SSMS = ["head:efficientnet_lite0", "finetune:tiny_cnn"]
 
 
-class TerminalProgress:
-    """Prints progress events as one tqdm bar per stage on stderr."""
+class TerminalProgress(Callback):
+    """Prints progress events as one tqdm bar per stage on stderr (a `Callback`: the run's steps as
+    headings, messages as lines, steps of a stage as its bar)."""
 
     def __init__(self, stream=None) -> None:
         from tqdm import tqdm
@@ -49,13 +52,28 @@ class TerminalProgress:
         self.bar = None
         self.stage: Optional[str] = None
 
-    def __call__(self, ev: ProgressEvent) -> None:
-        if ev.stage == "run":
-            self.close()
-            if ev.message and ev.message != "done":
-                print(f"== {ev.message}", file=self.stream, flush=True)
-            return
-        if not ev.total:  # a message, not a step
+    def on_run(self, ev: ProgressEvent) -> None:
+        self.close()
+        if ev.step_name:
+            print(f"== {ev.step_name}", file=self.stream, flush=True)
+
+    def on_status(self, ev: ProgressEvent) -> None:
+        self.close()
+
+    def on_train(self, ev: ProgressEvent) -> None:
+        self._show(ev)
+
+    def on_model(self, ev: ProgressEvent) -> None:
+        self._show(ev)
+
+    def on_lm(self, ev: ProgressEvent) -> None:
+        self._show(ev)
+
+    def on_stage(self, ev: ProgressEvent) -> None:
+        self._show(ev)
+
+    def _show(self, ev: ProgressEvent) -> None:
+        if ev.is_message:
             if ev.message:
                 self.close()
                 print(f"   {ev.message}", file=self.stream, flush=True)
@@ -136,7 +154,8 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--budget-usd", type=float, metavar="X", help="stop calling the LM once X USD are spent")
     g.add_argument("--price-in", type=float, metavar="USD",
                    help="the LM's price per 1M input (prompt) tokens; with --price-out, overrides the price table "
-                        "(needed for money caps on a model the table does not know)")
+                        "(needed for money caps on a model the table does not know, also behind a local URL, which "
+                        "may be a proxy to a paid API; --price-in 0 --price-out 0: a self-hosted model, free)")
     g.add_argument("--price-out", type=float, metavar="USD", help="the LM's price per 1M output tokens")
     g.add_argument("--concurrency", type=int, default=8, metavar="N", help="parallel LM requests (default 8)")
     g.add_argument("--few-shot", type=int, default=0, metavar="K", help="K examples per label in the prompt")
@@ -154,6 +173,10 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                         "is least sure of (out of fold; the --max-lm-rate share), so that the operating point's "
                         "guard sees hundreds of paired examples, not only validation's; N extra paid calls, "
                         "cached and reused by mining (default 0: off)")
+    g.add_argument("--router", choices=ROUTERS, default="cascade",
+                   help="cascade: the paper's router (each small model's own confidence decides); learned: also "
+                        "route with a classifier trained on mining's out-of-fold outputs and paid LM answers, "
+                        "scored as an extra results row ea_learned (default cascade)")
     g.add_argument("--assm", choices=("top", "each"), default="top",
                    help="augment the top-ranked SSM only, or each SSM (default top)")
     g.add_argument("--ea-full", action="store_true",
@@ -242,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "load (a bundle may itself name only a Hugging Face id or the packaged default)")
     g.add_argument("--cache", metavar="PATH", help="LM answer cache file")
     g.add_argument("--no-lm", action="store_true", help="never call the LM: the last small model answers the rest")
+
+    from ea_core.serve.main import add_from_log_args, add_serve_args
+
+    p = sub.add_parser("serve", help="serve a bundle over HTTP (OpenAI-compatible chat, classify, metrics)",
+                       description="Serve an exported adapted system: POST /v1/chat/completions (the reply is the "
+                                   "label, with the route in an 'ea' object and x-ea-* headers), POST /v1/classify, "
+                                   "POST /v1/feedback, GET /v1/models, /healthz, /readyz, /metrics. Like predict, "
+                                   "the bundle never chooses where the LM is called or which key is sent.")
+    add_serve_args(p)
+    p = sub.add_parser("from-log", help="turn a server's request log into labelled data for a new run",
+                       description="Gold labels from POST /v1/feedback and, with --lm-labels, the LM's answers for "
+                                   "the inputs it answered, as a JSON lines file that `run --data` reads.")
+    add_from_log_args(p)
     return parser
 
 
@@ -262,7 +298,7 @@ def _config_from_args(args: argparse.Namespace, lm: bool):
         cfg.mining, cfg.oof_folds, cfg.assm, cfg.ea_full = args.mining, args.oof_folds, args.assm, args.ea_full
         cfg.max_lm_rate, cfg.calibrate = args.max_lm_rate, not args.no_calibration
         cfg.max_cost_per_1k, cfg.operating_point = args.max_cost_per_1k, args.operating_point
-        cfg.probe_lm = args.probe_lm
+        cfg.probe_lm, cfg.router = args.probe_lm, args.router
         cfg.price_in, cfg.price_out = args.price_in, args.price_out
         cfg.prompt = _read_prompt_file(args.prompt_file) if args.prompt_file else None
     return cfg
@@ -286,8 +322,12 @@ def _read_prompt_file(path: str) -> dict:
 def run_and_report(cfg, out: str) -> int:
     """Run (or resume) a pipeline (it tunes, writes the results table and exports the bundle), then print them."""
     from ea_core.report import format_table
+    from ea_core.runconfig import check_lm_settings
     from ea_core.runs import execute_run
 
+    cfg.validate()
+    if cfg.lm:  # configuration errors (a money cap on an unknown price, no key) before any folder or request
+        check_lm_settings(cfg, None)
     progress = TerminalProgress()
     try:
         state = execute_run(cfg, out, callback=progress)
@@ -377,6 +417,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_and_report(cfg, args.out or ("runs/demo-digits" if images else "runs/demo"))
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "serve":
+            from ea_core.serve.main import cmd_serve
+
+            return cmd_serve(args)
+        if args.command == "from-log":
+            from ea_core.serve.main import cmd_from_log
+
+            return cmd_from_log(args)
     except EAError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

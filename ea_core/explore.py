@@ -1,11 +1,8 @@
 """A finished run's operating points, for threshold sliders: route, score, auto-tune, compare.
 
-Everything the app's Thresholds tab shows comes from here, computed from the run's cached stage
-outputs (no model runs, nothing is paid): `Explorer.evaluate` is what one slider move
-costs (the incremental `StageStack` routing, well under a millisecond at 10,000 examples), the
-Pareto front and the reference points are computed once per routing order and calibration
-setting. Thresholds are chosen on validation; test figures are computed beside them, never used
-to choose.
+`Explorer` stacks the run's cached stage outputs once per routing order and calibration, so a
+slider move re-routes arrays (no model runs, nothing is paid). Thresholds are chosen on
+validation; test figures are computed beside them, never used to choose.
 """
 
 from __future__ import annotations

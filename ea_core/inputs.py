@@ -19,8 +19,7 @@ def read_inputs(path: str, *, text_col: Optional[str] = None, pair_col: Optional
     Columns: as named, else as in training (the caller passes the bundle's), else detected like
     `ea_core.data` does. `pair_task` (from the bundle) makes a missing second text an error.
     """
-    from ea_core.data import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS, check_data_path, read_table
-    from ea_core.data import find_column as _find
+    from ea_core.data import check_data_path, read_table
 
     p = Path(path)
     check_data_path(str(path))  # missing, a folder, a FIFO (which would block forever), a device
@@ -35,7 +34,28 @@ def read_inputs(path: str, *, text_col: Optional[str] = None, pair_col: Optional
             raise DataError(f"{path} has no non-empty lines.")
         return Split.from_texts(texts), {"text_col": None}
     table = read_table(str(p))
-    cols = table.column_names
+    text_col, pair_col, label_col = input_columns(table.column_names, path, text_col=text_col, pair_col=pair_col,
+                                                  pair_task=pair_task)
+    texts = as_texts(table.column(text_col).to_pylist())
+    pairs = as_texts(table.column(pair_col).to_pylist()) if pair_col else None
+    split = Split.from_texts(texts, pairs)
+    if label_col and labels:
+        split.labels = _gold_codes(table.column(label_col).to_pylist(), labels)
+    return split, {"text_col": text_col, "pair_col": pair_col, "label_col": label_col}
+
+
+def as_texts(values: list) -> list[str]:
+    """Cells of a text column as model inputs: ``str`` of each, "" for a missing one."""
+    return [str(t) if t is not None else "" for t in values]
+
+
+def input_columns(cols: list[str], path: str, *, text_col: Optional[str] = None, pair_col: Optional[str] = None,
+                  pair_task: Optional[bool] = None) -> tuple[str, Optional[str], Optional[str]]:
+    """(text column, second text column or None, gold label column or None) of a file of inputs
+    with columns `cols`: as named, else detected like `ea_core.data` does; a `DataError` naming
+    the columns and the flag when a named one is missing or a pair task has no second text."""
+    from ea_core.data import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS
+    from ea_core.data import find_column as _find
 
     def pick(wanted: Optional[str], guesses: tuple[str, ...], flag: str) -> Optional[str]:
         if wanted:
@@ -54,13 +74,7 @@ def read_inputs(path: str, *, text_col: Optional[str] = None, pair_col: Optional
     if pair_task and pair_col is None:
         raise DataError(f"This system classifies text pairs but {path} has no second text column next to "
                         f"{text_col!r} (columns: {', '.join(cols)}). Name it with --text-pair-col.")
-    texts = [str(t) if t is not None else "" for t in table.column(text_col).to_pylist()]
-    pairs = [str(t) if t is not None else "" for t in table.column(pair_col).to_pylist()] if pair_col else None
-    split = Split.from_texts(texts, pairs)
-    label_col = pick(None, LABEL_COLUMNS, "")
-    if label_col and labels:
-        split.labels = _gold_codes(table.column(label_col).to_pylist(), labels)
-    return split, {"text_col": text_col, "pair_col": pair_col, "label_col": label_col}
+    return text_col, pair_col, pick(None, LABEL_COLUMNS, "")
 
 
 def _gold_codes(values: list, labels: list[str]) -> np.ndarray:
@@ -129,11 +143,17 @@ def write_predictions(path: str, split: Split, preds: Predictions, labels: list[
                 f.write(json.dumps(dict(zip(header, cells + [conf])), ensure_ascii=False) + "\n")
             else:
                 w.writerow([spreadsheet_safe(c) for c in cells] + ["" if conf is None else f"{conf:.4f}"])
-    n = len(split)
-    shares = ", ".join(f"{name} {np.mean(preds.answered_by == k):.1%}" for k, name in enumerate(names))
-    lines = [f"Predicted {n} inputs -> {path}", f"Answered by: {shares}"]
     known = split.labels >= 0
-    if known.any():
-        acc = float(np.mean(preds.pred[known] == split.labels[known]))
-        lines.append(f"Accuracy on the {int(known.sum())} inputs with a known label: {acc:.2%}")
+    counts = [int(np.sum(preds.answered_by == k)) for k in range(len(names))]
+    return prediction_summary(path, len(split), names, counts, int(known.sum()),
+                              int(np.sum(preds.pred[known] == split.labels[known])))
+
+
+def prediction_summary(path: str, n: int, names: list[str], answered: list[int], known: int, correct: int) -> str:
+    """What `predict` prints: rows written, each stage's share of the answers, accuracy where the
+    file had gold labels (`known` rows of which `correct` were answered right)."""
+    shares = ", ".join(f"{name} {(answered[k] / n if n else float('nan')):.1%}" for k, name in enumerate(names))
+    lines = [f"Predicted {n} inputs -> {path}", f"Answered by: {shares}"]
+    if known:
+        lines.append(f"Accuracy on the {known} inputs with a known label: {correct / known:.2%}")
     return "\n".join(lines)

@@ -1,11 +1,10 @@
 """What a run's progress events add up to: the view any monitor (app, notebook, test) shows.
 
-The run writes small events (see `ea_core.events`) to ``events.jsonl``; `RunProgress` folds
-them, in order, into plain data: which stage the run is in, a bar per stage, the loss and
-validation-accuracy curve of every small model, the trained models with their accuracies, the LM
-counters per stage (calls, cache hits, failures, tokens, USD, ETA) and a readable log. A page
-that reloads replays the file from the start and gets the same picture (the LlamaBoard users'
-complaint of an empty loss plot after a refresh does not arise).
+`RunProgress` is a progress callback: fed live, or with the dicts of a run's ``events.jsonl`` in
+order (a reloaded page replays the file and gets the same picture), it keeps plain data: the
+stage the run is in, a bar per stage, the loss and validation curves of the small models, the
+trained models, the LM's counters per stage and a readable log. It reads the events' typed
+fields, never their labels.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
+
+from ea_core.events import Callback, ProgressEvent
 
 #: Stage names of the ``run`` events, as people read them.
 STEP_TITLES = {
@@ -56,8 +57,8 @@ class LMCounters:
 
 
 @dataclass
-class RunProgress:
-    """The folded state of a run's events. Feed it with `update(events)`, in order."""
+class RunProgress(Callback):
+    """The folded state of a run's events: call it with each event, or `update(dicts)`, in order."""
 
     steps: list[str] = field(default_factory=list)  # stage names of the run, in order
     current_step: Optional[str] = None
@@ -69,6 +70,7 @@ class RunProgress:
     log: list[str] = field(default_factory=list)  # the last LOG_LINES lines
     logged: int = 0  # lines logged in all (the log keeps only the last ones)
     final: Optional[str] = None  # the terminal status message (``done``, ``failed: ...``)
+    final_state: Optional[str] = None  # how the run ended: done, failed, cancelled, interrupted
     started: Optional[float] = None
     last_event: Optional[float] = None
     n_events: int = 0
@@ -77,68 +79,77 @@ class RunProgress:
         """Fold events (dicts as in events.jsonl) in; True if anything was added."""
         changed = False
         for ev in events:
-            self._one(ev)
+            self(ProgressEvent.from_dict(ev))
             changed = True
         return changed
 
-    def _one(self, ev: dict[str, Any]) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         self.n_events += 1
-        stage = str(ev.get("stage", ""))
-        step, total = int(ev.get("step") or 0), int(ev.get("total") or 0)
-        message = ev.get("message")
-        t = ev.get("time")
-        self.started = self.started or t
-        self.last_event = t
-        if stage == "status":
-            self.final = str(message or "")
-            if self.final.startswith("done") and self.current_step:
-                self.done_steps.add(self.current_step)
-            self._log(t, f"run {self.final}")
+        self.started = self.started or event.time
+        self.last_event = event.time
+        super().__call__(event)
+
+    # -- one method per kind of event --------------------------------------------------------
+    def on_status(self, ev: ProgressEvent) -> None:
+        self.final, self.final_state = str(ev.message or ev.state or ""), ev.state
+        if ev.state == "done" and self.current_step:
+            self.done_steps.add(self.current_step)
+        self._log(ev.time, f"run {self.final}")
+
+    def on_run(self, ev: ProgressEvent) -> None:
+        name = ev.step_name
+        if name is None:  # the plan is done
+            self.done_steps.update(self.steps)
+            self.current_step = None
             return
-        if stage == "run":
-            if message == "done":
-                self.done_steps.update(self.steps)
-                self.current_step = None
-            elif message:
-                if self.current_step and self.current_step != message:
-                    self.done_steps.add(self.current_step)
-                if message not in self.steps:
-                    self.steps.append(message)
-                self.current_step = str(message)
-                self._log(t, f"== {STEP_TITLES.get(str(message), message)}")
+        if self.current_step and self.current_step != name:
+            self.done_steps.add(self.current_step)
+        if name not in self.steps:
+            self.steps.append(name)
+        self.current_step = name
+        self._log(ev.time, f"== {STEP_TITLES.get(name, name)}")
+
+    def on_model(self, ev: ProgressEvent) -> None:
+        name = ev.model or ev.stage
+        self.models[name] = {"val_accuracy": ev.val_accuracy, "test_accuracy": ev.test_accuracy,
+                             "train_time_s": ev.elapsed_s, "message": ev.message}
+        self._log(ev.time, str(ev.message or name))
+
+    def on_train(self, ev: ProgressEvent) -> None:
+        if self._bar(ev) and ev.fold is None and (ev.loss is not None or ev.val_accuracy is not None):
+            # Curves of the models the run keeps (out-of-fold refits for mining would crowd them out).
+            self.curves.setdefault(ev.model or ev.stage, []).append(
+                {"step": ev.step, "loss": ev.loss, "val_accuracy": ev.val_accuracy})
+
+    def on_lm(self, ev: ProgressEvent) -> None:
+        if not self._bar(ev):
             return
-        if stage.startswith("model:"):
-            name = stage[len("model:"):]
-            self.models[name] = {"val_accuracy": ev.get("val_accuracy"), "train_time_s": ev.get("elapsed_s"),
-                                 "message": message}
-            self._log(t, str(message or name))
-            return
-        if not total:  # a message, not a step
-            if message:
-                self._log(t, f"{stage}: {message}" if stage else str(message))
-            return
-        bar = self.bars.setdefault(stage, Bar(stage))
-        bar.step, bar.total = step, total
-        bar.eta_s, bar.elapsed_s = ev.get("eta_s"), ev.get("elapsed_s")
-        bar.message = str(message or "")
-        if stage.startswith("lm:"):
-            c = self.lm.setdefault(stage, LMCounters(stage))
-            c.done, c.total = step, total
-            for key in ("calls", "cache_hits", "failures", "unparsed", "tokens"):
-                if ev.get(key) is not None:
-                    setattr(c, key, int(ev[key]))
-            if ev.get("cost_usd") is not None:
-                c.cost_usd = float(ev["cost_usd"])
-            c.eta_s = ev.get("eta_s")
-            if step == total:
-                self._log(t, f"{stage}: {c.calls} calls, {c.cache_hits} cached, {c.failures} failed, "
-                             f"{c.unparsed} named no label, ${c.cost_usd:.4f}")
-            return
-        # Curves of the models the run keeps (out-of-fold refits for mining would crowd them out).
-        if stage.startswith("train:") and (ev.get("loss") is not None or ev.get("val_accuracy") is not None):
-            model = stage.split(":", 1)[1]
-            self.curves.setdefault(model, []).append(
-                {"step": step, "loss": ev.get("loss"), "val_accuracy": ev.get("val_accuracy")})
+        c = self.lm.setdefault(ev.stage, LMCounters(ev.stage))
+        c.done, c.total = ev.step, ev.total
+        for key in ("calls", "cache_hits", "failures", "unparsed", "tokens"):
+            if getattr(ev, key) is not None:
+                setattr(c, key, int(getattr(ev, key)))
+        if ev.cost_usd is not None:
+            c.cost_usd = float(ev.cost_usd)
+        c.eta_s = ev.eta_s
+        if ev.step == ev.total:
+            self._log(ev.time, f"{ev.stage}: {c.calls} calls, {c.cache_hits} cached, {c.failures} failed, "
+                               f"{c.unparsed} named no label, ${c.cost_usd:.4f}")
+
+    def on_stage(self, ev: ProgressEvent) -> None:
+        self._bar(ev)
+
+    def _bar(self, ev: ProgressEvent) -> bool:
+        """A message goes to the log (False); a step moves the stage's bar (True)."""
+        if ev.is_message:
+            if ev.message:
+                self._log(ev.time, f"{ev.stage}: {ev.message}" if ev.stage else str(ev.message))
+            return False
+        bar = self.bars.setdefault(ev.stage, Bar(ev.stage))
+        bar.step, bar.total = ev.step, ev.total
+        bar.eta_s, bar.elapsed_s = ev.eta_s, ev.elapsed_s
+        bar.message = str(ev.message or "")
+        return True
 
     def _log(self, t: Optional[float], line: str) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(t)) if t else "--:--:--"
@@ -148,12 +159,12 @@ class RunProgress:
 
     # -- summaries for display ----------------------------------------------------------
     def step_state(self, name: str) -> str:
-        """``done``, ``running``, ``failed`` or ``pending`` for one stage of the stepper."""
+        """``done``, ``running``, ``failed``, ``stopped`` or ``pending`` for one stage of the stepper."""
         if name in self.done_steps:
             return "done"
         if name == self.current_step:
-            if self.final and not self.final.startswith("done"):
-                return "failed" if self.final.startswith("failed") else "stopped"
+            if self.final_state and self.final_state != "done":
+                return "failed" if self.final_state == "failed" else "stopped"
             return "running"
         return "pending"
 

@@ -12,7 +12,6 @@ once and a resumed run counts the money already spent; the folder has one writer
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,29 +22,32 @@ from ea_core import mining
 from ea_core.bundle import export_run_bundle
 from ea_core.data import load_dataset
 from ea_core.errors import ConfigError
-from ea_core.events import CancelToken, ProgressCallback, ProgressEvent
+from ea_core.events import CancelToken, Callbacks, EventKind, ProgressEvent, callback_list, tagged
+from ea_core.learned_router import fit_learned_router
 from ea_core.llm import IMAGE_KNN_SPEC, make_provider
 from ea_core.llm.base import FAILED, UNPARSEABLE, LMProvider
 from ea_core.llm.cache import AnswerCache
-from ea_core.llm.cost import Budget, SpendLedger
+from ea_core.llm.spend import Budget, SpendLedger
 from ea_core.llm.planning import check_endpoint
 from ea_core.llm.prompt import example_from_json, example_to_json, select_example_rows, select_examples
-from ea_core.llm.urls import strip_userinfo, userinfo_secret
-from ea_core.models import check_spec_for_data, load_model, make_model
+from ea_core.llm.spec import KEY_URL
+from ea_core.models import EmbeddingMemory, check_spec_for_data, load_model, make_model
 from ea_core.report import tune_systems, write_report
 from ea_core.resources import ResourceMeter
 from ea_core.router import StageOutput
 from ea_core.runconfig import RunConfig, check_lm_settings, prompt_template
 from ea_core.runfolder import RunFolder, fingerprint, load_arrays, read_json, save_arrays, write_json
 from ea_core.runstate import (
+    LEARNED_NPZ,
     SPLITS,
     RunState,
     StageRecord,
     answers_to_arrays,
     lm_confidence_counts,
     lm_stage_output,
-    oof_path,
     load_task,
+    mining_probs,
+    oof_path,
     rank_records,
     save_state,
     save_task,
@@ -86,26 +88,29 @@ class Pipeline:
         out_dir: str | Path | RunFolder,
         *,
         api_key: Optional[str] = None,
-        callback: Optional[ProgressCallback] = None,
+        callback: Callbacks = None,
         cancel: Optional[CancelToken] = None,
         provider: Optional[LMProvider] = None,
     ) -> None:
         config.validate()
-        # A key pasted into the base URL (http://user:KEY@host) is used in memory, never stored:
-        # config.json, summary.json, the bundle and the cache see the URL without it.
-        url_key = userinfo_secret(config.lm_base_url)
-        if url_key is not None:
-            config = dataclasses.replace(config, lm_base_url=strip_userinfo(config.lm_base_url or ""))
-            if not api_key and not os.environ.get(config.lm_key_env or ""):
-                api_key = url_key
+        # A key pasted into the base URL (http://user:KEY@host) is split out by the LM's spec and
+        # used in memory, never stored: config.json, summary.json, the bundle and the cache see the
+        # URL without it.
+        spec = config.lm_spec(api_key)
+        if spec.url_key is not None:
+            config = dataclasses.replace(config, lm_base_url=spec.given_url)
+            if spec.key_source == KEY_URL:
+                api_key = spec.key
         self.config = config
         self.folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
         self.state: RunState
         self._api_key = api_key
-        self._user_callback = callback
+        # Every event goes to the run folder's event log, then to the caller's callbacks.
+        self.callbacks = callback_list([self.folder.log_event, callback_list(callback)])
         self.cancel = cancel or CancelToken()
         self._provider = provider
         self._cache: Any = None  # the LM answer cache, opened once (see `answer_cache`)
+        self.memory = EmbeddingMemory()  # the run's embeddings: its SSMs, folds and ASSMs share them
         self._check_config()
         if config.lm and provider is None:
             check_lm_settings(config, api_key)
@@ -115,9 +120,7 @@ class Pipeline:
         return f"Pipeline(out_dir={str(self.folder.root)!r}, ssm={self.config.ssm!r}, lm={self.config.lm!r})"
 
     def emit(self, event: ProgressEvent) -> None:
-        self.folder.log_event(event)
-        if self._user_callback is not None:
-            self._user_callback(event)
+        self.callbacks(event)
 
     def _check_config(self) -> None:
         """Refuse to mix two runs in one folder (the settings are written when the run starts)."""
@@ -137,7 +140,8 @@ class Pipeline:
             examples = [example_from_json(e) for e in self.state.lm_few_shot] if self.state.lm_few_shot else None
             # One ledger per run folder: every paid answer is recorded as it arrives, so a resumed
             # run starts from the money already spent (the cap is on the run, not on a session).
-            money = {} if cfg.lm.startswith("local") else {"budget": Budget(cfg.budget_usd, ledger=self._ledger())}
+            local = cfg.lm_spec(environ={}).is_local
+            money = {} if local else {"budget": Budget(cfg.budget_usd, ledger=self._ledger())}
             self._provider = make_provider(
                 cfg.lm, model=cfg.lm_model, base_url=cfg.lm_base_url, key_env=cfg.lm_key_env, api_key=self._api_key,
                 cache=self.answer_cache(), concurrency=cfg.concurrency,
@@ -178,8 +182,8 @@ class Pipeline:
             return
         if self._provider is None:
             self.answer_cache()  # a --cache that cannot hold answers fails now too
-        if self._provider is None and cfg.lm.startswith("local"):
-            return
+        if self._provider is None and cfg.lm_spec(environ={}).is_local:
+            return  # an in-process model: no endpoint
         if self._provider is not None:
             prov = self._provider
         else:
@@ -192,7 +196,7 @@ class Pipeline:
         note = ""
         if models and cfg.lm_model and cfg.lm_model not in models:
             note = f"; note: it does not list model {cfg.lm_model!r} among its {len(models)} models"
-        self.emit(ProgressEvent(stage="lm", step=0, total=0, message=(
+        self.emit(ProgressEvent(stage="lm", step=0, total=0, kind=EventKind.LM, message=(
             f"LM endpoint {prov.describe().get('base_url', '')} answers ({report.get('latency_s', 0.0) * 1000:.0f} ms)"
             f"{note}")))
 
@@ -226,13 +230,13 @@ class Pipeline:
             t0 = time.perf_counter()
             for i, (name, fn) in enumerate(steps):
                 self.cancel.check()
-                self.emit(ProgressEvent(stage="run", step=i, total=len(steps), message=name,
-                                        elapsed_s=time.perf_counter() - t0))
+                self.emit(ProgressEvent(stage="run", step=i, total=len(steps), kind=EventKind.RUN, step_name=name,
+                                        message=name, elapsed_s=time.perf_counter() - t0))
                 fn()
                 if name != "data":
                     save_state(self.state)
-            self.emit(ProgressEvent(stage="run", step=len(steps), total=len(steps), message="done",
-                                    elapsed_s=time.perf_counter() - t0))
+            self.emit(ProgressEvent(stage="run", step=len(steps), total=len(steps), kind=EventKind.RUN,
+                                    message="done", elapsed_s=time.perf_counter() - t0))
             write_json(self.folder.path("summary.json"), self.summary())
             return self.state
         finally:
@@ -284,8 +288,8 @@ class Pipeline:
         if not self.folder.is_done(f"model_{folder.parent.name}_{folder.name}", fp):
             model = build()
             with ResourceMeter() as meter:
-                model.fit(train, self.task.val, self.task.labels, callback=self.emit, cancel=self.cancel,
-                          warm_start=warm, stage=f"train:{name}", select=select)
+                model.fit(train, self.task.val, self.task.labels, callback=tagged(self.emit, model=name),
+                          cancel=self.cancel, warm_start=warm, stage=f"train:{name}", select=select)
             for stale in folder.glob("oof*.npz"):  # out-of-fold outputs of a previous model
                 stale.unlink()
             model.save(folder / "model")
@@ -297,7 +301,8 @@ class Pipeline:
             write_json(info_path, info)
             self.folder.mark_done(f"model_{folder.parent.name}_{folder.name}", fp)
         info = read_json(info_path)
-        self.emit(ProgressEvent(stage=f"model:{name}", step=1, total=1, val_accuracy=info["val_accuracy"],
+        self.emit(ProgressEvent(stage=f"model:{name}", step=1, total=1, kind=EventKind.MODEL, model=name,
+                                val_accuracy=info["val_accuracy"], test_accuracy=info["test_accuracy"],
                                 elapsed_s=info["train_time_s"], message=(
                                     f"{name}: val acc {info['val_accuracy']:.1%}, test acc {info['test_accuracy']:.1%}, "
                                     f"trained on {info['trained_on']} examples in {info['train_time_s']:.1f} s")))
@@ -311,7 +316,8 @@ class Pipeline:
             fp = fingerprint(cfg.data_fingerprint(), spec, settings)
             folder = self.folder.path("ssm", f"{i:02d}_{_safe(spec)}")
             records.append(self._train_small_model(
-                spec, folder, fp, lambda spec=spec, settings=settings: make_model(spec, self.task.labels, **settings),
+                spec, folder, fp,
+                lambda spec=spec, settings=settings: make_model(spec, self.task.labels, memory=self.memory, **settings),
                 self.task.train, warm=False))
         # Eq. 7-8: rank by the validation selection metric (accuracy, or macro-F1 on imbalanced
         # labels), best first (stable for ties: command-line order).
@@ -333,8 +339,9 @@ class Pipeline:
                 for f, held in enumerate(folds):
                     self.cancel.check()
                     keep = np.setdiff1d(np.arange(len(self.task.train)), held)
-                    model = make_model(rec.name, self.task.labels, **settings)
-                    model.fit(self.task.train.subset(keep), self.task.val, self.task.labels, callback=self.emit,
+                    model = make_model(rec.name, self.task.labels, memory=self.memory, **settings)
+                    model.fit(self.task.train.subset(keep), self.task.val, self.task.labels,
+                              callback=tagged(self.emit, model=rec.name, fold=f + 1, folds=len(folds)),
                               cancel=self.cancel, stage=f"oof:{rec.name}:{f + 1}/{len(folds)}")
                     oof[held] = model.predict_proba(self.task.train.subset(held))
                 save_arrays(path, proba=oof)
@@ -356,11 +363,11 @@ class Pipeline:
         if hasattr(self.provider(), "estimate"):
             est = self.provider().estimate(inputs, self.task.labels)
             price = f"~${est.usd:.4f}" if est.price_known else "price unknown"
-            self.emit(ProgressEvent(stage=f"lm:{stage}", step=0, total=0, message=(
+            self.emit(ProgressEvent(stage=f"lm:{stage}", step=0, total=0, kind=EventKind.LM, lm_stage=stage, message=(
                 f"LM estimate for {stage}: {est.calls} paid calls ({est.cached} cached), "
                 f"~{est.prompt_tokens + est.completion_tokens} tokens, {price}")))
         answers, usage = self.provider().classify(inputs, self.task.labels, stage=f"lm:{stage}",
-                                                  callback=self.emit, cancel=self.cancel)
+                                                  callback=tagged(self.emit, lm_stage=stage), cancel=self.cancel)
         price = self.provider().describe().get("price_usd_per_1m")
         arrays = {"index": np.asarray(index, dtype=np.int64), **answers_to_arrays(answers, price)}
         save_arrays(path, **arrays)
@@ -461,8 +468,8 @@ class Pipeline:
             fp = fingerprint(index, src.name, read_json(src.folder / "info.json"), *(["select:routed"] if select else []))
             folder = self.folder.path(layer, src.folder.name)
             records.append(self._train_small_model(
-                f"{layer}:{src.name}", folder, fp, lambda src=src: load_model(src.folder / "model"), train, warm=True,
-                select=select))
+                f"{layer}:{src.name}", folder, fp, lambda src=src: load_model(src.folder / "model", memory=self.memory),
+                train, warm=True, select=select))
         return records
 
     def _assm_select(self) -> Optional[Callable[[np.ndarray], float]]:
@@ -527,8 +534,31 @@ class Pipeline:
     def stage_tune(self) -> None:
         """Thresholds of every routed system for the run's LM budget, chosen on validation by the
         honest rule of `report.tune_systems` (cross-fitted; a simpler system unless the gain is beyond noise)."""
+        if self.config.router == "learned" and self.state.lm_answers:
+            self._fit_learned_router()
         self.state.tuning = tune_systems(self.state, callback=self.emit)
         write_json(self.folder.path("tuning.json"), self.state.tuning)
+
+    def _fit_learned_router(self) -> None:
+        """The deferral router (`RunConfig.router` "learned"), trained on the training split's
+        out-of-fold outputs and the LM answers mining and the probe bought; its scores on val and test."""
+        st = self.state
+        known = {} if st.mining is None else dict(zip(st.mining.candidates.tolist(), st.mining.lm_labels.tolist()))
+        if st.probe is not None:
+            known.update(zip(st.probe["index"].tolist(), st.probe["lm_label"].tolist()))
+        router = fit_learned_router(mining_probs(st), self.task.train, known, seed=self.config.seed)
+        if router is None:
+            st.notes.append("learned router: too few LM answers on training inputs to learn from (mining found "
+                            "under 10 inputs the LM fixed); no ea_learned row. --probe-lm adds some.")
+            return
+        st.learned = {split: router.score([r.outputs()[split] for r in st.ssms], self.task.split(split))
+                      for split in ("val", "test")}
+        save_arrays(self.folder.path(LEARNED_NPZ), **st.learned)
+        info = router.info()
+        write_json(self.folder.path("learned_router.json"), info)
+        self.emit(ProgressEvent(stage="tune", step=0, total=0, message=(
+            f"learned router: trained on {info['training_rows']} training inputs ({info['lm_fixes']} the LM fixed), "
+            f"cross-validated AUC {info['cv_auc']:.2f}")))
 
     def stage_report(self) -> None:
         """The results table (results.json / .csv) and, with an LM, the validation Pareto front."""

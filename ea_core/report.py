@@ -120,6 +120,7 @@ SYSTEM_LAYERS: dict[str, tuple[str, ...]] = {
     "ea": ("ssm", "assm", "lm"),
     "ea_lm_first": ("ssm", "lm", "assm"),
     "ea_full": ("ssm", "assm_full", "lm"),
+    "ea_learned": ("learned", "lm"),  # the learned deferral router (RunConfig.router "learned")
 }
 
 
@@ -132,6 +133,8 @@ def routed_systems(state: RunState) -> dict[str, tuple[str, ...]]:
         out["ea_lm_first"] = SYSTEM_LAYERS["ea_lm_first"]
     if state.assm_full:
         out["ea_full"] = SYSTEM_LAYERS["ea_full"]
+    if state.learned:
+        out["ea_learned"] = SYSTEM_LAYERS["ea_learned"]
     return out
 
 
@@ -140,7 +143,7 @@ def system_candidates(state: RunState, layers: tuple[str, ...]) -> dict[str, lis
     switches on: the best small model alone, the Specific Layer (SSMs + LM), then all stages."""
     names = state.stage_names(layers)
     kinds = [layer for layer in layers for _ in state.stage_names((layer,))]
-    ssm = [i for i, k in enumerate(kinds) if k == "ssm"]
+    ssm = [i for i, k in enumerate(kinds) if k in ("ssm", "learned")]  # the learned stage answers as the best SSM
     out: dict[str, list[int]] = {"ssm": ssm[:1]}
     if "lm" in kinds and len(names) > len(ssm) + 1:
         out["specific_layer"] = ssm + [kinds.index("lm")]
@@ -228,7 +231,7 @@ def build_rows(state: RunState, tuning: Optional[dict[str, dict[str, Any]]] = No
         "lm_unparseable_rate": float(np.mean(state.lm_answers["test"]["label"] == UNPARSEABLE)),
         "lm_failed_rate": float(np.mean(state.lm_answers["test"]["label"] == FAILED)),
     })
-    records = {"ssm": state.ssms, "assm": state.assms, "assm_full": state.assm_full}
+    records = {layer: state.layer_records(layer) for layer in ("ssm", "assm", "assm_full", "learned")}
     for system, layers in routed_systems(state).items():
         used = [r for layer in layers if layer != "lm" for r in records[layer]]
         row = routed_row(system, state.stage_outputs("val", layers), state.stage_outputs("test", layers),

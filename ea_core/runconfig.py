@@ -7,7 +7,6 @@ check settings without importing the pipeline.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -16,7 +15,7 @@ import numpy as np
 
 from ea_core import mining
 from ea_core.errors import ConfigError, LMError
-from ea_core.llm import api_model, is_local_url, price_known
+from ea_core.llm.spec import LMSpec
 from ea_core.llm.prompt import PromptTemplate
 from ea_core.metrics import SELECTION_METRICS
 from ea_core.mining import DEFAULT_OOF_FOLDS
@@ -25,6 +24,10 @@ from ea_core.models.common import CLASS_WEIGHTS, DEFAULT_IMBALANCE_RATIO, resolv
 from ea_core.operating_point import HONEST_DEFAULT, HONEST_RULES
 from ea_core.runfolder import fingerprint
 from ea_core.splits import TaskData
+
+
+#: Routers a run can add to the paper's cascade ("cascade": that one alone).
+ROUTERS = ("cascade", "learned")
 
 
 @dataclass
@@ -68,6 +71,8 @@ class RunConfig:
     # Extra LM calls on a random sample of the training inputs the best small model is least sure of
     # (out of fold), so the operating point's guard sees more paired evidence than validation holds.
     probe_lm: int = 0
+    # "learned": also route with a deferral classifier trained on mining's answers (ea_core.learned_router).
+    router: str = "cascade"
     # Imbalanced labels (ea_core.models.common): "auto" = on when the training split's largest/smallest
     # class ratio is >= imbalance_ratio. selection_metric drives early stopping, the SSM ranking and
     # threshold tuning alike; class_weight is every small model's loss weighting.
@@ -88,6 +93,8 @@ class RunConfig:
             raise ConfigError("--max-lm-rate must be between 0 and 1.")
         if self.operating_point not in HONEST_RULES:
             raise ConfigError(f"--operating-point must be one of {', '.join(HONEST_RULES)}.")
+        if self.router not in ROUTERS:
+            raise ConfigError(f"--router must be one of {', '.join(ROUTERS)}.")
         if self.probe_lm < 0:
             raise ConfigError("--probe-lm must be 0 (off) or a number of extra LM calls.")
         if self.probe_lm and self.oof_folds < 2:
@@ -140,8 +147,13 @@ class RunConfig:
         """The user's prices for the LM model as a price-table entry (None: use the table's)."""
         if self.price_in is None or self.price_out is None:
             return None
-        model = self.lm_model or (api_model(self.lm or "", None, self.lm_base_url) if self.lm else None)
+        spec = self.lm_spec(environ={})
+        model = spec.model if spec.is_endpoint else self.lm_model
         return {str(model or ""): [float(self.price_in), float(self.price_out)]}
+
+    def lm_spec(self, api_key: Optional[str] = None, **options: Any) -> LMSpec:
+        """The run's LM as one parsed value (kind, endpoint, key source, price): see `LMSpec`."""
+        return LMSpec.from_config(self, api_key, **options)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,29 +200,34 @@ def prompt_template(fields: Optional[dict[str, Any]]) -> Optional[PromptTemplate
     return PromptTemplate.from_dict(fields)
 
 
-def check_money_caps(cfg: RunConfig) -> None:
-    """A money cap on an LM whose price is unknown would count 0 per answer and never bind: refuse it."""
+def check_money_caps(cfg: RunConfig, spec: Optional[LMSpec] = None) -> None:
+    """A money cap on an LM whose price is unknown would count 0 per answer and never bind: refuse it.
+    An endpoint on this machine is not free by itself (it may forward to a paid API)."""
     caps = [name for name, value in (("--budget-usd", cfg.budget_usd), ("--max-cost-per-1k", cfg.max_cost_per_1k))
             if value is not None]
-    if caps and not price_known(cfg.lm or "", model=cfg.lm_model, base_url=cfg.lm_base_url, prices=cfg.prices()):
-        model = api_model(cfg.lm or "", cfg.lm_model, cfg.lm_base_url)
+    spec = spec or cfg.lm_spec(environ={})
+    if caps and not spec.price.known:
+        where = " on this machine" if spec.is_loopback else ""
         raise ConfigError(
-            f"{' and '.join(caps)} {'need' if len(caps) > 1 else 'needs'} the LM's price, and model {model!r} has none "
-            "in the price table. Give it in USD per 1M tokens with --price-in X --price-out Y (in the app: the "
-            "input and output price fields of the Large model tab), or drop the money cap.")
+            f"{' and '.join(caps)} {'need' if len(caps) > 1 else 'needs'} the LM's price, and model {spec.model!r} "
+            f"at {spec.base_url}{where} has none in the price table. Give it in USD per 1M tokens with --price-in X "
+            "--price-out Y, or --price-in 0 --price-out 0 for a self-hosted model that costs nothing (in the app: "
+            "the input and output price fields of the Large model tab, or its 'self-hosted, free' tick), or drop "
+            "the money cap.")
 
 
 def check_lm_settings(cfg: RunConfig, api_key: Optional[str]) -> None:
-    """Fail before hours of training, not at the mining stage: an API LM needs its key."""
-    if cfg.lm is None or cfg.lm.startswith("local"):
+    """Fail before hours of training, not at the mining stage, and before any network call:
+    configuration first (the model, a money cap on an unknown price), then the key."""
+    spec = cfg.lm_spec(api_key)
+    if not spec.is_endpoint:
         return
     if cfg.lm == "openai" and not cfg.lm_model and not cfg.lm_base_url:
         raise ConfigError("--lm openai needs --lm-model NAME (e.g. gpt-4o-mini).")
-    check_money_caps(cfg)
-    if api_key or os.environ.get(cfg.lm_key_env) or (cfg.lm_base_url and is_local_url(cfg.lm_base_url)):
-        return
-    raise LMError(f"No API key: set the environment variable {cfg.lm_key_env} (or name another one with "
-                  "--lm-key-env). Keys are never read from the command line or saved.")
+    check_money_caps(cfg, spec)
+    if spec.missing_key:
+        raise LMError(f"No API key: set the environment variable {spec.key_env or cfg.lm_key_env} (or name another "
+                      "one with --lm-key-env). Keys are never read from the command line or saved.")
 
 
 def _file_stamp(source: Optional[str]) -> Optional[list[int]]:

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ea_core.errors import Cancelled, ConfigError, EAError, RunBusy
-from ea_core.events import CancelToken, ProgressCallback, ProgressEvent
-from ea_core.llm.urls import strip_userinfo, userinfo_secret
+from ea_core.events import Callbacks, CancelToken, EventKind, ProgressEvent
+from ea_core.llm.spec import LMSpec
 from ea_core.pipeline import Pipeline
 from ea_core.process import PASSIVE_WAIT, configure_process
 from ea_core.runconfig import RunConfig
@@ -143,8 +143,9 @@ def log_event(folder: Path, event: ProgressEvent) -> None:
 
 
 def terminal_event(state: str, message: str = "") -> ProgressEvent:
-    """The last event of a run: stage ``status``, message ``STATE`` or ``STATE: details``."""
-    return ProgressEvent(stage="status", step=0, total=0, message=f"{state}: {message}" if message else state)
+    """The last event of a run: kind STATUS with its `state`; message ``STATE`` or ``STATE: details``."""
+    return ProgressEvent(stage="status", step=0, total=0, kind=EventKind.STATUS, state=state,
+                         message=f"{state}: {message}" if message else state)
 
 
 class StatusKeeper:
@@ -194,7 +195,7 @@ class StatusKeeper:
 
 
 def execute_run(config: Any, folder: str | Path, *, api_key: Optional[str] = None,
-                callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+                callback: Callbacks = None, cancel: Optional[CancelToken] = None,
                 title: str = "") -> Any:
     """Run (or resume) a pipeline in this process with an honest status file; returns the RunState.
 
@@ -302,7 +303,7 @@ class RunManager:
         if config.lm and not config.cache:
             config.cache = str(self.owner_dir(owner) / "lm_cache.sqlite")
         if config.lm_base_url:  # a key pasted into the URL never reaches config.json (see `launch`)
-            config.lm_base_url = strip_userinfo(config.lm_base_url)
+            config.lm_base_url = LMSpec.from_config(config, environ={}).given_url
         config.validate()
         write_json(folder / "config.json", config.to_dict())
         write_json(folder / STATUS_JSON, RunStatus(run_id=run_id, owner=owner_hash(owner), title=title).to_dict())
@@ -348,7 +349,7 @@ class RunManager:
         A key given only inside the base URL (``http://user:KEY@host``) is sent to the worker
         through the pipe like any key; the URL is stored without it.
         """
-        api_key = api_key or userinfo_secret(getattr(config, "lm_base_url", None))
+        api_key = LMSpec.from_config(config, api_key, environ={}).key or api_key
         run_id = self.create(config, owner, title=title, data_file=data_file)
         self.start(run_id, owner, api_key)
         return run_id

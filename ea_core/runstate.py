@@ -45,6 +45,11 @@ class StageRecord:
         return load_arrays(self.folder / "outputs.npz")
 
 
+#: The learned router's stage name (`RunConfig.router` "learned").
+LEARNED_STAGE = "learned_router"
+LEARNED_NPZ = "learned_router.npz"
+
+
 @dataclass
 class RunState:
     """What a (possibly partial) run holds, handed to the report, the tuner and the UI."""
@@ -63,6 +68,8 @@ class RunState:
     mining: Optional[mining.MiningResult] = None
     # RunConfig.probe_lm: training rows asked, the best small model's out-of-fold answer, the LM's.
     probe: Optional[dict[str, np.ndarray]] = None
+    # RunConfig.router "learned": the deferral router's score per input of val and test, and what it learned from.
+    learned: dict[str, Any] = field(default_factory=dict)
     lm_usage: dict[str, Any] = field(default_factory=dict)
     temperatures: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -75,12 +82,14 @@ class RunState:
         return {r.name: r for r in self.ssms + self.assms + self.assm_full}
 
     def layer_records(self, layer: str) -> list[StageRecord]:
-        return {"ssm": self.ssms, "assm": self.assms, "assm_full": self.assm_full}[layer]
+        """The small models behind a layer (the learned router answers with the best small model)."""
+        return {"ssm": self.ssms, "assm": self.assms, "assm_full": self.assm_full, "learned": self.ssms[:1]}[layer]
 
     def stage_names(self, layers: tuple[str, ...] = ("ssm", "assm", "lm")) -> list[str]:
         """Names of the stages `stage_outputs` gives for `layers`, without loading any array."""
         return [name for layer in layers for name in (
-            (["lm"] if self.lm_answers else []) if layer == "lm" else [r.name for r in self.layer_records(layer)])]
+            (["lm"] if self.lm_answers else []) if layer == "lm" else
+            [LEARNED_STAGE] if layer == "learned" else [r.name for r in self.layer_records(layer)])]
 
     def stage_outputs(self, split: str, layers: tuple[str, ...] = ("ssm", "assm", "lm"),
                       calibrated: bool = True) -> list[StageOutput]:
@@ -91,6 +100,10 @@ class RunState:
             if layer == "lm":
                 if split in self.lm_answers:
                     out.append(lm_stage_output(self.lm_answers[split]))
+                continue
+            if layer == "learned":  # the best small model's answer; confidence 1 - the router's deferral score
+                best = self.ssms[0].outputs()[split].argmax(axis=1)
+                out.append(StageOutput(LEARNED_STAGE, best, 1.0 - self.learned[split]))
                 continue
             for rec in self.layer_records(layer):
                 proba = rec.outputs()[split]
@@ -258,6 +271,8 @@ def open_run(folder: str | Path) -> RunState:
             if np.array_equal(answers["index"], saved_probe["index"]):
                 state.probe = {"index": saved_probe["index"], "ssm_label": saved_probe["ssm_label"],
                                "lm_label": answers["label"]}
+    if (root / LEARNED_NPZ).is_file():
+        state.learned = dict(load_arrays(root / LEARNED_NPZ))
     if (root / "calibration.json").is_file():
         state.calibration = read_json(root / "calibration.json")
         state.temperatures = {name: float(c["temperature"]) for name, c in state.calibration.items()}

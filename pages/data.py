@@ -21,7 +21,7 @@ from ea_core.errors import DataError, EAError
 from ea_core.splits import TaskData
 from pages import plots
 from pages.session import Session, Studio
-from pages.ui import NONE, as_plot, cap, col, error_message, note
+from pages.ui import NONE, Components, as_plot, cap, col, error_message, note
 
 DEMO = "demo:tweets"
 DEMO_CAPS = (2000, 500, 500)
@@ -36,9 +36,9 @@ GALLERY_PER_CLASS = 4
 GALLERY_MIN_SIDE = 64  # tiny images (8x8 digits) are shown enlarged, pixels kept sharp
 
 
-def build() -> dict[str, Any]:
-    """The tab's components (unwired), by name."""
-    c: dict[str, Any] = {}
+def build() -> Components:
+    """The tab's components (unwired), by name; ``info`` holds what the loaded data is."""
+    c: Components = {"info": gr.State(None)}
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             c["source"] = gr.Radio(SOURCES, value="demo", label="Dataset")
@@ -116,6 +116,10 @@ def _readable(message: str, session: Session) -> str:
     return message
 
 
+def _error_note(err: EAError, session: Session) -> str:
+    return note(_readable(error_message(err), session), "error")
+
+
 def settings_of(session: Session, values: dict[str, Any]) -> dict[str, Any]:
     """The data part of a RunConfig from the form's values."""
     return {
@@ -128,27 +132,29 @@ def settings_of(session: Session, values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def on_source(source: str) -> tuple[Any, ...]:
+def on_source(tab: Components, source: str) -> dict[Any, Any]:
     """Show the upload box or the dataset name box; the demo gets its default sizes."""
     caps = DEMOS[source][1] if source in DEMOS else (0, 0, 0)
-    return (gr.update(visible=source == "file"), gr.update(visible=source == "hf"),
-            gr.update(value=caps[0]), gr.update(value=caps[1]), gr.update(value=caps[2]))
+    return {tab["upload"]: gr.update(visible=source == "file"), tab["hf_name"]: gr.update(visible=source == "hf"),
+            tab["max_train"]: gr.update(value=caps[0]), tab["max_val"]: gr.update(value=caps[1]),
+            tab["max_test"]: gr.update(value=caps[2])}
 
 
-def column_updates(columns: list[str], text: Optional[str], pair: Optional[str], label: Optional[str],
-                   split: Optional[str], image: bool = False) -> tuple[Any, ...]:
+def column_updates(tab: Components, columns: list[str], text: Optional[str], pair: Optional[str],
+                   label: Optional[str], split: Optional[str], image: bool = False) -> dict[Any, Any]:
     """The four column pickers; for image data the first names the image column and the
     second-text picker (text pairs only) is hidden."""
-    return (gr.update(choices=columns, value=text, label="Image column" if image else "Text column"),
-            gr.update(choices=[NONE] + columns, value=pair or NONE, visible=not image),
-            gr.update(choices=columns, value=label), gr.update(choices=[NONE] + columns, value=split or NONE))
+    return {tab["text_col"]: gr.update(choices=columns, value=text, label="Image column" if image else "Text column"),
+            tab["pair_col"]: gr.update(choices=[NONE] + columns, value=pair or NONE, visible=not image),
+            tab["label_col"]: gr.update(choices=columns, value=label),
+            tab["split_col"]: gr.update(choices=[NONE] + columns, value=split or NONE)}
 
 
-def on_upload(studio: Studio, file: Optional[str], request: gr.Request) -> tuple[Any, ...]:
+def on_upload(studio: Studio, tab: Components, file: Optional[str], request: gr.Request) -> dict[Any, Any]:
     """Move the upload into the session's private folder, then show its columns and first rows."""
     session = studio.session(request)
     if not file:
-        return (gr.skip(),) * 7
+        return gr.skip()
     src = Path(file)
     name = src.name
     dst = session.upload_dir / "data" / name
@@ -165,14 +171,15 @@ def on_upload(studio: Studio, file: Optional[str], request: gr.Request) -> tuple
     try:
         info = inspect_source(str(dst), n_preview=PREVIEW_ROWS)
     except EAError as err:
-        return (note(_readable(error_message(err), session), "error"), *(gr.skip(),) * 4, None,
-                gr.update(value=None, visible=False))
+        return {tab["message"]: _error_note(err, session), tab["preview"]: None,
+                tab["gallery"]: gr.update(value=None, visible=False)}
     if info.modality == "image":
         counts = ", ".join(f"{label} {n:,}" for label, n in info.class_counts.items())
         msg = (f"{name}: {info.n_rows:,} images in {len(info.class_counts)} classes ({counts})"
                + (f"; {info.layout}" if info.layout else "") + ". Press Load data.")
-        return (note(msg, "ok"), *column_updates(info.columns, info.text_col, None, info.label_col, None, image=True),
-                _preview(info.preview), gallery(str(dst)))
+        return {tab["message"]: note(msg, "ok"),
+                **column_updates(tab, info.columns, info.text_col, None, info.label_col, None, image=True),
+                tab["preview"]: _preview(info.preview), tab["gallery"]: gallery(str(dst))}
     msg = f"{name}: {info.n_rows:,} rows, columns {', '.join(info.columns)}."
     if info.detect_error:
         msg += " Choose the text and label columns below, then press Load data."
@@ -180,8 +187,9 @@ def on_upload(studio: Studio, file: Optional[str], request: gr.Request) -> tuple
     else:
         msg += " Columns detected: check them, then press Load data."
         kind = "ok"
-    return (note(msg, kind), *column_updates(info.columns, info.text_col, info.pair_col, info.label_col,
-                                             info.split_col), _preview(info.preview), gr.update(value=None, visible=False))
+    return {tab["message"]: note(msg, kind),
+            **column_updates(tab, info.columns, info.text_col, info.pair_col, info.label_col, info.split_col),
+            tab["preview"]: _preview(info.preview), tab["gallery"]: gr.update(value=None, visible=False)}
 
 
 def gallery(source: str) -> Any:
@@ -215,7 +223,7 @@ def _preview(rows: list[dict[str, Any]]) -> Any:
     return frame
 
 
-def load(studio: Studio, request: gr.Request, *values: Any) -> tuple[Any, ...]:
+def load(studio: Studio, tab: Components, request: gr.Request, *values: Any) -> dict[Any, Any]:
     """Load and split with the form's settings: summary, class counts, warnings, preview.
 
     On a bad file or setting: the message beside the upload, everything the user set kept."""
@@ -229,8 +237,7 @@ def load(studio: Studio, request: gr.Request, *values: Any) -> tuple[Any, ...]:
                             max_train=settings["max_train"], max_val=settings["max_val"],
                             max_test=settings["max_test"])
     except EAError as err:
-        return (note(_readable(error_message(err), session), "error"), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
-                *(gr.skip(),) * 4, None, gr.skip())
+        return {tab["message"]: _error_note(err, session), tab["info"]: None}
     session.forget(lambda k: k == "task")
     session.cached("task", lambda: task)
     d = describe(task)
@@ -251,13 +258,14 @@ def load(studio: Studio, request: gr.Request, *values: Any) -> tuple[Any, ...]:
         for r, p in zip(rows, task.train.pairs or []):
             r["second text"] = p
     columns = _columns(session, settings["data"]) or [c for c in (task.text_col, task.pair_col, task.label_col) if c]
-    return (note(f"Loaded: {len(task.train) + len(task.val) + len(task.test):,} examples.", "ok"), summary,
-            as_plot(plots.class_counts(d)), warnings, _preview(rows),
-            *column_updates(columns, task.text_col, task.pair_col, task.label_col, col(form["split_col"]),
-                            image=task.is_image),
-            {"name": task.name, "labels": task.labels, "sizes": d["sizes"], "pair": task.is_pair,
-             "modality": task.modality},
-            gallery(settings["data"]) if task.is_image else gr.update(value=None, visible=False))
+    return {tab["message"]: note(f"Loaded: {len(task.train) + len(task.val) + len(task.test):,} examples.", "ok"),
+            tab["summary"]: summary, tab["counts"]: as_plot(plots.class_counts(d)), tab["warnings"]: warnings,
+            tab["preview"]: _preview(rows),
+            **column_updates(tab, columns, task.text_col, task.pair_col, task.label_col, col(form["split_col"]),
+                             image=task.is_image),
+            tab["info"]: {"name": task.name, "labels": task.labels, "sizes": d["sizes"], "pair": task.is_pair,
+                          "modality": task.modality},
+            tab["gallery"]: gallery(settings["data"]) if task.is_image else gr.update(value=None, visible=False)}
 
 
 def _columns(session: Session, source: str) -> list[str]:

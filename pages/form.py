@@ -13,7 +13,7 @@ from typing import Any, Optional
 from ea_core.errors import ConfigError
 from ea_core.llm import PRESETS
 from ea_core.llm.prompt import DEFAULT_INPUT_FORMAT, DEFAULT_INSTRUCTION, DEFAULT_PAIR_FORMAT, DEFAULT_SYSTEM
-from ea_core.runconfig import RunConfig
+from ea_core.runconfig import RunConfig, check_money_caps
 from pages import data, lm, models
 from pages.session import Session
 from pages.ui import NONE
@@ -24,10 +24,13 @@ _NOT_SAVED = ("cache",)  # server paths: meaningless elsewhere
 
 
 def config_from_form(session: Session, values: dict[str, Any]) -> RunConfig:
-    """A validated RunConfig from the form (`values` keyed by `KEYS`). Never holds a key."""
+    """A validated RunConfig from the form (`values` keyed by `KEYS`), its money cap checked against
+    the LM's price. Never holds a key."""
     fields = {**data.settings_of(session, values), **models.settings_of(values), **lm.settings_of(values)}
     cfg = RunConfig(**fields)
     cfg.validate()
+    if cfg.lm:
+        check_money_caps(cfg)  # a budget on an unknown price refuses now, not in the worker
     return cfg
 
 
@@ -58,8 +61,11 @@ def read_settings(path: str) -> RunConfig:
 
 
 def _preset_of(cfg: RunConfig) -> str:
-    if not cfg.lm or cfg.lm.startswith("local"):
-        return lm.LOCAL
+    try:
+        if not cfg.lm_spec(environ={}).is_endpoint:
+            return lm.LOCAL
+    except ConfigError:  # an unknown preset name: shown as another endpoint
+        pass
     if cfg.lm in PRESETS:
         return cfg.lm
     for name, p in PRESETS.items():
@@ -76,6 +82,7 @@ def form_from_config(cfg: RunConfig) -> dict[str, Any]:
     prompt = cfg.prompt or {}
     preset = _preset_of(cfg)
     preset_url = PRESETS[preset].base_url if preset in PRESETS else None
+    free = cfg.price_in == 0 and cfg.price_out == 0
     return {
         "source": source, "hf_name": cfg.data if source == "hf" else "",
         "text_col": cfg.text_col, "pair_col": cfg.text_pair_col or NONE, "label_col": cfg.label_col,
@@ -88,7 +95,9 @@ def form_from_config(cfg: RunConfig) -> dict[str, Any]:
         "oof_folds": cfg.oof_folds, "mining": cfg.mining, "assm": cfg.assm, "ea_full": cfg.ea_full,
         "calibrate": cfg.calibrate, "max_lm_rate": cfg.max_lm_rate, "probe_lm": cfg.probe_lm,
         "preset": preset, "base_url": cfg.lm_base_url or preset_url or "", "model": cfg.lm_model or "",
-        "price_in": cfg.price_in, "price_out": cfg.price_out, "budget_usd": cfg.budget_usd,
+        # Prices 0 / 0 are the "self-hosted, free" tick (the price boxes stay empty).
+        "free": free, "price_in": None if free else cfg.price_in, "price_out": None if free else cfg.price_out,
+        "budget_usd": cfg.budget_usd,
         "concurrency": cfg.concurrency, "few_shot": cfg.few_shot,
         "prompt_system": prompt.get("system", DEFAULT_SYSTEM),
         "prompt_instruction": prompt.get("instruction", DEFAULT_INSTRUCTION),

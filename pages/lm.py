@@ -14,9 +14,10 @@ from typing import Any, Optional
 import gradio as gr
 
 from ea_core.errors import ConfigError, EAError
-from ea_core.llm import PRESETS, PriceTable, PromptTemplate, is_local_url, make_provider
+from ea_core.llm import PRESETS, LMSpec, PriceTable, PromptTemplate, make_provider
 from ea_core.llm.planning import estimate_run_cost, test_connection, tokens
 from ea_core.llm.prompt import DEFAULT_INPUT_FORMAT, DEFAULT_INSTRUCTION, DEFAULT_PAIR_FORMAT, DEFAULT_SYSTEM
+from ea_core.llm.spec import KNOWN
 from pages.data import current_task
 from pages.session import Studio
 from pages.ui import error_message, note, pct, seconds, usd
@@ -31,8 +32,10 @@ LOCAL_NOTE = ("The local model is SmolLM2-135M-Instruct, packaged so the app wor
               "the local stage is local:image-knn, few-shot nearest neighbours over EfficientNet features of 5 "
               "examples per label, which is not a language model. A vision model (e.g. gpt-4o-mini, qwen-vl-plus) "
               "behind an endpoint is what brings real gains.")
-FORM_KEYS = ("preset", "base_url", "model", "price_in", "price_out", "budget_usd", "concurrency", "few_shot",
+FORM_KEYS = ("preset", "base_url", "model", "price_in", "price_out", "free", "budget_usd", "concurrency", "few_shot",
              "prompt_system", "prompt_instruction", "prompt_input", "prompt_pair")
+FREE_LABEL = "Self-hosted, free (prices 0 / 0)"
+PASTE_KEY = "Paste your API key in the Large model tab (it stays in this page's memory only)."
 
 
 def build() -> dict[str, Any]:
@@ -49,6 +52,8 @@ def build() -> dict[str, Any]:
                 with gr.Row():
                     c["price_in"] = gr.Number(None, label="USD per 1M input tokens", minimum=0, min_width=120)
                     c["price_out"] = gr.Number(None, label="USD per 1M output tokens", minimum=0, min_width=120)
+                # An endpoint on this machine may be a proxy to a paid API: it is free only when you say so.
+                c["free"] = gr.Checkbox(False, label=FREE_LABEL, elem_id="lm-free")
                 with gr.Row():
                     c["budget_usd"] = gr.Number(None, label="Budget in USD (empty or 0: none)", minimum=0, min_width=120)
                     c["concurrency"] = gr.Slider(1, 32, value=8, step=1, label="Parallel requests")
@@ -74,15 +79,18 @@ def is_local(preset: str) -> bool:
 
 
 def on_preset(preset: str) -> tuple[Any, ...]:
-    """Fill URL, example model and known prices for a preset; show the local model's warning."""
+    """Fill URL, example model and known prices for a preset (and untick "free": a new endpoint is
+    free only when you say so again); show the local model's warning."""
     if is_local(preset):
-        return gr.update(visible=True), gr.update(visible=False), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return gr.update(visible=True), gr.update(visible=False), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     p = PRESETS.get(preset)
     url = p.base_url if p else ""
     model = p.example_model if p else ""
-    price = PriceTable().price(model) if model else None
+    known = LMSpec.parse(preset, environ={}).price if p else None
+    price = known.per_1m if known is not None and known.status == KNOWN else None
     return (gr.update(visible=False), gr.update(visible=True), gr.update(value=url), gr.update(value=model),
-            gr.update(value=price[0] if price else None), gr.update(value=price[1] if price else None))
+            gr.update(value=price[0] if price else None), gr.update(value=price[1] if price else None),
+            gr.update(value=False))
 
 
 def template_of(values: dict[str, Any]) -> PromptTemplate:
@@ -119,6 +127,8 @@ def settings_of(values: dict[str, Any]) -> dict[str, Any]:
     if preset == CUSTOM and not url:
         raise ConfigError("Give the endpoint's base URL (e.g. http://localhost:8000/v1).")
     price_in, price_out = _price(values["price_in"]), _price(values["price_out"])
+    if values.get("free"):  # "self-hosted, free": the user's word that it costs nothing
+        price_in, price_out = 0.0, 0.0
     if (price_in is None) != (price_out is None):
         raise ConfigError("Give both prices (input and output, USD per 1M tokens) or neither.")
     budget = _price(values["budget_usd"]) or None  # an empty box arrives as 0: no budget
@@ -128,24 +138,31 @@ def settings_of(values: dict[str, Any]) -> dict[str, Any]:
             "prompt": prompt_fields(values)}
 
 
+def spec_of(values: dict[str, Any], api_key: Optional[str] = None) -> LMSpec:
+    """The form's LM as one parsed value: kind, endpoint, key (pasted or in the URL; never a
+    server's environment variable), price."""
+    s = settings_of(values)
+    return LMSpec.parse(s["lm"], model=s.get("lm_model"), base_url=s.get("lm_base_url"), key_env="", api_key=api_key,
+                        price_in=s.get("price_in"), price_out=s.get("price_out"))
+
+
 def check_key(values: dict[str, Any], api_key: Optional[str]) -> None:
     """An API endpoint needs a key, except one on this machine (Ollama, vLLM ...)."""
-    if is_local(values["preset"]) or (api_key or "").strip():
-        return
-    if is_local_url((values["base_url"] or "").strip()):
-        return
-    raise ConfigError("Paste your API key in the Large model tab (it stays in this page's memory only).")
+    if spec_of(values, api_key).missing_key:
+        raise ConfigError(PASTE_KEY)
 
 
 def provider_of(values: dict[str, Any], api_key: Optional[str], **options: Any):
     """A provider for the form's LM (no cache: a test call is a real call)."""
     s = settings_of(values)
-    if s["lm"] == "local":
-        return make_provider("local", prompt=template_of(values))
-    check_key(values, api_key)
+    spec = spec_of(values, api_key)
+    if spec.is_local:
+        return make_provider(spec.spec, prompt=template_of(values))
+    if spec.missing_key:
+        raise ConfigError(PASTE_KEY)
     prices = {s["lm_model"]: [s["price_in"], s["price_out"]]} if s["price_in"] is not None else None
-    return make_provider(s["lm"], model=s["lm_model"], base_url=s["lm_base_url"], api_key=(api_key or "").strip() or None,
-                         key_env="", prompt=template_of(values), prices=prices, **options)
+    return make_provider(s["lm"], model=s["lm_model"], base_url=s["lm_base_url"], api_key=spec.key, key_env="",
+                         prompt=template_of(values), prices=prices, **options)
 
 
 def render_preview(studio: Studio, request: gr.Request, *values: Any) -> str:
@@ -193,8 +210,9 @@ def run_test(studio: Studio, api_key: Optional[str], request: gr.Request, *value
     def yes(v: Optional[bool]) -> str:
         return "n/a" if v is None else ("yes" if v else "no")
 
-    cost = "free (local)" if is_local(form["preset"]) else (usd(report.cost_usd, 6) if report.price_known
-                                                           else "price unknown: enter prices")
+    price = spec_of(form).price
+    cost = (price.label() if price.free else usd(report.cost_usd, 6) if report.price_known
+            else "price unknown: enter prices or tick self-hosted")
     rows = [("answer", report.answer or "(named no label)"), ("raw reply", report.raw[:200] or "(label scores)"),
             ("latency", seconds(report.latency_s)), ("cost of this call", cost),
             ("structured output", yes(report.structured_output)), ("log-probs (confidence)", yes(report.logprobs)),
@@ -203,25 +221,36 @@ def run_test(studio: Studio, api_key: Optional[str], request: gr.Request, *value
     return f"{note(f'Connected to {report.model}.', 'ok')}<table class='ea-trace'>{body}</table>"
 
 
+def price_line(spec: LMSpec) -> str:
+    """Which price case holds, for people: "price: $0.15 / $0.60 per 1M tokens (price table)",
+    "price: free (self-hosted, as you said)", "price: unknown: give prices or tick self-hosted"."""
+    return f"price: {spec.price.label()}"
+
+
 def estimate(studio: Studio, ea_full: bool, probe_lm: Optional[float], request: gr.Request, *values: Any) -> str:
-    """What the run will ask of the LM (calls, tokens, USD), for the loaded data and these settings."""
+    """The LM's price case, and what the run will ask of it (calls, tokens, USD) for the loaded data."""
     form = dict(zip(FORM_KEYS, values))
-    task = current_task(studio.session(request))
-    if task is None:
-        return note("Load the data to see what the run will cost.", "info")
     try:
         s = settings_of(form)
+        spec = spec_of(form)
     except EAError as err:
         return note(error_message(err), "warn")
-    local = s["lm"] == "local" or is_local_url(s.get("lm_base_url"))
+    price = spec.price
+    task = current_task(studio.session(request))
+    if task is None:
+        return note(f"{price_line(spec)}. Load the data to see what the run will cost.",
+                    "info" if price.known else "warn")
     prices = PriceTable({s["lm_model"]: [s["price_in"], s["price_out"]]} if s.get("price_in") is not None else None)
     est = estimate_run_cost(task, s.get("lm_model") or "local", template=template_of(form), prices=prices,
-                            ea_full=bool(ea_full), local=local, probe=int(probe_lm or 0))
-    money = ("free" if local else (f"{usd(est.usd_low)}-{usd(est.usd_high)}" if est.price_known
-                                   else "unknown: enter the model's prices"))
+                            ea_full=bool(ea_full), probe=int(probe_lm or 0), price=price)
+    money = (price.label() if price.free else (f"{usd(est.usd_low)}-{usd(est.usd_high)}" if est.price_known
+                                               else "unknown: enter the model's prices, or tick self-hosted if free"))
     items = "".join(f"<li>{html.escape(line)}</li>" for line in est.lines)
     budget = f" Budget: {usd(s['budget_usd'], 2)}." if s.get("budget_usd") is not None else ""
+    if s.get("budget_usd") is not None and not price.known:
+        budget += " A budget needs the price: the run will refuse to start without it."
     kind = "info" if est.price_known else "warn"
-    return (f"<div class='ea-note ea-{kind}'><b>Before you run:</b> {est.calls_low:,}-{est.calls_high:,} LM calls, "
-            f"~{tokens(est.tokens_low)}-{tokens(est.tokens_high)} tokens, {money}.{budget}<ul>{items}</ul>"
-            "Answers are cached: a rerun on the same data pays nothing.</div>")
+    return (f"<div class='ea-note ea-{kind}'><b>{html.escape(price_line(spec))}</b><br>"
+            f"<b>Before you run:</b> {est.calls_low:,}-{est.calls_high:,} LM calls, "
+            f"~{tokens(est.tokens_low)}-{tokens(est.tokens_high)} tokens, {html.escape(money)}.{html.escape(budget)}"
+            f"<ul>{items}</ul>Answers are cached: a rerun on the same data pays nothing.</div>")

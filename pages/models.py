@@ -18,6 +18,7 @@ from ea_core.models.catalog import model_choices
 from ea_core.models.estimate import estimate_seconds, format_estimate
 from pages.data import current_task
 from pages.session import Studio
+from pages.ui import Components
 
 DEFAULT_SSMS = ["tfidf", "head:minilm"]
 #: Ticked when image data is loaded: the packaged pretrained CNN and a small CNN trained from scratch.
@@ -31,8 +32,8 @@ def _default(cls: type, name: str) -> Any:
     return inspect.signature(cls.__init__).parameters[name].default
 
 
-def build() -> dict[str, Any]:
-    c: dict[str, Any] = {}
+def build() -> Components:
+    c: Components = {}
     labels, table = checklist(*SIZES_WHEN_UNKNOWN, settings={}, modality="text")
     with gr.Row(equal_height=False):
         with gr.Column(scale=6, min_width=340):
@@ -102,7 +103,7 @@ def checklist(n_train: int, n_eval: int, settings: dict[str, dict[str, Any]], oo
     return choices, rows
 
 
-def refresh(studio: Studio, request: gr.Request, *values: Any) -> tuple[Any, Any]:
+def refresh(studio: Studio, tab: Components, request: gr.Request, *values: Any) -> dict[Any, Any]:
     """Re-estimate the checklist for the loaded data and the current settings. The list follows
     the data: image architectures for images, text models otherwise; ticks that no longer apply
     are replaced by that modality's defaults."""
@@ -121,7 +122,7 @@ def refresh(studio: Studio, request: gr.Request, *values: Any) -> tuple[Any, Any
     ticked = [spec for spec in (form["ssm"] or []) if spec in valid]
     if not ticked:
         ticked = [spec for spec in (DEFAULT_IMAGE_SSMS if modality == "image" else DEFAULT_SSMS) if spec in valid]
-    return gr.update(choices=choices, value=ticked), catalog_frame(rows)
+    return {tab["ssm"]: gr.update(choices=choices, value=ticked), tab["catalog"]: catalog_frame(rows)}
 
 
 CATALOG_HEADERS = ["spec", "model", "size", "availability", "CPU time (est.)", "description"]

@@ -1,10 +1,9 @@
 """Plotly figures of the app, built from plain data that ea_core computed (no gradio here).
 
-Figures are plain plotly JSON (``{"data": [...], "layout": {...}}``), not `plotly.graph_objects`:
-building graph objects validates every property and cost ~100 ms per slider move for two
-figures; dicts cost well under a millisecond, and the browser's Plotly draws the same thing.
-Every figure has a title, axis titles with units and a legend, and a constant `uirevision` so a
-user's zoom survives the redraws that follow a slider.
+Figures are plain plotly JSON (``{"data": [...], "layout": {...}}``), not `plotly.graph_objects`,
+which validate every property on every slider move; the browser's Plotly draws the same thing.
+Each has a title, axis titles with units, a legend, and a constant `uirevision` so a user's zoom
+survives the redraws that follow a slider.
 """
 
 from __future__ import annotations

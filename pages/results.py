@@ -1,27 +1,22 @@
 """Results & export tab: the results table (the paper's Tables 1, 3 and 4), downloads, the
 adapted system as a bundle, the run's settings, and the session's past runs.
 
-Thin: rows come from the run's results.json (`ea_core.report`), bundles from
-`ea_core.bundle.export_run_bundle`. Files offered for download are copies in the session's
-private folder, so a download link never exposes a run folder.
+Thin: rows, downloads and bundles come from the opened run (`ea_core.opened`). Files offered for
+download are copies in the session's private folder, so a download link never exposes a run folder.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
 
-from ea_core.bundle import export_run_bundle
-from ea_core.errors import EAError
-from ea_core.explore import ORDERS
-from pages.form import settings_file
+from ea_core.opened import past_runs
+from pages.form import KEYS, form_from_config, read_settings, settings_file, upload_note
 from pages.session import Session, Studio
-from pages.thresholds import current_thresholds, owned, run_state
-from pages.ui import error_message, note, pct, seconds, usd
+from pages.ui import Components, error_message, friendly, note, pct, seconds, usd
 
 SYSTEM_TITLES = {"lm": "LM alone", "specific_layer": "Specific Layer (SSMs → LM)",
                  "ea": "EA (SSMs → ASSMs → LM)", "ea_lm_first": "EA, LM before ASSMs", "ea_full": "EA(Full)",
@@ -31,8 +26,8 @@ TABLE_HEADERS = ["system", "val acc (95% CI)", "test acc (95% CI)", "macro-F1 (t
 RUN_HEADERS = ["run", "state", "started", "took"]
 
 
-def build() -> dict[str, Any]:
-    c: dict[str, Any] = {}
+def build() -> Components:
+    c: Components = {}
     c["intro"] = gr.HTML(note("Open a finished run to see its results.", "info"), elem_id="res-intro")
     c["table"] = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="res-table",
                               label="Systems: thresholds tuned on validation, accuracy on validation and test")
@@ -107,20 +102,17 @@ def recall_table(rows: list[dict[str, Any]], labels: list[str]) -> str:
     return "\n".join(lines)
 
 
-def views(studio: Studio, owner: Optional[str], run_id: Optional[str], request: gr.Request) -> tuple[Any, ...]:
+@friendly(into="intro")
+def views(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str],
+          request: gr.Request) -> dict[Any, Any]:
     """The tab for a finished run: tables, summary, downloads (copies in the session's folder)."""
     import pandas as pd
 
-    n_out = 7
-    if not owned(studio, owner, run_id):
-        return (gr.skip(),) * n_out
-    session = studio.session(request)
-    try:
-        state = run_state(studio, session, run_id)
-    except (EAError, OSError) as err:
-        return (note(error_message(err), "error"),) + (gr.skip(),) * (n_out - 1)
-    folder = state.folder.root
-    rows = state.rows
+    run = studio.opened(request, owner, run_id)
+    if run is None:
+        return gr.skip()
+    state = run.state()
+    rows = run.results()
     table = pd.DataFrame([_fmt_row(r) for r in rows], columns=TABLE_HEADERS)
     ea = next((r for r in rows if r["system"] == "ea"), None)
     shares = pd.DataFrame(
@@ -135,9 +127,8 @@ def views(studio: Studio, owner: Optional[str], run_id: Optional[str], request: 
         m = state.mining.summary()
         lines.append(f"Mining: {m['sent_to_lm']:,} of {m['n_train']:,} training examples sent to the LM, "
                      f"{m['underfit']:,} underfit (the LM was wrong too), {m['lm_failed']} failed calls.")
-    spent = sum(float(u.get("cost_usd") or 0.0) for u in state.lm_usage.values())
-    calls = sum(int(u.get("calls") or 0) for u in state.lm_usage.values())
     if state.lm_usage:
+        calls, spent = run.lm_spend()
         lines.append(f"LM usage of this run: {calls:,} paid calls, {usd(spent)}.")
     lines += [f"Note: {n}" for n in state.notes]
     lines += [f"{SYSTEM_TITLES.get(r['system'], r['system'])}: {r['note']}" for r in rows
@@ -145,52 +136,63 @@ def views(studio: Studio, owner: Optional[str], run_id: Optional[str], request: 
     recall = recall_table(rows, state.task.labels)
     if recall:
         lines.append(recall)
-    out = _download_dir(session, run_id)
-    files = {}
-    for name in ("results.csv", "results.json"):
-        if (folder / name).is_file():
-            files[name] = shutil.copyfile(folder / name, out / name)
-    settings = settings_file(state.config.to_dict(), folder, out / "settings.json")
+    out = _download_dir(studio.session(request), run_id)
+    files = run.copy_results(out)
+    settings = settings_file(state.config.to_dict(), run.folder, out / "settings.json")
     intro = note(f"Run {state.task.name}: thresholds were tuned on validation; every test figure is on held-out "
                  "data. Accuracies show a 95% bootstrap interval.", "info")
-    return (intro, table, shares, "\n\n".join(lines),
-            gr.update(value=str(files["results.csv"]) if "results.csv" in files else None, interactive="results.csv" in files),
-            gr.update(value=str(files["results.json"]) if "results.json" in files else None,
-                      interactive="results.json" in files),
-            gr.update(value=str(settings), interactive=True))
+
+    def download(name: str) -> Any:
+        return gr.update(value=str(files[name]) if name in files else None, interactive=name in files)
+
+    return {tab["intro"]: intro, tab["table"]: table, tab["shares"]: shares, tab["summary"]: "\n\n".join(lines),
+            tab["dl_csv"]: download("results.csv"), tab["dl_json"]: download("results.json"),
+            tab["dl_settings"]: gr.update(value=str(settings), interactive=True)}
 
 
-def make_bundle(studio: Studio, owner: Optional[str], run_id: Optional[str], order: str, calibrated: bool,
-                request: gr.Request, *sliders: float) -> tuple[Any, str]:
+@friendly(into="bundle_msg")
+def make_bundle(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], order: str,
+                calibrated: bool, request: gr.Request, *sliders: float) -> dict[Any, Any]:
     """Export the adapted system at the current sliders as a zip to download."""
-    if not owned(studio, owner, run_id):
-        return gr.skip(), note("Open a finished run first.", "info")
-    session = studio.session(request)
-    try:
-        state = run_state(studio, session, run_id)
-        _, thresholds = current_thresholds(studio, session, run_id, order, calibrated, sliders)
-        out = _download_dir(session, run_id)
-        bundle = export_run_bundle(state, state.rows, out / "bundle", system=order, thresholds=thresholds,
-                                   layers=ORDERS[order][1], calibrated=calibrated)
-        zip_path = shutil.make_archive(str(out / f"ea-bundle-{state.task.name}"), "zip", root_dir=bundle)
-    except (EAError, OSError) as err:
-        return gr.skip(), note(error_message(err), "error")
-    size = Path(zip_path).stat().st_size / 2**20
-    return (gr.update(value=zip_path, interactive=True),
-            note(f"Bundle ready ({size:.1f} MB): {', '.join(state.stage_names(ORDERS[order][1]))} at the "
-                 "current thresholds. Use it with `python -m ea_core predict --bundle DIR`, or load it in Try it.",
-                 "ok"))
+    run = studio.opened(request, owner, run_id)
+    if run is None:
+        return {tab["bundle_msg"]: note("Open a finished run first.", "info")}
+    zip_path = run.bundle_zip(_download_dir(studio.session(request), run_id), order, calibrated, sliders)
+    size = zip_path.stat().st_size / 2**20
+    return {tab["dl_bundle"]: gr.update(value=str(zip_path), interactive=True),
+            tab["bundle_msg"]: note(f"Bundle ready ({size:.1f} MB): {', '.join(run.stage_names(order))} at the "
+                                    "current thresholds. Use it with `python -m ea_core predict --bundle DIR`, or "
+                                    "load it in Try it.", "ok")}
 
 
-def runs_list(studio: Studio, owner: Optional[str]) -> tuple[Any, Any]:
+def runs_list(studio: Studio, tab: Components, owner: Optional[str]) -> dict[Any, Any]:
     """The owner's runs (only theirs) as a table and as a picker."""
     import pandas as pd
 
-    if not owner:
-        return pd.DataFrame([], columns=RUN_HEADERS), gr.update(choices=[])
-    runs = studio.manager.runs(owner)
+    runs = past_runs(studio.manager, owner)
     table = pd.DataFrame([[r.title or r.run_id[:8], r.state, time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
                            seconds(r.elapsed_s)] for r in runs], columns=RUN_HEADERS)
     choices = [(f"{r.title or r.run_id[:8]} — {r.state} ({time.strftime('%H:%M', time.localtime(r.created))})",
                 r.run_id) for r in runs]
-    return table, gr.update(choices=choices, value=choices[0][1] if choices else None)
+    return {tab["runs"]: table, tab["run_pick"]: gr.update(choices=choices, value=choices[0][1] if choices else None)}
+
+
+def pick(run_id: Optional[str]) -> Any:
+    """Open: the picked run becomes the one this browser watches (the Train & mine tab attaches)."""
+    return run_id or gr.skip()
+
+
+def load_settings(fields: Components, tab: Components, path: Optional[str]) -> dict[Any, Any]:
+    """Fill the Data, Small models and Large model tabs (`fields`, keyed as `form.KEYS`) from a
+    settings file; any bad file is a message, never a traceback."""
+    if not path:
+        return gr.skip()
+    try:
+        cfg = read_settings(path)
+    except Exception as err:  # noqa: BLE001  (whatever the file holds)
+        return {tab["settings_msg"]: note(error_message(err), "error")}
+    values = form_from_config(cfg)
+    warning = upload_note(cfg)
+    return {**{fields[k]: values[k] for k in KEYS},
+            tab["settings_msg"]: note(warning or "Settings loaded into the Data, Small models and Large model tabs.",
+                                      "warn" if warning else "ok")}

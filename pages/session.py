@@ -5,9 +5,9 @@ Two scopes, never a module-level global:
 * `Studio`, one per built app: the run manager (runs live in their folders, see
   `ea_core.runs`) and the table of live browser sessions.
 * `Session`, one per browser session (Gradio's ``session_hash``): its private upload folder,
-  the runs it has opened (explorers and adapted systems are big numpy/torch objects that do not
-  belong in `gr.State`, which is deep-copied), and the monitor of the run it watches. Dropped,
-  uploads deleted, when the browser goes away (``demo.unload``).
+  the runs it has opened (`ea_core.opened.OpenedRun`: explorers and adapted systems are big
+  numpy/torch objects that do not belong in `gr.State`, which is deep-copied), and the monitor of
+  the run it watches. Dropped, uploads deleted, when the browser goes away (``demo.unload``).
 
 Who owns a run is decided by the browser's owner token (kept in `gr.BrowserState`, so a reload
 or a server restart finds the same runs), not by the session: a refreshed page is a new session
@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 import gradio as gr
 
-from ea_core.monitor import RunProgress
+from ea_core.opened import OpenedRun, ProgressFeed
 from ea_core.runs import RunManager
 
 #: Opened runs kept in memory per session (each holds its cached arrays and loaded models).
@@ -39,13 +39,16 @@ def new_owner_token() -> str:
 
 @dataclass
 class Watch:
-    """The monitor of one run: folded events and how far the event file was read."""
+    """The monitor of one run: its progress feed, and what the page was last sent."""
 
     run_id: str
-    progress: RunProgress
-    offset: int = 0
+    feed: ProgressFeed
     local_lm: bool = False  # an in-process LM: no money to count
     shown: dict[str, Any] = field(default_factory=dict)  # what the page last got, per output
+
+    @property
+    def progress(self) -> Any:
+        return self.feed.progress
 
     def changed(self, name: str, signature: Any) -> bool:
         """Whether output `name` must be redrawn (its signature differs from the last one sent)."""
@@ -64,11 +67,23 @@ class Session:
     data_name: Optional[str] = None  # the file name the user uploaded
     bundle_dir: Optional[Path] = None  # an uploaded bundle, unpacked
     watch: Optional[Watch] = None
+    runs: "OrderedDict[str, OpenedRun]" = field(default_factory=OrderedDict)  # least recently used first
     cache: "OrderedDict[Any, Any]" = field(default_factory=OrderedDict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
-    def cached(self, key: Any, build: Callable[[], Any], keep: int = OPEN_RUNS_KEPT * 4) -> Any:
-        """A per-session memo (explorers, run states, adapted systems), least recently used out."""
+    def opened(self, manager: RunManager, run_id: str) -> OpenedRun:
+        """The session's opened run `run_id` (the last OPEN_RUNS_KEPT are kept, with what they loaded)."""
+        with self.lock:
+            run = self.runs.get(run_id)
+            if run is None:
+                run = self.runs[run_id] = OpenedRun(manager, run_id)
+                while len(self.runs) > OPEN_RUNS_KEPT:
+                    self.runs.popitem(last=False)
+            self.runs.move_to_end(run_id)
+            return run
+
+    def cached(self, key: Any, build: Callable[[], Any], keep: int = 8) -> Any:
+        """A per-session memo (the loaded data, its columns), least recently used out."""
         with self.lock:
             if key in self.cache:
                 self.cache.move_to_end(key)
@@ -113,6 +128,13 @@ class Studio:
             session = self._sessions.pop(key, None)
         if session is not None:
             shutil.rmtree(session.upload_dir, ignore_errors=True)
+
+    def opened(self, request: Optional[gr.Request], owner: Optional[str],
+               run_id: Optional[str]) -> Optional[OpenedRun]:
+        """The calling session's opened run `run_id`, if `owner` started it (None otherwise)."""
+        if not run_id or not owner or not self.manager.owns(run_id, owner):
+            return None
+        return self.session(request).opened(self.manager, run_id)
 
     @property
     def n_sessions(self) -> int:

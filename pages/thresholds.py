@@ -1,9 +1,8 @@
 """Thresholds tab: one slider per routing stage; accuracy, LM share and money follow while dragging.
 
-Thin: routing, scoring, the Pareto front, auto-tune and reliability bins are
-`ea_core.explore.Explorer`'s, computed from the run's cached stage outputs; an explorer is built
-once per (run, order, calibration) and kept in the session. The slider handler is registered
-with ``concurrency_limit=None`` so it never waits behind a slow event of any session.
+Thin: routing, scoring, the Pareto front, auto-tune and reliability bins are the opened run's
+`Explorer`'s (`ea_core.opened`), built once per routing order and calibration. The slider handler
+is registered with ``concurrency_limit=None`` so it never waits behind a slow event of any session.
 """
 
 from __future__ import annotations
@@ -13,22 +12,20 @@ from typing import Any, Optional, Sequence
 
 import gradio as gr
 
-from ea_core.errors import ConfigError, EAError
+from ea_core.errors import ConfigError
 from ea_core.explore import ORDERS, Explorer, threshold_to_slider
-from ea_core.report import routed_note
 from ea_core.router import RoutingMetrics
-from ea_core.runstate import RunState, open_run
 from pages import plots
-from pages.session import Session, Studio
-from pages.ui import as_plot, error_message, note, pct, usd
+from pages.session import Studio
+from pages.ui import Components, as_plot, friendly, note, pct, usd
 
 MAX_SLIDERS = 8
 KIND_TITLES = {"ssm": "SSM", "assm": "augmented SSM", "lm": "LM (its confidence)"}
 BUDGETS = [("LM calls (% of inputs)", "calls"), ("USD per 1,000 inputs", "usd")]
 
 
-def build() -> dict[str, Any]:
-    c: dict[str, Any] = {}
+def build() -> Components:
+    c: Components = {}
     c["intro"] = gr.HTML(note("Open a finished run (Train & mine, or Results → past runs) to tune its thresholds.",
                               "info"), elem_id="thr-intro")
     with gr.Row(equal_height=False):
@@ -57,26 +54,10 @@ def build() -> dict[str, Any]:
     return c
 
 
-def outputs_of(c: dict[str, Any]) -> list[Any]:
-    """What a full redraw of the tab sets, in `open_views`' order."""
+def outputs_of(c: Components) -> list[Any]:
+    """Every component a full redraw of the tab may set (`open_views`' outputs)."""
     return [c["intro"], c["order"], c["calibrated"], *c["sliders"], c["last"], c["routing"], c["metrics"],
             c["rel_model"], c["reliability"], c["tune_msg"]]
-
-
-# -- engine objects, kept per session -----------------------------------------------------------
-
-def run_state(studio: Studio, session: Session, run_id: str) -> RunState:
-    return session.cached(("state", run_id), lambda: open_run(studio.manager.folder(run_id)))
-
-
-def explorer(studio: Studio, session: Session, run_id: str, order: str, calibrated: bool) -> Explorer:
-    state = run_state(studio, session, run_id)
-    return session.cached(("explorer", run_id, order, bool(calibrated)),
-                          lambda: Explorer.build(state, order, bool(calibrated)))
-
-
-def owned(studio: Studio, owner: Optional[str], run_id: Optional[str]) -> bool:
-    return bool(run_id and owner and studio.manager.owns(run_id, owner))
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -111,105 +92,101 @@ def figures(ex: Explorer, thresholds: Sequence[float]) -> tuple[Any, str]:
             metrics_html(metrics_rows(ex, val, test)))
 
 
-def slider_updates(ex: Explorer, thresholds: Sequence[float]) -> list[Any]:
-    ups = []
-    for k in range(MAX_SLIDERS):
+def redraw(tab: Components, ex: Explorer, thresholds: Sequence[float]) -> dict[Any, Any]:
+    figure, table = figures(ex, thresholds)
+    return {tab["routing"]: figure, tab["metrics"]: table}
+
+
+def slider_updates(tab: Components, ex: Explorer, thresholds: Sequence[float]) -> dict[Any, Any]:
+    """One slider per stage but the last, at `thresholds`; the other sliders hidden."""
+    ups = {}
+    for k, slider in enumerate(tab["sliders"]):
         if k < ex.n_stages - 1:
             kind = KIND_TITLES.get(ex.kinds[k], ex.kinds[k])
-            ups.append(gr.update(visible=True, value=threshold_to_slider(thresholds[k]),
-                                 label=f"{k + 1}. {ex.names[k]} · {kind}",
-                                 info="answers an input when its confidence ≥ this (1 = never)"))
+            ups[slider] = gr.update(visible=True, value=threshold_to_slider(thresholds[k]),
+                                    label=f"{k + 1}. {ex.names[k]} · {kind}",
+                                    info="answers an input when its confidence ≥ this (1 = never)")
         else:
-            ups.append(gr.update(visible=False))
+            ups[slider] = gr.update(visible=False)
     return ups
-
-
-def _order_choices(state: RunState) -> list[tuple[str, str]]:
-    out = [(ORDERS["ea"][0], "ea")]
-    if state.assms and state.lm_gives_confidence:
-        out.append((ORDERS["ea_lm_first"][0], "ea_lm_first"))
-    return out
-
-
-# -- handlers -----------------------------------------------------------------------------------
-
-def open_views(studio: Studio, owner: Optional[str], run_id: Optional[str], request: gr.Request,
-               order: str = "ea", calibrated: bool = True) -> tuple[Any, ...]:
-    """Everything the tab shows for a run, at the run's own tuned thresholds."""
-    n_out = 3 + MAX_SLIDERS + 6
-    if not owned(studio, owner, run_id):
-        return (gr.skip(),) * n_out
-    session = studio.session(request)
-    try:
-        state = run_state(studio, session, run_id)
-        choices = _order_choices(state)
-        if order not in dict((v, t) for t, v in choices):
-            order = "ea"
-        ex = explorer(studio, session, run_id, order, calibrated)
-    except (EAError, OSError) as err:
-        return (note(error_message(err), "error"),) + (gr.skip(),) * (n_out - 1)
-    thresholds = ex.tuned_thresholds()
-    figure, table = figures(ex, thresholds)
-    small = [n for n, k in zip(ex.names, ex.kinds) if k != "lm"]
-    tuned = state.tuning.get(order, {})
-    why = tuned.get("why") or routed_note(tuned.get("chosen", "full"))
-    kept = f" The run {why}; drag the sliders to try other points." if why else ""
-    intro = note(f"Run {state.task.name}: {', '.join(ex.names)}. Thresholds start where the run tuned them on "
-                 f"validation (LM budget {pct(state.config.max_lm_rate, 0)} of inputs).{kept} Test figures are shown, "
-                 "never used to choose.", "info")
-    last = f"**Last stage: {ex.names[-1]}** answers whatever reaches it (no threshold)."
-    rel = reliability_plot(ex, small[0]) if small else as_plot(plots.empty("Reliability", "No small model."))
-    return (intro, gr.update(choices=choices, value=order), gr.update(value=bool(calibrated)),
-            *slider_updates(ex, thresholds), last, figure, table,
-            gr.update(choices=small, value=small[0] if small else None), rel, "")
-
-
-def on_slider(studio: Studio, owner: Optional[str], run_id: Optional[str], order: str, calibrated: bool,
-              request: gr.Request, *sliders: float) -> tuple[Any, ...]:
-    """A slider moved: re-route the cached outputs and redraw (the hot path)."""
-    if not owned(studio, owner, run_id):
-        return gr.skip(), gr.skip()
-    ex = explorer(studio, studio.session(request), run_id, order, calibrated)
-    return figures(ex, ex.thresholds(sliders))
-
-
-def on_autotune(studio: Studio, owner: Optional[str], run_id: Optional[str], order: str, calibrated: bool,
-                kind: str, budget: Any, request: gr.Request) -> tuple[Any, ...]:
-    """Set every slider to the thresholds with the best validation accuracy within the budget."""
-    n_out = MAX_SLIDERS + 3
-    if not owned(studio, owner, run_id):
-        return (gr.skip(),) * (n_out - 1) + (note("Open a finished run first.", "info"),)
-    ex = explorer(studio, studio.session(request), run_id, order, calibrated)
-    try:
-        if budget is None or float(budget) < 0:
-            raise ConfigError("Give a budget of 0 or more.")
-        if kind == "calls":
-            thresholds = ex.autotune(max_lm_rate=min(float(budget), 100.0) / 100.0)
-        else:
-            thresholds = ex.autotune(max_cost_per_1k=float(budget))
-    except EAError as err:
-        return (gr.skip(),) * (n_out - 1) + (note(error_message(err), "warn"),)
-    figure, table = figures(ex, thresholds)
-    val, _ = ex.evaluate(thresholds)
-    msg = note(f"Auto-tuned on validation: accuracy {pct(val.accuracy, 2)} with {pct(val.lm_call_rate)} of inputs "
-               "sent to the LM.", "ok")
-    return (*slider_updates(ex, thresholds), figure, table, msg)
 
 
 def reliability_plot(ex: Explorer, name: str) -> Any:
     return as_plot(plots.reliability(name, ex.reliability(name), ex.calibrated))
 
 
+# -- handlers -----------------------------------------------------------------------------------
+
+@friendly(into="intro")
+def open_views(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], request: gr.Request,
+               order: str = "ea", calibrated: bool = True) -> dict[Any, Any]:
+    """Everything the tab shows for a run, at the run's own tuned thresholds."""
+    run = studio.opened(request, owner, run_id)
+    if run is None:
+        return gr.skip()
+    orders = run.orders()
+    if order not in orders:
+        order = "ea"
+    ex = run.explorer(order, calibrated)
+    state = run.state()
+    thresholds = ex.tuned_thresholds()
+    small = [n for n, k in zip(ex.names, ex.kinds) if k != "lm"]
+    why = run.tuned_note(order)
+    kept = f" The run {why}; drag the sliders to try other points." if why else ""
+    intro = note(f"Run {state.task.name}: {', '.join(ex.names)}. Thresholds start where the run tuned them on "
+                 f"validation (LM budget {pct(state.config.max_lm_rate, 0)} of inputs).{kept} Test figures are shown, "
+                 "never used to choose.", "info")
+    return {tab["intro"]: intro,
+            tab["order"]: gr.update(choices=[(ORDERS[o][0], o) for o in orders], value=order),
+            tab["calibrated"]: gr.update(value=bool(calibrated)),
+            **slider_updates(tab, ex, thresholds),
+            tab["last"]: f"**Last stage: {ex.names[-1]}** answers whatever reaches it (no threshold).",
+            **redraw(tab, ex, thresholds),
+            tab["rel_model"]: gr.update(choices=small, value=small[0] if small else None),
+            tab["reliability"]: reliability_plot(ex, small[0]) if small else as_plot(
+                plots.empty("Reliability", "No small model.")),
+            tab["tune_msg"]: ""}
+
+
+def on_order(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], order: str,
+             calibrated: bool, request: gr.Request) -> dict[Any, Any]:
+    """The routing order or the calibration changed: the whole tab at that explorer's tuned point."""
+    return open_views(studio, tab, owner, run_id, request, order=order, calibrated=calibrated)
+
+
+def on_slider(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], order: str,
+              calibrated: bool, request: gr.Request, *sliders: float) -> dict[Any, Any]:
+    """A slider moved: re-route the cached outputs and redraw (the hot path)."""
+    run = studio.opened(request, owner, run_id)
+    if run is None:
+        return gr.skip()
+    ex = run.explorer(order, calibrated)
+    return redraw(tab, ex, ex.thresholds(sliders))
+
+
+@friendly(into="tune_msg", kind="warn")
+def on_autotune(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], order: str,
+                calibrated: bool, kind: str, budget: Any, request: gr.Request) -> dict[Any, Any]:
+    """Set every slider to the thresholds with the best validation accuracy within the budget."""
+    run = studio.opened(request, owner, run_id)
+    if run is None:
+        return {tab["tune_msg"]: note("Open a finished run first.", "info")}
+    ex = run.explorer(order, calibrated)
+    if budget is None or float(budget) < 0:
+        raise ConfigError("Give a budget of 0 or more.")
+    if kind == "calls":
+        thresholds = ex.autotune(max_lm_rate=min(float(budget), 100.0) / 100.0)
+    else:
+        thresholds = ex.autotune(max_cost_per_1k=float(budget))
+    val, _ = ex.evaluate(thresholds)
+    msg = note(f"Auto-tuned on validation: accuracy {pct(val.accuracy, 2)} with {pct(val.lm_call_rate)} of inputs "
+               "sent to the LM.", "ok")
+    return {**slider_updates(tab, ex, thresholds), **redraw(tab, ex, thresholds), tab["tune_msg"]: msg}
+
+
 def on_reliability(studio: Studio, owner: Optional[str], run_id: Optional[str], order: str, calibrated: bool,
                    name: Optional[str], request: gr.Request) -> Any:
-    if not owned(studio, owner, run_id) or not name:
+    run = studio.opened(request, owner, run_id)
+    if run is None or not name:
         return gr.skip()
-    ex = explorer(studio, studio.session(request), run_id, order, calibrated)
-    return reliability_plot(ex, name)
-
-
-def current_thresholds(studio: Studio, session: Session, run_id: str, order: str, calibrated: bool,
-                       sliders: Sequence[float]) -> tuple[Explorer, list[float]]:
-    """The explorer and the routing thresholds the sliders show (for Try it and the export)."""
-    ex = explorer(studio, session, run_id, order, calibrated)
-    return ex, ex.thresholds(sliders)
+    return reliability_plot(run.explorer(order, calibrated), name)

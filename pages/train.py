@@ -1,9 +1,9 @@
 """Train & mine tab: Run, Cancel, Resume, and the monitor of the run in progress.
 
-The run itself is a worker process (`ea_core.runs`); this tab only starts it and watches its
-folder: a `gr.Timer` reads new events every second and redraws what changed. The run id lives in
-the browser (`gr.BrowserState`), so closing or reloading the page does not stop the run, and the
-reopened page shows everything so far (the events are replayed from the run's event log).
+The run is a worker process (`ea_core.runs`); this tab starts it and watches it through
+`ea_core.opened`: a `gr.Timer` folds new events in every second and redraws what changed. The run
+id lives in the browser (`gr.BrowserState`), so a closed or reloaded page does not stop the run,
+and the reopened page replays its event log.
 """
 
 from __future__ import annotations
@@ -15,21 +15,20 @@ from typing import Any, Optional, Sequence
 import gradio as gr
 
 from ea_core.errors import EAError
-from ea_core.llm import is_local_url
 from ea_core.monitor import STEP_TITLES, RunProgress
-from ea_core.pipeline import step_names
-from ea_core.runconfig import RunConfig
-from ea_core.runfolder import read_json
+from ea_core.opened import ModelRow, OpenedRun
 from ea_core.runs import RunStatus
 from pages import plots
 from pages.session import Studio, Watch
-from pages.ui import as_plot, error_message, note, pct, seconds, usd
+from pages.ui import Components, as_plot, friendly, note, pct, seconds, usd
 
 TICK_S = 1.0
 
 
-def build() -> dict[str, Any]:
-    c: dict[str, Any] = {}
+def build(current: Any, opened: Any) -> Components:
+    """The tab's components; `current` (the run this browser watches) and `opened` (the finished run
+    the other tabs show) are the page's states this tab sets."""
+    c: Components = {"current": current, "opened": opened}
     with gr.Row():
         c["run"] = gr.Button("▶ Run", variant="primary", scale=2, elem_id="run-button")
         c["cancel"] = gr.Button("■ Cancel", variant="stop", scale=1, interactive=False, elem_id="cancel-button")
@@ -86,16 +85,8 @@ def counters_html(progress: RunProgress, free: bool = False) -> str:
     return f"<div><b>Large model</b> ({t.done:,}/{t.total:,} inputs answered)</div><div class='ea-cards'>{body}</div>"
 
 
-def models_rows(progress: RunProgress, folder: Any) -> list[list[Any]]:
-    rows = []
-    for name, m in progress.models.items():
-        test = "-"
-        for info in folder.glob("*/*/info.json"):
-            data = read_json(info)
-            if data.get("name") == name:
-                test = pct(data.get("test_accuracy"))
-        rows.append([name, pct(m.get("val_accuracy")), test, seconds(m.get("train_time_s"))])
-    return rows
+def models_rows(rows: Sequence[ModelRow]) -> list[list[Any]]:
+    return [[r.name, pct(r.val_accuracy), pct(r.test_accuracy), seconds(r.train_time_s)] for r in rows]
 
 
 def status_html(status: RunStatus, notes: Sequence[str] = ()) -> str:
@@ -118,119 +109,111 @@ def status_html(status: RunStatus, notes: Sequence[str] = ()) -> str:
                 f"({title})", "info")
 
 
-def run_notes(folder: Any) -> list[str]:
-    """What a finished run wants the user to know (failed LM calls, an exhausted budget ...)."""
-    path = folder / "summary.json"
-    try:
-        return list(read_json(path).get("notes", [])) if path.is_file() else []
-    except (OSError, ValueError):
-        return []
-
-
 # -- watching ------------------------------------------------------------------------------------
 
-def watch(studio: Studio, run_id: str, request: Optional[gr.Request]) -> Watch:
-    """The session's monitor of `run_id` (a new one replays the event log from the start)."""
+def watch(studio: Studio, run: OpenedRun, request: Optional[gr.Request]) -> Watch:
+    """The session's monitor of `run` (a new one replays the event log from the start)."""
     session = studio.session(request)
-    if session.watch is None or session.watch.run_id != run_id:
-        folder = studio.manager.folder(run_id)
-        try:
-            cfg = RunConfig.from_dict(read_json(folder / "config.json"))
-            steps, local = step_names(cfg), bool(cfg.lm and cfg.lm.startswith("local"))
-        except (EAError, OSError, ValueError):
-            steps, local = [], False
-        session.watch = Watch(run_id, RunProgress(steps=steps), local_lm=local)
+    if session.watch is None or session.watch.run_id != run.run_id:
+        session.watch = Watch(run.run_id, run.feed(), local_lm=run.lm_is_local())
     return session.watch
 
 
-def refresh(studio: Studio, owner: Optional[str], run_id: Optional[str], request: Optional[gr.Request],
-            force: bool = False) -> tuple[Any, ...]:
-    """One tick: new events folded in, what changed redrawn; the timer stops when the run ends.
-
-    Returns (timer, status, stepper, bars, counters, models, curves, log, cancel, resume, finished run id)."""
-    skip = gr.skip()
-    if not run_id or not owner or not studio.manager.owns(run_id, owner):
-        return (gr.Timer(active=False),) + (skip,) * 10
-    w = watch(studio, run_id, request)
-    events, w.offset = studio.manager.read_events(run_id, w.offset)
-    changed = w.progress.update(events) or force
-    status = studio.manager.status(run_id)
-    active = status.active
-    if not changed and active:
-        return (gr.Timer(active=True), status_html(status)) + (skip,) * 9
-    folder = studio.manager.folder(run_id)
+def refresh(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str],
+            request: Optional[gr.Request], force: bool = False) -> dict[Any, Any]:
+    """One tick: new events folded in, what changed redrawn; the timer stops when the run ends, and
+    a finished run's id goes to the tab's ``opened`` state (the Thresholds, Try it and Results tabs
+    follow it)."""
+    run = studio.opened(request, owner, run_id)
+    if run is None:
+        return {tab["timer"]: gr.Timer(active=False)}
+    w = watch(studio, run, request)
+    status = run.status()  # first: a run whose worker died gets its terminal event now, and this poll reads it
+    changed = w.feed.poll() or force
+    out = {tab["timer"]: gr.Timer(active=status.active), tab["status"]: status_html(status)}
+    if not changed and status.active:
+        return out
     p = w.progress
     if force:
         w.shown.clear()
     # Redraw only what changed: during LM stages events come ten times a second, and a plot or a
     # table redrawn every tick costs the browser (and the worker sharing its CPU) for nothing.
-    curves = sum(len(points) for points in p.curves.values())
-    return (
-        gr.Timer(active=active),
-        status_html(status, run_notes(folder) if status.state == "done" else ()),
-        stepper_html(p) if w.changed("stepper", (sorted(p.done_steps), p.current_step, p.final)) else skip,
-        bars_html(p),
-        counters_html(p, free=w.local_lm),
-        models_rows(p, folder) if w.changed("models", len(p.models)) else skip,
-        as_plot(plots.training_curves(p)) if w.changed("curves", curves) else skip,
-        "\n".join(p.log[-200:]) if w.changed("log", p.logged) else skip,
-        gr.update(interactive=active),
-        gr.update(visible=status.state in ("cancelled", "interrupted", "failed")),
-        run_id if status.state == "done" else skip,
-    )
+    if status.state == "done":
+        out[tab["status"]] = status_html(status, run.notes())
+        out[tab["opened"]] = run.run_id
+    if w.changed("stepper", (sorted(p.done_steps), p.current_step, p.final)):
+        out[tab["stepper"]] = stepper_html(p)
+    out[tab["bars"]] = bars_html(p)
+    out[tab["counters"]] = counters_html(p, free=w.local_lm)
+    if w.changed("models", len(p.models)):
+        out[tab["models"]] = models_rows(run.model_rows(p))
+    if w.changed("curves", sum(len(points) for points in p.curves.values())):
+        out[tab["curves"]] = as_plot(plots.training_curves(p))
+    if w.changed("log", p.logged):
+        out[tab["log"]] = "\n".join(p.log[-200:])
+    out[tab["cancel"]] = gr.update(interactive=status.active)
+    out[tab["resume"]] = gr.update(visible=run.can_resume(status))
+    return out
 
 
-def cancel(studio: Studio, owner: Optional[str], run_id: Optional[str]) -> tuple[str, Any]:
-    """Cancel: ask the worker to stop. Returns (status, timer): the timer is switched on again, since
-    a tick may have seen the run end (and stopped) before this answer reached the page; the next
-    tick then shows the final state."""
+def attach(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str],
+           request: gr.Request) -> dict[Any, Any]:
+    """Show the run this browser is on (a reload re-attaches: the monitor replays its event log)."""
+    if run_id:
+        studio.session(request).watch = None
+    return refresh(studio, tab, owner, run_id, request, force=True)
+
+
+def tick(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str],
+         request: gr.Request) -> dict[Any, Any]:
+    return refresh(studio, tab, owner, run_id, request)
+
+
+@friendly(into="status")
+def cancel(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str]) -> dict[Any, Any]:
+    """Cancel: ask the worker to stop. The timer is switched on again, since a tick may have seen
+    the run end (and stopped) before this answer reached the page; the next tick then shows the
+    final state."""
     if not run_id or not owner:
-        return note("No run to cancel.", "info"), gr.skip()
-    try:
-        status = studio.manager.cancel(run_id, owner)
-    except EAError as err:
-        return note(error_message(err), "error"), gr.skip()
-    if status.active:
-        return (note("Cancelling: the run stops at its next step and keeps what it has done…", "warn"),
-                gr.Timer(active=True))
-    return status_html(status), gr.Timer(active=True)
+        return {tab["status"]: note("No run to cancel.", "info")}
+    status = studio.manager.cancel(run_id, owner)
+    shown = (note("Cancelling: the run stops at its next step and keeps what it has done…", "warn")
+             if status.active else status_html(status))
+    return {tab["status"]: shown, tab["timer"]: gr.Timer(active=True)}
 
 
-def start(studio: Studio, owner: Optional[str], api_key: Optional[str], request: gr.Request,
-          *values: Any) -> tuple[Any, ...]:
-    """Run: build the settings from the three form tabs, start a worker, watch it.
-
-    Returns (run id for the browser, timer, status, cancel button, resume button)."""
+@friendly(into="status")
+def start(studio: Studio, tab: Components, owner: Optional[str], api_key: Optional[str], request: gr.Request,
+          *values: Any) -> dict[Any, Any]:
+    """Run: build the settings from the three form tabs, start a worker, watch it (its id goes to
+    the browser's ``current`` state)."""
     from pages import form, lm
 
     session = studio.session(request)
     values_by_key = dict(zip(form.KEYS, values))
-    try:
-        if not owner:
-            raise EAError("The page is still starting: try again in a second.")
-        cfg = form.config_from_form(session, values_by_key)
-        if cfg.lm:
-            lm.check_key(values_by_key, api_key)
-        data_file = session.data_file if cfg.data == str(session.data_file) else None
-        run_id = studio.manager.launch(cfg, owner, (api_key or "").strip() or None, title=form.title_of(cfg, session),
-                                       data_file=data_file)
-    except (EAError, OSError) as err:
-        return gr.skip(), gr.skip(), note(error_message(err), "error"), gr.skip(), gr.skip()
+    if not owner:
+        raise EAError("The page is still starting: try again in a second.")
+    cfg = form.config_from_form(session, values_by_key)
+    if cfg.lm:
+        lm.check_key(values_by_key, api_key)
+    data_file = session.data_file if cfg.data == str(session.data_file) else None
+    run_id = studio.manager.launch(cfg, owner, (api_key or "").strip() or None, title=form.title_of(cfg, session),
+                                   data_file=data_file)
     session.watch = None
-    return (run_id, gr.Timer(active=True), note("Starting the run…", "info"), gr.update(interactive=True),
-            gr.update(visible=False))
+    return {tab["current"]: run_id, tab["timer"]: gr.Timer(active=True),
+            tab["status"]: note("Starting the run…", "info"), tab["cancel"]: gr.update(interactive=True),
+            tab["resume"]: gr.update(visible=False)}
 
 
-def resume(studio: Studio, owner: Optional[str], run_id: Optional[str], api_key: Optional[str]) -> tuple[Any, ...]:
+@friendly(into="status")
+def resume(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str],
+           api_key: Optional[str]) -> dict[Any, Any]:
     """Resume a cancelled, failed or interrupted run where it stopped (finished stages are kept)."""
-    try:
-        if not run_id or not owner:
-            raise EAError("No run to resume.")
-        cfg = read_json(studio.manager.check_owner(run_id, owner) / "config.json")
-        api = cfg.get("lm") and not str(cfg["lm"]).startswith("local") and not is_local_url(cfg.get("lm_base_url"))
-        if api and not (api_key or "").strip():
-            raise EAError("This run calls an API model: paste its key in the Large model tab, then Resume.")
-        studio.manager.start(run_id, owner, (api_key or "").strip() or None)
-    except (EAError, OSError) as err:
-        return gr.skip(), note(error_message(err), "error"), gr.skip(), gr.skip()
-    return gr.Timer(active=True), note("Resuming…", "info"), gr.update(interactive=True), gr.update(visible=False)
+    run = OpenedRun.of_owner(studio.manager, run_id, owner)
+    if run is None:
+        raise EAError("No run to resume.")
+    if run.lm_needs_key() and not (api_key or "").strip():
+        raise EAError("This run calls an API model: paste its key in the Large model tab, then Resume.")
+    run.resume(owner, api_key)
+    return {tab["timer"]: gr.Timer(active=True), tab["status"]: note("Resuming…", "info"),
+            tab["cancel"]: gr.update(interactive=True), tab["resume"]: gr.update(visible=False)}

@@ -1,11 +1,10 @@
 """Try it tab: route one input through the real models at the current sliders, and see why.
 
-Thin: the adapted system is `ea_core.bundle.system_from_run` (or a loaded bundle); its
+Thin: the adapted system is the opened run's (`ea_core.opened`) or a loaded bundle's; its
 `route_one` trace says, stage by stage, the confidence against the threshold and who answered.
-Models are loaded once per (run, order, calibration) and session; moving a slider only changes
-thresholds. The LM stage needs the run's LM: the local model loads in this process (tens of
-seconds the first time), an API LM needs the key typed in the Large model tab. An image task takes
-an uploaded image instead of text.
+Models load once per routing order and calibration; moving a slider only changes thresholds. The
+LM stage needs the run's LM: a local model loads in this process, an API LM needs the key typed
+in the Large model tab. An image task takes an uploaded image instead of text.
 """
 
 from __future__ import annotations
@@ -18,21 +17,19 @@ from typing import Any, Optional
 import gradio as gr
 
 from ea_core.archives import bundle_zip_limits, extract_zip
-from ea_core.bundle import load_bundle, read_bundle_meta, system_from_run
-from ea_core.errors import ConfigError, EAError
-from ea_core.explore import ORDERS
+from ea_core.bundle import bundle_lm_is_local, load_bundle, read_bundle_meta
+from ea_core.errors import ConfigError
 from ea_core.imaging import open_image
 from ea_core.splits import ImageInput
-from ea_core.system import AdaptedSystem, RouteTrace
+from ea_core.system import RouteTrace
 from pages.session import Session, Studio
-from pages.thresholds import current_thresholds, explorer, owned, run_state
-from pages.ui import error_message, note, seconds, usd
+from pages.ui import Components, friendly, note, seconds, usd
 
 EXAMPLE_HEADERS = ["text", "gold", "routed answer", "answered by", "right?"]
 
 
-def build() -> dict[str, Any]:
-    c: dict[str, Any] = {}
+def build() -> Components:
+    c: Components = {}
     c["intro"] = gr.HTML(note("Open a finished run to try inputs, or load an exported bundle below.", "info"),
                          elem_id="try-intro")
     with gr.Row(equal_height=False):
@@ -82,28 +79,6 @@ def _lm_detail(trace: RouteTrace) -> str:
             f"<pre style='white-space:pre-wrap;margin:4px 0'>{html.escape(lm.raw or '(label scores, no text)')}</pre></div>")
 
 
-def _system(studio: Studio, session: Session, run_id: str, order: str, calibrated: bool, use_lm: bool,
-            api_key: Optional[str]) -> AdaptedSystem:
-    """The run's adapted system (models loaded once per session); the LM only if asked and possible."""
-    state = run_state(studio, session, run_id)
-    ex = explorer(studio, session, run_id, order, calibrated)
-    from pages.lm import is_local_url
-
-    needs_key = use_lm and state.config.lm not in (None, "local") and not state.config.lm.startswith("local:") \
-        and not is_local_url(state.config.lm_base_url)
-    if needs_key and not (api_key or "").strip():
-        raise ConfigError("This run's LM is an API model: paste the API key in the Large model tab to call it, "
-                          "or untick 'Call the LM stage'.")
-    key = ("system", run_id, order, bool(calibrated), bool(use_lm), hash(api_key) if needs_key else None)
-    return session.cached(key, lambda: system_from_run(state, ex.tuned_thresholds(), list(_layers(order)),
-                                                       api_key=api_key if needs_key else None,
-                                                       use_lm=use_lm, calibrated=calibrated), keep=12)
-
-
-def _layers(order: str) -> tuple[str, ...]:
-    return ORDERS[order][1]
-
-
 def _image_input(image: Optional[str]) -> ImageInput:
     """The uploaded image as a model input (its bytes; the file name for people only)."""
     path = Path(image)
@@ -112,6 +87,7 @@ def _image_input(image: Optional[str]) -> ImageInput:
     return ImageInput(data, path.name)
 
 
+@friendly()
 def route(studio: Studio, owner: Optional[str], run_id: Optional[str], order: str, calibrated: bool,
           use_lm: bool, api_key: Optional[str], text: str, pair: Optional[str], image: Optional[str],
           request: gr.Request, *sliders: float) -> str:
@@ -119,48 +95,46 @@ def route(studio: Studio, owner: Optional[str], run_id: Optional[str], order: st
     session = studio.session(request)
     if not (text or "").strip() and not image:
         return note("Type an input (or upload an image, for an image task) first.", "info")
-    try:
-        if session.bundle_dir is not None:
-            meta = read_bundle_meta(session.bundle_dir)
-            # A local LM runs in this process; an API LM is never called from a bundle here (a
-            # bundle never chooses an endpoint or a key).
-            local_lm = str((meta.get("lm") or {}).get("spec") or "").startswith("local")
-            with_lm = bool(use_lm) and local_lm
-            system = session.cached(("bundle", str(session.bundle_dir), with_lm),
-                                    lambda: load_bundle(session.bundle_dir, use_lm=with_lm))
-            image_task = meta.get("task", {}).get("modality") == "image"
-            if image_task and not image:
-                return note("This bundle classifies images: upload one.", "info")
-            trace = system.route_one(_image_input(image) if image_task else text, pair or None)
-            said = ("its local LM stage runs here" if with_lm else "it has no LM stage" if not meta.get("lm") else
-                    "its LM stage is skipped, as asked" if local_lm else
-                    "its LM stage is skipped: an API LM is not called from a loaded bundle (a bundle never chooses "
-                    "an endpoint or a key; use `python -m ea_core predict` with --lm-base-url)")
-            return trace_html(trace, note(f"Loaded bundle: routed with its own thresholds; {said}.", "info"))
-        if not owned(studio, owner, run_id):
-            return note("Open a finished run first (Train & mine, or Results → past runs).", "info")
-        system = _system(studio, session, run_id, order, calibrated, use_lm, api_key)
-        _, thresholds = current_thresholds(studio, session, run_id, order, calibrated, sliders)
-        live = [t for t, name in zip(thresholds, explorer(studio, session, run_id, order, calibrated).names)
-                if use_lm or name != "lm"]
-        for stage, t in zip(system.stages, live):
-            stage.threshold = t
-        pair_value = pair if (pair or "").strip() else None
-        state = run_state(studio, session, run_id)
-        if state.task.is_image:
-            if not image:
-                return note("This task classifies images: upload one, or click a test example.", "info")
-            trace = system.route_one(_image_input(image))
-        else:
-            if not (text or "").strip():
-                return note("Type an input first.", "info")
-            if state.task.is_pair and pair_value is None:
-                return note("This task classifies text pairs: give the second text too.", "warn")
-            trace = system.route_one(text, pair_value)
-    except (EAError, OSError) as err:
-        return note(error_message(err), "error")
+    if session.bundle_dir is not None:
+        return _route_bundle(session, use_lm, text, pair, image)
+    run = studio.opened(request, owner, run_id)
+    if run is None:
+        return note("Open a finished run first (Train & mine, or Results → past runs).", "info")
+    if use_lm and run.lm_needs_key() and not (api_key or "").strip():
+        raise ConfigError("This run's LM is an API model: paste the API key in the Large model tab to call it, "
+                          "or untick 'Call the LM stage'.")
+    task = run.state().task
+    pair_value = pair if (pair or "").strip() else None
+    if task.is_image and not image:
+        return note("This task classifies images: upload one, or click a test example.", "info")
+    if not task.is_image and not (text or "").strip():
+        return note("Type an input first.", "info")
+    if task.is_pair and not task.is_image and pair_value is None:
+        return note("This task classifies text pairs: give the second text too.", "warn")
+    system = run.system(order, calibrated, sliders, use_lm=use_lm, api_key=api_key)
+    trace = system.route_one(_image_input(image)) if task.is_image else system.route_one(text, pair_value)
     skipped = "" if use_lm else note("The LM stage was skipped: the last small model answered.", "info")
     return trace_html(trace, _lm_detail(trace) + skipped)
+
+
+def _route_bundle(session: Session, use_lm: bool, text: str, pair: Optional[str], image: Optional[str]) -> str:
+    """Route with the session's loaded bundle: its own thresholds; its LM stage only if local."""
+    meta = read_bundle_meta(session.bundle_dir)
+    # A local LM runs in this process; an API LM is never called from a bundle here (a bundle
+    # never chooses an endpoint or a key).
+    local_lm = bundle_lm_is_local(meta)
+    with_lm = bool(use_lm) and local_lm
+    system = session.cached(("bundle", str(session.bundle_dir), with_lm),
+                            lambda: load_bundle(session.bundle_dir, use_lm=with_lm))
+    image_task = meta.get("task", {}).get("modality") == "image"
+    if image_task and not image:
+        return note("This bundle classifies images: upload one.", "info")
+    trace = system.route_one(_image_input(image) if image_task else text, pair or None)
+    said = ("its local LM stage runs here" if with_lm else "it has no LM stage" if not meta.get("lm") else
+            "its LM stage is skipped, as asked" if local_lm else
+            "its LM stage is skipped: an API LM is not called from a loaded bundle (a bundle never chooses "
+            "an endpoint or a key; use `python -m ea_core predict` with --lm-base-url)")
+    return trace_html(trace, note(f"Loaded bundle: routed with its own thresholds; {said}.", "info"))
 
 
 def examples(studio: Studio, owner: Optional[str], run_id: Optional[str], order: str, calibrated: bool,
@@ -168,38 +142,49 @@ def examples(studio: Studio, owner: Optional[str], run_id: Optional[str], order:
     """Right and wrong test inputs at the current thresholds (from the cached outputs)."""
     import pandas as pd
 
-    if not owned(studio, owner, run_id):
+    run = studio.opened(request, owner, run_id)
+    if run is None:
         return gr.skip()
-    session = studio.session(request)
-    ex, thresholds = current_thresholds(studio, session, run_id, order, calibrated, sliders)
-    rows = ex.examples(thresholds, "test", k=10)
+    rows = run.examples(order, calibrated, sliders, k=10)
     return pd.DataFrame([[r["text"] if r["pair"] is None else f"{r['text']} ‖ {r['pair']}", r["gold"], r["predicted"],
                           r["answered_by"], "✓" if r["right"] else "✗"] for r in rows], columns=EXAMPLE_HEADERS)
 
 
-def pick_example(studio: Studio, owner: Optional[str], run_id: Optional[str], evt: gr.SelectData,
-                 request: gr.Request) -> tuple[Any, Any, Any]:
+def pick_example(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], evt: gr.SelectData,
+                 request: gr.Request) -> dict[Any, Any]:
     """Clicking an example row puts its input in the boxes (its image, for an image task)."""
-    if not owned(studio, owner, run_id) or evt is None:
-        return gr.skip(), gr.skip(), gr.skip()
-    value = evt.row_value[0] if getattr(evt, "row_value", None) else evt.value
-    state = run_state(studio, studio.session(request), run_id)
-    if state.task.is_image:
-        test = state.task.test
-        try:
-            i = test.texts.index(str(value))
-        except ValueError:
-            return gr.skip(), gr.skip(), gr.skip()
-        return gr.skip(), gr.skip(), open_image(test.images[i], test.texts[i])
-    text, _, pair = str(value).partition(" ‖ ")
-    return text, pair, gr.skip()
+    run = studio.opened(request, owner, run_id)
+    if run is None or evt is None:
+        return gr.skip()
+    value = str(evt.row_value[0] if getattr(evt, "row_value", None) else evt.value)
+    if run.state().task.is_image:
+        found = run.test_image(value)
+        return {tab["image"]: open_image(*found)} if found else gr.skip()
+    text, _, pair = value.partition(" ‖ ")
+    return {tab["text"]: text, tab["pair"]: pair}
 
 
+def intro(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str],
+          request: gr.Request) -> dict[Any, Any]:
+    """The tab's inputs follow the opened run's task: a text (and a second one for pairs) or an image."""
+    run = studio.opened(request, owner, run_id)
+    if run is None:
+        return gr.skip()
+    task = run.state().task
+    what = "images (upload one, or click a test example)" if task.is_image else "inputs"
+    return {tab["intro"]: note(f"Route {what} through this run's system at the Thresholds tab's sliders. Labels: "
+                               f"{', '.join(task.labels)}.", "info"),
+            tab["pair"]: gr.update(visible=task.is_pair), tab["text"]: gr.update(visible=not task.is_image),
+            tab["image"]: gr.update(visible=task.is_image)}
+
+
+@friendly(prefix="Cannot use this bundle: ")
 def load_bundle_zip(studio: Studio, file: Optional[str], request: gr.Request) -> str:
     """Unpack an uploaded bundle into the session's folder (refusing paths that escape it) and check it."""
     session = studio.session(request)
     if not file:
         return ""
+    session.bundle_dir = None
     target = session.upload_dir / "bundle"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -210,10 +195,9 @@ def load_bundle_zip(studio: Studio, file: Optional[str], request: gr.Request) ->
             raise ConfigError("This zip holds no bundle.json: export a bundle from Results & export.")
         meta = read_bundle_meta(root)
         load_bundle(root, use_lm=False)  # every model loads, or the message says which does not
-    except (EAError, OSError) as err:
+    except BaseException:
         shutil.rmtree(target, ignore_errors=True)
-        session.bundle_dir = None
-        return note(f"Cannot use this bundle: {error_message(err)}", "error")
+        raise
     finally:
         Path(file).unlink(missing_ok=True)
     session.bundle_dir = root

@@ -1,4 +1,5 @@
-"""Small UI helpers shared by the tabs: messages a person reads, number formats, error handling."""
+"""Small UI helpers shared by the tabs: messages a person reads, number formats, the error wrapper,
+binding handlers to the app's state and a tab's components."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ import html
 import inspect
 import json
 import typing
-from typing import Any, Callable
-
-import gradio as gr
+from typing import Any, Callable, Optional
 
 from ea_core.errors import EAError
 
@@ -32,37 +31,58 @@ def error_message(err: BaseException) -> str:
     return f"Unexpected error ({type(err).__name__}): {err}"
 
 
-def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user-facing errors of a handler into a readable toast (gr.Error) instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (EAError, OSError) as err:
-            raise gr.Error(error_message(err), print_exception=False) from None
-
-    return wrapper
+#: A tab's components by name, as its `build()` returns them; handlers key their updates by them.
+Components = dict[str, Any]
 
 
-def bind(fn: Callable[..., Any], first: Any) -> Callable[..., Any]:
-    """`fn` with its first argument fixed (the app's Studio), as a plain function Gradio can inspect.
+def pick(tab: Components, *names: str) -> list[Any]:
+    """Components of a tab by name, in order (an event's inputs or outputs)."""
+    return [tab[name] for name in names]
+
+
+def friendly(into: Optional[str] = None, kind: str = "error", prefix: str = "") -> Callable[[Callable], Callable]:
+    """The one error wrapper of the tabs' handlers: an error a user can act on (`EAError`, `OSError`)
+    becomes a note (`kind`) instead of a traceback, in the handler's tab component `into`
+    (``{tab[into]: note}``; the handler takes its tab as the parameter ``tab``), or, without
+    `into`, as the value of a handler with a single output."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        position = list(inspect.signature(fn).parameters).index("tab") if into else None
+
+        @functools.wraps(fn)
+        def handler(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (EAError, OSError) as err:
+                shown = note(prefix + error_message(err), kind)
+                if into is None:
+                    return shown
+                tab = kwargs["tab"] if "tab" in kwargs else args[position]
+                return {tab[into]: shown}
+
+        return handler
+
+    return wrap
+
+
+def bind(fn: Callable[..., Any], *fixed: Any) -> Callable[..., Any]:
+    """`fn` with its first arguments fixed (the app's Studio, a tab's components), as a plain
+    function Gradio can inspect.
 
     functools.partial would hide the type hints Gradio reads to pass `gr.Request` / `gr.SelectData`;
-    this keeps the signature and the resolved hints, minus the bound parameter.
+    this keeps the signature and the resolved hints, minus the bound parameters.
     """
     sig = inspect.signature(fn)
     params = list(sig.parameters.values())
     hints = typing.get_type_hints(fn)
+    bound = {p.name for p in params[:len(fixed)]}
 
     @functools.wraps(fn)
     def handler(*args: Any, **kwargs: Any) -> Any:
-        return fn(first, *args, **kwargs)
+        return fn(*fixed, *args, **kwargs)
 
-    handler.__signature__ = sig.replace(parameters=params[1:])  # type: ignore[attr-defined]
-    handler.__annotations__ = {k: v for k, v in hints.items() if k != params[0].name}
+    handler.__signature__ = sig.replace(parameters=params[len(fixed):])  # type: ignore[attr-defined]
+    handler.__annotations__ = {k: v for k, v in hints.items() if k not in bound}
     del handler.__wrapped__  # inspect.signature must not look through to `fn`
     return handler
 

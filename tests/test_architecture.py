@@ -22,11 +22,12 @@ LAYERS = (
     ("data", ("ea_core.data", "ea_core.image_data", "ea_core.imaging", "ea_core.splits")),
     ("small models and LM", ("ea_core.models", "ea_core.llm")),
     ("routing maths", ("ea_core.router", "ea_core.tuning", "ea_core.operating_point")),
-    ("mining", ("ea_core.mining",)),
+    ("mining", ("ea_core.mining", "ea_core.learned_router")),
     ("run state", ("ea_core.runconfig", "ea_core.runstate")),
     ("engine and services", ("ea_core.pipeline", "ea_core.report", "ea_core.bundle", "ea_core.explore",
                              "ea_core.system", "ea_core.inputs", "ea_core.monitor", "ea_core.findings")),
-    ("entry points", ("ea_core.runs", "ea_core.worker", "ea_core.cli", "ea_core.__main__")),
+    ("runs and entry points", ("ea_core.runs", "ea_core.opened", "ea_core.worker", "ea_core.cli",
+                               "ea_core.__main__", "ea_core.serve")),
 )
 
 #: (modules, what they must never reach, directly or through other ea_core modules).

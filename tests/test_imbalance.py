@@ -114,7 +114,7 @@ def test_tfidf_weighting_raises_minority_recall_and_macro_f1(task, tmp_path):
 
 @pytest.mark.slow
 def test_head_weighting_raises_minority_recall_and_macro_f1(task, tiny_dir, tmp_path):
-    from ea_core.models.encoder_head import EmbeddingMemory
+    from ea_core.models.memory import EmbeddingMemory
 
     train, val, test = task
     memory = EmbeddingMemory()  # both heads share one set of embeddings: the encoder runs once

@@ -9,7 +9,8 @@ import pytest
 from ea_core.errors import ConfigError
 from ea_core.llm.base import FAILED
 from ea_core.llm.cache import AnswerCache
-from ea_core.llm.cost import Budget, PriceTable, estimate_tokens
+from ea_core.llm.cost import PriceTable, estimate_tokens
+from ea_core.llm.spend import Budget
 from ea_core.llm.openai_api import OpenAIProvider
 from tests.scripted_server import GOLD, INPUTS, LABELS, ScriptedServer, make_inputs, provider_for
 
@@ -117,5 +118,11 @@ def test_unknown_price_is_flagged() -> None:
     assert p.describe()["price_usd_per_1m"] == "price unknown"
     est = p.estimate(INPUTS, LABELS)
     assert est.usd == 0.0 and not est.price_known
+    # An endpoint on this machine is not free by itself (it may be a proxy to a paid API) ...
     local = OpenAIProvider("llama3", base_url="http://localhost:11434/v1")
-    assert local.price_known  # local endpoints are free
+    assert not local.price_known and local.describe()["price_usd_per_1m"] == "price unknown"
+    # ... it is when the user says so, or picked a self-hosted server preset; a priced model keeps its price.
+    assert OpenAIProvider("llama3", base_url="http://localhost:11434/v1", free=True).price_known
+    assert OpenAIProvider("llama3", base_url="http://localhost:11434/v1", preset="ollama").price_known
+    proxy = OpenAIProvider("gpt-4o-mini", base_url="http://localhost:4000/v1")
+    assert proxy.describe()["price_usd_per_1m"] == {"input": 0.15, "output": 0.6}

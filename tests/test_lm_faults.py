@@ -27,7 +27,7 @@ from ea_core.errors import ConfigError, EAError, LMError, RunBusy
 from ea_core.events import ProgressEvent
 from ea_core.llm.base import FAILED, UNPARSEABLE
 from ea_core.llm.cache import ANSWERED, BUSY, CLAIMED, AnswerCache, CachedAnswer
-from ea_core.llm.cost import Budget, SpendLedger
+from ea_core.llm.spend import Budget, SpendLedger
 from tests.scripted_server import LABELS, TRANSIENT_FAULTS, Fault, ScriptedServer, make_inputs, provider_for
 
 REPO = Path(__file__).resolve().parents[1]

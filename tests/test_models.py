@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+from gc import collect as clear_memory_cache  # each model owns its EmbeddingMemory: no process-wide one to clear
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,6 @@ from ea_core.events import CancelToken, ProgressEvent  # noqa: E402
 from ea_core.models import CATALOG, SmallModel, load_model, make_model, parse_spec, resolve_model  # noqa: E402
 from ea_core.models.base import registered_kinds  # noqa: E402
 from ea_core.models.catalog import catalog_entry, hub_cached  # noqa: E402
-from ea_core.models.encoder_head import clear_memory_cache  # noqa: E402
 from ea_core.models.hf_common import length_grouped_batches, load_tokenizer, tokenize_split  # noqa: E402
 from ea_core.splits import Split  # noqa: E402
 

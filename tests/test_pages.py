@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import gradio as gr
 import pytest
 
 from ea_core.errors import ConfigError
@@ -159,19 +160,22 @@ def test_a_zip_of_image_class_folders_uploads_loads_and_offers_image_models(tmp_
         zf.writestr("shapes/notes.txt", "not an image")
     studio = Studio(tmp_path / "runs")
     req = request("zip-user")
-    message, text_col, pair_col, _, _, _, gallery = data.on_upload(studio, str(upload), req)
+    with gr.Blocks():  # the tabs' components: handlers key their updates by them
+        data_tab, models_tab = data.build(), models.build()
+    up = data.on_upload(studio, data_tab, str(upload), req)
+    message, text_col, pair_col, gallery = (up[data_tab[k]] for k in ("message", "text_col", "pair_col", "gallery"))
     assert "images in 3 classes" in message and "Traceback" not in message
     assert text_col["label"] == "Image column" and pair_col["visible"] is False
     assert gallery["visible"] and len(gallery["value"]) == 3 * data.GALLERY_PER_CLASS
     values = dict(source="file", hf_name="", text_col=NONE, pair_col=NONE, label_col=NONE,
                   split_col=NONE, val_frac=0.2, test_frac=0.2, max_train=0, max_val=0, max_test=0, seed=0)
-    out = data.load(studio, req, *[values[k] for k in data.FORM_KEYS])
-    assert out[-2]["modality"] == "image" and out[-1]["visible"]
-    assert "images" in out[1]
-    ticked = models.refresh(studio, req, *[{"ssm": ["tfidf", "head:minilm"], "head_epochs": 3, "finetune_epochs": 1,
-                                            "max_length": 64, "oof_folds": 0, "mining": "all", "assm": "top",
-                                            "ea_full": False, "calibrate": True, "max_lm_rate": 0.3}[k]
-                                           for k in models.FORM_KEYS])[0]
+    out = data.load(studio, data_tab, req, *[values[k] for k in data.FORM_KEYS])
+    assert out[data_tab["info"]]["modality"] == "image" and out[data_tab["gallery"]]["visible"]
+    assert "images" in out[data_tab["summary"]]
+    ticked = models.refresh(studio, models_tab, req, *[
+        {"ssm": ["tfidf", "head:minilm"], "head_epochs": 3, "finetune_epochs": 1, "max_length": 64, "oof_folds": 0,
+         "mining": "all", "assm": "top", "ea_full": False, "calibrate": True, "max_lm_rate": 0.3, "probe_lm": 0}[k]
+        for k in models.FORM_KEYS])[models_tab["ssm"]]
     specs = {spec for _, spec in ticked["choices"]}
     assert "tfidf" not in specs and "head:efficientnet_lite0" in specs
     assert ticked["value"] == models.DEFAULT_IMAGE_SSMS

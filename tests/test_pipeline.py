@@ -122,7 +122,7 @@ def test_budget_cap_stops_calls_and_the_run_goes_on(tmp_path, server_and_data, m
     monkeypatch.setenv("EA_TEST_KEY", SECRET)
     from ea_core.llm.cost import PriceTable  # noqa: F401  (the price table exists and the cap is in USD)
 
-    cfg = config(data, srv, budget_usd=0.0)
+    cfg = config(data, srv, budget_usd=0.0, price_in=0.15, price_out=0.6)  # a cap needs a price, also on 127.0.0.1
     state = Pipeline(cfg, tmp_path / "runs" / "b").run()
     assert srv.count == 0
     assert any("budget" in n.lower() for n in state.notes)

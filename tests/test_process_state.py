@@ -19,7 +19,7 @@ import torch
 
 from ea_core.errors import ConfigError
 from ea_core.models import make_model
-from ea_core.models.encoder_head import EmbeddingMemory
+from ea_core.models.memory import EmbeddingMemory
 from ea_core.process import configure_process
 from ea_core.splits import Split
 from tests.scripted_server import LABELS, ScriptedServer, make_inputs, provider_for

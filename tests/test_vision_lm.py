@@ -14,7 +14,8 @@ from ea_core.errors import ConfigError, LMError
 from ea_core.imaging import downscale, encode_png
 from ea_core.llm import AnswerCache, Budget, PromptTemplate, make_provider
 from ea_core.llm.base import FAILED, normalize_request
-from ea_core.llm.cost import SpendLedger, image_tokens
+from ea_core.llm.cost import image_tokens
+from ea_core.llm.spend import SpendLedger
 from ea_core.llm.prompt import example_from_json, example_to_json, select_examples
 from ea_core.splits import ImageInput, Split, TaskData
 from tests.scripted_server import Fault, ScriptedRequest, provider_for, scripted_server  # noqa: F401 (fixture)

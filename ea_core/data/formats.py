@@ -158,16 +158,22 @@ def _read_csv(path: str, source: str, delimiter: str, encoding: Optional[str]) -
             if "csv parse error" not in str(exc).lower():
                 break
     assert error is not None
+    raise csv_failure(path, source, delimiter, encoding, error)
+
+
+def csv_failure(path: str, source: str, delimiter: str, encoding: Optional[str], error: Exception) -> Exception:
+    """The `DataError` for an Arrow CSV error (a field too long, a ragged row, bad UTF-8, an empty
+    file), naming the line and the fix; `error` itself when it is none of those."""
     text = str(error)
     if "straddl" in text.lower() or "block size" in text.lower():
-        raise DataError(_long_field_message(path, source, "field (cell)"))
+        return DataError(_long_field_message(path, source, "field (cell)"))
     if "empty csv" in text.lower():
-        raise DataError(f"{source} is empty: it has no header and no rows.")
+        return DataError(f"{source} is empty: it has no header and no rows.")
     if "csv parse error" in text.lower():
-        raise DataError(_ragged_message(path, source, delimiter, encoding, text))
+        return DataError(_ragged_message(path, source, delimiter, encoding, text))
     if "utf8" in text.lower() or "utf-8" in text.lower():
-        raise DataError(encoding_message(path, source, encoding))
-    raise error
+        return DataError(encoding_message(path, source, encoding))
+    return error
 
 
 def _long_field_message(path: str, source: str, what: str) -> str:

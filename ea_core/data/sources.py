@@ -26,7 +26,8 @@ from ea_core.data.splitting import SPLIT_NAMES
 from ea_core.errors import ConfigError, DataError
 
 __all__ = [
-    "DEMO_DATASETS", "DEMO_TWEETS_DEFAULT_SIZE", "read_table", "check_data_path", "is_hf_name", "load_demo",
+    "DEMO_DATASETS", "DEMO_TWEETS_DEFAULT_SIZE", "read_table", "check_data_path", "check_table_file", "is_hf_name",
+    "load_demo",
     "load_hf",
 ]
 
@@ -59,6 +60,13 @@ def read_table(path: str, *, encoding: Optional[str] = None) -> pa.Table:
 
 def _read_file(source: str, encoding: Optional[str]) -> pa.Table:
     """Read one local file into an Arrow table, turning every failure into a `DataError`."""
+    path, fmt, encoding, head = check_table_file(source, encoding)
+    return read_format(fmt, path, source, encoding, head)
+
+
+def check_table_file(source: str, encoding: Optional[str] = None) -> tuple[str, str, Optional[str], bytes]:
+    """The checks made before a table file is parsed (whole or in a stream): (path, format, encoding
+    (None for UTF-8), first bytes), or a `DataError` saying what the file is and what to do."""
     path = os.path.expanduser(source)
     suffix = Path(path).suffix.lower()
     check_data_path(source)
@@ -90,7 +98,7 @@ def _read_file(source: str, encoding: Optional[str]) -> pa.Table:
     what = _sniff_binary(head, fmt, encoding)
     if what:
         raise DataError(f"{source} is not a {FORMAT_NAMES[fmt]} file: {what}.")
-    return read_format(fmt, path, source, encoding, head)
+    return path, fmt, encoding, head
 
 
 def check_data_path(source: str) -> None:

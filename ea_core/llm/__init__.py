@@ -17,8 +17,9 @@ Images: the API providers send an image task's inputs to vision LMs (settings ``
 local causal LM, a model known to be text-only) refuse them with a `ConfigError`.
 
 Every provider caches its answers in an `AnswerCache`, so an answer is paid for once (also across
-processes sharing the cache: prompts in flight are claimed there). A key pasted into a base URL
-(``http://user:KEY@host``) is taken out of the URL and used as the key, in memory only.
+processes sharing the cache: prompts in flight are claimed there). What a spec means (kind,
+endpoint, key source, price) is decided once, in `LMSpec`; a key pasted into a base URL
+(``http://user:KEY@host``) is taken out of the URL there and used as the key, in memory only.
 """
 
 from __future__ import annotations
@@ -29,15 +30,14 @@ from typing import Any, Optional, Sequence, Union
 from ea_core.errors import ConfigError
 from ea_core.llm.base import FAILED, UNPARSEABLE, LMAnswer, LMInput, LMProvider, LMUsage
 from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
-from ea_core.llm.cost import DEFAULT_PRICES, Budget, CostEstimate, PriceTable, SpendLedger, estimate_tokens
-from ea_core.llm.openai_api import OpenAIProvider
+from ea_core.llm.cost import DEFAULT_PRICES, CostEstimate, PriceTable, estimate_tokens
 from ea_core.llm.images import DEFAULT_IMAGE_MAX_SIDE, IMAGE_DETAILS, ImageSettings
+from ea_core.llm.openai_api import OpenAIProvider
 from ea_core.llm.presets import PRESETS, Preset, get_preset, is_local_url, model_accepts_images
 from ea_core.llm.prompt import (Example, PromptTemplate, example_from_json, example_to_json, find_label, parse_answer,
                                 select_examples)
-
-#: The offline image stand-in's spec (see `ImageKNNProvider`).
-IMAGE_KNN_SPEC = "local:image-knn"
+from ea_core.llm.spec import IMAGE_KNN_SPEC, LOCAL_IMAGE, LOCAL_TEXT, NONE, LMSpec, Price
+from ea_core.llm.spend import Budget, SpendLedger
 
 __all__ = [
     "FAILED",
@@ -59,11 +59,13 @@ __all__ = [
     "LMAnswer",
     "LMInput",
     "LMProvider",
+    "LMSpec",
     "LMUsage",
     "LocalHFProvider",
     "OpenAIProvider",
     "PRESETS",
     "Preset",
+    "Price",
     "PriceTable",
     "PromptTemplate",
     "SpendLedger",
@@ -100,32 +102,17 @@ def price_known(
     base_url: Optional[str] = None,
     prices: Union[PriceTable, dict[str, Any], str, Path, None] = None,
 ) -> bool:
-    """Whether the money the LM a spec names costs is known: a local model or endpoint (free), or a
-    model with a price in `prices` (plus the default table). A money cap on an unknown price would
-    count 0 per answer and never run out, so callers refuse caps when this is False."""
-    head, _, rest = (spec or "").strip().partition(":")
-    kind = head.strip().lower()
-    if kind == "local":
-        return True
-    preset = None if kind == "openai" and not rest else get_preset(rest if kind == "openai" else head)
-    if is_local_url(base_url or (preset.base_url if preset else PRESETS["openai"].base_url)):
-        return True
-    chosen = api_model(spec, model, base_url)
-    return bool(chosen) and PriceTable.coerce(prices).known(str(chosen))
+    """Whether the money the LM a spec names costs is known (`LMSpec`'s price rule: free when the
+    user said so or in process, else the user's or the table's price; an endpoint on this machine is
+    not free by itself). A money cap on an unknown price would never run out: callers refuse it."""
+    return LMSpec.parse(spec, model=model, base_url=base_url, prices=prices, environ={}).price.known
 
 
 def api_model(spec: str, model: Optional[str] = None, base_url: Optional[str] = None) -> Optional[str]:
     """The model an API spec calls: `model`, else its preset's example (OpenAI's for plain 'openai'
     without a base URL); None for a local spec or when nothing names one."""
-    head, _, rest = (spec or "").strip().partition(":")
-    kind = head.strip().lower()
-    if kind == "local" or not kind:
-        return None
-    if model:
-        return str(model)
-    if kind == "openai" and not rest:
-        return None if base_url else PRESETS["openai"].example_model
-    return get_preset(rest if kind == "openai" else head).example_model
+    parsed = LMSpec.parse(spec, model=model, base_url=base_url, environ={})
+    return parsed.model if parsed.is_endpoint else None
 
 
 def make_provider(
@@ -149,46 +136,33 @@ def make_provider(
     overrides the preset's URL. `budget_usd` caps the spend of this provider (share a `Budget`
     between providers by passing ``budget=`` in `options`). Other `options` go to the provider.
     """
-    spec = (spec or "").strip()
-    if not spec:
+    parsed = LMSpec.parse(spec, model=model, base_url=base_url, key_env=key_env, api_key=api_key, prices=prices)
+    if parsed.kind == NONE:
         raise ConfigError("Choose an LM: 'openai' (or a preset such as 'deepseek'), 'local' or 'local:PATH'.")
-    head, _, rest = spec.partition(":")
-    kind = head.strip().lower()
-    if kind == "local" and rest.strip().lower() in ("image-knn", "imageknn", "image_knn"):
+    if parsed.kind == LOCAL_IMAGE:
         from ea_core.llm.local_image import ImageKNNProvider
 
         return ImageKNNProvider(few_shot_examples, prompt=prompt, cache=cache, **options)
-    if kind == "local":
+    if parsed.kind == LOCAL_TEXT:
         from ea_core.llm.local_hf import LocalHFProvider
 
-        local_model = rest.strip() or model or None
-        return LocalHFProvider(
-            local_model, cache=cache, prompt=prompt, few_shot=few_shot_examples, **options
-        )
-    if kind == "openai" and not rest:
-        preset: Optional[Preset] = None
-    else:
-        preset = get_preset(rest if kind == "openai" else head)
-    url = base_url or (preset.base_url if preset else None)
-    env = key_env
-    if preset is not None and preset.key_env and key_env == "OPENAI_API_KEY":
-        env = preset.key_env
-    chosen = api_model(spec, model, base_url)
-    if not chosen:
+        return LocalHFProvider(parsed.model, cache=cache, prompt=prompt, few_shot=few_shot_examples, **options)
+    if not parsed.model:
         raise ConfigError("Name the LM model to use (e.g. --lm-model gpt-4o-mini).")
     budget = options.pop("budget", None)
     if budget is None and budget_usd is not None:
         budget = Budget(budget_usd)
     return OpenAIProvider(
-        chosen,
-        base_url=url,
+        parsed.model,
+        base_url=base_url or parsed.base_url,
         api_key=api_key,
-        key_env=env,
+        key_env=parsed.key_env,
         cache=cache,
         concurrency=concurrency,
         prompt=prompt,
         few_shot=few_shot_examples,
         prices=PriceTable.coerce(prices),
         budget=budget,
+        preset=parsed.preset,
         **options,
     )

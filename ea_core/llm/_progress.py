@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from ea_core.events import ProgressCallback, ProgressEvent
+from ea_core.events import EventKind, ProgressCallback, ProgressEvent
 from ea_core.llm.base import LMAnswer, LMUsage
 
 
@@ -61,6 +61,7 @@ class UsageTracker:
                 stage=self.stage,
                 step=self.done,
                 total=self.total,
+                kind=EventKind.LM,
                 calls=self.usage.calls,
                 cache_hits=self.usage.cache_hits,
                 failures=self.usage.failures,

@@ -43,8 +43,9 @@ from ea_core.errors import Cancelled, ConfigError, LMError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.llm._progress import UsageTracker
 from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage, normalize_request, refuse_images
-from ea_core.llm.cache import AnswerCache, CachedAnswer, is_storage_error, make_key
+from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
 from ea_core.llm.prompt import Example, PromptTemplate
+from ea_core.llm.store import AnswerStore
 from ea_core.process import TRANSFORMERS_BUILD_LOCK, configure_process, warn_ignored_threads
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ class LocalHFProvider(LMProvider):
         self.model_id = str(model)
         self.gguf_file = gguf_file
         self.cache = cache
+        self.store = AnswerStore(cache, self.endpoint, self.model_id)  # answers and calibration offsets
         self.prompt = prompt or PromptTemplate()
         if few_shot:
             self.prompt = self.prompt.with_examples(few_shot)
@@ -459,7 +461,7 @@ class LocalHFProvider(LMProvider):
         keys = [make_key(self.endpoint, self.model_id, t, settings) for t in texts]
         scores: list[Optional[np.ndarray]] = [None] * len(inputs)
         cached = [False] * len(inputs)
-        hits = self.cache.get_many(keys) if self.cache is not None else {}
+        hits = self.store.get_many(keys)
         for i, key in enumerate(keys):
             hit = hits.get(key)
             if hit is not None:
@@ -495,7 +497,7 @@ class LocalHFProvider(LMProvider):
                     continue
                 scores[i] = sc
                 if writable[0]:
-                    writable[0] = self._store(
+                    writable[0] = self.store.put_or_warn(
                         keys[i],
                         CachedAnswer(
                             label_str=labels[int(np.argmax(sc))],
@@ -511,21 +513,6 @@ class LocalHFProvider(LMProvider):
 
         self._score(model, prompts, label_ids, on_batch, cancel)
         return scores, cached
-
-    def _store(self, key: str, answer: CachedAnswer) -> bool:
-        """Cache one local answer; False (and a warning) when the cache's disk is full or read-only.
-
-        Local answers cost no money, only time: the run goes on with them in memory, uncached.
-        """
-        try:
-            self.cache.put(key, answer, endpoint=self.endpoint, model=self.model_id)
-            return True
-        except Exception as err:  # noqa: BLE001  (only storage errors are expected here)
-            if not is_storage_error(err):
-                raise
-            log.warning("The answer cache %s cannot be written (%s): local answers are kept in memory only "
-                        "for this run; free some space to cache them.", self.cache.path, err)
-            return False
 
     def _calibration_id(self, labels: Sequence[str]) -> str:
         return "calibration:" + make_key(self.endpoint, self.model_id, self.prompt.to_dict(), {"labels": list(labels)})
@@ -549,15 +536,14 @@ class LocalHFProvider(LMProvider):
         scores, _ = self._raw_scores(sample, labels)
         offsets = np.mean([s for s in scores if s is not None], axis=0)
         self._offsets[tuple(labels)] = offsets
-        if self.cache is not None:
-            self.cache.set_capability(self.endpoint, self.model_id, self._calibration_id(labels), offsets.tolist())
+        self.store.set_capability(self._calibration_id(labels), offsets.tolist())
         return offsets
 
     def _get_offsets(self, labels: list[str], scores: list[Optional[np.ndarray]]) -> np.ndarray:
         """Frozen offsets for `labels`: set before, saved in the cache, or from this call's inputs."""
         key = tuple(labels)
-        if key not in self._offsets and self.cache is not None:
-            saved = self.cache.get_capability(self.endpoint, self.model_id, self._calibration_id(labels))
+        if key not in self._offsets:
+            saved = self.store.capability(self._calibration_id(labels))
             if saved is not None and len(saved) == len(labels):
                 self._offsets[key] = np.asarray(saved, dtype=np.float64)
         if key not in self._offsets:
@@ -567,8 +553,7 @@ class LocalHFProvider(LMProvider):
                 pick = rng.choice(len(have), min(self.calibration_size, len(have)), replace=False)
                 offsets = np.mean([have[int(i)] for i in pick], axis=0)
                 self._offsets[key] = offsets
-                if self.cache is not None:
-                    self.cache.set_capability(self.endpoint, self.model_id, self._calibration_id(labels), offsets.tolist())
+                self.store.set_capability(self._calibration_id(labels), offsets.tolist())
             else:
                 self.calibrate_on([], labels)  # content-free inputs
         return self._offsets[key]

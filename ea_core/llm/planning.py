@@ -18,6 +18,7 @@ from ea_core.llm.base import FAILED, LMInput, LMProvider
 from ea_core.llm.cost import PriceTable, estimate_tokens, message_tokens
 from ea_core.llm.images import DEFAULT_IMAGE_MAX_SIDE, ImageSettings, estimate_part
 from ea_core.llm.prompt import PromptTemplate
+from ea_core.llm.spec import KNOWN, LMSpec, Price
 from ea_core.splits import Split, TaskData
 
 #: Share of training examples that every small model gets wrong, out of fold, seen on real tasks
@@ -142,19 +143,22 @@ def _prompt_tokens(template: PromptTemplate, split: Split, labels: Sequence[str]
 
 def estimate_run_cost(task: TaskData, model: str, *, template: Optional[PromptTemplate] = None,
                       prices: Optional[PriceTable] = None, ea_full: bool = False, local: bool = False,
-                      probe: int = 0,
+                      probe: int = 0, price: Optional[Price] = None,
                       mining_share: tuple[float, float] = MINING_SHARE_RANGE,
                       image_max_side: int = DEFAULT_IMAGE_MAX_SIDE, image_detail: str = "auto") -> RunCostEstimate:
     """What the run's LM stages will ask: val + test in full, mining a share of train (all of it
-    with EA(Full)), and up to `probe` random unsure training inputs (`RunConfig.probe_lm`). Tokens are ~4 characters each; cached answers are not subtracted (a rerun on
-    the same data pays nothing, see the answer cache). `local`: an in-process or local-server LM
-    costs no money. Image tasks: each image counts by OpenAI's tile formula at `image_max_side` and
-    `image_detail` (an estimate, see `cost.image_tokens`)."""
+    with EA(Full)), and up to `probe` random unsure training inputs (`RunConfig.probe_lm`). Tokens
+    are ~4 characters each; cached answers are not subtracted (a rerun on the same data pays
+    nothing). `price`: the LM's (`LMSpec.price`: known, free because the user said so, or unknown);
+    without it, `local` (an in-process model) is free and any other model has the price table's
+    price, if any. Images count by OpenAI's tile formula at `image_max_side` and `image_detail`."""
     template = template or PromptTemplate()
     prices = prices or PriceTable()
     labels = task.labels
     answer_tokens = sum(estimate_tokens(lab) for lab in labels) / max(len(labels), 1) + 1
-    price = None if local else prices.price(model)
+    if price is None:
+        price = LMSpec.parse("local" if local else "openai", model=model, prices=prices, environ={}).price
+    per_1m = price.per_1m if price.status == KNOWN else None
 
     settings = ImageSettings(int(image_max_side), str(image_detail))
     per_input = {name: _prompt_tokens(template, task.split(name), labels, model=model, images=settings)
@@ -163,7 +167,7 @@ def estimate_run_cost(task: TaskData, model: str, *, template: Optional[PromptTe
     def part(split: str, count: float) -> tuple[float, float]:
         """(tokens, USD) of `count` calls on inputs like those of `split`."""
         tokens = count * (per_input[split] + answer_tokens)
-        usd = 0.0 if price is None else count * (per_input[split] * price[0] + answer_tokens * price[1]) / 1e6
+        usd = 0.0 if per_1m is None else count * (per_input[split] * per_1m[0] + answer_tokens * per_1m[1]) / 1e6
         return tokens, usd
 
     n_eval = len(task.val) + len(task.test)
@@ -176,7 +180,7 @@ def estimate_run_cost(task: TaskData, model: str, *, template: Optional[PromptTe
     hi_calls = min(hi_calls + probe, n_train)
     lo_tok, lo_usd = part("train", lo_calls)
     hi_tok, hi_usd = part("train", hi_calls)
-    money = "free (local model)" if local else ("price unknown: give prices" if price is None else None)
+    money = price.estimate_note()
 
     def usd(x: float) -> str:
         return money or f"${x:,.4f}"
@@ -191,5 +195,5 @@ def estimate_run_cost(task: TaskData, model: str, *, template: Optional[PromptTe
         calls_low=n_eval + lo_calls, calls_high=n_eval + hi_calls,
         tokens_low=int(eval_tokens + lo_tok), tokens_high=int(eval_tokens + hi_tok),
         usd_low=eval_usd + lo_usd, usd_high=eval_usd + hi_usd,
-        price_known=local or price is not None, lines=lines,
+        price_known=price.known, lines=lines,
     )

@@ -100,7 +100,8 @@ def get_preset(name: str) -> Preset:
 
 
 def is_local_url(base_url: Optional[str]) -> bool:
-    """True for endpoints on this machine (no key needed, no per-token price)."""
+    """True for endpoints on this machine: no key needed, and nothing said about money (such an
+    endpoint may be a proxy to a paid API; prices are decided by `ea_core.llm.spec`)."""
     if not base_url:
         return False
     host = (urlparse(base_url).hostname or "").lower()

@@ -13,12 +13,13 @@ MODEL is a catalog name (``minilm`` is packaged and works offline), a local fold
 ``squeezenet1_0``, ...), ``head:``/``finetune:`` build the image kinds ``image_head`` /
 ``image_finetune`` (`ea_core.models.vision`); `spec_modality` tells which data a spec takes and
 `spec_kind` which registered kind (and so which settings) it builds. Every kind registers itself
-with `ea_core.models.base` on import, so `load_model` finds it from ``model.json``.
+with `ea_core.models.base` on import, so `load_model` finds it from ``model.json``. Both ``head``
+kinds are `HeadModel` over a feature extractor; the `EmbeddingMemory` they remember vectors in
+belongs to the caller (`make_model(..., memory=...)`), not to the process.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Optional
 
 from ea_core.errors import ConfigError
@@ -27,7 +28,9 @@ from ea_core.models.base import SmallModel, load_model, registered_kinds
 from ea_core.models.catalog import CATALOG, catalog_names, model_modality, resolve_model
 from ea_core.models.encoder_head import EncoderHeadModel
 from ea_core.models.finetune import FineTuneModel
+from ea_core.models.head import HeadModel
 from ea_core.models.hf_common import load_pretrained
+from ea_core.models.memory import EmbeddingMemory
 from ea_core.models.tfidf import TfidfModel
 from ea_core.models.vision import ImageFineTuneModel, ImageHeadModel
 
@@ -38,8 +41,10 @@ SPEC_FORMS = ("tfidf", "head:MODEL", "finetune:MODEL")
 
 __all__ = [
     "CATALOG",
+    "EmbeddingMemory",
     "EncoderHeadModel",
     "FineTuneModel",
+    "HeadModel",
     "ImageFineTuneModel",
     "ImageHeadModel",
     "SPEC_FORMS",
@@ -110,8 +115,7 @@ def check_spec_for_data(spec: str, data_modality: str) -> None:
 
 
 def _check_settings(cls: type[SmallModel], settings: dict[str, Any]) -> None:
-    params = inspect.signature(cls.__init__).parameters
-    valid = [p for p in params if p not in ("self", "model")]
+    valid = [p for p in cls.setting_names() if p != "model"]
     unknown = sorted(set(settings) - set(valid))
     if unknown:
         raise ConfigError(
@@ -119,17 +123,22 @@ def _check_settings(cls: type[SmallModel], settings: dict[str, Any]) -> None:
         )
 
 
-def make_model(spec: str, labels: Optional[list[str]] = None, **settings: Any) -> SmallModel:
+def make_model(spec: str, labels: Optional[list[str]] = None, *, memory: Optional[EmbeddingMemory] = None,
+               **settings: Any) -> SmallModel:
     """Build an untrained model from a spec (``tfidf``, ``head:MODEL``, ``finetune:MODEL``).
 
     Settings are the kind's constructor arguments (see each class); settings equal to None are
-    ignored so callers can pass optional values through. For the transformer kinds the MODEL's
-    config is looked up now, so an unknown or unreachable model fails here with a ModelError.
+    ignored so callers can pass optional values through. `memory`: the caller's, shared by the
+    head models it builds (other kinds ignore it); None gives a head model its own. For the
+    transformer kinds the MODEL's config is looked up now, so an unknown or unreachable model
+    fails here with a ModelError.
     """
     kind, model = parse_spec(spec)
     settings = {k: v for k, v in settings.items() if v is not None}
     cls = registered_kinds()[spec_kind(spec)]
     _check_settings(cls, settings)
+    if memory is not None and "memory" in cls.runtime_params:
+        settings["memory"] = memory
     if model is None:
         built = cls(**settings)
     elif spec_modality(spec) == "image":

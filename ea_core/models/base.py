@@ -1,13 +1,16 @@
 """The one interface every Specific Small Model (SSM) satisfies, whatever its architecture.
 
-In the spirit of scikit-learn: settings are constructor arguments, learned state ends with `_`,
-`fit` trains, `predict_proba` returns an (n_examples, n_labels) float array. Models save to a
-folder as safetensors + JSON (never pickle) and load back with `load_model(folder)`, which reads
-`model.json` to find the class. The router and the miner only ever see `predict_proba` output.
+In the spirit of scikit-learn: settings are constructor arguments stored under their own names
+(so `get_params` and `clone` come from the constructor's signature, as in `sklearn.base`), learned
+state ends with `_`, `fit` trains, `predict_proba` returns an (n_examples, n_labels) float array.
+Models save to a folder as safetensors + JSON (never pickle) and load back with
+`load_model(folder)`, which reads `model.json` to find the class. The router and the miner only
+ever see `predict_proba` output.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import re
@@ -29,11 +32,15 @@ MODEL_JSON = "model.json"
 class SmallModel(ABC):
     """A classifier over a fixed label list.
 
-    Subclasses set `kind` (the SPEC prefix: ``tfidf``, ``head``, ``finetune``) and implement
-    `fit`, `predict_proba`, `_save_weights`, `_load_weights` and `get_config`.
+    Subclasses set `kind` (the SPEC prefix: ``tfidf``, ``head``, ``finetune``), store every
+    constructor argument as the attribute of the same name, and implement `fit`, `predict_proba`,
+    `_save_weights` and `_load_weights`.
     """
 
     kind: ClassVar[str] = ""
+    #: Constructor arguments that are live objects the caller shares (a memory), not settings:
+    #: `get_params` and `clone` pass them on, `model.json` never holds them.
+    runtime_params: ClassVar[tuple[str, ...]] = ()
 
     labels_: list[str]
 
@@ -68,9 +75,29 @@ class SmallModel(ABC):
     def predict(self, split: Split) -> np.ndarray:
         return self.predict_proba(split).argmax(axis=1)
 
-    @abstractmethod
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """The constructor's arguments, in order (scikit-learn's `_get_param_names`)."""
+        return [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    @classmethod
+    def setting_names(cls) -> list[str]:
+        """The arguments that are settings: what ``model.json`` saves and `make_model` accepts."""
+        return [name for name in cls.param_names() if name not in cls.runtime_params]
+
+    def get_params(self) -> dict[str, Any]:
+        """Every constructor argument, read back from the attribute of the same name."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    def clone(self, **changes: Any) -> "SmallModel":
+        """An untrained twin with the same settings (and the same shared objects), `changes` applied."""
+        return type(self)(**{**self.get_params(), **changes})
+
     def get_config(self) -> dict[str, Any]:
-        """Constructor settings as JSON-able data (enough to rebuild an untrained twin)."""
+        """The settings as JSON-able data (a copy): enough to rebuild an untrained twin."""
+        params = self.get_params()
+        return {name: copy.deepcopy(params[name]) for name in self.setting_names()}
 
     @abstractmethod
     def _save_weights(self, folder: Path) -> None: ...
@@ -92,16 +119,17 @@ class SmallModel(ABC):
         machine (a cache folder, a device). Most kinds name no path: nothing to do."""
 
     @classmethod
-    def _from_saved(cls, folder: Path, meta: dict[str, Any], root: Optional[Path] = None) -> "SmallModel":
+    def _from_saved(cls, folder: Path, meta: dict[str, Any], root: Optional[Path] = None,
+                    runtime: Optional[dict[str, Any]] = None) -> "SmallModel":
         path = folder / MODEL_JSON
         config = meta["config"]
-        params = inspect.signature(cls.__init__).parameters
-        unknown = sorted(set(config) - (set(params) - {"self"}))
+        unknown = sorted(set(config) - set(cls.setting_names()))
         if unknown:
             raise ModelError(f"{path}: unknown {cls.kind!r} setting(s) {', '.join(map(repr, unknown))}; "
                              "the model folder was edited or comes from another version.")
+        shared = {k: v for k, v in (runtime or {}).items() if k in cls.runtime_params and v is not None}
         try:
-            model = cls(**config)
+            model = cls(**config, **shared)
         except (TypeError, ValueError, ModelError) as err:
             raise ModelError(f"{path}: invalid {cls.kind!r} settings ({err}).") from None
         if root is not None:
@@ -131,12 +159,14 @@ def registered_kinds() -> dict[str, type[SmallModel]]:
     return dict(_REGISTRY)
 
 
-def load_model(folder: str | Path, *, root: Optional[str | Path] = None) -> SmallModel:
+def load_model(folder: str | Path, *, root: Optional[str | Path] = None, memory: Any = None) -> SmallModel:
     """Load a saved model; runs no pickled code. A damaged or edited folder is a ModelError that
     names the file, never a traceback.
 
     `root`: the untrusted bundle folder holding this model (see `SmallModel._confine`); the caller
     has already checked that `folder` and every link under it resolve inside `root`.
+    `memory`: the caller's `EmbeddingMemory`, for the kinds that keep one (head models; the
+    others ignore it); None gives a head model its own.
     """
     folder = Path(folder)
     path = folder / MODEL_JSON
@@ -155,7 +185,7 @@ def load_model(folder: str | Path, *, root: Optional[str | Path] = None) -> Smal
         raise damaged(path, "'labels' must be a non-empty list of strings")
     if len(set(labels)) != len(labels):
         raise damaged(path, "'labels' lists a label twice")
-    return kinds[meta["kind"]]._from_saved(folder, meta, None if root is None else Path(root))
+    return kinds[meta["kind"]]._from_saved(folder, meta, None if root is None else Path(root), {"memory": memory})
 
 
 # What reading tampered JSON / safetensors / torch state can raise; all mean "damaged file".

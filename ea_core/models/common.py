@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ea_core.errors import DataError, ModelError
-from ea_core.events import CancelToken, ProgressCallback, ProgressEvent, StageTimer, no_progress
+from ea_core.events import CancelToken, EventKind, ProgressCallback, ProgressEvent, StageTimer, no_progress
 from ea_core.metrics import SELECTION_METRICS, accuracy, macro_f1
 from ea_core.splits import Split
 
@@ -56,6 +56,7 @@ class Progress:
                 stage=self.stage,
                 step=int(step),
                 total=self.timer.total,
+                kind=EventKind.TRAIN,
                 loss=None if loss is None else float(loss),
                 val_accuracy=None if val_accuracy is None else float(val_accuracy),
                 elapsed_s=self.timer.elapsed(),

@@ -167,32 +167,6 @@ class FineTuneModel(SmallModel):
     def spec(self) -> str:
         return f"{self.kind}:{self.model}"
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "epochs": self.epochs,
-            "lr": self.lr,
-            "batch_size": self.batch_size,
-            "eval_batch_size": self.eval_batch_size,
-            "max_length": self.max_length,
-            "max_batch_tokens": self.max_batch_tokens,
-            "seed": self.seed,
-            "patience": self.patience,
-            "warmup_ratio": self.warmup_ratio,
-            "weight_decay": self.weight_decay,
-            "grad_clip": self.grad_clip,
-            "eval_every": self.eval_every,
-            "warm_start_epochs": self.warm_start_epochs,
-            "warm_start_lr": self.warm_start_lr,
-            "device": self.device,
-            "precision": self.precision,
-            "threads": self.threads,
-            "from_config": self.from_config,
-            "class_weight": self.class_weight,
-            "imbalance_ratio": self.imbalance_ratio,
-            "selection_metric": self.selection_metric,
-        }
-
     # ------------------------------------------------------------------ building
 
     def _build(self, labels: list[str]) -> None:

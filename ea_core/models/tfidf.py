@@ -117,23 +117,6 @@ class TfidfModel(SmallModel):
         self.class_weight_: Optional[np.ndarray] = None  # per-label loss weights of the last fresh fit
         self.selection_metric_: Optional[str] = None
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "C": self.C,
-            "C_grid": list(self.C_grid),
-            "word_ngrams": list(self.word_ngrams),
-            "char_ngrams": None if self.char_ngrams is None else list(self.char_ngrams),
-            "min_df": self.min_df,
-            "max_features": self.max_features,
-            "max_iter": self.max_iter,
-            "warm_start_C": self.warm_start_C,
-            "seed": self.seed,
-            "class_weight": self.class_weight,
-            "C_selection": self.C_selection,
-            "imbalance_ratio": self.imbalance_ratio,
-            "selection_metric": self.selection_metric,
-        }
-
     # ------------------------------------------------------------------ features
 
     def _vectorizer_params(self) -> list[dict[str, Any]]:

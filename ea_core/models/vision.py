@@ -1,25 +1,21 @@
-"""Image small models: ``head:ARCH`` (frozen CNN + trained head) and ``finetune:ARCH`` (whole CNN).
+"""Image small models: ``head:ARCH`` (frozen CNN + the shared head) and ``finetune:ARCH`` (whole CNN).
 
 The user-facing specs are the text ones (``head:efficientnet_lite0``, ``finetune:resnet34``); when
 ARCH is an image architecture (see `ea_core.models.vision_backbones.ARCHITECTURES`),
 `ea_core.models.make_model` builds these classes, registered as the kinds ``image_head`` and
 ``image_finetune`` in ``model.json``.
 
-* `ImageHeadModel` — the fast CPU mode. The backbone runs once per image, batched, without
-  autograd, channels-last on CPU; the pooled features are kept in memory keyed by the images'
-  bytes, one vector per image (a bounded LRU shared by the models of one process), so retraining, warm starts,
-  out-of-fold heads and predicting the training split never run the backbone again. The head
-  (linear softmax by default, or one hidden layer) is trained with AdamW and early stopping on
-  validation accuracy, with its initial weights, batch order and dropout from a seeded generator.
+* `ImageHeadModel` — the fast CPU mode: `ea_core.models.head.HeadModel` over a `CnnBackbone`, run
+  once per image, batched, without autograd, channels-last on CPU; its pooled features are
+  remembered under the images' bytes.
 * `ImageFineTuneModel` — every weight trained: AdamW with cosine decay, settable augmentations
   (random resized crop, horizontal flip: off by default, wrong for digits and text), early
   stopping on validation accuracy keeping the best weights, batched channels-last evaluation.
 
 Images are decoded and resized (bilinear) to ``image_size`` by `ea_core.imaging.to_array`, then
-normalised with the architecture's mean/std. Both save as safetensors + JSON; the ``pretrained``
-setting saved is what was actually used (True: ImageNet weights; False: random init), so a model
-trained offline on a random backbone never reloads onto ImageNet weights elsewhere. A head whose
-backbone is not pretrained saves the backbone too (random weights cannot be fetched again).
+normalised with the architecture's mean/std. The ``pretrained`` setting saved is what was actually
+used (True: ImageNet weights; False: random init), so a model trained offline on a random backbone
+never reloads onto ImageNet weights elsewhere; a head over a random backbone saves the backbone too.
 """
 
 from __future__ import annotations
@@ -51,12 +47,12 @@ from ea_core.models.common import (
     softmax_np,
     usable_val,
 )
-from ea_core.models.encoder_head import MIN_CACHED_INPUTS, SHARED_MEMORY, _assemble
+from ea_core.models.head import ExtractorSetting, FeatureExtractor, HeadModel
 from ea_core.models.hf_common import pick_device
+from ea_core.models.memory import EmbeddingMemory
 from ea_core.models.vision_backbones import ARCHITECTURES, architecture, build_backbone, build_net, feature_dim
 from ea_core.splits import Split
 
-HEAD_WEIGHTS = "head.safetensors"
 BACKBONE_WEIGHTS = "backbone.safetensors"
 NET_WEIGHTS = "model.safetensors"
 _FEATURES = "pool-v1"  # bump when the feature computation changes
@@ -66,20 +62,16 @@ _FEATURES = "pool-v1"  # bump when the feature computation changes
 AUGMENT_PARTS = ("crop", "flip")
 #: ``class_weight`` values: None (plain cross-entropy) or ``balanced`` (n / (K * count)).
 CLASS_WEIGHTS = (None, "balanced")
+#: The input size of the pretrained CNNs when ``image_size`` is not set (see `default_image_size`).
+DEFAULT_PRETRAINED_SIZE = 96
 
 
 def default_image_size(arch: str, pretrained: Optional[bool] = None) -> int:
-    """The input size used when ``image_size`` is not set.
-
-    96 px for the pretrained CNNs: on the 8x8 digits EfficientNet-Lite0's frozen features reach
-    the same test accuracy at 96 px as at 224 px at ~5x the speed (bench/bench_vision.py); pass
-    ``image_size=224`` for photos where fine detail matters. ``tiny_cnn``: 32 px.
-    """
+    """The input size used when ``image_size`` is not set: 32 px for ``tiny_cnn``, else 96 px, where
+    frozen features of small images are as good as at 224 px for a fraction of the time
+    (bench/bench_vision.py); pass ``image_size=224`` for photos where fine detail matters."""
     a = ARCHITECTURES[arch]
     return 32 if a.source == "none" else DEFAULT_PRETRAINED_SIZE
-
-
-DEFAULT_PRETRAINED_SIZE = 96
 
 
 def _parse_augment(value: Optional[str]) -> tuple[str, ...]:
@@ -94,7 +86,7 @@ def _parse_augment(value: Optional[str]) -> tuple[str, ...]:
     return parts
 
 
-def _check_common(arch: str, image_size: Optional[int], width: int, class_weight: Optional[str]) -> None:
+def _check_arch(arch: str, image_size: Optional[int], width: int) -> None:
     a = architecture(arch)
     if a is None:
         raise ModelError(f"Unknown image architecture {arch!r}; known: {', '.join(ARCHITECTURES)}.")
@@ -102,17 +94,25 @@ def _check_common(arch: str, image_size: Optional[int], width: int, class_weight
         raise ModelError(f"image_size={image_size} is out of range for {arch}: use {a.min_size}..1024 pixels.")
     if int(width) < 1:
         raise ModelError("width must be >= 1.")
+
+
+def _check_class_weight(class_weight: Optional[str]) -> Optional[str]:
     if class_weight not in CLASS_WEIGHTS:
         raise ModelError(f"class_weight={class_weight!r}: use None or 'balanced'.")
+    return class_weight
 
 
-def _class_weights(y: np.ndarray, k: int, mode: Optional[str]) -> Any:
-    """The loss weights as a tensor: None, or scikit-learn's balanced weights (`class_weights`)."""
+def _image_size(arch: str, image_size: Optional[int], pretrained: Optional[bool]) -> int:
+    return int(image_size) if image_size is not None else default_image_size(arch, pretrained)
+
+
+def _mean_std(arch: str, device: Any) -> tuple[Any, Any]:
+    """The architecture's input normalisation as (1, 3, 1, 1) tensors on `device`."""
     import torch
 
-    if mode is None:
-        return None
-    return torch.tensor(class_weights(y, k, "balanced"), dtype=torch.float32)
+    a = ARCHITECTURES[arch]
+    return (torch.tensor(a.mean, dtype=torch.float32).view(1, 3, 1, 1).to(device),
+            torch.tensor(a.std, dtype=torch.float32).view(1, 3, 1, 1).to(device))
 
 
 @contextlib.contextmanager
@@ -124,10 +124,6 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(int(seed))
         yield
-
-
-def _device(name: str) -> Any:
-    return pick_device(name)
 
 
 def _normalise(batch_u8: Any, mean: Any, std: Any, channels_last: bool) -> Any:
@@ -171,58 +167,145 @@ def _batched_forward(module: Any, pixels: np.ndarray, mean: Any, std: Any, batch
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
+# ================================================================================ head
 
 
-class _ImageModel(SmallModel):
-    """What both image kinds share: settings checks, pixels, normalisation, the spec."""
+class CnnBackbone(FeatureExtractor):
+    """A frozen CNN: pooled features of images, remembered under each image's SHA-256."""
 
-    user_kind = ""
+    def __init__(self, model: str, *, image_size: Optional[int], pretrained: Optional[bool], width: int,
+                 channels_last: bool, device: str, seed: int) -> None:
+        self.model = str(model).strip().lower()
+        _check_arch(self.model, image_size, width)
+        self.image_size = None if image_size is None else int(image_size)
+        self.pretrained = None if pretrained is None else bool(pretrained)
+        self.width = int(width)
+        self.channels_last = bool(channels_last)
+        self.device = device
+        self.seed = int(seed)
+        self.calls = 0
+        self.note: Optional[str] = None  # why the ImageNet weights could not be used, if so
+        self.backbone_: Any = None
+        self._id = ""  # this backbone object's identity: random weights match no other
+        self._lock = threading.Lock()
 
-    model: str
-    image_size: Optional[int]
-    pretrained: Optional[bool]
-    width: int
-    channels_last: bool
-    device: str
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
 
-    @property
-    def spec(self) -> str:
-        return f"{self.user_kind}:{self.model}"
-
-    @property
-    def arch(self) -> Any:
-        return ARCHITECTURES[self.model]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def size(self) -> int:
-        return int(self.image_size) if self.image_size is not None else default_image_size(self.model, self.pretrained)
+        return _image_size(self.model, self.image_size, self.pretrained)
 
-    def _mean_std(self, device: Any) -> tuple[Any, Any]:
-        import torch
+    @property
+    def dim(self) -> Optional[int]:
+        return feature_dim(self.model, self.width)
 
-        a = self.arch
-        return (torch.tensor(a.mean, dtype=torch.float32).view(1, 3, 1, 1).to(device),
-                torch.tensor(a.std, dtype=torch.float32).view(1, 3, 1, 1).to(device))
+    def load_backbone(self) -> Any:
+        """The frozen backbone, built once; `pretrained` becomes what was actually used."""
+        with self._lock:
+            if self.backbone_ is None:
+                import torch
 
-    def _warn(self, progress: Progress, note: Optional[str]) -> None:
-        if note:
-            progress.emit(0, total=0, message=f"warning: {note}")
+                with _seeded(self.seed):
+                    backbone, loaded, note = build_backbone(self.model, self.size, self.pretrained, self.width)
+                self.pretrained = loaded if ARCHITECTURES[self.model].source != "none" else False
+                self.note = note
+                backbone.eval().requires_grad_(False)
+                if self.channels_last:
+                    backbone = backbone.to(memory_format=torch.channels_last)
+                self.backbone_ = backbone
+                self._id = uuid.uuid4().hex
+            return self.backbone_
 
-    def _confine(self, folder: Path, root: Path) -> None:
+    def prepare(self, progress: Progress) -> None:
+        self.load_backbone()
+        if self.note:
+            warn = Progress(f"{progress.stage}:features", 0, progress.callback, progress.cancel)
+            warn.emit(0, total=0, message=f"warning: {self.note}")
+
+    def check(self, split: Split) -> None:
+        if not split.is_image:
+            _pixels(split, self.size)  # the ModelError that says to pick a text model
+
+    def keys(self, split: Split) -> list[str]:
+        return [hashlib.sha256(data).hexdigest() for data in split.images or []]
+
+    def space(self) -> str:
+        if not self.pretrained:
+            self.load_backbone()  # random (or not yet known) weights: only this very backbone's match
+        weights = "imagenet" if self.pretrained else f"random:{self._id}"
+        return f"{self.model}|{weights}|{self.size}|{_FEATURES}"
+
+    def encode(self, split: Split, rows: list[int], progress: Optional[Progress], batch_size: int) -> np.ndarray:
+        backbone = self.load_backbone()
+        device = pick_device(self.device)
+        backbone.to(device)
+        mean, std = _mean_std(self.model, device)
+        if progress is not None:
+            progress = Progress(f"{progress.stage}:features", len(rows), progress.callback, progress.cancel)
+        feats = _batched_forward(backbone, _pixels(split.subset(rows), self.size), mean, std, batch_size, device,
+                                 self.channels_last and device.type == "cpu", progress)
+        self.calls += math.ceil(len(rows) / batch_size)
+        return feats
+
+    def metadata(self) -> dict[str, str]:
+        return {"features": _FEATURES}
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        stale = folder / BACKBONE_WEIGHTS
+        if not self.pretrained:  # a random backbone cannot be fetched again: keep it
+            backbone = self.load_backbone()
+            save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, str(stale))
+        elif stale.exists():
+            stale.unlink()
+
+    def load(self, folder: Path) -> None:
+        if self.pretrained:
+            return
+        path = folder / BACKBONE_WEIGHTS
+        if not path.is_file():
+            raise damaged(folder / "model.json", f"a head over a random backbone needs {BACKBONE_WEIGHTS}")
+        backbone = _load_net_weights(path, lambda: build_backbone(self.model, self.size, False, self.width)[0])
+        backbone.eval().requires_grad_(False)
+        if self.channels_last:
+            import torch
+
+            backbone = backbone.to(memory_format=torch.channels_last)
+        self.backbone_, self._id = backbone, uuid.uuid4().hex
+
+    def confine(self, folder: Path) -> None:
         """From a bundle: the device is chosen here. MODEL is always an architecture name (checked
         in the constructor), never a path, so nothing else can point outside the bundle."""
         self.device = "auto"
 
 
-# ================================================================================ head
-
-
 @register
-class ImageHeadModel(_ImageModel):
-    """Frozen CNN features (computed once, kept in memory) + a softmax head with early stopping."""
+class ImageHeadModel(HeadModel):
+    """Frozen CNN features (computed once, remembered) + a softmax head with early stopping."""
 
     kind = "image_head"
-    user_kind = "head"
+    # As before the heads were one class: features not L2-normalised, scale std + 1e-6, one
+    # generator for the initial weights and the batch order, class weights kept in warm starts.
+    scale_floor = False
+    shared_generator = True
+    weighted_warm_starts = True
+
+    model = ExtractorSetting()
+    image_size = ExtractorSetting()
+    pretrained = ExtractorSetting()
+    width = ExtractorSetting()
+    channels_last = ExtractorSetting()
+    device = ExtractorSetting()
+    seed = ExtractorSetting()
+    extractor: CnnBackbone
 
     def __init__(
         self,
@@ -246,284 +329,20 @@ class ImageHeadModel(_ImageModel):
         warm_start_lr: float = 3e-4,
         device: str = "auto",
         threads: Optional[int] = None,
+        memory: Optional[EmbeddingMemory] = None,
     ) -> None:
-        self.model = str(model).strip().lower()
-        _check_common(self.model, image_size, width, class_weight)
-        self.image_size = None if image_size is None else int(image_size)
-        self.pretrained = None if pretrained is None else bool(pretrained)
-        self.width = int(width)
-        self.embed_batch_size = int(embed_batch_size)
-        self.channels_last = bool(channels_last)
-        self.hidden = int(hidden)
-        self.dropout = float(dropout)
-        self.epochs = int(epochs)
-        self.lr = float(lr)
-        self.batch_size = int(batch_size)
-        self.weight_decay = float(weight_decay)
-        self.patience = int(patience)
-        self.seed = int(seed)
-        self.class_weight = class_weight
-        self.warm_start_epochs = int(warm_start_epochs)
-        self.warm_start_lr = float(warm_start_lr)
-        self.device = device
-        self.threads = threads
-        if self.epochs < 1 or self.batch_size < 1 or self.embed_batch_size < 1 or self.lr <= 0 or self.hidden < 0:
-            raise ModelError("head needs epochs >= 1, batch_size >= 1, embed_batch_size >= 1, hidden >= 0 and lr > 0.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ModelError("dropout must be in [0, 1).")
-        self.head_: Any = None
-        self.mean_: Optional[np.ndarray] = None
-        self.scale_: Optional[np.ndarray] = None
-        self.history_: list[dict[str, Any]] = []
-        self.best_val_accuracy_: Optional[float] = None
-        #: Backbone forward passes (batches) run by this instance: lets tests and UIs see cache hits.
-        self.backbone_calls_ = 0
-        self._backbone: Any = None
-        self._backbone_note: Optional[str] = None
-        self._backbone_id = ""
-        self._lock = threading.Lock()
-        #: The in-process feature memory; None means the process's shared `EmbeddingMemory`.
-        self.memory: Any = None
+        self.extractor = CnnBackbone(model, image_size=image_size, pretrained=pretrained, width=width,
+                                     channels_last=channels_last, device=device, seed=seed)
+        self.class_weight = _check_class_weight(class_weight)
+        self._set_head(embed_batch_size=embed_batch_size, hidden=hidden, dropout=dropout, epochs=epochs, lr=lr,
+                       batch_size=batch_size, weight_decay=weight_decay, patience=patience,
+                       warm_start_epochs=warm_start_epochs, warm_start_lr=warm_start_lr, threads=threads,
+                       memory=memory)
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "model": self.model, "image_size": self.image_size, "pretrained": self.pretrained, "width": self.width,
-            "embed_batch_size": self.embed_batch_size, "channels_last": self.channels_last, "hidden": self.hidden,
-            "dropout": self.dropout, "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
-            "weight_decay": self.weight_decay, "patience": self.patience, "seed": self.seed,
-            "class_weight": self.class_weight, "warm_start_epochs": self.warm_start_epochs,
-            "warm_start_lr": self.warm_start_lr, "device": self.device, "threads": self.threads,
-        }
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    # ------------------------------------------------------------------ features
-
-    def _load_backbone(self) -> Any:
-        """The frozen backbone, built once; `pretrained` becomes what was actually used."""
-        with self._lock:
-            if self._backbone is None:
-                import torch
-
-                with _seeded(self.seed):
-                    backbone, loaded, note = build_backbone(self.model, self.size, self.pretrained, self.width)
-                self.pretrained = loaded if self.arch.source != "none" else False
-                self._backbone_note = note
-                backbone.eval().requires_grad_(False)
-                if self.channels_last:
-                    backbone = backbone.to(memory_format=torch.channels_last)
-                self._backbone = backbone
-                self._backbone_id = uuid.uuid4().hex
-            return self._backbone
-
-    def _space(self) -> str:
-        """Which features are interchangeable: architecture, weights, input size, pooling."""
-        # random weights are only interchangeable with this very backbone object
-        weights = "imagenet" if self.pretrained else f"random:{self._backbone_id}"
-        return f"{self.model}|{weights}|{self.size}|{_FEATURES}"
-
-    def features(self, split: Split, progress: Optional[Progress] = None,
-                 batch_size: Optional[int] = None) -> np.ndarray:
-        """Pooled backbone features (n, dim) float32. Each image's vector is kept in the in-process
-        memory under its bytes' SHA-256, so another fold, a subset or a warm start on the same
-        images skips the backbone (the memory is `EmbeddingMemory`, shared with the text heads)."""
-        if not split.is_image:
-            _pixels(split, self.size)  # the ModelError that says to pick a text model
-        memory = SHARED_MEMORY if self.memory is None else self.memory
-        space = self._space()
-        keys = [hashlib.sha256(data).hexdigest() for data in split.images or []]
-        known = memory.get_many(space, keys)
-        todo = {key: i for i, key in enumerate(keys) if key not in known}  # one row per distinct image
-        fresh: dict[str, np.ndarray] = {}
-        if todo:
-            backbone = self._load_backbone()
-            device = _device(self.device)
-            backbone.to(device)
-            mean, std = self._mean_std(device)
-            bs = batch_size or self.embed_batch_size
-            part = split.subset(list(todo.values()))
-            feats = _batched_forward(backbone, _pixels(part, self.size), mean, std, bs, device,
-                                     self.channels_last and device.type == "cpu", progress)
-            self.backbone_calls_ += math.ceil(len(part) / bs)
-            fresh = dict(zip(todo, feats))
-            if len(split) >= MIN_CACHED_INPUTS:  # one image routed live is not worth remembering
-                memory.put_many(space, fresh)
-        if not keys:
-            return np.zeros((0, feature_dim(self.model, self.width)), dtype=np.float32)
-        return _assemble(keys, known, fresh)
-
-    # ------------------------------------------------------------------ training
-
-    def _head_net(self, dim: int, k: int, generator: Any = None) -> Any:
-        import torch.nn as nn
-
-        from ea_core.models.seeded import SeededDropout, init_linear, uninitialised_linear
-
-        if self.hidden > 0:
-            layers = [SeededDropout(self.dropout), uninitialised_linear(dim, self.hidden), nn.GELU(),
-                      SeededDropout(self.dropout), uninitialised_linear(self.hidden, k)]
-        else:
-            layers = [SeededDropout(self.dropout), uninitialised_linear(dim, k)]
-        net = nn.Sequential(*layers)
-        if generator is not None:
-            for layer in net:
-                if isinstance(layer, nn.Linear):
-                    init_linear(layer, generator)
-        return net
-
-    def fit(self, train: Split, val: Optional[Split], labels: list[str], *,
-            callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-            warm_start: bool = False, stage: Optional[str] = None,
-            select: Optional[EpochScore] = None) -> "ImageHeadModel":
-        import torch
-
-        from ea_core.models.seeded import set_generator
-
-        check_training_data(labels, train, val)
-        warm = warm_start and self.head_ is not None
-        if warm:
-            check_warm_labels(getattr(self, "labels_", None), labels)
-        val = usable_val(val)
-        name = stage or f"train:{self.spec}"
-        feats = Progress(f"{name}:features", len(train), callback, cancel)
-        self._load_backbone()
-        self._warn(feats, self._backbone_note)
-        xt = self.features(train, feats)
-        xv = None if val is None else self.features(val)
-        if not warm:
-            self.mean_ = xt.mean(axis=0)
-            self.scale_ = xt.std(axis=0) + 1e-6
-        self.labels_ = list(labels)
-        gen = torch.Generator().manual_seed(self.seed)
-        if not warm:
-            self.head_ = self._head_net(xt.shape[1], len(labels), gen)
-        epochs = self.warm_start_epochs if warm else self.epochs
-        lr = self.warm_start_lr if warm else self.lr
-        progress = Progress(name, epochs, callback, cancel)
-        std = lambda x: torch.from_numpy(((x - self.mean_) / self.scale_).astype(np.float32))  # noqa: E731
-        set_generator(self.head_, gen)
-        try:
-            self._train(std(xt), torch.from_numpy(np.asarray(train.labels)), None if xv is None else std(xv),
-                        None if val is None else np.asarray(val.labels), lr, epochs, progress, gen, select)
-        finally:
-            set_generator(self.head_, None)
-        return self
-
-    def _train(self, xt: Any, yt: Any, xv: Any, yv: Optional[np.ndarray], lr: float, epochs: int,
-               progress: Progress, gen: Any, select: Optional[EpochScore] = None) -> None:
-        import torch
-        import torch.nn.functional as F
-
-        head = self.head_
-        weight = _class_weights(yt.numpy(), len(self.labels_), self.class_weight)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=self.weight_decay)
-        best = BestWeights(self.patience)
-        self.history_ = []
-        for epoch in range(epochs):
-            progress.check()
-            head.train()
-            total, seen = 0.0, 0
-            for idx in torch.randperm(len(xt), generator=gen).split(self.batch_size):
-                loss = F.cross_entropy(head(xt[idx]), yt[idx], weight=weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-                seen += len(idx)
-            val_acc = val_loss = None
-            stop = False
-            if xv is not None:
-                head.eval()
-                with torch.inference_mode():
-                    logits = head(xv).numpy()
-                val_acc = float((logits.argmax(axis=1) == yv).mean())
-                val_loss = cross_entropy_np(logits, yv)
-                stop = best.update(head, epoch_score(yv, logits, "accuracy", select), val_loss)
-            self.history_.append({"epoch": epoch + 1, "loss": total / seen, "val_accuracy": val_acc,
-                                  "val_loss": val_loss})
-            progress.emit(epoch + 1, loss=total / seen, val_accuracy=val_acc, total=epoch + 1 if stop else None,
-                          message="early stop" if stop else "training head")
-            if stop:
-                break
-        self.best_val_accuracy_ = best.restore(head)
-        head.eval()
-
-    def predict_proba(self, split: Split, *, batch_size: Optional[int] = None) -> np.ndarray:
-        import torch
-
-        if self.head_ is None:
-            raise ModelError(f"{self.spec} is not trained yet: call fit() or load_model() first.")
-        if len(split) == 0:
-            return np.zeros((0, len(self.labels_)))
-        x = self.features(split, batch_size=batch_size)
-        self.head_.eval()
-        with torch.inference_mode():
-            logits = self.head_(torch.from_numpy(((x - self.mean_) / self.scale_).astype(np.float32))).numpy()
-        return softmax_np(logits)
-
-    # ------------------------------------------------------------------ persistence
-
-    def _save_weights(self, folder: Path) -> None:
-        import torch
-        from safetensors.torch import save_file
-
-        if self.head_ is None:
-            raise ModelError(f"{self.spec} is not trained yet: nothing to save.")
-        tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head_.state_dict().items()}
-        tensors["mean"] = torch.from_numpy(np.ascontiguousarray(self.mean_, dtype=np.float32))
-        tensors["scale"] = torch.from_numpy(np.ascontiguousarray(self.scale_, dtype=np.float32))
-        save_file(tensors, str(folder / HEAD_WEIGHTS), metadata={"features": _FEATURES})
-        stale = folder / BACKBONE_WEIGHTS
-        if not self.pretrained:  # a random backbone cannot be fetched again: keep it
-            backbone = self._load_backbone()
-            save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, str(stale))
-        elif stale.exists():
-            stale.unlink()
-
-    def _load_weights(self, folder: Path) -> None:
-        path = folder / HEAD_WEIGHTS
-        tensors = read_tensors(path, framework="pt")
-        for name in ("mean", "scale"):
-            if name not in tensors:
-                raise damaged(path, f"tensor {name!r} is missing")
-        dim, k = feature_dim(self.model, self.width), len(self.labels_)
-        check_tensor(path, "mean", tensors["mean"], (dim,))
-        check_tensor(path, "scale", tensors["scale"], (dim,))
-        if self.hidden > 0:
-            expected = {"1.weight": (self.hidden, dim), "1.bias": (self.hidden,), "4.weight": (k, self.hidden),
-                        "4.bias": (k,)}
-        else:
-            expected = {"1.weight": (k, dim), "1.bias": (k,)}
-        if set(tensors) != {"mean", "scale"} | {f"head.{n}" for n in expected}:
-            raise damaged(path, f"tensors {sorted(tensors)} do not match a head with hidden={self.hidden} over "
-                                f"{dim}-dim {self.model} features")
-        for name, shape in expected.items():
-            check_tensor(path, f"head.{name}", tensors[f"head.{name}"], shape)
-        if float(tensors["scale"].min()) <= 0:
-            raise damaged(path, "tensor 'scale' must be positive")
-        self.mean_ = tensors["mean"].float().numpy()
-        self.scale_ = tensors["scale"].float().numpy()
-        self.head_ = self._head_net(dim, k)
-        self.head_.load_state_dict({n: tensors[f"head.{n}"].float() for n in expected})
-        self.head_.eval()
-        bb = folder / BACKBONE_WEIGHTS
-        if not self.pretrained:
-            if not bb.is_file():
-                raise damaged(folder / "model.json", f"a head over a random backbone needs {BACKBONE_WEIGHTS}")
-            self._backbone = _load_net_weights(bb, lambda: build_backbone(self.model, self.size, False, self.width)[0])
-            self._backbone.eval().requires_grad_(False)
-            self._backbone_id = uuid.uuid4().hex
-            if self.channels_last:
-                import torch
-
-                self._backbone = self._backbone.to(memory_format=torch.channels_last)
+    @property
+    def backbone_calls_(self) -> int:
+        """Backbone forward passes (batches) run by this model: lets tests and UIs see cache hits."""
+        return self.extractor.calls
 
 
 def _load_net_weights(path: Path, build: Any) -> Any:
@@ -552,11 +371,10 @@ def _load_net_weights(path: Path, build: Any) -> Any:
 
 
 @register
-class ImageFineTuneModel(_ImageModel):
+class ImageFineTuneModel(SmallModel):
     """Every weight of a CNN trained on the task, with augmentations and early stopping."""
 
     kind = "image_finetune"
-    user_kind = "finetune"
 
     def __init__(
         self,
@@ -583,7 +401,8 @@ class ImageFineTuneModel(_ImageModel):
         threads: Optional[int] = None,
     ) -> None:
         self.model = str(model).strip().lower()
-        _check_common(self.model, image_size, width, class_weight)
+        _check_arch(self.model, image_size, width)
+        _check_class_weight(class_weight)
         _parse_augment(augment)
         self.image_size = None if image_size is None else int(image_size)
         self.pretrained = None if pretrained is None else bool(pretrained)
@@ -613,16 +432,18 @@ class ImageFineTuneModel(_ImageModel):
         self.best_val_accuracy_: Optional[float] = None
         self._pixel_cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "model": self.model, "image_size": self.image_size, "pretrained": self.pretrained, "width": self.width,
-            "augment": self.augment, "channels_last": self.channels_last, "dropout": self.dropout,
-            "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
-            "eval_batch_size": self.eval_batch_size, "weight_decay": self.weight_decay, "patience": self.patience,
-            "grad_clip": self.grad_clip, "seed": self.seed, "class_weight": self.class_weight,
-            "warm_start_epochs": self.warm_start_epochs, "warm_start_lr": self.warm_start_lr,
-            "device": self.device, "threads": self.threads,
-        }
+    @property
+    def spec(self) -> str:
+        return f"finetune:{self.model}"
+
+    @property
+    def size(self) -> int:
+        return _image_size(self.model, self.image_size, self.pretrained)
+
+    def _confine(self, folder: Path, root: Path) -> None:
+        """From a bundle: the device is chosen here. MODEL is always an architecture name (checked
+        in the constructor), never a path, so nothing else can point outside the bundle."""
+        self.device = "auto"
 
     def _pixels(self, split: Split) -> np.ndarray:
         """Decoded, resized pixels; the last few splits are kept (fit decodes train and val once)."""
@@ -673,7 +494,7 @@ class ImageFineTuneModel(_ImageModel):
         if warm:
             check_warm_labels(getattr(self, "labels_", None), labels)
         val = usable_val(val)
-        device = _device(self.device)
+        device = pick_device(self.device)
         cl = self.channels_last and device.type == "cpu"
         name = stage or f"train:{self.spec}"
         epochs = (self.warm_start_epochs or self.epochs) if warm else self.epochs
@@ -685,8 +506,9 @@ class ImageFineTuneModel(_ImageModel):
             if not warm:
                 net, loaded, note = build_net(self.model, len(labels), self.size, self.pretrained, self.width,
                                               self.dropout)
-                self.pretrained = loaded if self.arch.source != "none" else False
-                self._warn(progress, note)
+                self.pretrained = loaded if ARCHITECTURES[self.model].source != "none" else False
+                if note:
+                    progress.emit(0, total=0, message=f"warning: {note}")
                 self.model_ = net
             self.labels_ = list(labels)
             net = self.model_.to(device)
@@ -694,9 +516,9 @@ class ImageFineTuneModel(_ImageModel):
                 net = net.to(memory_format=torch.channels_last)
             xt, yt = self._pixels(train), torch.from_numpy(np.asarray(train.labels))
             xv = None if val is None else self._pixels(val)
-            mean, std = self._mean_std(device)
-            weight = _class_weights(yt.numpy(), len(labels), self.class_weight)
-            weight = None if weight is None else weight.to(device)
+            mean, std = _mean_std(self.model, device)
+            weight = class_weights(yt.numpy(), len(labels), self.class_weight or "none")
+            weight = None if weight is None else torch.tensor(weight, dtype=torch.float32).to(device)
             try:
                 optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=self.weight_decay,
                                               fused=device.type in ("cpu", "cuda"))
@@ -749,12 +571,12 @@ class ImageFineTuneModel(_ImageModel):
             raise ModelError(f"{self.spec} is not trained yet: call fit() or load_model() first.")
         if len(split) == 0:
             return np.zeros((0, len(self.labels_)))
-        device = _device(self.device)
+        device = pick_device(self.device)
         cl = self.channels_last and device.type == "cpu"
         net = self.model_.to(device)
         if cl:
             net = net.to(memory_format=torch.channels_last)
-        mean, std = self._mean_std(device)
+        mean, std = _mean_std(self.model, device)
         logits = _batched_forward(net, self._pixels(split), mean, std, batch_size or self.eval_batch_size, device, cl)
         return softmax_np(logits)
 

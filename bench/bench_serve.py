@@ -1,0 +1,192 @@
+"""`serve` under load on loopback: requests/s and p50/p99 latency, with and without micro-batching.
+
+Bundles: TF-IDF, and head:minilm (the packaged encoder with a trained head), both trained here
+on demo tweets and exported with the small model answering every input (no LM stage). Each
+server runs in its own process (`python -m ea_core serve`), the load comes from this process: a
+small keep-alive HTTP/1.1 client on raw asyncio sockets (so the client's own CPU cost stays low
+beside the server's on 2 cores), C connections each sending POST /v1/chat/completions back to
+back, for a fixed time after a warm-up, bounded in count and time, to 127.0.0.1 only.
+
+    .venv/bin/python bench/bench_serve.py [--seconds 6] [--clients 1 8 32] [--only tfidf|minilm]
+
+Targets (issue 19): TF-IDF >= 500 req/s with p99 <= 50 ms at 8 clients; MiniLM head >= 100
+req/s with micro-batching, and >= 3x its own unbatched rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MAX_REQUESTS = 200_000  # per measurement: a hard bound beside the time limit
+
+
+def make_bundles(out: Path, which: list[str]) -> dict[str, Path]:
+    """TF-IDF and MiniLM-head bundles trained on demo tweets (the small model answers everything)."""
+    from ea_core.bundle import export_bundle
+    from ea_core.data import load_dataset
+    from ea_core.models import make_model
+
+    task = load_dataset("demo:tweets", max_train=2000, max_val=200, max_test=500)
+    bundles = {}
+    for name in which:
+        t0 = time.perf_counter()
+        if name == "tfidf":
+            model = make_model("tfidf", seed=0)
+        else:
+            model = make_model("head:minilm", cache_dir=str(out / "emb-cache"), epochs=3, seed=0)
+        train = task.train if name == "tfidf" else task.train.subset(np.arange(600))
+        model.fit(train, task.val, task.labels)
+        model.save(out / f"{name}-model")
+        bundles[name] = export_bundle(out / f"{name}-bundle", labels=task.labels, stages=[
+            {"name": name, "threshold": 0.0, "folder": out / f"{name}-model", "temperature": 1.0}],
+            task={"name": "tweets", "pair": False, "text_col": "text", "modality": "text"})
+        print(f"# {name}: trained in {time.perf_counter() - t0:.1f} s", flush=True)
+    return bundles, list(task.test.texts)
+
+
+class Server:
+    """`python -m ea_core serve` in a child process on a free loopback port."""
+
+    def __init__(self, bundle: Path, batching: bool) -> None:
+        from ea_core.serve.main import free_port
+
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "ea_core", "serve", "--bundle", str(bundle), "--port", str(self.port),
+               "--cache", "none"] + ([] if batching else ["--no-batching"])
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1"}
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     cwd=tempfile.gettempdir())
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stderr.read().decode()[-2000:])
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _request(port: int, text: str) -> bytes:
+    body = json.dumps({"model": "ea", "messages": [{"role": "user", "content": text}]}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def _client(port: int, payloads: list[bytes], offset: int, stop_at: float, latencies: list[float],
+                  budget: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = offset
+    try:
+        while time.perf_counter() < stop_at and budget[0] > 0:
+            budget[0] -= 1
+            t0 = time.perf_counter()
+            writer.write(payloads[i % len(payloads)])
+            i += 1
+            status = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            if b" 200 " not in status:
+                raise RuntimeError(f"server answered {status!r}")
+            latencies.append(time.perf_counter() - t0)
+    finally:
+        writer.close()
+
+
+async def _load(port: int, payloads: list[bytes], clients: int, seconds: float) -> tuple[float, list[float]]:
+    # Warm-up: one second at this concurrency, not measured.
+    warm: list[float] = []
+    end = time.perf_counter() + 1.0
+    await asyncio.gather(*(_client(port, payloads, c * 97, end, warm, [MAX_REQUESTS]) for c in range(clients)))
+    latencies: list[float] = []
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    await asyncio.gather(*(_client(port, payloads, c * 131, end, latencies, [MAX_REQUESTS // clients])
+                           for c in range(clients)))
+    return time.perf_counter() - t0, latencies
+
+
+def measure(port: int, texts: list[str], clients: int, seconds: float) -> dict[str, float]:
+    payloads = [_request(port, t) for t in texts]
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    took, lat = runner(_load(port, payloads, clients, seconds))
+    lat_ms = np.array(lat) * 1000
+    return {"rps": len(lat) / took, "p50": float(np.percentile(lat_ms, 50)), "p99": float(np.percentile(lat_ms, 99)),
+            "n": len(lat)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per setting (after 1 s warm-up)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--only", choices=("tfidf", "minilm"), action="append")
+    args = ap.parse_args()
+    which = args.only or ["tfidf", "minilm"]
+    print(f"# serve on 127.0.0.1, {os.cpu_count()} cores, {args.seconds:g} s per setting; client and server share "
+          "the cores", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundles, texts = make_bundles(Path(tmp), which)
+        rows = []
+        for name in which:
+            for batching in (True, False):
+                srv = Server(bundles[name], batching)
+                try:
+                    srv.wait_ready()
+                    for c in args.clients:
+                        r = measure(srv.port, texts, c, args.seconds)
+                        rows.append((name, batching, c, r))
+                        print(f"{name:7s} batching={'on ' if batching else 'off'} clients={c:3d}: "
+                              f"{r['rps']:7.1f} req/s  "
+                              f"p50 {r['p50']:6.2f} ms  p99 {r['p99']:7.2f} ms  ({r['n']} requests)", flush=True)
+                finally:
+                    srv.stop()
+        print("\nmodel    clients  batched req/s  unbatched req/s  ratio  batched p50/p99 ms  unbatched p50/p99 ms")
+        by = {(n, b, c): r for n, b, c, r in rows}
+        for name in which:
+            for c in args.clients:
+                on, off = by[(name, True, c)], by[(name, False, c)]
+                print(f"{name:7s}  {c:7d}  {on['rps']:13.1f}  {off['rps']:15.1f}  {on['rps'] / off['rps']:5.2f}  "
+                      f"{on['p50']:8.2f} / {on['p99']:7.2f}  {off['p50']:9.2f} / {off['p99']:7.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Serve an adapted system over HTTP: OpenAI-compatible chat completions whose reply is the label,
+a batch classify endpoint, feedback, Prometheus metrics (``python -m ea_core serve --bundle DIR``).
+
+`settings` (limits, batching, LM settings), `engine` (the cascade, async, micro-batched),
+`protocol` (bodies in, replies out), `metrics` (Prometheus, drift), `reqlog` (the request log and
+data from it), `app` (the FastAPI app), `main` (the command, a server in a thread).
+"""
