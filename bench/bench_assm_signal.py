@@ -117,7 +117,7 @@ def _score(proba: np.ndarray, y: np.ndarray, rows: np.ndarray) -> tuple[float, f
 def ea_stages(state, assm: dict[str, np.ndarray], split: str, temperature: float):
     from ea_core.router import StageOutput
     from ea_core.runstate import lm_stage_output
-    from ea_core.tuning import apply_temperature
+    from ea_core.calibration import apply_temperature
 
     src = state.ssms[0]
     ssm = StageOutput.from_proba(src.name, apply_temperature(src.outputs()[split], state.temperatures[src.name]))
@@ -129,7 +129,8 @@ def score_signals(state) -> dict[str, dict[str, float]]:
     from ea_core.report import ea_candidates
     from ea_core.router import evaluate
     from ea_core.operating_point import choose_operating_point
-    from ea_core.tuning import Calibration, autotune
+    from ea_core.calibration import Calibration
+    from ea_core.tuning import autotune
 
     cfg = state.config
     y_val, y_test = state.task.val.labels, state.task.test.labels

@@ -7,6 +7,7 @@ validation; test figures are computed beside them, never used to choose.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -16,13 +17,33 @@ from ea_core.errors import ConfigError
 from ea_core.operating_point import budget_quantile_thresholds
 from ea_core.router import RoutingMetrics, StageStack
 from ea_core.runstate import RunState
-from ea_core.tuning import NEVER_TAKES, OperatingPoint, apply_temperature, autotune, pareto_front, reliability_bins
+from ea_core.calibration import apply_temperature, reliability_bins
+from ea_core.tuning import NEVER_TAKES, OperatingPoint, autotune, pareto_front
 
-#: Routing orders a user can pick: name -> (title, stage layers).
+#: Routing orders a user can pick: name -> (title, stage layers). A run offers those it can route
+#: (`available_orders`): LM-first needs augmented models and LM confidences, EA(Full) its own
+#: augmented models, the learned router its scores.
 ORDERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ea": ("SSMs → ASSMs → LM", ("ssm", "assm", "lm")),
     "ea_lm_first": ("SSMs → LM → ASSMs (LM confidence decides)", ("ssm", "lm", "assm")),
+    "ea_full": ("EA(Full): SSMs → ASSMs trained on every LM answer → LM", ("ssm", "assm_full", "lm")),
+    "ea_learned": ("Learned router → LM (a classifier decides what to defer)", ("learned", "lm")),
 }
+
+#: Decimals a slider shows (and a threshold set from code is rounded down to).
+SLIDER_DECIMALS = 3
+
+
+def available_orders(state: RunState) -> list[str]:
+    """The routing orders `state` can show, in `ORDERS`' order ("ea" always first)."""
+    out = ["ea"]
+    if state.assms and state.lm_gives_confidence and state.lm_answers:
+        out.append("ea_lm_first")
+    if state.assm_full:
+        out.append("ea_full")
+    if state.learned and state.lm_answers:
+        out.append("ea_learned")
+    return out
 
 
 def slider_to_threshold(value: float) -> float:
@@ -31,7 +52,17 @@ def slider_to_threshold(value: float) -> float:
 
 
 def threshold_to_slider(threshold: float) -> float:
-    return min(max(float(threshold), 0.0), 1.0)
+    """A threshold as a slider shows it: in [0, 1], rounded DOWN to `SLIDER_DECIMALS` (a lower
+    threshold only keeps more inputs before the LM, so a rounded tuned point never spends more LM
+    calls than the tuned one); 1 for "never"."""
+    t = min(max(float(threshold), 0.0), 1.0)
+    scale = 10 ** SLIDER_DECIMALS
+    return 1.0 if t >= 1.0 else math.floor(t * scale + 1e-9) / scale
+
+
+def is_never(threshold: float) -> bool:
+    """Whether a stage at `threshold` never answers (a slider at 1)."""
+    return float(threshold) > 1.0
 
 
 @dataclass
@@ -42,6 +73,56 @@ class Reference:
     lm_call_rate: float
     val_accuracy: float
     test_accuracy: float
+
+
+@dataclass
+class Headroom:
+    """What a better LM could change in a run whose EA kept the best small model alone (the
+    offline stand-in LM is at chance): validation counts, read from the run's cached outputs."""
+
+    best: str  # the best small model
+    n_val: int
+    best_val: float  # its validation accuracy
+    lm_val: Optional[float]  # the run's LM alone on validation
+    wrong: int  # validation inputs the best small model gets wrong
+    all_wrong: int  # ... that every small model gets wrong
+    unsure: int  # the inputs it is least sure of, as many as the LM budget allows
+    unsure_wrong: int  # of those, the ones it gets wrong
+    oracle_val: Optional[float]  # right if any stage is right (the results table's oracle row)
+    oracle_test: Optional[float]
+
+    @property
+    def budget_share(self) -> float:
+        return self.unsure / self.n_val if self.n_val else 0.0
+
+    @property
+    def reachable(self) -> float:
+        """Validation accuracy at the budget point with an LM right on every input it is asked."""
+        return self.best_val + (self.unsure_wrong / self.n_val if self.n_val else 0.0)
+
+
+def headroom(state: RunState) -> Optional[Headroom]:
+    """`Headroom` of a run whose EA answers every input with a small model (no LM call); None when
+    its EA routes to the LM, or it has no LM or no validation split."""
+    ea = next((r for r in state.rows if r.get("system") == "ea"), None)
+    y = state.task.val.labels
+    if ea is None or not state.ssms or not len(y) or "val" not in state.lm_answers:
+        return None
+    if ea.get("chosen") != "ssm" and (ea.get("lm_call_rate") or 0.0) > 0.0:
+        return None
+    stages = state.stage_outputs("val", ("ssm", "lm"))
+    best = stages[0]
+    wrong = best.pred != y
+    all_wrong = np.all([s.pred != y for s in stages if not s.is_lm], axis=0)
+    cfg = state.config
+    thr = budget_quantile_thresholds(stages, max_lm_rate=cfg.max_lm_rate, max_cost_per_1k=cfg.max_cost_per_1k)
+    unsure = best.conf < thr[0]
+    oracle = next((r for r in state.rows if r.get("system") == "oracle"), {})
+    lm = next((r for r in state.rows if r.get("system") == "lm"), {})
+    return Headroom(best=best.name, n_val=len(y), best_val=float(np.mean(~wrong)), lm_val=lm.get("val_accuracy"),
+                    wrong=int(wrong.sum()), all_wrong=int(all_wrong.sum()), unsure=int(unsure.sum()),
+                    unsure_wrong=int((unsure & wrong).sum()), oracle_val=oracle.get("val_accuracy"),
+                    oracle_test=oracle.get("test_accuracy"))
 
 
 @dataclass
@@ -57,6 +138,7 @@ class Explorer:
     test: StageStack
     front: list[OperatingPoint] = field(default_factory=list)
     references: list[Reference] = field(default_factory=list)
+    _tuned: Optional[list[float]] = field(default=None, repr=False)
 
     @classmethod
     def build(cls, state: RunState, order: str = "ea", calibrated: bool = True) -> "Explorer":
@@ -68,6 +150,10 @@ class Explorer:
         layers = ORDERS[order][1]
         if order == "ea_lm_first" and not (state.assms and state.lm_gives_confidence):
             raise ConfigError("The LM-first order needs augmented models and an LM that gives confidences.")
+        if order == "ea_full" and not state.assm_full:
+            raise ConfigError("This run trained no EA(Full) models (tick EA(Full) in Small models to compare it).")
+        if order == "ea_learned" and not (state.learned and state.lm_answers):
+            raise ConfigError("This run has no learned router (run with the learned router to route with it).")
         kinds: list[str] = []
         for layer in layers:
             if layer != "lm":
@@ -91,19 +177,30 @@ class Explorer:
 
     def tuned_thresholds(self) -> list[float]:
         """The run's own thresholds for this order (tuned on validation), or 0.5s if it has none."""
-        tuned = self.state.tuning.get(self.order)
-        if tuned and tuned.get("stages") == self.names and self.calibrated:
-            return [float(t) for t in tuned["thresholds"]]
-        if self.calibrated or not len(self.state.task.val):
-            return [0.5] * (self.n_stages - 1) + [0.0]
-        return self.autotune(max_lm_rate=self.state.config.max_lm_rate)
+        if self._tuned is None:
+            tuned = self.state.tuning.get(self.order)
+            if tuned and tuned.get("stages") == self.names and self.calibrated:
+                self._tuned = [float(t) for t in tuned["thresholds"]]
+            elif self.calibrated or not len(self.state.task.val):
+                self._tuned = [0.5] * (self.n_stages - 1) + [0.0]
+            else:
+                self._tuned = self.autotune(max_lm_rate=self.state.config.max_lm_rate)
+        return list(self._tuned)
+
+    def sliders(self, thresholds: Sequence[float]) -> list[float]:
+        """Thresholds (one per stage) as the sliders show them (one per stage but the last)."""
+        return [threshold_to_slider(t) for t in list(thresholds)[: self.n_stages - 1]]
 
     def thresholds(self, sliders: Sequence[float]) -> list[float]:
-        """Slider values (one per stage but the last) as routing thresholds."""
+        """Slider values (one per stage but the last) as routing thresholds. A slider showing the
+        run's tuned threshold (rounded for display) routes at the tuned threshold itself, so the
+        opened run's point is exactly the results table's."""
         values = list(sliders)[: self.n_stages - 1]
         if len(values) != self.n_stages - 1:
             raise ConfigError(f"{self.n_stages - 1} threshold(s) needed for {', '.join(self.names)}.")
-        return [slider_to_threshold(v) for v in values] + [0.0]
+        tuned = self.tuned_thresholds()
+        return [t if float(v) == threshold_to_slider(t) else slider_to_threshold(v)
+                for v, t in zip(values, tuned)] + [0.0]
 
     def evaluate(self, thresholds: Sequence[float]) -> tuple[RoutingMetrics, RoutingMetrics]:
         """(validation, test) metrics of the routing at `thresholds`."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from ea_core import mining
 from ea_core.bundle import export_run_bundle
+from ea_core.calibration import Calibration, apply_temperature, expected_calibration_error
 from ea_core.data import load_dataset
 from ea_core.errors import ConfigError
 from ea_core.events import CancelToken, Callbacks, EventKind, ProgressEvent, callback_list, tagged
@@ -53,7 +54,7 @@ from ea_core.runstate import (
     save_task,
 )
 from ea_core.splits import Split
-from ea_core.tuning import Calibration, apply_temperature, autotune, expected_calibration_error
+from ea_core.tuning import autotune
 
 #: Few-shot examples per label the offline image stand-in (local:image-knn) sees when --few-shot is not given.
 IMAGE_KNN_FEW_SHOT = 5

@@ -23,7 +23,7 @@ from ea_core.router import StageOutput
 from ea_core.runconfig import RunConfig
 from ea_core.runfolder import RunFolder, fingerprint, load_arrays, read_json, write_json
 from ea_core.splits import Split, TaskData
-from ea_core.tuning import apply_temperature
+from ea_core.calibration import apply_temperature
 
 SPLITS = ("train", "val", "test")
 STATE_JSON = "state.json"

@@ -1,62 +1,9 @@
-"""Choosing thresholds and calibrating confidences, from cached validation outputs only.
-
-Two jobs, both cheap enough to rerun whenever the user moves a budget slider:
-
-* **Calibration.** Small models are over- or under-confident, which makes one threshold mean
-  different things for different stages. Temperature scaling (Guo et al., 2017) fixes most of it
-  with one number per model fitted on validation data; `expected_calibration_error` and
-  `reliability_bins` show the effect.
-
-* **Thresholds.** The cascade (see `ea_core.router`) has one threshold per stage but the last.
-  `autotune` picks the thresholds that maximise validation accuracy within a budget (share of
-  inputs that call the LM, or money per 1,000 inputs); `pareto_front` traces accuracy against LM
-  call rate (or money) so the UI can show the whole trade-off; `brute_force_tune` is the
-  FrugalGPT-style `scipy.optimize.brute` baseline; `val_test_report` reports chosen thresholds on
-  validation and test side by side (thresholds are never chosen on test).
-
-How the search works, and what is approximate
----------------------------------------------
-Candidate thresholds per stage are ``n_candidates`` quantiles of that stage's validation
-confidences, plus 0 (takes everything) and `NEVER_TAKES` (> 1: passes everything on). Each input
-is binned once per stage by how many candidates its confidence reaches, so the routing of every
-*combination* of candidates depends only on the inputs' cell in a grid with one axis per tunable
-stage. Accuracy, LM calls and money of all combinations at once are then sums of per-cell
-histograms with prefix sums along the axes (stage k answers an input iff the earlier stages'
-thresholds are above its bins and stage k's is not): O(n + cells) work, no routing loop.
-
-* **Exact on the candidate grid** when the grid has at most ``max_exact_cells`` cells (default
-  1,000,000: always for 3 stages, and 4 stages with <= 98 candidates each). The result is the
-  global optimum over all combinations of candidate thresholds; the tests check it against
-  exhaustive enumeration.
-* **Otherwise (approximation):** exact search on a coarser grid (an evenly spaced subset of each
-  stage's candidates, sized so the grid fits ``max_exact_cells``), then block coordinate ascent
-  on the full grid over *pairs* of stages, within budget, from several starts: the best coarse
-  cells, and points of the Lagrangian relaxation (maximise correct - price x spend, bisecting the
-  price) walked greedily into the budget when over it. A pair step is exact: with the other
-  thresholds fixed, accuracy/calls/money for every pair of candidates of two stages are 2-D
-  histograms with prefix sums. The result is at least as good as the coarse grid's global
-  optimum, and no change of one or two thresholds on the full grid improves it; it can miss a
-  better combination that needs three or more thresholds to move together. Measured on
-  synthetic cascades (6 stages, 10,000 examples, 18 candidates, 20 budgets from 5% to 50%) it
-  matched the exact grid optimum in 19 of 20 cases and was 0.28 points below in the other; the
-  tests bound the gap to exhaustive search on small grids.
-* `autotune` then *polishes* with single-stage coordinate ascent over every distinct routing of
-  each stage (thresholds between consecutive distinct confidences), which only raises validation
-  accuracy. `pareto_front` does not polish; on the approximate path it improves up to
-  ``max_refine`` of the coarse front's points by single-stage coordinate ascent under their own
-  budget, so `autotune` at a budget can sit slightly above the displayed front.
-
-Selection metric: `autotune`, `choose_operating_point` and the cross-fitting take
-``metric="accuracy"`` (default) or ``"macro_f1"``. Macro-F1 is not a sum over examples, so the
-grid search cannot count it per cell; with ``"macro_f1"`` every "correct" count above is weighted
-by scikit-learn's ``compute_sample_weight("balanced", y)`` (n / (K * class count)), which makes
-the objective balanced accuracy (mean per-class recall), macro-F1's additive stand-in: a
-minority-class input is worth as much of the score as its class is rare. Ties then use a float
-tolerance instead of half a count.
-
-Money: a paid stage costs its price for every input that reaches it (see `ea_core.router`).
-Search state (sorted confidences, candidate grids, grid tensors) is cached on a `StageStack`, so
-a UI that keeps one stack per split re-runs only the selection when the budget slider moves.
+"""Choosing thresholds from cached validation outputs only, cheap enough to rerun whenever the
+user moves a budget slider: `autotune` (the best validation score within an LM-call or money
+budget), `pareto_front` (the whole trade-off for the UI), `brute_force_tune` (FrugalGPT's
+`scipy.optimize.brute`, a baseline) and `val_test_report` (validation and test side by side;
+thresholds are never chosen on test). How the grid search works and where it is approximate:
+docs/threshold-search.md.
 """
 
 from __future__ import annotations
@@ -66,10 +13,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy import optimize
-from scipy.special import logsumexp
 
 from ea_core.errors import ConfigError, DataError
-from ea_core.metrics import SELECTION_METRICS, check_labels
+from ea_core.metrics import SELECTION_METRICS
 from ea_core.router import StagesLike, StageStack, as_stack
 
 #: A threshold above every confidence: the stage never answers, it always passes on.
@@ -90,122 +36,6 @@ def metric_weights(y: np.ndarray, metric: str = "accuracy") -> Optional[np.ndarr
 
     y = np.asarray(y)
     return compute_sample_weight("balanced", y) if y.size else np.zeros(0)
-
-
-# =============================================================================================
-# Calibration
-# =============================================================================================
-
-
-def _check_proba(proba: np.ndarray, y: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    p = np.asarray(proba, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] == 0:
-        raise ConfigError(f"Probabilities must have shape (n_examples, n_labels), got {p.shape}.")
-    if p.size and (not np.all(np.isfinite(p)) or p.min() < 0):
-        raise ConfigError("Probabilities must be finite and non-negative.")
-    if y is None:
-        return p, None
-    return p, check_labels(y, p.shape[0], p.shape[1])
-
-
-def _log_proba(p: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(p, 1e-12, None))
-
-
-def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
-    """``softmax(log(proba) / T)``: T > 1 softens over-confident probabilities, T < 1 sharpens."""
-    p, _ = _check_proba(proba)
-    if not np.isfinite(temperature) or temperature <= 0:
-        raise ConfigError(f"Temperature must be a positive number, got {temperature}.")
-    if temperature == 1.0:  # the identity: return the probabilities bit for bit
-        return p
-    z = _log_proba(p) / float(temperature)
-    z -= z.max(axis=1, keepdims=True) if len(z) else 0.0
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def fit_temperature(proba: np.ndarray, y: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """The temperature T minimising the NLL of ``softmax(log(proba) / T)`` on labels `y`."""
-    p, yy = _check_proba(proba, y)
-    assert yy is not None
-    if len(yy) == 0:
-        raise DataError("Temperature scaling needs labelled validation examples; there are none.")
-    z = _log_proba(p)
-    z_true = z[np.arange(len(yy)), yy]
-
-    def nll(t: float) -> float:
-        return float(np.mean(logsumexp(z / t, axis=1) - z_true / t))
-
-    res = optimize.minimize_scalar(nll, bounds=bounds, method="bounded", options={"xatol": 1e-4})
-    return float(res.x)
-
-
-def _bin_stats(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if n_bins < 1:
-        raise ConfigError("n_bins must be at least 1.")
-    # Bins are (lo, hi] as in Guo et al.; confidence 0 falls in the first bin.
-    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins)
-    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
-    right = np.bincount(idx, weights=correct.astype(np.float64), minlength=n_bins)
-    return count, conf_sum, right
-
-
-def reliability_bins(proba: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
-    """Per-bin data for a reliability plot of top-label confidence.
-
-    Keys: ``edges`` (n_bins + 1), ``count``, ``confidence`` (mean confidence), ``accuracy`` and
-    ``gap`` (accuracy - confidence); nan in empty bins.
-    """
-    p, yy = _check_proba(proba, y)
-    conf = p.max(axis=1) if len(p) else np.zeros(0)
-    correct = p.argmax(axis=1) == yy if len(p) else np.zeros(0, bool)
-    count, conf_sum, right = _bin_stats(conf, correct, n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan)
-        acc = np.where(count > 0, right / np.maximum(count, 1), np.nan)
-    return {
-        "edges": np.linspace(0.0, 1.0, n_bins + 1),
-        "count": count,
-        "confidence": mean_conf,
-        "accuracy": acc,
-        "gap": acc - mean_conf,
-    }
-
-
-def expected_calibration_error(proba: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
-    """ECE: sum over equal-width confidence bins of ``share * |accuracy - mean confidence|``."""
-    p, yy = _check_proba(proba, y)
-    if len(p) == 0:
-        return float("nan")
-    correct = p.argmax(axis=1) == yy
-    count, conf_sum, right = _bin_stats(p.max(axis=1), correct, n_bins)
-    return float(np.abs(right - conf_sum).sum() / len(p))
-
-
-@dataclass
-class Calibration:
-    """A fitted temperature and the validation ECE before and after applying it."""
-
-    temperature: float
-    ece_before: float
-    ece_after: float
-
-    @classmethod
-    def fit(cls, proba: np.ndarray, y: np.ndarray, n_bins: int = 15) -> "Calibration":
-        t = fit_temperature(proba, y)
-        return cls(
-            temperature=t,
-            ece_before=expected_calibration_error(proba, y, n_bins),
-            ece_after=expected_calibration_error(apply_temperature(proba, t), y, n_bins),
-        )
-
-    def apply(self, proba: np.ndarray) -> np.ndarray:
-        return apply_temperature(proba, self.temperature)
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 # =============================================================================================
@@ -1004,15 +834,10 @@ def val_test_report(
 
 __all__ = [
     "NEVER_TAKES",
-    "Calibration",
     "OperatingPoint",
-    "apply_temperature",
     "autotune",
     "brute_force_tune",
     "candidate_thresholds",
-    "expected_calibration_error",
-    "fit_temperature",
     "pareto_front",
-    "reliability_bins",
     "val_test_report",
 ]

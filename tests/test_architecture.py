@@ -21,7 +21,7 @@ LAYERS = (
                      "ea_core.resources", "ea_core.runfolder", "ea_core.archives")),
     ("data", ("ea_core.data", "ea_core.image_data", "ea_core.imaging", "ea_core.splits")),
     ("small models and LM", ("ea_core.models", "ea_core.llm")),
-    ("routing maths", ("ea_core.router", "ea_core.tuning", "ea_core.operating_point")),
+    ("routing maths", ("ea_core.router", "ea_core.calibration", "ea_core.tuning", "ea_core.operating_point")),
     ("mining", ("ea_core.mining", "ea_core.learned_router")),
     ("run state", ("ea_core.runconfig", "ea_core.runstate")),
     ("engine and services", ("ea_core.pipeline", "ea_core.report", "ea_core.bundle", "ea_core.explore",
@@ -32,7 +32,8 @@ LAYERS = (
 
 #: (modules, what they must never reach, directly or through other ea_core modules).
 NEVER_REACH = (
-    (("ea_core.router", "ea_core.tuning", "ea_core.operating_point"), ("ea_core.models", "ea_core.llm")),
+    (("ea_core.router", "ea_core.calibration", "ea_core.tuning", "ea_core.operating_point"),
+     ("ea_core.models", "ea_core.llm")),
     (("ea_core.data", "ea_core.image_data", "ea_core.imaging", "ea_core.splits"), ("ea_core.models", "ea_core.llm")),
     (("ea_core.models",), ("ea_core.llm",)),
 )

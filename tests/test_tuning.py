@@ -10,17 +10,19 @@ import pytest
 
 from ea_core.errors import ConfigError, DataError
 from ea_core.router import StageOutput, StageStack, evaluate, synthetic_stages
-from ea_core.tuning import (
-    NEVER_TAKES,
+from ea_core.calibration import (
     Calibration,
     apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+)
+from ea_core.tuning import (
+    NEVER_TAKES,
     autotune,
     brute_force_tune,
     candidate_thresholds,
-    expected_calibration_error,
-    fit_temperature,
     pareto_front,
-    reliability_bins,
     val_test_report,
 )
 

@@ -26,7 +26,7 @@ from ea_core.serve.batching import MicroBatcher
 from ea_core.serve.settings import ServeSettings
 from ea_core.splits import ImageInput, Split
 from ea_core.system import AdaptedSystem, StageTrace, SystemStage, lm_confidence
-from ea_core.tuning import apply_temperature
+from ea_core.calibration import apply_temperature
 
 log = logging.getLogger("ea_core.serve")
 
