@@ -5,7 +5,8 @@ on demo tweets and exported with the small model answering every input (no LM st
 server runs in its own process (`python -m ea_core serve`), the load comes from this process: a
 small keep-alive HTTP/1.1 client on raw asyncio sockets (so the client's own CPU cost stays low
 beside the server's on 2 cores), C connections each sending POST /v1/chat/completions back to
-back, for a fixed time after a warm-up, bounded in count and time, to 127.0.0.1 only.
+back, for a fixed time after a warm-up, bounded in count and time, to 127.0.0.1 only. Every
+request's text is new (a test tweet and a number), so no embedding or answer cache helps.
 
     .venv/bin/python bench/bench_serve.py [--seconds 6] [--clients 1 8 32] [--only tfidf|minilm]
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -31,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MAX_REQUESTS = 200_000  # per measurement: a hard bound beside the time limit
+MAX_PAYLOADS = 40_000  # distinct request texts (a test tweet and a number)
 
 
 def make_bundles(out: Path, which: list[str]) -> dict[str, Path]:
@@ -101,16 +105,14 @@ def _request(port: int, text: str) -> bytes:
     return head + body
 
 
-async def _client(port: int, payloads: list[bytes], offset: int, stop_at: float, latencies: list[float],
+async def _client(port: int, payloads: list[bytes], counter: Iterator[int], stop_at: float, latencies: list[float],
                   budget: list[int]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    i = offset
     try:
         while time.perf_counter() < stop_at and budget[0] > 0:
             budget[0] -= 1
             t0 = time.perf_counter()
-            writer.write(payloads[i % len(payloads)])
-            i += 1
+            writer.write(payloads[next(counter) % len(payloads)])
             status = await reader.readline()
             length = 0
             while True:
@@ -129,19 +131,20 @@ async def _client(port: int, payloads: list[bytes], offset: int, stop_at: float,
 
 async def _load(port: int, payloads: list[bytes], clients: int, seconds: float) -> tuple[float, list[float]]:
     # Warm-up: one second at this concurrency, not measured.
+    counter = itertools.count()  # every request a text not sent before (no cache helps)
     warm: list[float] = []
     end = time.perf_counter() + 1.0
-    await asyncio.gather(*(_client(port, payloads, c * 97, end, warm, [MAX_REQUESTS]) for c in range(clients)))
+    await asyncio.gather(*(_client(port, payloads, counter, end, warm, [MAX_REQUESTS]) for _ in range(clients)))
     latencies: list[float] = []
     t0 = time.perf_counter()
     end = t0 + seconds
-    await asyncio.gather(*(_client(port, payloads, c * 131, end, latencies, [MAX_REQUESTS // clients])
-                           for c in range(clients)))
+    await asyncio.gather(*(_client(port, payloads, counter, end, latencies, [MAX_REQUESTS // clients])
+                           for _ in range(clients)))
     return time.perf_counter() - t0, latencies
 
 
 def measure(port: int, texts: list[str], clients: int, seconds: float) -> dict[str, float]:
-    payloads = [_request(port, t) for t in texts]
+    payloads = [_request(port, f"{texts[i % len(texts)]} #{i}") for i in range(MAX_PAYLOADS)]
     try:
         import uvloop
 
