@@ -27,6 +27,7 @@ from ea_core.events import CancelToken, Callbacks, EventKind, ProgressEvent, cal
 from ea_core.learned_router import fit_learned_router
 from ea_core.llm import IMAGE_KNN_SPEC, make_provider
 from ea_core.llm.base import FAILED, UNPARSEABLE, LMProvider
+from ea_core.llm.batch_api import BATCH_PRICE_FACTOR
 from ea_core.llm.cache import AnswerCache
 from ea_core.llm.spend import Budget, SpendLedger
 from ea_core.llm.planning import check_endpoint
@@ -55,6 +56,9 @@ from ea_core.runstate import (
 )
 from ea_core.splits import Split
 from ea_core.tuning import autotune
+
+#: LM stages over the training split, which `RunConfig.lm_batch` sends through the Batch API.
+BATCH_STAGES = ("mine", "train_full", "probe")
 
 #: Few-shot examples per label the offline image stand-in (local:image-knn) sees when --few-shot is not given.
 IMAGE_KNN_FEW_SHOT = 5
@@ -299,6 +303,8 @@ class Pipeline:
             acc = {s: float(np.mean(outputs[s].argmax(1) == self.task.split(s).labels)) for s in ("val", "test")}
             info = {"name": name, "val_accuracy": acc["val"], "test_accuracy": acc["test"],
                     "train_time_s": meter.elapsed_s, "peak_rss_mb": meter.peak_rss_mb, "trained_on": len(train)}
+            if meter.peak_gpu_mb is not None:
+                info["peak_gpu_mb"] = meter.peak_gpu_mb
             write_json(info_path, info)
             self.folder.mark_done(f"model_{folder.parent.name}_{folder.name}", fp)
         info = read_json(info_path)
@@ -364,11 +370,21 @@ class Pipeline:
         if hasattr(self.provider(), "estimate"):
             est = self.provider().estimate(inputs, self.task.labels)
             price = f"~${est.usd:.4f}" if est.price_known else "price unknown"
+            if est.price_known and self.config.lm_batch and stage in BATCH_STAGES:
+                price += f" at the normal price, ~${est.usd * BATCH_PRICE_FACTOR:.4f} at the batch price"
             self.emit(ProgressEvent(stage=f"lm:{stage}", step=0, total=0, kind=EventKind.LM, lm_stage=stage, message=(
                 f"LM estimate for {stage}: {est.calls} paid calls ({est.cached} cached), "
                 f"~{est.prompt_tokens + est.completion_tokens} tokens, {price}")))
-        answers, usage = self.provider().classify(inputs, self.task.labels, stage=f"lm:{stage}",
-                                                  callback=tagged(self.emit, lm_stage=stage), cancel=self.cancel)
+        if self.config.lm_batch and stage in BATCH_STAGES:
+            if not hasattr(self.provider(), "classify_batch"):
+                raise ConfigError("--lm-batch needs an OpenAI-compatible endpoint with a Batch API (--lm openai "
+                                  "and a base URL), not a local model.")
+            answers, usage = self.provider().classify_batch(
+                inputs, self.task.labels, state_path=path.with_name(f"{stage}_batch.json"), stage=f"lm:{stage}",
+                callback=tagged(self.emit, lm_stage=stage), cancel=self.cancel, poll_s=self.config.lm_batch_poll_s)
+        else:
+            answers, usage = self.provider().classify(inputs, self.task.labels, stage=f"lm:{stage}",
+                                                      callback=tagged(self.emit, lm_stage=stage), cancel=self.cancel)
         price = self.provider().describe().get("price_usd_per_1m")
         arrays = {"index": np.asarray(index, dtype=np.int64), **answers_to_arrays(answers, price)}
         save_arrays(path, **arrays)

@@ -73,6 +73,10 @@ class RunConfig:
     probe_lm: int = 0
     # "learned": also route with a deferral classifier trained on mining's answers (ea_core.learned_router).
     router: str = "cascade"
+    # Mining, EA(Full) and the probe through the endpoint's Batch API (billed at a discount, answers
+    # within the provider's window); the batch is polled every lm_batch_poll_s seconds.
+    lm_batch: bool = False
+    lm_batch_poll_s: float = 30.0
     # Imbalanced labels (ea_core.models.common): "auto" = on when the training split's largest/smallest
     # class ratio is >= imbalance_ratio. selection_metric drives early stopping, the SSM ranking and
     # threshold tuning alike; class_weight is every small model's loss weighting.

@@ -150,6 +150,7 @@ class ScriptedServer:
         self._closing = threading.Event()
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
+        self.batch_api = ScriptedBatches(self)
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -321,6 +322,123 @@ class ScriptedServer:
         return handler.send_json(200, response)
 
 
+class _Capture:
+    """Stands in for an HTTP handler: keeps what `ScriptedServer.handle` would send."""
+
+    def __init__(self) -> None:
+        self.status, self.payload = 0, None
+
+    def send_json(self, status: int, payload: Any, headers: Optional[dict[str, str]] = None) -> None:
+        self.status, self.payload = status, payload
+
+    def send_raw(self, status: int, data: bytes, headers: Optional[dict[str, str]] = None) -> None:
+        self.status, self.payload = status, data.decode("utf-8", "replace")
+
+    def drop(self) -> None:
+        self.status = 0
+
+    reset = drop
+
+
+class ScriptedBatches:
+    """The Batch API of a `ScriptedServer`: ``POST /files`` (multipart, purpose=batch), ``POST
+    /batches``, ``GET /batches/{id}`` and ``GET /files/{id}/content``. Each request line is answered
+    like a chat request (gold, faults and all). Scripted: `polls` retrievals in progress before it
+    ends; `expire_after` N: only the first N lines answered, then "expired"; `fail`: the whole batch
+    "failed". Counts: `.created` (batches submitted), `.retrieved`."""
+
+    def __init__(self, server: "ScriptedServer") -> None:
+        self.server = server
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.polls, self.expire_after, self.fail = 1, None, False
+        self.created = self.retrieved = 0
+
+    def handle(self, handler: "_Handler", method: str, raw: bytes) -> None:
+        path = handler.path.split("?")[0].rstrip("/")
+        if method == "POST" and path.endswith("/files"):
+            return handler.send_json(200, self._upload(handler, raw))
+        if method == "POST" and path.endswith("/batches"):
+            return handler.send_json(200, self._create(json.loads(raw or b"{}")))
+        if method == "GET" and "/batches/" in path:
+            batch = self.batches.get(path.rsplit("/", 1)[1])
+            return handler.send_json(200, self._advance(batch)) if batch else \
+                handler.send_json(404, _error("no such batch", "not_found"))
+        if method == "GET" and path.endswith("/content"):
+            data = self.files.get(path.split("/")[-2])
+            return handler.send_raw(200, data) if data is not None else \
+                handler.send_json(404, _error("no such file", "not_found"))
+        return handler.send_json(404, _error(f"unknown path {path}", "not_found"))
+
+    def _upload(self, handler: "_Handler", raw: bytes) -> dict[str, Any]:
+        from email.parser import BytesParser
+
+        msg = BytesParser().parsebytes(b"Content-Type: " + handler.headers["Content-Type"].encode() + b"\r\n\r\n" + raw)
+        data = next((part.get_payload(decode=True) for part in msg.get_payload()
+                     if part.get_param("name", header="content-disposition") == "file"), b"")
+        file_id = f"file-{len(self.files)}"
+        self.files[file_id] = data
+        return {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                "filename": "requests.jsonl", "purpose": "batch", "status": "processed"}
+
+    def _create(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.created += 1
+        batch_id = f"batch_{len(self.batches)}"
+        lines = [ln for ln in self.files[body["input_file_id"]].decode().split("\n") if ln.strip()]
+        self.batches[batch_id] = {"id": batch_id, "object": "batch", "endpoint": body.get("endpoint"),
+                                  "input_file_id": body["input_file_id"], "completion_window": "24h",
+                                  "status": "validating", "created_at": int(time.time()), "output_file_id": None,
+                                  "error_file_id": None, "errors": None, "_lines": lines, "_polls": 0,
+                                  "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+        return self._public(self.batches[batch_id])
+
+    def _advance(self, batch: dict[str, Any]) -> dict[str, Any]:
+        self.retrieved += 1
+        batch["_polls"] += 1
+        if batch["status"] in ("validating", "in_progress") and batch["_polls"] > self.polls:
+            self._finish(batch)
+        elif batch["status"] == "validating":
+            batch["status"] = "in_progress"
+        return self._public(batch)
+
+    def _finish(self, batch: dict[str, Any]) -> None:
+        if self.fail:
+            batch["status"], batch["errors"] = "failed", {"data": [{"code": "invalid", "message": "scripted"}]}
+            return
+        out, err = [], []
+        for n, line in enumerate(batch["_lines"]):
+            if self.expire_after is not None and n >= self.expire_after:
+                break
+            row = json.loads(line)
+            body = row["body"]
+            users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+            text = str(users[-1].get("content", "")) if users else ""
+            req = ScriptedRequest("/v1/chat/completions", {}, body, text, time.time())
+            with self.server._lock:
+                self.server.requests.append(req)
+                self.server.per_input[text] += 1
+            cap = _Capture()
+            self.server.handle(cap, body, req)  # type: ignore[arg-type]
+            entry = {"id": f"req_{n}", "custom_id": row["custom_id"],
+                     "response": {"status_code": cap.status or 500, "body": cap.payload}}
+            if cap.status == 200 and isinstance(cap.payload, dict):
+                out.append(entry)
+            else:
+                err.append({**entry, "error": {"code": "scripted_fault", "message": f"status {cap.status}"}})
+        for name, rows in (("output_file_id", out), ("error_file_id", err)):
+            if rows:
+                file_id = f"file-{len(self.files)}"
+                self.files[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                batch[name] = file_id
+        batch["status"] = "expired" if self.expire_after is not None and len(batch["_lines"]) > self.expire_after \
+            else "completed"
+        batch["request_counts"] = {"total": len(batch["_lines"]), "completed": len(out), "failed": len(err)}
+
+    @staticmethod
+    def _public(batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+
 def _error(message: str, type_: str, param: Optional[str] = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": None}}
 
@@ -405,6 +523,8 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def do_GET(self) -> None:  # noqa: N802
+        if "/files" in self.path or "/batches" in self.path:
+            return self.owner.batch_api.handle(self, "GET", b"") if self.authorized() else None
         with self.owner._lock:
             self.owner.models_requests += 1
         if not self.authorized():
@@ -417,6 +537,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if "/files" in self.path or "/batches" in self.path:
+            return self.owner.batch_api.handle(self, "POST", raw) if self.authorized() else None
         try:
             body = json.loads(raw or b"{}")
         except ValueError:

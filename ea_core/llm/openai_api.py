@@ -32,15 +32,18 @@ import math
 import os
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from ea_core.errors import ConfigError, LMError
-from ea_core.events import CancelToken, ProgressCallback
+from ea_core.events import CancelToken, EventKind, ProgressCallback, ProgressEvent
 from ea_core.llm.base import (FAILED, LMAnswer, LMInput, LMProvider, LMUsage, has_images, normalize_request,
                                refuse_images)
 from ea_core.llm.batch import BUDGET_EXHAUSTED, BatchRun, Wait
+from ea_core.llm.batch_api import BATCH_PRICE_FACTOR, CHAT_PATH, FINAL_STATUSES, BatchRecord, read_results, request_lines
 from ea_core.llm.cache import ANSWERED, BUSY, AnswerCache, CachedAnswer, make_key
 from ea_core.llm.cost import CostEstimate, PriceTable, estimate_tokens, message_tokens
+from ea_core.llm.endpoints import EndpointPolicy
 from ea_core.llm.images import DEFAULT_IMAGE_MAX_SIDE, ImagePrep, ImageSettings, has_image_parts
 from ea_core.llm.presets import PRESETS, model_accepts_images
 from ea_core.llm.probe import CapabilityProbe, Mode, RequestMode, check_mode, rejects_image
@@ -70,6 +73,8 @@ class OpenAIProvider(LMProvider):
     `settings`: the `RetryPolicy` fields (``max_retries``, ``timeout_s``, ``backoff_base_s``,
     ``backoff_max_s``, ``max_retry_after_s``, ``max_connection_failures``) and ``image_max_side``,
     ``image_detail``, ``image_format`` (`ImageSettings`). `preset` and `free` are as in `LMSpec`.
+    `endpoint_policy`: where requests may go (None: the policy the server gave this process, see
+    `ea_core.llm.endpoints`).
 
     Confidence (only with log-probs): exp(sum of the log-probs of the tokens spelling the chosen
     label): the LM's probability of that label when labels differ in their first token, a slightly
@@ -101,6 +106,7 @@ class OpenAIProvider(LMProvider):
         claim_poll_s: float = 0.2,
         preset: Optional[str] = None,
         free: bool = False,
+        endpoint_policy: Optional[EndpointPolicy] = None,
         **settings: Any,
     ) -> None:
         if not model or not str(model).strip():
@@ -131,7 +137,7 @@ class OpenAIProvider(LMProvider):
                 )
             key = "not-needed"  # local servers (Ollama, vLLM, llama.cpp) ignore the key
         self.transport = Transport(self.base_url, self.model, Secret(key), key_env=key_env, retry=self.retry,
-                                   mask=(self.spec.url_key,) if self.spec.url_key else ())
+                                   mask=(self.spec.url_key,) if self.spec.url_key else (), policy=endpoint_policy)
         self.cache = cache
         self.store = AnswerStore(cache, self.base_url, self.model, claim_ttl_s=self.retry.claim_ttl_s)
         self.probe = CapabilityProbe(self.store, use_structured_output, use_logprobs)
@@ -510,6 +516,104 @@ class OpenAIProvider(LMProvider):
             unanswered = sum(1 for a in answers if a.label == FAILED)
             raise LMError(self.scrub(self.store.storage_message(run.store_error, run.store_where, unanswered)))
         return answers, run.usage
+
+    # ---------------------------------------------------------------------------- batch API
+
+    def classify_batch(self, inputs: Sequence[LMInput], labels: Sequence[str], *, state_path: str | os.PathLike,
+                       stage: str = "lm", callback: Optional[ProgressCallback] = None,
+                       cancel: Optional[CancelToken] = None, poll_s: float = 30.0,
+                       max_wait_s: Optional[float] = None) -> tuple[list[LMAnswer], LMUsage]:
+        """`classify` through the endpoint's Batch API (`ea_core.llm.batch_api`): cached answers are
+        used, the rest go in one batch billed at `BATCH_PRICE_FACTOR` of the price, written to the
+        cache as they are read back. The batch id is saved at `state_path`, so a call after a
+        restart polls the batch already submitted. Requests the batch did not answer (errors,
+        expiry, cancel, `max_wait_s` reached) are FAILED: never cached, asked again next time."""
+        return run_sync(lambda: self._aclassify_batch(inputs, labels, Path(state_path), stage, callback, cancel,
+                                                      float(poll_s), max_wait_s))
+
+    async def _aclassify_batch(self, inputs: Sequence[LMInput], labels: Sequence[str], state_path: Path, stage: str,
+                               callback: Optional[ProgressCallback], cancel: Optional[CancelToken], poll_s: float,
+                               max_wait_s: Optional[float]) -> tuple[list[LMAnswer], LMUsage]:
+        inputs, labels = normalize_request(inputs, labels)
+        prep = self._image_prep(inputs)
+        self._load_caps()
+        mode = self._mode()
+        prompts = [self.prompt.render(text, pair, labels, image_part=prep.part) for text, pair in inputs]
+        keys = [self._key_for(m, labels) for m in prompts]
+        usage = LMUsage(price_unknown=not self.price_known)
+        hits = self.store.lookup(dict(enumerate(keys)), {i: self._legacy_key(m, labels, mode)
+                                                         for i, m in enumerate(prompts)})
+        found = {k: to_answer(hits[k], labels) for k in set(keys) if k in hits}
+        pending = {k: m for k, m in zip(keys, prompts) if found.get(k) is None}
+        usage.cache_hits = sum(1 for k in keys if found.get(k) is not None)
+        reason = "not answered by the batch"
+        if pending:
+            est = self.estimate([inp for inp, k in zip(inputs, keys) if k in pending], labels)
+            batch_usd = est.usd * BATCH_PRICE_FACTOR
+            if self.budget is not None and self.budget.max_usd is not None and \
+                    self.budget.spent + batch_usd > self.budget.max_usd:
+                raise LMError(f"The batch of {len(pending)} requests would cost ~${batch_usd:.4f} (batch price) and "
+                              f"the budget has ${max(self.budget.max_usd - self.budget.spent, 0):.4f} left: raise "
+                              "--budget-usd or ask fewer inputs.")
+            record = BatchRecord.load(state_path)
+            t0 = time.monotonic()
+            async with self.transport.session() as client:
+                if record.batch_id is None or not set(pending) <= set(record.keys):
+                    bodies = {k: self._body(m, labels, mode) for k, m in pending.items()}
+                    upload = await client.files.create(file=("requests.jsonl", request_lines(bodies)), purpose="batch")
+                    batch = await client.batches.create(input_file_id=upload.id, endpoint=CHAT_PATH,
+                                                        completion_window="24h")
+                    record.batch_id, record.keys = batch.id, sorted(pending)
+                    record.save()
+                while True:
+                    batch = await client.batches.retrieve(record.batch_id)
+                    counts = getattr(batch, "request_counts", None)
+                    if callback is not None:
+                        done = int(getattr(counts, "completed", 0) or 0) + int(getattr(counts, "failed", 0) or 0)
+                        callback(ProgressEvent(stage=stage, step=done, total=len(record.keys), kind=EventKind.LM,
+                                               lm_stage=stage.split(":")[-1],
+                                               message=f"LM batch {batch.status}: {done} of {len(record.keys)}"))
+                    if batch.status in FINAL_STATUSES:
+                        break
+                    if (cancel is not None and cancel.cancelled) or (
+                            max_wait_s is not None and time.monotonic() - t0 >= max_wait_s):
+                        reason = "the batch is still running (its id is saved: the next run collects it)"
+                        batch = None
+                        break
+                    await asyncio.sleep(poll_s)
+                if batch is not None:
+                    output = (await client.files.content(batch.output_file_id)).text if batch.output_file_id else None
+                    errors = (await client.files.content(batch.error_file_id)).text if batch.error_file_id else None
+                    results = read_results(output, errors)
+                    reason = f"the batch ended {batch.status} without this request"
+                    for key, reply in results.replies.items():
+                        if key not in pending:
+                            continue
+                        try:
+                            answer, cached = self._answer(reply, pending[key], labels, mode, 0.0)
+                        except BadReply:
+                            continue
+                        answer.cost_usd *= BATCH_PRICE_FACTOR
+                        cached.cost_usd *= BATCH_PRICE_FACTOR
+                        self.store.put([key], cached)
+                        if self.budget is not None:
+                            self.budget.add(answer.cost_usd, note=f"batch {record.batch_id}")
+                        found[key] = answer
+                        usage.calls += 1
+                        usage.prompt_tokens += answer.prompt_tokens
+                        usage.completion_tokens += answer.completion_tokens
+                        usage.cost_usd += answer.cost_usd
+                        usage.unparseable += answer.label < 0
+                        usage.with_confidence += answer.label >= 0 and answer.confidence is not None
+                    record.clear()  # collected: what it left unanswered goes in a new batch next time
+        answers = []
+        for key in keys:
+            answer = found.get(key)
+            if answer is None:
+                usage.failures += 1
+                answer = LMAnswer(label=FAILED, error=reason)
+            answers.append(answer)
+        return answers, usage
 
     # ---------------------------------------------------------------------------- estimate
 

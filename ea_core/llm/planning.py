@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 from ea_core.errors import EAError
+from ea_core.llm.batch_api import BATCH_PRICE_FACTOR
 from ea_core.llm.base import FAILED, LMInput, LMProvider
 from ea_core.llm.cost import PriceTable, estimate_tokens, message_tokens
 from ea_core.llm.images import DEFAULT_IMAGE_MAX_SIDE, ImageSettings, estimate_part
@@ -190,7 +191,9 @@ def estimate_run_cost(task: TaskData, model: str, *, template: Optional[PromptTe
               f"gets wrong, {lo_share:.0%}-{hi_share:.0%}; known after training)" +
               (f" + up to {probe:,} probed unsure inputs (some may be mined anyway)" if probe else ""))
     lines = [f"validation + test: {n_eval:,} calls, ~{tokens(eval_tokens)} tokens, {usd(eval_usd)}",
-             f"{mining}: ~{tokens(lo_tok)}-{tokens(hi_tok)} tokens, " + (money or f"{usd(lo_usd)}-{usd(hi_usd)}")]
+             f"{mining}: ~{tokens(lo_tok)}-{tokens(hi_tok)} tokens, " + (money or f"{usd(lo_usd)}-{usd(hi_usd)}")
+             + ("" if money else f" (with --lm-batch, the Batch API: {usd(lo_usd * BATCH_PRICE_FACTOR)}-"
+                                 f"{usd(hi_usd * BATCH_PRICE_FACTOR)})")]
     return RunCostEstimate(
         calls_low=n_eval + lo_calls, calls_high=n_eval + hi_calls,
         tokens_low=int(eval_tokens + lo_tok), tokens_high=int(eval_tokens + hi_tok),
