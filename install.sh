@@ -19,6 +19,8 @@ fi
 .venv/bin/python -m ea_core.llm.local_hf >/dev/null
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/python -m pip install --quiet -r requirements-dev.txt
+  # The optional Ray Data engine (predict --engine ray), for its tests: the extra '.[ray]'.
+  .venv/bin/python -m pip install --quiet -r requirements-ray.txt
   # The browser tests drive Debian's chromium (Playwright's own browser download is not reachable here).
   if ! command -v chromium >/dev/null 2>&1; then
     SUDO=""

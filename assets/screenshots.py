@@ -1,14 +1,18 @@
 """Make the README's screenshots: the app on the offline default, as a newcomer sees it.
 
 Starts the app on a temporary runs folder, presses Run with everything as it comes (demo tweets,
-TF-IDF + frozen MiniLM head, the packaged local LM), waits for the run, and saves 1280x800 views
-of the Train & mine and Thresholds tabs into assets/. Needs Debian's chromium (./install.sh --test).
+TF-IDF + frozen MiniLM head, the packaged local LM), waits for the run (about 4 minutes on 2
+cores), then saves a 1280x800 view of every tab into assets/ (app-data.png ... app-results.png),
+and of three places below the fold: a file of inputs predicted in Try it (app-batch.png), what EA
+found (app-mined.png) and the past runs (app-runs.png). Needs Debian's chromium
+(./install.sh --test).
 
     .venv/bin/python assets/screenshots.py
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
 import tempfile
@@ -20,6 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
+VIEWPORT = {"width": 1280, "height": 800}
+TABS = {"data": "1 · Data", "models": "2 · Small models", "lm": "3 · Large model", "train": "4 · Train & mine",
+        "thresholds": "5 · Thresholds", "try": "6 · Try it", "results": "7 · Results & export"}
 
 
 def main() -> None:
@@ -29,6 +36,7 @@ def main() -> None:
     from ea_core.process import configure_process
 
     configure_process()
+    saved = []
     with tempfile.TemporaryDirectory() as tmp:
         demo = build_app(Path(tmp) / "runs")
         demo.queue(default_concurrency_limit=4)
@@ -36,21 +44,68 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=os.environ.get("EA_CHROMIUM", "/usr/bin/chromium"),
                                         args=FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page = browser.new_page(viewport=VIEWPORT)
+
+            def tab(name: str) -> None:
+                page.get_by_role("tab", name=TABS[name]).click()
+                page.wait_for_timeout(1500)
+                page.evaluate("window.scrollTo(0, 0)")
+
+            def shot(name: str) -> None:
+                page.wait_for_timeout(800)
+                page.screenshot(path=str(HERE / f"app-{name}.png"))
+                saved.append(f"app-{name}.png")
+
             page.goto(url)
             expect(page.locator("#data-message")).to_contain_text("Loaded", timeout=120_000)
-            page.get_by_role("tab", name="4 · Train & mine").click()
+            for name in ("data", "models", "lm"):
+                tab(name)
+                shot(name)
+            tab("train")
             page.locator("#run-button").click()
             expect(page.locator("#run-status")).to_contain_text("Run finished", timeout=1_800_000)
             page.wait_for_timeout(1500)
-            page.screenshot(path=str(HERE / "app-train.png"))
-            page.get_by_role("tab", name="5 · Thresholds").click()
+            shot("train")
+            tab("thresholds")
             expect(page.locator("#thr-slider-0")).to_be_visible(timeout=60_000)
-            page.wait_for_timeout(2000)
-            page.screenshot(path=str(HERE / "app-thresholds.png"))
+            page.wait_for_timeout(1500)
+            shot("thresholds")
+            tab("try")
+            page.locator("#try-text textarea").fill("Just got the new phone and I can't stop smiling, best upgrade ever")
+            page.locator("#try-route").click()
+            expect(page.locator("#try-trace")).to_contain_text("Answer:", timeout=120_000)
+            shot("try")
+            inputs = Path(tmp) / "new-tweets.csv"
+            write_tweets(inputs)
+            page.locator("#batch-file input[type=file]").set_input_files(str(inputs))
+            expect(page.locator("#batch-progress")).to_contain_text("ready", timeout=30_000)
+            page.locator("#batch-run").click()
+            expect(page.locator("#batch-progress")).to_contain_text("Done:", timeout=300_000)
+            page.locator("#batch").scroll_into_view_if_needed()
+            shot("batch")
+            tab("results")
+            expect(page.locator("#res-table")).to_contain_text("EA", timeout=60_000)
+            shot("results")
+            expect(page.locator("#res-mined-intro")).to_contain_text("Mining", timeout=60_000)
+            page.locator("#res-mined-box").scroll_into_view_if_needed()
+            shot("mined")
+            page.locator("#res-runs").scroll_into_view_if_needed()
+            shot("runs")
             browser.close()
         demo.close()
-    print(f"saved {HERE / 'app-train.png'} and {HERE / 'app-thresholds.png'}")
+    print("saved " + ", ".join(str(HERE / name) for name in saved))
+
+
+def write_tweets(path: Path, n: int = 120) -> None:
+    """`n` test tweets of the demo with their labels: a file of inputs to predict."""
+    from ea_core.data import load_dataset
+
+    task = load_dataset("demo:tweets")
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for text, y in list(zip(task.test.texts, task.test.labels))[:n]:
+            w.writerow([text, task.labels[int(y)]])
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# As the app and the run workers do (ea_core.process.PASSIVE_WAIT): set before torch loads, else
+# OpenMP threads spin while they wait, which on a busy 2-core machine measured 2-4x slower rates
+# than a run gets.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 RATES_PATH = ROOT / "ea_core" / "models" / "cpu_rates.json"
 KEEP_RUNS = 5
@@ -230,6 +234,8 @@ def merge(existing: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any
             "measured_infer_ratio": statistics.median(c["infer_ratio"] for c in checks),
         }
     out["runs"] = runs
+    for key, value in (existing or {}).items():  # sections other benches write (bench_vision.py's "image")
+        out.setdefault(key, value)
     return rounded(out)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as runs do (ea_core.process.PASSIVE_WAIT): before torch loads
 
 from ea_core.process import configure_process  # noqa: E402
 

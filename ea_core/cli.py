@@ -3,7 +3,8 @@
     python -m ea_core train   --data PATH_OR_NAME --ssm SPEC [--ssm SPEC ...] [--out DIR]
     python -m ea_core run     --data ... --ssm ... --lm openai --lm-model NAME | --lm local[:PATH] [--out DIR]
     python -m ea_core demo    [--out DIR]
-    python -m ea_core predict --bundle DIR --input FILE [--output FILE] [--lm-base-url URL]
+    python -m ea_core predict --bundle DIR --input FILE [--output FILE] [--engine local|ray] [--lm-base-url URL]
+    python -m ea_core plan    --bundle DIR --input FILE [--sample N] | --data ... --ssm ... [--lm ...]
     python -m ea_core serve   --bundle DIR [--host H] [--port P] [--api-key-env VAR] [--lm-base-url URL]
     python -m ea_core from-log LOG_DIR --out FILE.jsonl [--lm-labels]
 
@@ -104,9 +105,9 @@ class TerminalProgress(Callback):
             self.stage = None
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, metavar="PATH_OR_NAME",
+    g.add_argument("--data", required=required, metavar="PATH_OR_NAME",
                    help="CSV, TSV, JSONL or Parquet file; 'demo:tweets' (offline demo); or a Hugging Face dataset name")
     g.add_argument("--text-col", metavar="C", help="column holding the text (detected when obvious)")
     g.add_argument("--text-pair-col", metavar="C", help="second text column for pair tasks (e.g. NLI hypothesis)")
@@ -173,6 +174,10 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                         "is least sure of (out of fold; the --max-lm-rate share), so that the operating point's "
                         "guard sees hundreds of paired examples, not only validation's; N extra paid calls, "
                         "cached and reused by mining (default 0: off)")
+    g.add_argument("--lm-batch", action="store_true",
+                   help="ask the LM about training inputs (mining, --ea-full, --probe-lm) through the endpoint's "
+                        "Batch API: half price at OpenAI, answers within 24 h; the run waits, polling, and a "
+                        "restarted run collects the batch it submitted instead of paying again")
     g.add_argument("--router", choices=ROUTERS, default="cascade",
                    help="cascade: the paper's router (each small model's own confidence decides); learned: also "
                         "route with a classifier trained on mining's out-of-fold outputs and paid LM answers, "
@@ -263,8 +268,45 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lm-local", metavar="PATH_OR_ID",
                    help="for a bundle whose LM runs in process: the model folder, .gguf file or Hugging Face id to "
                         "load (a bundle may itself name only a Hugging Face id or the packaged default)")
-    g.add_argument("--cache", metavar="PATH", help="LM answer cache file")
+    g.add_argument("--cache", metavar="PATH", help="LM answer cache file (default: one kept in OUTPUT.parts/ until "
+                   "the job ends, so that a killed job does not pay twice)")
     g.add_argument("--no-lm", action="store_true", help="never call the LM: the last small model answers the rest")
+    g = p.add_argument_group("large files (a text system reads and writes FILE in chunks)")
+    g.add_argument("--chunk-rows", type=int, default=None, metavar="N",
+                   help="rows read, routed and written at a time (default 10,000): memory stays flat in the "
+                        "file's size. Each chunk written is kept in OUTPUT.parts/: run the same command again "
+                        "after a kill and the chunks written are not redone")
+    g.add_argument("--no-resume", action="store_true", help="start afresh even when OUTPUT.parts/ holds this "
+                   "job's chunks")
+    g.add_argument("--route", action=argparse.BooleanOptionalAction, default=None,
+                   help="add a 'route' column: every stage the row reached with its confidence, the last one "
+                        "answered (default: on for Parquet output, off for CSV / JSON lines)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: Ray Data (pip install '.[ray]'), each small model as "
+                        "map_batches over an actor pool, only unsure rows passed on, the LM in one actor "
+                        "with bounded concurrency; same output")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="with --engine ray: the cluster to join (e.g. ray://head:10001 or 'auto'); default: "
+                        "a local Ray on this machine's cores. The input, the bundle and OUTPUT must be at the "
+                        "same paths on every node (a shared file system)")
+
+    p = sub.add_parser("plan", help="what a job will take, before anything is spent: rows, LM calls, USD, CPU time",
+                       description="With --bundle and --input: what `predict` will take on that file (rows, each "
+                                   "stage's share from the bundle's tuned operating point or, with --sample N, "
+                                   "measured on the file's first N rows by the small models alone, LM calls, tokens "
+                                   "and USD at the bundle's model's price, CPU time from measured rates). With "
+                                   "--data and --ssm (and --lm ...): what a run with those settings will take. "
+                                   "Nothing calls the LM.")
+    p.add_argument("--bundle", metavar="DIR", help="a bundle folder (with --input)")
+    p.add_argument("--input", metavar="FILE", help="the file `predict` would read")
+    p.add_argument("--sample", type=int, default=0, metavar="N",
+                   help="route the input's first N rows through the bundle's small models (never the LM) to "
+                        "measure each stage's share and time on this very file (default 0: the bundle's figures)")
+    p.add_argument("--no-lm", action="store_true", help="plan for predict --no-lm")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (bundle plans)")
+    _add_data_args(p, required=False)
+    _add_ssm_args(p, required=False)
+    _add_lm_args(p, required=False)
 
     from ea_core.serve.main import add_from_log_args, add_serve_args
 
@@ -298,7 +340,7 @@ def _config_from_args(args: argparse.Namespace, lm: bool):
         cfg.mining, cfg.oof_folds, cfg.assm, cfg.ea_full = args.mining, args.oof_folds, args.assm, args.ea_full
         cfg.max_lm_rate, cfg.calibrate = args.max_lm_rate, not args.no_calibration
         cfg.max_cost_per_1k, cfg.operating_point = args.max_cost_per_1k, args.operating_point
-        cfg.probe_lm, cfg.router = args.probe_lm, args.router
+        cfg.probe_lm, cfg.router, cfg.lm_batch = args.probe_lm, args.router, args.lm_batch
         cfg.price_in, cfg.price_out = args.price_in, args.price_out
         cfg.prompt = _read_prompt_file(args.prompt_file) if args.prompt_file else None
     return cfg
@@ -364,6 +406,75 @@ def run_and_report(cfg, out: str) -> int:
     return 0
 
 
+class PredictProgress(TerminalProgress):
+    """`TerminalProgress`, plus a line of rows, rows/s and time left as chunks are written."""
+
+    def __init__(self, stream=None, every_s: float = 2.0) -> None:
+        super().__init__(stream)
+        self.every_s, self._last = every_s, 0.0
+
+    def on_stage(self, ev: ProgressEvent) -> None:
+        if ev.stage != "predict":
+            return super().on_stage(ev)
+        import time
+
+        now = time.monotonic()
+        if ev.message and (ev.is_message or now - self._last >= self.every_s or ev.step >= ev.total):
+            self._last = now
+            self.close()
+            print(f"   predict: {ev.message}", file=self.stream, flush=True)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """`plan`: for a bundle and a file, or for a run's settings; nothing is spent."""
+    from ea_core.plan import plan_bundle, plan_run
+
+    if args.bundle:
+        if not args.input:
+            raise ConfigError("plan --bundle needs --input FILE (the file predict would read).")
+        plan = plan_bundle(args.bundle, args.input, text_col=args.text_col, pair_col=args.text_pair_col,
+                           sample=args.sample, use_lm=not args.no_lm, price_in=args.price_in,
+                           price_out=args.price_out)
+        if args.json:
+            import json
+
+            print(json.dumps(plan.to_dict(), indent=2, default=str))
+        else:
+            print("\n".join(plan.lines()))
+        return 0
+    if not args.data or not args.ssm:
+        raise ConfigError("plan needs --bundle DIR --input FILE, or a run's settings: --data ... --ssm ... "
+                          "[--lm ...].")
+    cfg = _config_from_args(args, lm=bool(args.lm))
+    print("\n".join(plan_run(cfg)))
+    return 0
+
+
+def cmd_predict_stream(args: argparse.Namespace, lm_kw: dict) -> int:
+    """`predict` for a text system: read, route and write in chunks (`ea_core.batch_predict`)."""
+    from ea_core.batch_predict import DEFAULT_CHUNK_ROWS, prepare, run
+    from ea_core.bundle import BUNDLE_JSON, plan_bundle_lm
+
+    # Open the input first: a bad file or column fails before any model loads.
+    job = prepare(args.bundle, args.input, args.output, text_col=args.text_col, pair_col=args.text_pair_col,
+                  chunk_rows=args.chunk_rows or DEFAULT_CHUNK_ROWS, route=args.route, use_lm=not args.no_lm,
+                  lm_options=lm_kw, cache=args.cache, resume=not args.no_resume)
+    if job.has_lm:
+        # Say where the LM will be called (or refuse the bundle's own endpoint) before any model loads.
+        print(plan_bundle_lm(job.meta["lm"], where=Path(args.bundle) / BUNDLE_JSON, **lm_kw).describe(),
+              file=sys.stderr)
+    progress = PredictProgress()
+    try:
+        summary = run(job, engine=args.engine, ray_address=args.ray_address, callback=progress)
+    finally:
+        progress.close()
+    print(summary.text())
+    if summary.rows > summary.resumed_rows:
+        print(f"{summary.rows - summary.resumed_rows:,} rows in {summary.elapsed_s:.1f} s "
+              f"({summary.rows_per_s:,.0f} rows/s, engine {summary.engine})", file=sys.stderr)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from ea_core.bundle import BUNDLE_JSON, load_bundle, plan_bundle_lm, read_bundle_meta
     from ea_core.inputs import read_inputs, write_predictions
@@ -372,6 +483,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     task = meta.get("task") or {}
     lm_kw = dict(base_url=args.lm_base_url, key_env=args.lm_key_env, trust_endpoint=args.trust_bundle_endpoint,
                  local_model=args.lm_local)
+    if task.get("modality") != "image":
+        return cmd_predict_stream(args, lm_kw)
+    if args.engine != "local":
+        raise ConfigError("--engine ray reads tables of texts; an image system predicts with the local engine.")
     # Read the input first: a bad file fails before any model loads.
     if task.get("modality") == "image":
         from ea_core.data import read_image_inputs
@@ -417,6 +532,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_and_report(cfg, args.out or ("runs/demo-digits" if images else "runs/demo"))
         if args.command == "predict":
             return cmd_predict(args)
+        if args.command == "plan":
+            return cmd_plan(args)
         if args.command == "serve":
             from ea_core.serve.main import cmd_serve
 

@@ -40,7 +40,7 @@ def read_inputs(path: str, *, text_col: Optional[str] = None, pair_col: Optional
     pairs = as_texts(table.column(pair_col).to_pylist()) if pair_col else None
     split = Split.from_texts(texts, pairs)
     if label_col and labels:
-        split.labels = _gold_codes(table.column(label_col).to_pylist(), labels)
+        split.labels = gold_codes(table.column(label_col).to_pylist(), labels)
     return split, {"text_col": text_col, "pair_col": pair_col, "label_col": label_col}
 
 
@@ -77,7 +77,7 @@ def input_columns(cols: list[str], path: str, *, text_col: Optional[str] = None,
     return text_col, pair_col, pick(None, LABEL_COLUMNS, "")
 
 
-def _gold_codes(values: list, labels: list[str]) -> np.ndarray:
+def gold_codes(values: list, labels: list[str]) -> np.ndarray:
     """Gold label codes by the training data's label rule (`normalize_label`): 1.0 and " 1 " are "1".
 
     A value the rule refuses (2.5, a list) or a class the system does not know is -1 (not

@@ -54,6 +54,7 @@ class LMCounters:
     tokens: int = 0
     cost_usd: float = 0.0
     eta_s: Optional[float] = None
+    summary: str = ""  # the stage's last "done" line in the log (a provider reports the end more than once)
 
 
 @dataclass
@@ -133,8 +134,11 @@ class RunProgress(Callback):
             c.cost_usd = float(ev.cost_usd)
         c.eta_s = ev.eta_s
         if ev.step == ev.total:
-            self._log(ev.time, f"{ev.stage}: {c.calls} calls, {c.cache_hits} cached, {c.failures} failed, "
-                               f"{c.unparsed} named no label, ${c.cost_usd:.4f}")
+            line = (f"{ev.stage}: {c.calls} calls, {c.cache_hits} cached, {c.failures} failed, "
+                    f"{c.unparsed} named no label, ${c.cost_usd:.4f}")
+            if line != c.summary:  # the same end reported again (cached answers, then the close) is one line
+                c.summary = line
+                self._log(ev.time, line)
 
     def on_stage(self, ev: ProgressEvent) -> None:
         self._bar(ev)

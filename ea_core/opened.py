@@ -7,28 +7,41 @@ explorer per routing order, loaded adapted systems) for as long as the client ke
 
 from __future__ import annotations
 
+import csv
+import math
 import shutil
 import threading
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
 
 from ea_core.bundle import export_run_bundle, system_from_run
-from ea_core.errors import ConfigError, EAError
-from ea_core.explore import ORDERS, Explorer
-from ea_core.llm.spec import LMSpec
+from ea_core.errors import Cancelled, ConfigError, DataError, EAError
+from ea_core.events import CancelToken
+from ea_core.explore import ORDERS, Explorer, Headroom, available_orders, headroom
+from ea_core.findings import mined_counts, mined_examples, write_mined_csv
+from ea_core.inputs import read_inputs, spreadsheet_safe
+from ea_core.llm.spec import LMSpec, Price
+from ea_core.models.catalog import unavailable_reason
 from ea_core.monitor import RunProgress
+from ea_core.operating_point import plain_why
 from ea_core.pipeline import step_names
 from ea_core.report import routed_note
 from ea_core.runconfig import RunConfig
 from ea_core.runfolder import read_json
 from ea_core.runs import RunManager, RunStatus
 from ea_core.runstate import RunState, open_run
+from ea_core.splits import Split
 from ea_core.system import AdaptedSystem
 
 #: A run in one of these states can continue where it stopped.
 RESUMABLE = ("cancelled", "interrupted", "failed")
+#: Failures that resuming with the same settings meets again (a `RunStatus.error_kind`).
+PERMANENT_ERRORS = ("DataError", "ConfigError")
 #: Files of a finished run offered for download.
 RESULT_FILES = ("results.csv", "results.json")
 #: Adapted systems (loaded models) kept per opened run: one per routing order, calibration and LM use.
@@ -57,9 +70,110 @@ def lm_needs_key(cfg: Optional[RunConfig]) -> bool:
     return bool(spec and spec.needs_key)
 
 
-def past_runs(manager: RunManager, owner: Optional[str]) -> list[RunStatus]:
-    """The owner's runs, newest first (nobody else's)."""
-    return manager.runs(owner) if owner else []
+def lm_title(cfg: Optional[RunConfig]) -> str:
+    """The run's LM in a few words: ``local SmolLM2 (packaged)``, ``gpt-4o-mini @ api.openai.com``."""
+    if cfg is None:
+        return "-"
+    if str(cfg.lm).startswith("local"):
+        return "local " + (str(cfg.lm).partition(":")[2] or "SmolLM2 (packaged)")
+    host = ""
+    if cfg.lm_base_url:
+        from urllib.parse import urlsplit
+
+        host = urlsplit(cfg.lm_base_url).hostname or ""
+    return f"{cfg.lm_model or cfg.lm}" + (f" @ {host}" if host else f" ({cfg.lm})")
+
+
+#: Systems a past run is compared by (its results table's rows).
+COMPARED = ("ea", "lm", "oracle")
+
+
+@dataclass
+class PastRun:
+    """One of the owner's runs as a list of runs shows it, read from its small files only (no model,
+    no data): its status, what it ran on, and its headline results (test, with 95% intervals)."""
+
+    status: RunStatus
+    data: str = "-"
+    sizes: dict[str, int] = field(default_factory=dict)  # train / val / test
+    models: list[str] = field(default_factory=list)
+    lm: str = "-"
+    max_lm_rate: Optional[float] = None
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # system -> results row
+    best_ssm: Optional[str] = None  # by validation (the run's ranking)
+    lm_calls: int = 0  # the whole run's paid LM calls
+    lm_cost_usd: float = 0.0
+    lm_free: bool = False  # an in-process LM (nothing to pay)
+
+    # the status, as before
+    @property
+    def run_id(self) -> str:
+        return self.status.run_id
+
+    @property
+    def state(self) -> str:
+        return self.status.state
+
+    @property
+    def title(self) -> str:
+        return self.status.title
+
+    @property
+    def created(self) -> float:
+        return self.status.created
+
+    @property
+    def elapsed_s(self) -> Optional[float]:
+        return self.status.elapsed_s
+
+    def row(self, system: str) -> dict[str, Any]:
+        """A results row: a system name, or "best_ssm" for the run's best small model."""
+        if system == "best_ssm":
+            system = self.best_ssm or ""
+        return self.rows.get(system, {})
+
+    def accuracy(self, system: str, split: str = "test") -> tuple[Optional[float], Optional[tuple[float, float]]]:
+        """(accuracy, 95% interval or None) of `system` on `split` (None when the run has no such row)."""
+        row = self.row(system)
+        ci = row.get(f"{split}_accuracy_ci")
+        return row.get(f"{split}_accuracy"), (tuple(ci) if ci else None)
+
+
+def read_past_run(manager: RunManager, status: RunStatus) -> PastRun:
+    """`PastRun` of a run: what its small files say (a file missing or unreadable leaves its fields empty)."""
+    folder = manager.folder(status.run_id)
+    out = PastRun(status)
+
+    def load(name: str) -> dict[str, Any]:
+        try:
+            data = read_json(folder / name)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    cfg_data, results, summary = load("config.json"), load("results.json"), load("summary.json")
+    try:
+        cfg = RunConfig.from_dict(cfg_data) if cfg_data else None
+    except (EAError, ValueError, TypeError):
+        cfg = None
+    task = summary.get("task") or {}
+    if cfg is not None:
+        out.data = str(task.get("name") or Path(str(cfg.data)).name or cfg.data)
+        out.models, out.lm, out.max_lm_rate = list(cfg.ssm), lm_title(cfg), cfg.max_lm_rate
+        out.lm_free = lm_is_local(cfg)
+    out.sizes = {k: int(v) for k, v in (task.get("sizes") or {}).items()}
+    out.rows = {str(r.get("system")): r for r in results.get("rows", []) if isinstance(r, dict)}
+    ranking = summary.get("ranking") or [name for name in out.models if name in out.rows]
+    out.best_ssm = next((name for name in ranking if name in out.rows), None)
+    usage = (summary.get("lm_usage") or {}).values()
+    out.lm_calls = sum(int(u.get("calls") or 0) for u in usage if isinstance(u, dict))
+    out.lm_cost_usd = sum(float(u.get("cost_usd") or 0.0) for u in usage if isinstance(u, dict))
+    return out
+
+
+def past_runs(manager: RunManager, owner: Optional[str]) -> list[PastRun]:
+    """The owner's runs, newest first (nobody else's), each with what it ran on and its results."""
+    return [read_past_run(manager, status) for status in manager.runs(owner)] if owner else []
 
 
 @dataclass
@@ -116,6 +230,20 @@ class OpenedRun:
         except (EAError, OSError, ValueError, TypeError):
             return None
 
+    def input_file(self) -> Optional[Path]:
+        """The run's own copy of the data file it was started on (an upload), or None (a demo, a
+        dataset by name, or a file the run did not copy)."""
+        cfg = self.config()
+        if cfg is None:
+            return None
+        path = Path(str(cfg.data))
+        inputs = (self.folder / "input").resolve()
+        try:
+            inside = path.resolve().parent == inputs
+        except OSError:
+            return None
+        return path if inside and path.is_file() else None
+
     def steps(self) -> list[str]:
         """The steps the run goes through, in order (a stepper's items)."""
         cfg = self.config()
@@ -126,6 +254,16 @@ class OpenedRun:
 
     def lm_needs_key(self) -> bool:
         return lm_needs_key(self.config())
+
+    def lm_price(self) -> Optional[Price]:
+        """What the run's LM costs (`LMSpec.price`: free in process or self-hosted, known, unknown);
+        None when the run names no readable LM."""
+        spec = lm_spec(self.config())
+        return spec.price if spec is not None else None
+
+    def lm_title(self) -> str:
+        """The run's LM in a few words (`lm_title`)."""
+        return lm_title(self.config())
 
     def feed(self) -> ProgressFeed:
         """A new progress feed over the run's events (it replays the log from the start)."""
@@ -161,10 +299,34 @@ class OpenedRun:
         return out
 
     def can_resume(self, status: Optional[RunStatus] = None) -> bool:
-        return (status or self.status()).state in RESUMABLE
+        """Whether Resume can succeed: the run stopped, and not on a failure that the same
+        settings would meet again (`resume_blocker`)."""
+        status = status or self.status()
+        return status.state in RESUMABLE and self.resume_blocker(status) is None
+
+    def resume_blocker(self, status: Optional[RunStatus] = None) -> Optional[str]:
+        """Why resuming this failed run would fail again (None when it may succeed): its data or
+        settings were refused (a user error: resuming repeats them), or a small model it needs
+        cannot be downloaded here now. Failures that can pass (an endpoint down, a missing key,
+        an interrupted worker) never block."""
+        status = status or self.status()
+        if status.state != "failed":
+            return None
+        cfg = self.config()
+        if cfg is not None:
+            problems = [r for r in (unavailable_reason(s) for s in cfg.ssm) if r]
+            if problems:
+                return "; ".join(problems)
+        if status.error_kind in PERMANENT_ERRORS:
+            return "the same data and settings would be refused again"
+        return None
 
     def resume(self, owner: str, api_key: Optional[str] = None) -> RunStatus:
-        """Start the run's worker again: it continues where it stopped (finished stages are kept)."""
+        """Start the run's worker again: it continues where it stopped (finished stages are kept).
+        ConfigError when it would fail the same way again (`resume_blocker`)."""
+        blocker = self.resume_blocker()
+        if blocker:
+            raise ConfigError(f"Resume would fail the same way ({blocker}): change the setup and press Run.")
         key = (api_key or "").strip() or None
         if self.lm_needs_key() and key is None:
             raise ConfigError("This run calls an API model: its key is needed to resume it.")
@@ -179,9 +341,28 @@ class OpenedRun:
             return self._state
 
     def orders(self) -> list[str]:
-        """The routing orders this run can show (LM-first needs augmented models and LM confidences)."""
-        state = self.state()
-        return ["ea"] + (["ea_lm_first"] if state.assms and state.lm_gives_confidence else [])
+        """The routing orders this run can show (`ea_core.explore.available_orders`): LM-first needs
+        augmented models and LM confidences, EA(Full) its models, the learned router its scores."""
+        return available_orders(self.state())
+
+    def headroom(self) -> Optional[Headroom]:
+        """What a better LM could change, when the run's EA kept the best small model alone."""
+        return headroom(self.state())
+
+    # -- what mining found (the paper's X_train^U) ----------------------------------------------
+    def mined(self, which: str = "all", limit: Optional[int] = None) -> list[dict[str, Any]]:
+        """The training examples mining sent to the LM (`ea_core.findings.mined_examples`)."""
+        if which not in ("all", "underfit", "lm_fixed"):
+            raise ConfigError(f"Unknown filter {which!r}: all, underfit or lm_fixed.")
+        return mined_examples(self.state(), which, limit)
+
+    def mined_counts(self) -> dict[str, int]:
+        return mined_counts(self.state())
+
+    def mined_csv(self, which: str, out: Path) -> Path:
+        """The mined examples of filter `which` as a spreadsheet-safe CSV in `out` (a copy to download)."""
+        out.mkdir(parents=True, exist_ok=True)
+        return write_mined_csv(self.mined(which), out / f"mined-{which}-{self.state().task.name}.csv")
 
     def explorer(self, order: str = "ea", calibrated: bool = True) -> Explorer:
         """The run's stages in `order`, for thresholds (built once per order and calibration)."""
@@ -198,7 +379,11 @@ class OpenedRun:
     def tuned_note(self, order: str) -> Optional[str]:
         """Why the run kept the cascade it kept for `order` (None when it kept every stage)."""
         tuned = self.state().tuning.get(order, {})
-        return tuned.get("why") or routed_note(tuned.get("chosen", "full"))
+        why = tuned.get("why")
+        if not why or why.startswith("rule "):  # a run tuned before every rule said why in plain words
+            chosen = tuned.get("chosen", "full")
+            return plain_why(tuned["rule"], chosen) if tuned.get("rule") else routed_note(chosen)
+        return why
 
     def stage_names(self, order: str) -> list[str]:
         return self.state().stage_names(ORDERS[order][1])
@@ -217,10 +402,17 @@ class OpenedRun:
         return test.images[i], test.texts[i]
 
     def system(self, order: str, calibrated: bool, sliders: Sequence[float], *, use_lm: bool,
-               api_key: Optional[str] = None) -> AdaptedSystem:
+               api_key: Optional[str] = None, own: bool = False) -> AdaptedSystem:
         """The run's adapted system at the sliders' thresholds, models loaded once. The LM stage
-        only with `use_lm` (an API LM then needs `api_key`, which lives in the system's memory only)."""
+        only with `use_lm` (an API LM then needs `api_key`, which lives in the system's memory only).
+        With `own`, a system of the caller's own (the same models) whose thresholds no later call
+        changes: for a job that outlives a slider move."""
         state, ex = self.state(), self.explorer(order, calibrated)
+        if "learned" in ORDERS[order][1]:
+            raise ConfigError("The learned router is scored on the run's saved outputs only: it cannot answer new "
+                              "inputs yet. Pick another router order in Thresholds to try or export a system.")
+        if use_lm:  # an endpoint this server does not call is refused before any model loads
+            LMSpec.from_config(state.config, environ={}).check_endpoint(getattr(self.manager, "endpoints", None))
         needs_key = bool(use_lm) and lm_needs_key(state.config)
         key = (order, bool(calibrated), bool(use_lm), hash(api_key) if needs_key else None)
         with self._lock:
@@ -233,10 +425,12 @@ class OpenedRun:
                 while len(self._systems) > SYSTEMS_KEPT:
                     self._systems.popitem(last=False)
             self._systems.move_to_end(key)
-        live = [t for t, name in zip(ex.thresholds(sliders), ex.names) if use_lm or name != "lm"]
-        for stage, t in zip(system.stages, live):
-            stage.threshold = t
-        return system
+            live = [t for t, name in zip(ex.thresholds(sliders), ex.names) if use_lm or name != "lm"]
+            if own:
+                return system.with_thresholds(live)
+            for stage, t in zip(system.stages, live):
+                stage.threshold = t
+            return system
 
     def results(self) -> list[dict[str, Any]]:
         """The results table's rows (systems, accuracies with intervals, LM calls, money)."""
@@ -256,7 +450,192 @@ class OpenedRun:
     def bundle_zip(self, out: Path, order: str, calibrated: bool, sliders: Sequence[float]) -> Path:
         """The adapted system at the sliders' thresholds, exported as a bundle and zipped in `out`."""
         state = self.state()
+        if "learned" in ORDERS[order][1]:
+            raise ConfigError("The learned router cannot be exported yet: pick another router order in Thresholds.")
         bundle = export_run_bundle(state, state.rows, out / "bundle", system=order,
                                    thresholds=self.thresholds(order, calibrated, sliders),
                                    layers=ORDERS[order][1], calibrated=calibrated)
         return Path(shutil.make_archive(str(out / f"ea-bundle-{state.task.name}"), "zip", root_dir=bundle))
+
+
+# -- batch prediction: a file of inputs through an adapted system ---------------------------------
+
+#: Rows per chunk: the unit of progress and of cancelling (an LM stage makes chunks small).
+BATCH_CHUNK_ROWS = 512
+BATCH_CHUNK_ROWS_LM = 48
+#: Rows of the result a page shows (the file has them all).
+BATCH_PREVIEW_ROWS = 50
+
+
+def read_batch_inputs(path: str | Path, *, labels: Sequence[str], image: bool = False, pair: bool = False,
+                      text_col: Optional[str] = None, pair_col: Optional[str] = None) -> tuple[Split, list[str]]:
+    """A file of inputs to predict, read like the training data: a table (CSV, TSV, JSONL, JSON,
+    Parquet; the training column names if it has them, else detected) or plain text lines, or for
+    an image task a ZIP / folder of images. A label column, or an image in a folder named after a
+    label, is kept to score the predictions. Returns (inputs, warnings)."""
+    path = str(path)
+    if image:
+        from ea_core.data import read_image_inputs
+
+        return read_image_inputs(path, labels=list(labels))
+    if path.lower().endswith(".zip"):
+        raise DataError("A ZIP of images is for an image task; this system classifies texts: give a CSV, TSV, "
+                        "JSONL, Parquet or text file.")
+    try:
+        split, _ = read_inputs(path, text_col=text_col, pair_col=pair_col if pair else None, labels=list(labels),
+                               pair_task=pair)
+    except DataError:
+        if not text_col:
+            raise
+        try:  # not the training column names: detect them as training does
+            split, _ = read_inputs(path, labels=list(labels), pair_task=pair)
+        except DataError as err:
+            raise DataError(str(err).replace("Name it with --text-col.", f"Name it {text_col!r} (as in training).")
+                            .replace("Name it with --text-pair-col.", f"Name it {pair_col!r} (as in training).")
+                            ) from None
+    return split, []
+
+
+def _route_text(names: Sequence[str], confidences: np.ndarray) -> str:
+    """``tfidf 0.412 → lm 0.900``: each stage the input reached with its confidence, in order."""
+    return " → ".join(f"{name} {c:.3f}" for name, c in zip(names, confidences) if not math.isnan(c))
+
+
+@dataclass
+class BatchRow:
+    """One predicted input, as a page previews it."""
+
+    input: str
+    prediction: str
+    answered_by: str
+    confidence: Optional[float]
+    route: str
+    gold: Optional[str] = None
+
+
+class BatchPrediction:
+    """A file of inputs answered by an adapted system, chunk after chunk, with a CSV written as it
+    goes: one row per input with its answer, who answered, at which stage, with what confidence,
+    and the route (each stage reached with its confidence). `chunks` is a generator a page can
+    stream; `cancel` (from any thread) stops it between LM calls, keeping the rows written."""
+
+    def __init__(self, system: AdaptedSystem, inputs: Split, out: Path, *, source: str = "",
+                 chunk_rows: Optional[int] = None) -> None:
+        if not len(inputs):
+            raise DataError("The file holds no input to predict.")
+        self.system, self.inputs, self.out, self.source = system, inputs, Path(out), source
+        has_lm = any(s.is_lm for s in system.stages)
+        self.chunk_rows = int(chunk_rows or (BATCH_CHUNK_ROWS_LM if has_lm else BATCH_CHUNK_ROWS))
+        self.names = [s.name for s in system.stages]
+        self.total = len(inputs)
+        self.done = 0
+        self.answered = [0] * len(self.names)
+        self.known = self.correct = 0
+        self.preview: list[BatchRow] = []
+        self.state = "ready"  # running, done, cancelled, failed
+        self.error = ""
+        self.started: Optional[float] = None
+        self.ended: Optional[float] = None
+        self._cancel = CancelToken()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    # -- where it stands --------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "cancelled", "failed")
+
+    @property
+    def elapsed_s(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.ended or time.perf_counter()) - self.started
+
+    def eta_s(self) -> Optional[float]:
+        if not self.done or self.finished:
+            return None
+        return self.elapsed_s / self.done * (self.total - self.done)
+
+    def shares(self) -> dict[str, int]:
+        """How many of the inputs done each stage answered."""
+        return dict(zip(self.names, self.answered))
+
+    def cancel(self, wait_s: float = 20.0) -> None:
+        """Stop: the chunk in progress is dropped (its paid LM answers stay in the answer cache),
+        the rows written stay in the file. Waits up to `wait_s` for the chunk to stop."""
+        self._cancel.cancel()
+        self._idle.wait(wait_s)
+        if not self.finished:
+            self.state, self.ended = "cancelled", time.perf_counter()
+
+    # -- the work ---------------------------------------------------------------------------
+    def header(self) -> list[str]:
+        split = self.inputs
+        cols = ["image" if split.is_image else "text"] + (["text_pair"] if split.pairs is not None else [])
+        cols += ["prediction", "answered_by", "stage", "confidence", "route"]
+        return cols + (["gold", "right"] if bool(np.any(split.labels >= 0)) else [])
+
+    def chunks(self) -> Iterator["BatchPrediction"]:
+        """Predict chunk after chunk, appending each to the CSV; yield after each (and once first)."""
+        self.state, self.started = "running", time.perf_counter()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        with_gold = "gold" in self.header()
+        labels = self.system.labels
+        try:
+            with open(self.out, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(self.header())
+                f.flush()
+                yield self
+                for start in range(0, self.total, self.chunk_rows):
+                    if self._cancel.cancelled:
+                        break
+                    index = np.arange(start, min(start + self.chunk_rows, self.total))
+                    part = self.inputs.subset(index)
+                    self._idle.clear()
+                    try:
+                        preds = self.system.predict(part, cancel=self._cancel)
+                        if self._cancel.cancelled:  # LM calls stopped half-way: drop the chunk
+                            break
+                        self._write(writer, part, preds, labels, with_gold)
+                        f.flush()
+                    finally:
+                        self._idle.set()
+                    yield self
+        except Cancelled:
+            pass
+        except (EAError, OSError) as err:
+            self.state, self.error, self.ended = "failed", str(err), time.perf_counter()
+            raise
+        if not self.finished:
+            self.state = "cancelled" if self._cancel.cancelled else "done"
+            self.ended = time.perf_counter()
+        yield self
+
+    def _write(self, writer: Any, part: Split, preds: Any, labels: list[str], with_gold: bool) -> None:
+        reached = preds.stage_confidence
+        for i in range(len(part)):
+            k = int(preds.answered_by[i])
+            label = labels[int(preds.pred[i])] if preds.pred[i] >= 0 else ""
+            by = self.names[k] if k >= 0 else ""
+            conf = None if math.isnan(preds.confidence[i]) else float(preds.confidence[i])
+            route = _route_text(self.names, reached[i]) if reached is not None else by
+            shown = str(part.texts[i])
+            cells = [shown] + ([str(part.pairs[i])] if part.pairs is not None else [])
+            cells += [label, by]
+            gold = labels[int(part.labels[i])] if int(part.labels[i]) >= 0 else None
+            row = [spreadsheet_safe(c) for c in cells] + [str(k + 1) if k >= 0 else "",
+                                                          "" if conf is None else f"{conf:.4f}",
+                                                          spreadsheet_safe(route)]
+            if with_gold:
+                row += [spreadsheet_safe(gold or ""), "" if gold is None else str(gold == label).lower()]
+            writer.writerow(row)
+            if k >= 0:
+                self.answered[k] += 1
+            if gold is not None:
+                self.known += 1
+                self.correct += int(gold == label)
+            if len(self.preview) < BATCH_PREVIEW_ROWS:
+                text = shown if part.pairs is None else f"{shown} ‖ {part.pairs[i]}"
+                self.preview.append(BatchRow(text, label or "(no usable answer)", by, conf, route, gold))
+        self.done += len(part)

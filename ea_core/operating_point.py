@@ -188,6 +188,26 @@ def _best_single(stages: Sequence[StageOutput], y: np.ndarray, w: np.ndarray, ma
     return "ssm", ssm
 
 
+def plain_why(rule: str, system: str, simplest: str = "ssm") -> str:
+    """Why `rule` kept `system`, in plain words (every rule's choice says why, never its name)."""
+    words = SYSTEM_WORDS.get(system.split(" ")[0], system)
+    held_out = "on validation folds its thresholds were not tuned on"
+    if system == simplest and rule in ("crossfit", "crossfit_keep_simpler", "crossfit_guarded"):
+        return f"kept {words}: the other systems' gains {held_out.replace('its', 'their')} were within noise"
+    if system == simplest and rule == "bootstrap_keep_simpler":
+        return f"kept {words}: the cascade's gain on validation was within noise"
+    return {
+        "insample": f"kept {words}: the best validation accuracy within the LM budget (its thresholds were tuned and "
+                    "scored on the same validation inputs, so that figure is optimistic)",
+        "budget_quantile": f"kept {words}: the LM budget spent on the inputs the best small model is least sure of",
+        "crossfit": f"kept {words}: it scored best {held_out}",
+        "crossfit_keep_simpler": f"kept {words}: it gained beyond noise over simpler systems {held_out}",
+        "crossfit_guarded": f"kept {words}: it gained beyond noise {held_out}",
+        "bootstrap_keep_simpler": f"kept {words}: its gain on validation was beyond noise",
+        "shrink": f"kept {words}, with thresholds moved part of the way towards the simplest system's",
+    }.get(rule, f"kept {words}")
+
+
 def choose_operating_point(
     stages: Sequence[StageOutput],
     y: np.ndarray,
@@ -250,7 +270,7 @@ def choose_operating_point(
 
     def finish(system: str, thr: list[float], estimate: float, detail: dict[str, Any]) -> HonestChoice:
         m = stack.evaluate(thr)
-        detail.setdefault("why", f"rule {rule} chose {SYSTEM_WORDS.get(system.split(' ')[0], system)}")
+        detail.setdefault("why", plain_why(rule, system, simplest))
         return HonestChoice(rule, system, [float(t) for t in thr], m.accuracy, estimate, m.lm_call_rate, detail)
 
     def fitted(system: str) -> list[float]:

@@ -373,7 +373,7 @@ class Pipeline:
             if est.price_known and self.config.lm_batch and stage in BATCH_STAGES:
                 price += f" at the normal price, ~${est.usd * BATCH_PRICE_FACTOR:.4f} at the batch price"
             self.emit(ProgressEvent(stage=f"lm:{stage}", step=0, total=0, kind=EventKind.LM, lm_stage=stage, message=(
-                f"LM estimate for {stage}: {est.calls} paid calls ({est.cached} cached), "
+                f"LM estimate for {stage}: {est.calls} new calls ({est.cached} cached), "
                 f"~{est.prompt_tokens + est.completion_tokens} tokens, {price}")))
         if self.config.lm_batch and stage in BATCH_STAGES:
             if not hasattr(self.provider(), "classify_batch"):

@@ -38,6 +38,12 @@ from ea_core.errors import ConfigError
 #: `configure_process` does it first thing, and workers get it in their environment.
 PASSIVE_WAIT = "PASSIVE"
 
+#: cuBLAS's workspace setting under which its matrix products are deterministic (CUDA >= 10.2).
+#: Read when torch first uses cuBLAS, so entry points set it first thing (`configure_process`).
+CUBLAS_DETERMINISTIC = ":4096:8"
+#: ``EA_DETERMINISTIC=0`` keeps torch's faster nondeterministic GPU kernels.
+DETERMINISTIC_ENV = "EA_DETERMINISTIC"
+
 # Serialises concurrent calls of configure_process (it holds no data of its own).
 _SETUP_LOCK = threading.Lock()
 
@@ -63,7 +69,7 @@ def default_threads() -> Optional[int]:
     return int(cores or os.cpu_count() or 1)
 
 
-def configure_process(threads: Optional[int] = None) -> None:
+def configure_process(threads: Optional[int] = None, deterministic: Optional[bool] = None) -> None:
     """Set up this process for EA work; call it once from an entry point, before model work.
 
     * OpenMP waits passively (``OMP_WAIT_POLICY=PASSIVE`` unless set; see `PASSIVE_WAIT`: it only
@@ -74,7 +80,10 @@ def configure_process(threads: Optional[int] = None) -> None:
       load failures become ModelErrors instead);
     * the GGUF loader of transformers imports ``tqdm`` directly and so ignores transformers'
       progress-bar switch: its module attribute ``tqdm`` is replaced, once, by transformers' own
-      switchable ``transformers.utils.logging.tqdm`` (so it now obeys that switch).
+      switchable ``transformers.utils.logging.tqdm`` (so it now obeys that switch);
+    * seeded GPU fits reproducible (`deterministic_gpu`; `deterministic` None: when a CUDA GPU is
+      visible, unless ``EA_DETERMINISTIC=0``), with ``CUBLAS_WORKSPACE_CONFIG`` set (unless set)
+      before anything uses CUDA.
 
     Idempotent: calling it again with the same argument changes nothing. Library code never calls
     it: these are process-wide choices that belong to whoever owns the process.
@@ -83,8 +92,36 @@ def configure_process(threads: Optional[int] = None) -> None:
         raise ConfigError(f"threads must be at least 1, not {threads!r}.")
     with _SETUP_LOCK:
         os.environ.setdefault("OMP_WAIT_POLICY", PASSIVE_WAIT)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
         _set_torch_threads(int(threads) if threads is not None else default_threads())
+        deterministic_gpu(deterministic)
         _quiet_hugging_face()
+
+
+def deterministic_gpu(enable: Optional[bool] = None) -> bool:
+    """Make seeded GPU training reproducible, process-wide; return whether it is on.
+
+    `enable` None: on when a CUDA GPU is visible and ``EA_DETERMINISTIC`` is not ``0``. On means
+    ``torch.use_deterministic_algorithms(True, warn_only=True)`` (deterministic kernels where torch
+    has them; an op without one warns instead of failing), cuDNN's deterministic algorithms and no
+    cuDNN autotuning, and ``CUBLAS_WORKSPACE_CONFIG`` set unless it was (it takes effect only if
+    torch has not used cuBLAS yet: call this early). The catalog's CNNs avoid the one such op they
+    had (adaptive average pooling: `ea_core.models.vision_backbones.deterministic_pooling`), so two
+    fits with one seed on one GPU give equal weights; bench/bench_gpu.py checks it. A process-wide
+    choice, like the thread count: entry points make it, library code never does.
+    """
+    import torch
+
+    if enable is None:
+        enable = os.environ.get(DETERMINISTIC_ENV, "1").strip() not in ("0", "false", "no") and \
+            torch.cuda.is_available()
+    if not enable:
+        return False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    return True
 
 
 def _set_torch_threads(threads: Optional[int]) -> None:
@@ -121,3 +158,26 @@ def warn_ignored_threads(owner: str, threads: Optional[int]) -> None:
         "ea_core.process.configure_process(threads=%s) (or OMP_NUM_THREADS) at start-up.",
         owner, threads, threads,
     )
+
+
+def release_memory() -> None:
+    """Give freed memory back to the system: a garbage collection, then glibc's ``malloc_trim``.
+
+    Why: a server's memory rose with every browser session and stayed there after the sessions
+    closed although their objects were freed (measured: +200 MB over 10 sessions, all of it back
+    after a trim): glibc keeps freed blocks in its arenas for reuse. A process-wide choice like the
+    others here: the app calls it when a session ends; library code never does. No-op without glibc.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return
+    trim(0)

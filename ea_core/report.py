@@ -49,6 +49,7 @@ TABLE_COLUMNS = (
     ("lm_call_rate", "LM calls %", "{:.1%}"),
     ("train_time_s", "train s", "{:.1f}"),
     ("peak_rss_mb", "peak MB", "{:.0f}"),
+    ("peak_gpu_mb", "GPU MB", "{:.0f}"),  # only when a small model trained on a GPU
     ("lm_calls", "LM calls", "{}"),
     ("lm_cost_usd", "LM $", "{:.4f}"),
 )
@@ -64,6 +65,7 @@ def ssm_rows(records: Sequence[StageRecord], y_test: np.ndarray) -> list[dict[st
             "system": rec.name, "val_accuracy": rec.val_accuracy, "test_accuracy": rec.test_accuracy,
             "macro_f1": m.macro_f1, "lm_call_rate": 0.0, "train_time_s": rec.train_time_s,
             "peak_rss_mb": rec.peak_rss_mb, "lm_calls": 0, "lm_tokens": 0, "lm_cost_usd": 0.0,
+            **({"peak_gpu_mb": rec.peak_gpu_mb} if rec.peak_gpu_mb is not None else {}),
         })
     return rows
 
@@ -101,6 +103,8 @@ def routed_row(
         "oracle_accuracy": test.oracle_accuracy,
         "train_time_s": float(sum(r.train_time_s for r in records)),
         "peak_rss_mb": float(max((r.peak_rss_mb for r in records), default=0.0)),
+        **({"peak_gpu_mb": float(max(r.peak_gpu_mb for r in records if r.peak_gpu_mb is not None))}
+           if any(r.peak_gpu_mb is not None for r in records) else {}),
         "lm_calls": lm_calls,
         "lm_tokens": tokens,
         "lm_cost_usd": test.cost_per_1k_usd * n / 1000.0,

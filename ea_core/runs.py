@@ -34,15 +34,19 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ea_core.errors import Cancelled, ConfigError, EAError, RunBusy
 from ea_core.events import Callbacks, CancelToken, EventKind, ProgressEvent
+from ea_core.llm.endpoints import EndpointPolicy
 from ea_core.llm.spec import LMSpec
+from ea_core.logins import AUTH_ENV
 from ea_core.pipeline import Pipeline
 from ea_core.process import PASSIVE_WAIT, configure_process
+from ea_core.quotas import DiskQuota, folder_bytes
 from ea_core.runconfig import RunConfig
 from ea_core.runfolder import RunFolder, read_json, write_json
+from ea_core.runqueue import Place, QueueSettings, RunQueue, estimate_memory_mb, lower_priority, signature
 
 STATUS_JSON = "status.json"
 EVENTS_JSONL = "events.jsonl"
@@ -84,6 +88,9 @@ class RunStatus:
     message: str = ""
     owner: str = ""
     title: str = ""
+    #: A failed run's error class (``DataError``, ``ConfigError``, ``ModelError``, ``LMError`` ...): whether
+    #: running the same settings again can succeed (`ea_core.opened.OpenedRun.resume_blocker`).
+    error_kind: str = ""
 
     @property
     def active(self) -> bool:
@@ -186,11 +193,11 @@ class StatusKeeper:
         self._thread = threading.Thread(target=self._beat, name="ea-heartbeat", daemon=True)
         self._thread.start()
 
-    def finish(self, state: str, message: str = "") -> None:
+    def finish(self, state: str, message: str = "", error_kind: str = "") -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self._write(state=state, ended=time.time(), heartbeat=time.time(), message=message)
+        self._write(state=state, ended=time.time(), heartbeat=time.time(), message=message, error_kind=error_kind)
         log_event(self.folder, terminal_event(state, message))
 
 
@@ -219,7 +226,7 @@ def execute_run(config: Any, folder: str | Path, *, api_key: Optional[str] = Non
         keeper.finish("cancelled", "cancelled by the user; what was done is kept, run again to resume")
         raise
     except EAError as err:
-        keeper.finish("failed", scrub(str(err), api_key))
+        keeper.finish("failed", scrub(str(err), api_key), error_kind=type(err).__name__)
         raise
     except KeyboardInterrupt:
         keeper.finish("interrupted", "interrupted; run again to resume")
@@ -233,9 +240,9 @@ def execute_run(config: Any, folder: str | Path, *, api_key: Optional[str] = Non
 
 
 def _worker_env() -> dict[str, str]:
-    """The server's environment minus anything that looks like a secret, plus passive OpenMP
-    waiting (see `ea_core.process.PASSIVE_WAIT`: the worker shares the CPU with the app)."""
-    env = {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k)}
+    """The server's environment minus anything that looks like a secret (its logins too), plus
+    passive OpenMP waiting (see `ea_core.process.PASSIVE_WAIT`: the worker shares the CPU with the app)."""
+    env = {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k) and k != AUTH_ENV}
     env.setdefault("OMP_WAIT_POLICY", PASSIVE_WAIT)
     return env
 
@@ -246,14 +253,28 @@ class RunManager:
     Holds no run's data in memory: every question is answered from the run folders, so a new
     manager (a restarted server) sees the same runs. The only in-memory state is the handles of
     the workers this manager started, kept to reap them.
+
+    A shared server's limits: `queue` (how many workers at once, per owner, and how many may
+    wait: `ea_core.runqueue`; a run that must wait is ``queued`` with its place in its status
+    message), `endpoints` (which LM endpoints runs may call: `ea_core.llm.endpoints`, passed on
+    to the workers), `quota` (disk per owner and an age limit: `ea_core.quotas`); `other_use`
+    gives the bytes an owner keeps elsewhere (uploads), counted in the quota.
     """
 
-    def __init__(self, runs_dir: str | Path, python: Optional[str] = None) -> None:
+    def __init__(self, runs_dir: str | Path, python: Optional[str] = None, *, queue: Optional[QueueSettings] = None,
+                 endpoints: Optional[EndpointPolicy] = None, quota: Optional[DiskQuota] = None,
+                 other_use: Optional[Callable[[str], int]] = None) -> None:
         self.runs_dir = Path(runs_dir).resolve()
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.python = python or sys.executable
         self._procs: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
+        self.queue = RunQueue(self.runs_dir, queue)  # settings given: written for every process of the folder
+        self.endpoints = endpoints or EndpointPolicy()
+        self.quota = quota or DiskQuota()
+        self.other_use = other_use
+        self._expired_at = 0.0
+        self.expire()
 
     # -- folders ------------------------------------------------------------------------
     def folder(self, run_id: str) -> Path:
@@ -290,7 +311,12 @@ class RunManager:
     # -- starting -----------------------------------------------------------------------
     def create(self, config: Any, owner: str, *, title: str = "", data_file: Optional[str | Path] = None) -> str:
         """A new run folder, queued: settings (never a key), status, and a copy of an uploaded data
-        file (so the run folder is self-contained and survives the upload's deletion)."""
+        file (so the run folder is self-contained and survives the upload's deletion). Refused
+        (`ConfigError`) when the LM endpoint is not one this server calls, or the owner's disk
+        quota is used up."""
+        LMSpec.from_config(config, environ={}).check_endpoint(self.endpoints)
+        self.expire()
+        self.check_quota(owner)
         run_id = secrets.token_urlsafe(18)
         folder = self.folder(run_id)
         folder.mkdir(mode=0o700)
@@ -319,13 +345,20 @@ class RunManager:
             if RunFolder(folder).is_locked():
                 raise RunBusy("Another process is writing this run folder.")
             (folder / CANCEL_FILE).unlink(missing_ok=True)
+            self._enqueue(run_id, folder, status.owner)  # ConfigError: endpoint refused, too many waiting, too big
             log = open(folder / WORKER_LOG, "ab")
             try:
                 proc = subprocess.Popen(
                     [self.python, "-m", "ea_core.worker", str(folder)], stdin=subprocess.PIPE, stdout=log,
-                    stderr=subprocess.STDOUT, env=_worker_env(), start_new_session=True, close_fds=True)
+                    stderr=subprocess.STDOUT, env={**_worker_env(), **self.endpoints.env()}, start_new_session=True,
+                    close_fds=True)
+            except BaseException:
+                self.queue.remove(run_id)
+                raise
             finally:
                 log.close()
+            lower_priority(proc.pid, self.queue.settings().worker_nice)
+            self.queue.attach(run_id, proc.pid, _process_start_time(proc.pid))
             assert proc.stdin is not None
             try:
                 proc.stdin.write((json.dumps({"api_key": api_key or None}) + "\n").encode())
@@ -354,6 +387,61 @@ class RunManager:
         self.start(run_id, owner, api_key)
         return run_id
 
+    def _enqueue(self, run_id: str, folder: Path, owner_hash_: str) -> None:
+        """The run at the end of the queue, with what it is expected to take (time, memory)."""
+        cfg = RunConfig.from_dict(read_json(folder / "config.json"))
+        LMSpec.from_config(cfg, environ={}).check_endpoint(self.endpoints)  # the policy may have changed
+        sig = signature(cfg)
+        seconds, memory = self.queue.estimates(sig, estimate_memory_mb(cfg))
+        self.queue.enqueue(run_id, owner_hash_, memory_mb=memory, duration_s=seconds, sig=sig)
+
+    def place(self, run_id: str) -> Optional[Place]:
+        """Where a queued run stands in the queue (None when it is not waiting)."""
+        return self.queue.place(run_id)
+
+    # -- disk -----------------------------------------------------------------------------
+    def disk_use(self, owner: str) -> int:
+        """Bytes the owner keeps: their run folders and `other_use` (their uploads, as
+        `ea_core.uploads.OwnerStore.usage` counts them). Their LM answer cache is not counted:
+        it is what keeps paid answers from being bought twice, and no page can remove it."""
+        mine = owner_hash(owner)
+        total = 0
+        for path in self.runs_dir.iterdir():
+            status = read_status(path) if path.is_dir() and _RUN_ID.match(path.name) else None
+            if status is not None and secrets.compare_digest(status.owner, mine):
+                total += folder_bytes(path)
+        return total + (int(self.other_use(owner)) if self.other_use is not None else 0)
+
+    def check_quota(self, owner: str) -> None:
+        """`ConfigError` when the owner's disk quota is used up."""
+        message = self.quota.over(self.disk_use(owner)) if self.quota.limit_bytes is not None else None
+        if message:
+            raise ConfigError(message)
+
+    def remove(self, run_id: str, owner: str) -> None:
+        """Delete an ended run of `owner` (its folder and everything in it)."""
+        folder = self.check_owner(run_id, owner)
+        if self.status(run_id).active or RunFolder(folder).is_locked():
+            raise RunBusy("This run is still queued or running: cancel it first.")
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def expire(self, now: Optional[float] = None, every_s: float = 600.0) -> list[str]:
+        """Remove ended runs older than the quota's age limit (looked at most every `every_s`)."""
+        max_age = self.quota.max_age_s
+        now = time.time() if now is None else now
+        if max_age is None or now - self._expired_at < every_s:
+            return []
+        self._expired_at = now
+        removed = []
+        for path in self.runs_dir.iterdir():
+            status = read_status(path) if path.is_dir() and _RUN_ID.match(path.name) else None
+            if status is None or status.active or RunFolder(path).is_locked():
+                continue
+            if now - (status.ended or status.created) > max_age:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+        return removed
+
     # -- watching -----------------------------------------------------------------------
     def _reap(self) -> None:
         for run_id, proc in list(self._procs.items()):
@@ -369,12 +457,17 @@ class RunManager:
         if status is None:
             raise ConfigError("No such run.")
         if not status.active or self._worker_alive(folder, status):
+            if status.state == "queued":
+                place = self.queue.place(run_id)
+                status.message = place.text() if place is not None else status.message
             return status
         status = read_status(folder) or status  # the worker may have finished just now
         if status.active and not self._worker_alive(folder, status):
             cancelled = (folder / CANCEL_FILE).exists()
+            queued = status.state == "queued"
             status.state = "cancelled" if cancelled else "interrupted"
-            status.message = ("cancelled by the user" if cancelled else
+            status.message = ("cancelled by the user" + (" while queued" if queued else "")
+                              if cancelled else
                               "the worker process stopped without finishing (killed, or the machine restarted)"
                               "; press Resume to continue where it stopped")
             status.ended = time.time()
@@ -456,15 +549,19 @@ class RunManager:
         return status
 
 
-def worker_main(argv: Optional[list[str]] = None) -> int:
-    """Entry point of a worker process: ``python -m ea_core.worker RUN_FOLDER`` (key on stdin)."""
+def worker_main(argv: Optional[list[str]] = None, key_line: Optional[str] = None) -> int:
+    """Entry point of a worker process: ``python -m ea_core.worker RUN_FOLDER`` (key on stdin, or
+    `key_line` when the caller read it already)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m ea_core.worker RUN_FOLDER  (the API key, if any, as JSON on stdin)", file=sys.stderr)
         return 2
     folder = Path(args[0])
-    line = sys.stdin.readline()
-    sys.stdin.close()
+    if key_line is None:
+        line = sys.stdin.readline()
+        sys.stdin.close()
+    else:
+        line, key_line = key_line, None
     try:
         api_key = json.loads(line).get("api_key") if line.strip() else None
     except ValueError:

@@ -40,6 +40,7 @@ class StageRecord:
     train_time_s: float
     peak_rss_mb: float
     trained_on: int
+    peak_gpu_mb: Optional[float] = None  # torch's peak CUDA memory while training; None on a CPU (and in older runs)
 
     def outputs(self) -> dict[str, np.ndarray]:
         return load_arrays(self.folder / "outputs.npz")

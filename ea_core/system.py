@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -107,6 +107,14 @@ class AdaptedSystem:
         self.stages = stages
         self.provider = provider
         self.lm_missing_confidence = float(lm_missing_confidence)  # must match what the thresholds were tuned with
+
+    def with_thresholds(self, thresholds: Sequence[float]) -> "AdaptedSystem":
+        """The same models and LM at other thresholds, with stages of its own: a later change of this
+        system's thresholds (a slider moved) does not reach it, nor it this one."""
+        if len(thresholds) != len(self.stages):
+            raise ConfigError(f"{len(self.stages)} threshold(s) needed, got {len(thresholds)}.")
+        stages = [replace(stage, threshold=float(t)) for stage, t in zip(self.stages, thresholds)]
+        return AdaptedSystem(self.labels, stages, self.provider, self.lm_missing_confidence)
 
     def _stage_proba(self, stage: SystemStage, split: Split) -> np.ndarray:
         assert stage.model is not None

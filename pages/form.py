@@ -1,7 +1,8 @@
 """The run form: the Data, Small models and Large model tabs' fields <-> an `ea_core` RunConfig.
 
 One mapping serves Run (form -> config), the settings download (config -> a JSON file without
-key or server paths) and the settings upload (file -> form), so the three cannot drift apart.
+key or server paths), the settings upload and a reopened run (config -> form), so they cannot
+drift apart. The form's values themselves (never the key) are what `pages.setup` keeps per owner.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any, Optional
 from ea_core.errors import ConfigError
 from ea_core.llm import PRESETS
 from ea_core.llm.prompt import DEFAULT_INPUT_FORMAT, DEFAULT_INSTRUCTION, DEFAULT_PAIR_FORMAT, DEFAULT_SYSTEM
+from ea_core.models.catalog import check_available
 from ea_core.runconfig import RunConfig, check_money_caps
+from ea_core.uploads import OwnerStore
 from pages import data, lm, models
-from pages.session import Session
 from pages.ui import NONE
 
 KEYS: tuple[str, ...] = data.FORM_KEYS + models.FORM_KEYS + lm.FORM_KEYS
@@ -23,20 +25,22 @@ UPLOAD_PREFIX = "upload:"  # in a settings file: the data was an uploaded file o
 _NOT_SAVED = ("cache",)  # server paths: meaningless elsewhere
 
 
-def config_from_form(session: Session, values: dict[str, Any]) -> RunConfig:
-    """A validated RunConfig from the form (`values` keyed by `KEYS`), its money cap checked against
-    the LM's price. Never holds a key."""
-    fields = {**data.settings_of(session, values), **models.settings_of(values), **lm.settings_of(values)}
+def config_from_form(store: Optional[OwnerStore], values: dict[str, Any]) -> RunConfig:
+    """A validated RunConfig from the form (`values` keyed by `KEYS`; an uploaded file is one of
+    `store`'s), its money cap checked against the LM's price and every small model buildable here
+    (a download that cannot happen refuses now, not in the worker). Never holds a key."""
+    fields = {**data.settings_of(store, values), **models.settings_of(values), **lm.settings_of(values)}
     cfg = RunConfig(**fields)
     cfg.validate()
+    check_available(cfg.ssm)
     if cfg.lm:
         check_money_caps(cfg)  # a budget on an unknown price refuses now, not in the worker
     return cfg
 
 
-def title_of(cfg: RunConfig, session: Session) -> str:
+def title_of(cfg: RunConfig, values: dict[str, Any]) -> str:
     """A run's one-line title for lists: data · small models · LM."""
-    source = session.data_name if session.data_file and cfg.data == str(session.data_file) else cfg.data
+    source = values.get("data_file") or cfg.data if values.get("source") == "file" else cfg.data
     lm_name = "local stand-in LM" if cfg.lm == "local" else (cfg.lm_model or cfg.lm or "no LM")
     return f"{source} · {' + '.join(cfg.ssm)} · {lm_name}"
 
@@ -66,17 +70,19 @@ def _preset_of(cfg: RunConfig) -> str:
             return lm.LOCAL
     except ConfigError:  # an unknown preset name: shown as another endpoint
         pass
-    if cfg.lm in PRESETS:
+    url = (cfg.lm_base_url or "").rstrip("/")
+    if cfg.lm in PRESETS and (not url or url == PRESETS[cfg.lm].base_url.rstrip("/")):
         return cfg.lm
     for name, p in PRESETS.items():
-        if cfg.lm_base_url and cfg.lm_base_url.rstrip("/") == p.base_url.rstrip("/"):
+        if url and url == p.base_url.rstrip("/"):
             return name
-    return "openai" if not cfg.lm_base_url else lm.CUSTOM
+    return "openai" if not url else lm.CUSTOM  # another URL: the "other endpoint" choice shows it as it is
 
 
 def form_from_config(cfg: RunConfig) -> dict[str, Any]:
-    """Form values (keyed by `KEYS`) showing `cfg`."""
-    source = "demo" if cfg.data.startswith("demo:") else ("file" if cfg.data.startswith(UPLOAD_PREFIX) else "hf")
+    """Form values (keyed by `KEYS`) showing `cfg` (data ``upload:NAME``: the owner's file NAME)."""
+    demo = next((key for key, (src, _) in data.DEMOS.items() if src == cfg.data), None)
+    source = demo or ("file" if cfg.data.startswith(UPLOAD_PREFIX) else "hf")
     head = cfg.ssm_settings.get("head", {})
     fine = cfg.ssm_settings.get("finetune", {})
     prompt = cfg.prompt or {}
@@ -85,6 +91,7 @@ def form_from_config(cfg: RunConfig) -> dict[str, Any]:
     free = cfg.price_in == 0 and cfg.price_out == 0
     return {
         "source": source, "hf_name": cfg.data if source == "hf" else "",
+        "data_file": cfg.data[len(UPLOAD_PREFIX):] if source == "file" else None,
         "text_col": cfg.text_col, "pair_col": cfg.text_pair_col or NONE, "label_col": cfg.label_col,
         "split_col": cfg.split_col or NONE, "val_frac": cfg.val_frac, "test_frac": cfg.test_frac,
         "max_train": cfg.max_train or 0, "max_val": cfg.max_val or 0, "max_test": cfg.max_test or 0, "seed": cfg.seed,
@@ -97,7 +104,7 @@ def form_from_config(cfg: RunConfig) -> dict[str, Any]:
         "preset": preset, "base_url": cfg.lm_base_url or preset_url or "", "model": cfg.lm_model or "",
         # Prices 0 / 0 are the "self-hosted, free" tick (the price boxes stay empty).
         "free": free, "price_in": None if free else cfg.price_in, "price_out": None if free else cfg.price_out,
-        "budget_usd": cfg.budget_usd,
+        "budget_usd": cfg.budget_usd or 0,  # 0 is "no budget", as the box shows when left alone
         "concurrency": cfg.concurrency, "few_shot": cfg.few_shot,
         "prompt_system": prompt.get("system", DEFAULT_SYSTEM),
         "prompt_instruction": prompt.get("instruction", DEFAULT_INSTRUCTION),

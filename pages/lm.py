@@ -15,6 +15,7 @@ import gradio as gr
 
 from ea_core.errors import ConfigError, EAError
 from ea_core.llm import PRESETS, LMSpec, PriceTable, PromptTemplate, make_provider
+from ea_core.llm.endpoints import EndpointPolicy
 from ea_core.llm.planning import estimate_run_cost, test_connection, tokens
 from ea_core.llm.prompt import DEFAULT_INPUT_FORMAT, DEFAULT_INSTRUCTION, DEFAULT_PAIR_FORMAT, DEFAULT_SYSTEM
 from ea_core.llm.spec import KNOWN
@@ -38,11 +39,14 @@ FREE_LABEL = "Self-hosted, free (prices 0 / 0)"
 PASTE_KEY = "Paste your API key in the Large model tab (it stays in this page's memory only)."
 
 
-def build() -> dict[str, Any]:
+def build(endpoints: Optional[EndpointPolicy] = None) -> dict[str, Any]:
+    """The tab; `endpoints`: the endpoints this server calls (a restricted server says which)."""
     c: dict[str, Any] = {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             c["preset"] = gr.Dropdown(CHOICES, value=LOCAL, label="Large model", elem_id="lm-preset")
+            c["endpoints"] = gr.HTML(endpoints_note(endpoints), elem_id="lm-endpoints",
+                                     visible=endpoints is not None and endpoints.restricts)
             c["local_note"] = gr.HTML(note(LOCAL_NOTE, "warn"))
             with gr.Group(visible=False) as c["api_group"]:
                 c["base_url"] = gr.Textbox(label="Base URL", placeholder="https://api.openai.com/v1")
@@ -72,6 +76,14 @@ def build() -> dict[str, Any]:
                 c["few_shot"] = gr.Slider(0, 8, value=0, step=1, label="Examples per label shown to the LM (k-shot)")
             c["preview"] = gr.HTML("", elem_id="lm-prompt-preview")
     return c
+
+
+def endpoints_note(endpoints: Optional[EndpointPolicy]) -> str:
+    """Which endpoints this server calls (a shared server's operator decides; ``--allow-endpoint``)."""
+    if endpoints is None or not endpoints.restricts:
+        return ""
+    return note(f"{endpoints.describe()} The local stand-in always works. Another endpoint: ask this server's "
+                "operator, or run the studio on your own machine.", "info")
 
 
 def is_local(preset: str) -> bool:
@@ -158,6 +170,7 @@ def provider_of(values: dict[str, Any], api_key: Optional[str], **options: Any):
     spec = spec_of(values, api_key)
     if spec.is_local:
         return make_provider(spec.spec, prompt=template_of(values))
+    spec.check_endpoint(options.get("endpoint_policy"))  # an endpoint this server does not call: say so first
     if spec.missing_key:
         raise ConfigError(PASTE_KEY)
     prices = {s["lm_model"]: [s["price_in"], s["price_out"]]} if s["price_in"] is not None else None
@@ -200,7 +213,8 @@ def run_test(studio: Studio, api_key: Optional[str], request: gr.Request, *value
     example, labels = (("I love this!", None), ["positive", "negative"]) if task is None else (task.train.input(0),
                                                                                            task.labels)
     try:
-        provider = provider_of(form, api_key, max_retries=1, timeout_s=20.0)
+        provider = provider_of(form, api_key, max_retries=1, timeout_s=20.0,
+                               endpoint_policy=studio.manager.endpoints)
         report = test_connection(provider, example, labels)
     except EAError as err:
         return note(error_message(err), "error")

@@ -1,5 +1,7 @@
 """Small models tab: the catalog as a checklist with size, offline availability and a CPU time
-estimate for the loaded data; training, mining and routing settings.
+estimate for the loaded data; training, mining and routing settings. A model that needs a download
+this server cannot make (offline) says so in its label, a note warns when one is ticked, and Run
+refuses it before starting (`ea_core.models.catalog.check_available`).
 
 Thin: the catalog and the estimates are `ea_core.models`'; settings default to the model
 classes' own defaults (read from their constructors, not copied).
@@ -14,11 +16,11 @@ import gradio as gr
 
 from ea_core.errors import ConfigError
 from ea_core.models import EncoderHeadModel, FineTuneModel
-from ea_core.models.catalog import model_choices
+from ea_core.models.catalog import model_choices, unavailable_reason
 from ea_core.models.estimate import estimate_seconds, format_estimate
 from pages.data import current_task
 from pages.session import Studio
-from pages.ui import Components
+from pages.ui import Components, note
 
 DEFAULT_SSMS = ["tfidf", "head:minilm"]
 #: Ticked when image data is loaded: the packaged pretrained CNN and a small CNN trained from scratch.
@@ -39,9 +41,9 @@ def build() -> Components:
         with gr.Column(scale=6, min_width=340):
             c["ssm"] = gr.CheckboxGroup(labels, value=DEFAULT_SSMS, label="Small models (SSMs) to train",
                                         info="Ranked by validation accuracy; the best one is augmented. Times are "
-                                             "rough CPU estimates for the loaded data.", elem_id="ssm-choices")
-            c["catalog"] = gr.Dataframe(catalog_frame(table), label="Catalog", interactive=False, wrap=True, max_height=300,
-                                        elem_id="ssm-catalog")
+                                             "CPU estimates for the loaded data: training, predicting and the "
+                                             "out-of-fold refits for mining.", elem_id="ssm-choices")
+            c["ssm_note"] = gr.HTML(ticked_note(DEFAULT_SSMS), elem_id="ssm-note")
         with gr.Column(scale=5, min_width=300):
             with gr.Accordion("Training", open=True):
                 with gr.Row():
@@ -69,6 +71,9 @@ def build() -> Components:
                                           info="Extra paid calls (counted in the Large model tab's estimate): "
                                                "more evidence for deciding whether the LM beats the small models "
                                                "where they are unsure, when validation is small.")
+    # The whole page's width: every column in view, the description wrapped.
+    c["catalog"] = gr.Dataframe(catalog_frame(table), label="Catalog", interactive=False, wrap=True, max_height=320,
+                                column_widths=CATALOG_WIDTHS, elem_id="ssm-catalog", elem_classes=["ea-table"])
     return c
 
 
@@ -95,12 +100,29 @@ def checklist(n_train: int, n_eval: int, settings: dict[str, dict[str, Any]], oo
     """(checkbox choices, catalog table rows) for this data's modality, with estimates for its size."""
     choices, rows = [], []
     for ch in model_choices(modality):
-        est = estimate_seconds(ch.spec, n_train, n_eval, oof_folds=oof_folds, settings=settings.get(ch.kind),
+        # The form's head / finetune settings are the text models'; image models keep their own defaults.
+        est = estimate_seconds(ch.spec, n_train, n_eval, oof_folds=oof_folds,
+                               settings=settings.get(ch.kind) if ch.modality == "text" else None,
                                mean_chars=mean_chars, n_val=n_val)
-        where = "offline" if ch.offline_available else "needs download"
-        choices.append((f"{ch.spec} · {ch.params} · {where} · {format_estimate(est)}", ch.spec))
-        rows.append([ch.spec, ch.display_name, ch.params, where, format_estimate(est), ch.description])
+        where = ch.availability
+        time_text = "-" if ch.unavailable else format_estimate(est)
+        choices.append((f"{ch.spec} · {ch.params} · {where}" + ("" if ch.unavailable else f" · {time_text}"),
+                        ch.spec))
+        rows.append([ch.spec, ch.display_name, ch.params, where, time_text, ch.description])
     return choices, rows
+
+
+def ticked_note(specs: Optional[list[str]]) -> str:
+    """A warning for each ticked model that cannot be built here now (Run refuses them)."""
+    problems = [r for r in (unavailable_reason(s) for s in specs or []) if r]
+    if not problems:
+        return ""
+    return note("Run will refuse: " + "; ".join(problems) + ". Untick it, or run where the hub can be reached.",
+                "warn")
+
+
+def on_ticked(specs: Optional[list[str]]) -> str:
+    return ticked_note(specs)
 
 
 def refresh(studio: Studio, tab: Components, request: gr.Request, *values: Any) -> dict[Any, Any]:
@@ -119,13 +141,19 @@ def refresh(studio: Studio, tab: Components, request: gr.Request, *values: Any) 
     choices, rows = checklist(n_train, n_eval, ssm_settings(form), int(form["oof_folds"] or 0), mean_chars, n_val,
                               modality)
     valid = {spec for _, spec in choices}
-    ticked = [spec for spec in (form["ssm"] or []) if spec in valid]
+    given = list(form["ssm"] or [])
+    ticked = [spec for spec in given if spec in valid]
     if not ticked:
         ticked = [spec for spec in (DEFAULT_IMAGE_SSMS if modality == "image" else DEFAULT_SSMS) if spec in valid]
-    return {tab["ssm"]: gr.update(choices=choices, value=ticked), tab["catalog"]: catalog_frame(rows)}
+    # The ticks are set only when they must change: this also runs when a restored setup changes a
+    # setting, and its inputs may then predate the restored ticks, which must not be overwritten.
+    ssm = gr.update(choices=choices) if ticked == given else gr.update(choices=choices, value=ticked)
+    return {tab["ssm"]: ssm, tab["catalog"]: catalog_frame(rows), tab["ssm_note"]: ticked_note(ticked)}
 
 
 CATALOG_HEADERS = ["spec", "model", "size", "availability", "CPU time (est.)", "description"]
+#: Every column in view in the tab's half of a 1280 px page; the description wraps.
+CATALOG_WIDTHS = ["14%", "16%", "9%", "17%", "10%", "34%"]
 
 
 def catalog_frame(rows: list[list[str]]) -> Any:

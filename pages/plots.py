@@ -61,67 +61,137 @@ def _pct(x: Optional[float]) -> Optional[float]:
     return None if x is None else 100 * x
 
 
+#: A validation-accuracy axis spans at least this many points: a 1-point wobble is not drawn as a cliff.
+MIN_ACCURACY_SPAN = 10.0
+
+
+def _integer_axis(title: str, steps: Sequence[float], **kw: Any) -> dict[str, Any]:
+    """An x axis of epochs (or steps): whole numbers only, from 0, about ten ticks at most."""
+    top = max(steps) if steps else 1
+    return _axis(title, tickformat="d", tick0=0, dtick=max(1, math.ceil(top / 10)), range=[0, top + 0.5], **kw)
+
+
+def _accuracy_axis(title: str, values: Sequence[Optional[float]], **kw: Any) -> dict[str, Any]:
+    """A y axis of accuracies (%) at least `MIN_ACCURACY_SPAN` points tall, within 0-100."""
+    shown = [v for v in values if v is not None]
+    if not shown:
+        return _axis(title, **kw)
+    lo, hi = min(shown), max(shown)
+    pad = max(MIN_ACCURACY_SPAN - (hi - lo), 0.0) / 2 + 1.0
+    lo, hi = lo - pad, hi + pad
+    if lo < 0:
+        lo, hi = 0.0, min(100.0, hi - lo)
+    if hi > 100:
+        lo, hi = max(0.0, lo - (hi - 100)), 100.0
+    return _axis(title, range=[lo, hi], **kw)
+
+
 def training_curves(progress: RunProgress) -> Figure:
-    """Loss (left) and validation accuracy (right) per small model, per epoch or step."""
+    """Loss (left) and validation accuracy (right) per small model, per epoch or step: whole-number
+    x axes, a loss axis from 0 and an accuracy axis at least `MIN_ACCURACY_SPAN` points tall."""
     curves = progress.curves
     if not curves:
         return empty("Training curves", "Curves appear when the first small model trains.")
     with_loss = any(p["loss"] is not None for pts in curves.values() for p in pts)
     data = []
+    all_steps: list[float] = []
+    accuracies: list[Optional[float]] = []
     for k, (model, points) in enumerate(curves.items()):
         line = {"color": COLORS[k % len(COLORS)]}
         mode = "lines+markers" if len(points) < 30 else "lines"
         steps = [p["step"] for p in points]
+        all_steps += steps
         has_loss = with_loss and any(p["loss"] is not None for p in points)
         if has_loss:
             data.append({"type": "scatter", "x": steps, "y": [p["loss"] for p in points], "name": model, "mode": mode,
                          "line": line, "legendgroup": model})
         if any(p["val_accuracy"] is not None for p in points):
-            data.append({"type": "scatter", "x": steps, "y": [_pct(p["val_accuracy"]) for p in points], "name": model,
+            acc = [_pct(p["val_accuracy"]) for p in points]
+            accuracies += acc
+            data.append({"type": "scatter", "x": steps, "y": acc, "name": model,
                          "mode": mode, "line": line, "legendgroup": model, "showlegend": not has_loss,
                          **({"xaxis": "x2", "yaxis": "y2"} if with_loss else {})})
     if not with_loss:  # e.g. TF-IDF only: accuracy per regularisation setting, no loss
         return _figure(data, "Small models: validation accuracy while training", 360,
-                       xaxis=_axis("step (TF-IDF: regularisation setting tried)"),
-                       yaxis=_axis("validation accuracy (%)"))
+                       xaxis=_integer_axis("step (TF-IDF: regularisation setting tried)", all_steps),
+                       yaxis=_accuracy_axis("validation accuracy (%)", accuracies))
     return _figure(data, "Small models: training loss (left) and validation accuracy (right)", 360,
-                   xaxis=_axis("epoch (or step)", domain=[0, 0.44]), yaxis=_axis("training loss (cross-entropy)"),
-                   xaxis2=_axis("epoch (or step)", domain=[0.56, 1], anchor="y2"),
-                   yaxis2=_axis("validation accuracy (%)", anchor="x2"))
+                   xaxis=_integer_axis("epoch (or step)", all_steps, domain=[0, 0.44]),
+                   yaxis=_axis("training loss (cross-entropy)", rangemode="tozero"),
+                   xaxis2=_integer_axis("epoch (or step)", all_steps, domain=[0.56, 1], anchor="y2"),
+                   yaxis2=_accuracy_axis("validation accuracy (%)", accuracies, anchor="x2"))
+
+
+#: Where a reference point's label goes, in pixels from the point, when that many labelled points
+#: are already near it (mirrored left of points on the right-hand side of the plot).
+LABEL_OFFSETS = [(46, -30), (46, 30), (74, -54), (74, 54), (100, -78), (100, 78)]
+
+
+def _point_labels(points: Sequence[tuple[str, float, float, str]], occupied: Sequence[tuple[float, float]],
+                  y_span: float) -> list[dict[str, Any]]:
+    """Arrow annotations naming each (label, x %, y %, colour) point, each placed away from the
+    points already there (the current point, earlier labels), so no two labels sit on each other."""
+    placed = list(occupied)
+    out = []
+    tol_y = max(0.05 * y_span, 0.3)
+    for label, x, y, color in points:
+        near = sum(1 for px, py in placed if abs(px - x) < 9 and abs(py - y) < tol_y)
+        ax, ay = LABEL_OFFSETS[min(near, len(LABEL_OFFSETS) - 1)]
+        if x > 60:
+            ax = -ax
+        out.append({"x": x, "y": y, "xref": "x", "yref": "y", "text": label, "showarrow": True, "arrowhead": 0,
+                    "arrowwidth": 1, "arrowcolor": color, "ax": ax, "ay": ay, "standoff": 6,
+                    "font": {"size": 11, "color": color}, "bgcolor": "rgba(255,255,255,0.9)", "borderpad": 2})
+        placed.append((x, y))
+    return out
 
 
 def tradeoff(front: Sequence[Any], references: Sequence[Any], current: tuple[RoutingMetrics, RoutingMetrics],
              title: str = "Accuracy vs LM calls") -> Figure:
-    """Accuracy (%) against the share of inputs sent to the LM (%): the validation Pareto front,
-    the current thresholds on validation and on test, and reference systems (dashed lines for
-    the LM alone and the best small model, as RouteLLM draws them)."""
-    data: list[dict[str, Any]] = []
-    shapes = []
+    """Accuracy (%) against the share of inputs sent to the LM (%): the validation Pareto front (a
+    line with a marker per operating point), the current thresholds on validation and on test, and
+    reference systems, each named on the plot beside its marker (dashed, labelled lines for the LM
+    alone and the best small model, as RouteLLM draws them). References are drawn over the current
+    point and their labels placed apart, so a reference where the current point is stays visible."""
+    val, test = current
+    data: list[dict[str, Any]] = [
+        {"type": "scatter", "x": [100 * val.lm_call_rate], "y": [100 * val.accuracy], "mode": "markers",
+         "name": "current (validation)", "marker": {"color": "#1f4e9c", "size": 16, "symbol": "circle",
+                                                    "opacity": 0.85},
+         "hovertemplate": "current, validation<br>LM calls %{x:.1f}%<br>acc %{y:.2f}%<extra></extra>"},
+        {"type": "scatter", "x": [100 * test.lm_call_rate], "y": [100 * test.accuracy], "mode": "markers",
+         "name": "current (test)",
+         "marker": {"color": "#1f4e9c", "size": 13, "symbol": "circle-open", "line": {"width": 2.5}},
+         "hovertemplate": "current, test<br>LM calls %{x:.1f}%<br>acc %{y:.2f}%<extra></extra>"}]
+    shapes, annotations = [], []
     if front:
         data.append({"type": "scatter", "x": [100 * p.lm_call_rate for p in front],
                      "y": [100 * p.accuracy for p in front], "mode": "lines+markers",
-                     "name": "best thresholds (validation)", "line": {"color": "#999", "shape": "hv"},
-                     "marker": {"size": 4},
-                     "hovertemplate": "LM calls %{x:.1f}%<br>val acc %{y:.2f}%<extra></extra>"})
+                     "name": "best thresholds (validation front)", "line": {"color": "#555", "shape": "hv", "width": 2},
+                     "marker": {"size": 7, "color": "#555", "symbol": "circle"},
+                     "hovertemplate": "front: LM calls %{x:.1f}%<br>val acc %{y:.2f}%<extra></extra>"})
+    ys = [100 * val.accuracy, 100 * test.accuracy] + [100 * r.val_accuracy for r in references] + [
+        100 * p.accuracy for p in front]
+    y_span = (max(ys) - min(ys)) if ys else 1.0
+    points = []
     for ref in references:
         color = REF_COLORS.get(ref.name.split(" (")[0], "#888")
+        x, y = 100 * ref.lm_call_rate, 100 * ref.val_accuracy
         if ref.name == "LM alone" or ref.name.startswith("best SSM"):
-            shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 100 * ref.val_accuracy,
-                           "y1": 100 * ref.val_accuracy, "line": {"color": color, "dash": "dash", "width": 1}})
-        data.append({"type": "scatter", "x": [100 * ref.lm_call_rate], "y": [100 * ref.val_accuracy],
-                     "mode": "markers", "name": ref.name, "marker": {"color": color, "size": 10, "symbol": "diamond"},
+            shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": y, "y1": y,
+                           "line": {"color": color, "dash": "dash", "width": 1}})
+            annotations.append({"xref": "paper", "x": 0.5, "y": y, "yref": "y", "showarrow": False,
+                                "yanchor": "bottom", "xanchor": "center", "font": {"size": 10, "color": color},
+                                "bgcolor": "rgba(255,255,255,0.8)",
+                                "text": f"{ref.name}: {y:.1f}% on validation"})
+        data.append({"type": "scatter", "x": [x], "y": [y], "mode": "markers", "name": ref.name,
+                     "marker": {"color": color, "size": 11, "symbol": "diamond", "line": {"color": "white", "width": 1.5}},
                      "hovertemplate": (f"{ref.name}<br>LM calls %{{x:.1f}}%<br>val acc %{{y:.2f}}%"
                                        f"<br>test acc {100 * ref.test_accuracy:.2f}%<extra></extra>")})
-    val, test = current
-    data.append({"type": "scatter", "x": [100 * val.lm_call_rate], "y": [100 * val.accuracy], "mode": "markers",
-                 "name": "current (validation)", "marker": {"color": "#1f4e9c", "size": 14, "symbol": "circle"},
-                 "hovertemplate": "current, validation<br>LM calls %{x:.1f}%<br>acc %{y:.2f}%<extra></extra>"})
-    data.append({"type": "scatter", "x": [100 * test.lm_call_rate], "y": [100 * test.accuracy], "mode": "markers",
-                 "name": "current (test)",
-                 "marker": {"color": "#1f4e9c", "size": 13, "symbol": "circle-open", "line": {"width": 2.5}},
-                 "hovertemplate": "current, test<br>LM calls %{x:.1f}%<br>acc %{y:.2f}%<extra></extra>"})
-    return _figure(data, title, 380, shapes=shapes, xaxis=_axis("inputs sent to the LM (%)", range=[-3, 103]),
-                   yaxis=_axis("accuracy (%)"))
+        points.append((ref.name, x, y, color))
+    annotations += _point_labels(points, [(100 * val.lm_call_rate, 100 * val.accuracy)], y_span)
+    return _figure(data, title, 380, shapes=shapes, annotations=annotations,
+                   xaxis=_axis("inputs sent to the LM (%)", range=[-3, 103]), yaxis=_axis("accuracy (%)"))
 
 
 def routing(front: Sequence[Any], references: Sequence[Any], names: Sequence[str],

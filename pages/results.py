@@ -1,8 +1,10 @@
-"""Results & export tab: the results table (the paper's Tables 1, 3 and 4), downloads, the
-adapted system as a bundle, the run's settings, and the session's past runs.
+"""Results & export tab: the results table (the paper's Tables 1, 3 and 4), what EA found (the
+mined training examples), downloads, the adapted system as a bundle, the run's settings, and the
+browser's past runs, compared side by side.
 
-Thin: rows, downloads and bundles come from the opened run (`ea_core.opened`). Files offered for
-download are copies in the session's private folder, so a download link never exposes a run folder.
+Thin: rows, mined examples, downloads, bundles and past runs come from `ea_core.opened`. Files
+offered for download are copies in the session's private folder, so a download link never exposes
+a run folder.
 """
 
 from __future__ import annotations
@@ -13,22 +15,35 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from ea_core.opened import past_runs
+from ea_core.opened import PastRun, past_runs
 from pages.form import KEYS, form_from_config, read_settings, settings_file, upload_note
 from pages.session import Session, Studio
-from pages.ui import Components, error_message, friendly, note, pct, seconds, usd
+from pages.thresholds import CONNECT, headroom_updates
+from pages.train import spent_text
+from pages.ui import Components, error_message, fit_widths, friendly, note, pct, seconds, usd
 
 SYSTEM_TITLES = {"lm": "LM alone", "specific_layer": "Specific Layer (SSMs → LM)",
                  "ea": "EA (SSMs → ASSMs → LM)", "ea_lm_first": "EA, LM before ASSMs", "ea_full": "EA(Full)",
+                 "ea_learned": "EA, learned router",
                  "oracle": "oracle (right if any stage is right)"}
 TABLE_HEADERS = ["system", "val acc (95% CI)", "test acc (95% CI)", "macro-F1 (test)", "LM calls (test)", "train time",
                  "peak memory", "LM money (test)", "USD / 1k inputs"]
-RUN_HEADERS = ["run", "state", "started", "took"]
+RUN_HEADERS = ["started", "state", "data", "small models", "LM", "EA (test, 95% CI)", "best SSM (test)",
+               "LM alone (test)", "LM calls", "money"]
+RUN_WIDTHS = ["9%", "7%", "8%", "12%", "12%", "12%", "13%", "11%", "7%", "9%"]
+MINED_FILTERS = [("every example sent to the LM", "all"), ("underfit only (the LM wrong too)", "underfit"),
+                 ("the LM fixed it", "lm_fixed")]
+#: The side-by-side table before two runs are picked.
+COMPARE_EMPTY = {"figure": ["(pick two or more runs above)"]}
+#: Mined examples a page shows (the CSV holds them all).
+MINED_SHOWN = 200
 
 
 def build() -> Components:
     c: Components = {}
     c["intro"] = gr.HTML(note("Open a finished run to see its results.", "info"), elem_id="res-intro")
+    c["headroom"] = gr.HTML("", visible=False, elem_id="res-headroom")
+    c["connect"] = gr.Button(CONNECT, visible=False, size="sm", elem_id="res-connect")
     c["table"] = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="res-table",
                               label="Systems: thresholds tuned on validation, accuracy on validation and test")
     with gr.Row(equal_height=False):
@@ -43,16 +58,42 @@ def build() -> Components:
         c["dl_bundle"] = gr.DownloadButton("bundle.zip", value=None, interactive=False, size="sm",
                                            elem_id="res-dl-bundle")
     c["bundle_msg"] = gr.HTML("")
+    with gr.Accordion("What EA found: the training examples every small model got wrong", open=True,
+                      elem_id="res-mined-box"):
+        c["mined_intro"] = gr.HTML("", elem_id="res-mined-intro")
+        with gr.Row(equal_height=False):
+            c["mined_filter"] = gr.Radio(MINED_FILTERS, value="all", label="Show", scale=4, elem_id="res-mined-filter")
+            c["mined_csv"] = gr.DownloadButton("mined examples (.csv)", value=None, interactive=False, size="sm",
+                                               scale=1, elem_id="res-mined-csv")
+        c["mined_table"] = gr.Dataframe(interactive=False, wrap=True, max_height=360, elem_id="res-mined",
+                                        label="Mined training examples: each small model's answer (out of fold) "
+                                              "and the LM's")
     with gr.Accordion("Your runs (this browser)", open=True):
-        c["runs"] = gr.Dataframe(headers=RUN_HEADERS, interactive=False, wrap=True, elem_id="res-runs", max_height=260)
+        c["runs"] = gr.Dataframe(headers=RUN_HEADERS, interactive=False, wrap=True, elem_id="res-runs", max_height=300,
+                                 column_widths=RUN_WIDTHS)
         with gr.Row():
             c["run_pick"] = gr.Dropdown([], label="Run", scale=3, elem_id="res-run-pick")
             c["open"] = gr.Button("Open", scale=1, elem_id="res-open")
             c["refresh_runs"] = gr.Button("Refresh list", scale=1)
+            c["remove_run"] = gr.Button("Remove", scale=1, variant="stop", elem_id="res-remove")
+        c["disk"] = gr.HTML("", elem_id="res-disk")  # what the owner's runs and uploads take, and the limits
+        c["compare_pick"] = gr.Dropdown([], multiselect=True, label="Compare runs side by side (pick two or more)",
+                                        elem_id="res-compare-pick")
+        c["compare"] = gr.Dataframe(COMPARE_EMPTY, interactive=False, wrap=True, elem_id="res-compare",
+                                    label="Runs side by side (test figures with 95% intervals)")
     with gr.Accordion("Load settings from a file", open=False):
         c["settings_file"] = gr.File(label="settings .json", file_types=[".json"], height=100)
         c["settings_msg"] = gr.HTML("")
     return c
+
+
+def lm_usage_line(calls: int, spent: float, price: Any) -> str:
+    """The run's LM usage as its price case says it: "paid calls" only for a priced LM."""
+    if price is not None and price.free:
+        return f"LM usage of this run: {calls:,} calls, {spent_text(price, spent)}."
+    if price is not None and not price.known:
+        return f"LM usage of this run: {calls:,} calls, price unknown (give the model's prices to count them)."
+    return f"LM usage of this run: {calls:,} paid calls, {usd(spent)}."
 
 
 def _download_dir(session: Session, run_id: str) -> Path:
@@ -129,7 +170,7 @@ def views(studio: Studio, tab: Components, owner: Optional[str], run_id: Optiona
                      f"{m['underfit']:,} underfit (the LM was wrong too), {m['lm_failed']} failed calls.")
     if state.lm_usage:
         calls, spent = run.lm_spend()
-        lines.append(f"LM usage of this run: {calls:,} paid calls, {usd(spent)}.")
+        lines.append(lm_usage_line(calls, spent, run.lm_price()))
     lines += [f"Note: {n}" for n in state.notes]
     lines += [f"{SYSTEM_TITLES.get(r['system'], r['system'])}: {r['note']}" for r in rows
               if r.get("note") and r["system"] != "oracle"]
@@ -147,7 +188,45 @@ def views(studio: Studio, tab: Components, owner: Optional[str], run_id: Optiona
 
     return {tab["intro"]: intro, tab["table"]: table, tab["shares"]: shares, tab["summary"]: "\n\n".join(lines),
             tab["dl_csv"]: download("results.csv"), tab["dl_json"]: download("results.json"),
-            tab["dl_settings"]: gr.update(value=str(settings), interactive=True)}
+            tab["dl_settings"]: gr.update(value=str(settings), interactive=True),
+            **headroom_updates(tab, run.headroom(), run.lm_title())}
+
+
+def view_outputs(c: Components) -> list[Any]:
+    """What `views` sets."""
+    return [c[k] for k in ("intro", "table", "shares", "summary", "dl_csv", "dl_json", "dl_settings", "headroom",
+                           "connect")]
+
+
+@friendly(into="mined_intro")
+def mined(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], which: str,
+          request: gr.Request) -> dict[Any, Any]:
+    """What EA found (the paper's X_train^U): the training examples mining sent to the LM, with each
+    small model's out-of-fold answer and the LM's, filtered; the whole filter as a CSV."""
+    import pandas as pd
+
+    run = studio.opened(request, owner, run_id)
+    if run is None:
+        return gr.skip()
+    which = which or "all"
+    counts = run.mined_counts()
+    if not counts["sent"]:
+        said = ("This run has no LM: nothing was mined." if not run.state().lm_answers else
+                "Mining sent no training example to the LM: every one was right for some small model.")
+        return {tab["mined_intro"]: note(said, "info"), tab["mined_table"]: pd.DataFrame(),
+                tab["mined_csv"]: gr.update(value=None, interactive=False)}
+    rows = run.mined(which)
+    csv_path = run.mined_csv(which, _download_dir(studio.session(request), run.run_id))
+    n_train = len(run.state().task.train)
+    intro = note(f"Mining asked the LM about the {counts['sent']:,} of {n_train:,} training examples that every small "
+                 f"model got wrong (out of fold): the LM fixed {counts['lm_fixed']:,}, and {counts['underfit']:,} stay "
+                 f"underfit (the LM was wrong too: the paper's X_train^U, what the augmented models learn)"
+                 + (f"; {counts['failed']:,} calls failed" if counts["failed"] else "")
+                 + (f". Showing the first {MINED_SHOWN} of {len(rows):,}; the CSV holds them all." if len(rows) >
+                    MINED_SHOWN else f". Showing {len(rows):,}."), "info")
+    frame = pd.DataFrame(rows[:MINED_SHOWN])
+    return {tab["mined_intro"]: intro, tab["mined_table"]: gr.update(value=frame, column_widths=fit_widths(frame)),
+            tab["mined_csv"]: gr.update(value=str(csv_path), interactive=True)}
 
 
 @friendly(into="bundle_msg")
@@ -165,16 +244,92 @@ def make_bundle(studio: Studio, tab: Components, owner: Optional[str], run_id: O
                                     "load it in Try it.", "ok")}
 
 
+def _acc(run: PastRun, system: str) -> str:
+    """A past run's test accuracy of `system` with its 95% interval, or "-"."""
+    value, ci = run.accuracy(system)
+    return _with_ci(value, ci) if value is not None else "-"
+
+
+def _started(run: PastRun) -> str:
+    return time.strftime("%m-%d %H:%M", time.localtime(run.created))
+
+
+def _run_label(run: PastRun) -> str:
+    return f"{run.title or run.data} — {run.state} ({_started(run)}) · {run.run_id[:6]}"
+
+
+def _money(run: PastRun) -> str:
+    return "free (local)" if run.lm_free else usd(run.lm_cost_usd)
+
+
 def runs_list(studio: Studio, tab: Components, owner: Optional[str]) -> dict[Any, Any]:
-    """The owner's runs (only theirs) as a table and as a picker."""
+    """The owner's runs (only theirs): a table of what each ran on and what it scored, a picker to
+    open one, and a picker to compare several."""
     import pandas as pd
 
     runs = past_runs(studio.manager, owner)
-    table = pd.DataFrame([[r.title or r.run_id[:8], r.state, time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
-                           seconds(r.elapsed_s)] for r in runs], columns=RUN_HEADERS)
-    choices = [(f"{r.title or r.run_id[:8]} — {r.state} ({time.strftime('%H:%M', time.localtime(r.created))})",
-                r.run_id) for r in runs]
-    return {tab["runs"]: table, tab["run_pick"]: gr.update(choices=choices, value=choices[0][1] if choices else None)}
+    best = [f"{r.best_ssm}: {_acc(r, 'best_ssm')}" if r.best_ssm else "-" for r in runs]
+    table = pd.DataFrame([[_started(r), r.state, r.data, ", ".join(r.models) or "-", r.lm, _acc(r, "ea"), b,
+                           _acc(r, "lm"), f"{r.lm_calls:,}", _money(r)] for r, b in zip(runs, best)],
+                         columns=RUN_HEADERS)
+    choices = [(_run_label(r), r.run_id) for r in runs]
+    return {tab["runs"]: table, tab["run_pick"]: gr.update(choices=choices, value=choices[0][1] if choices else None),
+            tab["compare_pick"]: gr.update(choices=choices, value=[])}
+
+
+def disk_note(studio: Studio, tab: Components, owner: Optional[str]) -> dict[Any, Any]:
+    """What this browser's runs and uploads take on the server, against its quota and age limit."""
+    if not owner:
+        return {tab["disk"]: ""}
+    manager = studio.manager
+    return {tab["disk"]: note(manager.quota.describe(manager.disk_use(owner)) + ".", "info")}
+
+
+@friendly(into="disk")
+def remove_run(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str]) -> dict[Any, Any]:
+    """Remove the picked run (an ended one: its folder, models and results) to free its disk."""
+    if not run_id or not owner:
+        return {tab["disk"]: note("Pick a run to remove.", "info")}
+    studio.manager.remove(run_id, owner)
+    return {tab["disk"]: note("Run removed.", "ok")}
+
+
+def compare_rows(runs: list[PastRun]) -> list[list[str]]:
+    """Runs side by side: one row per figure, one column per run."""
+    def sizes(r: PastRun) -> str:
+        return " / ".join(f"{r.sizes[k]:,}" for k in ("train", "val", "test") if k in r.sizes) or "-"
+
+    def kept(r: PastRun) -> str:
+        ea = r.row("ea")
+        return ea.get("note") or ("every stage routed" if ea else "-")
+
+    def ea_calls(r: PastRun) -> str:
+        ea = r.row("ea")
+        return pct(ea.get("lm_call_rate")) if ea else "-"
+
+    figures = [("run", lambda r: r.title or r.run_id[:8]), ("started", _started), ("state", lambda r: r.state),
+               ("data (train / val / test)", lambda r: f"{r.data} ({sizes(r)})"),
+               ("small models", lambda r: ", ".join(r.models) or "-"), ("LM", lambda r: r.lm),
+               ("LM budget", lambda r: pct(r.max_lm_rate, 0) if r.max_lm_rate is not None else "-"),
+               ("EA, test (95% CI)", lambda r: _acc(r, "ea")),
+               ("EA, validation", lambda r: pct(r.row("ea").get("val_accuracy"), 2) if r.row("ea") else "-"),
+               ("best SSM, test", lambda r: f"{r.best_ssm}: {_acc(r, 'best_ssm')}" if r.best_ssm else "-"),
+               ("LM alone, test", lambda r: _acc(r, "lm")), ("oracle, test", lambda r: _acc(r, "oracle")),
+               ("EA's test inputs sent to the LM", ea_calls), ("what EA kept", kept),
+               ("LM calls (whole run)", lambda r: f"{r.lm_calls:,}"), ("LM money (whole run)", _money),
+               ("took", lambda r: seconds(r.elapsed_s))]
+    return [[name] + [fn(r) for r in runs] for name, fn in figures]
+
+
+def compare(studio: Studio, tab: Components, owner: Optional[str], run_ids: Optional[list[str]]) -> dict[Any, Any]:
+    """Two or more of the owner's runs side by side (nobody else's: a foreign id is not listed)."""
+    import pandas as pd
+
+    picked = [r for r in past_runs(studio.manager, owner) if r.run_id in set(run_ids or [])]
+    if len(picked) < 2:
+        return {tab["compare"]: pd.DataFrame(COMPARE_EMPTY)}
+    headers = ["figure"] + [f"{k + 1}. {r.data} ({_started(r)})" for k, r in enumerate(picked)]
+    return {tab["compare"]: pd.DataFrame(compare_rows(picked), columns=headers)}
 
 
 def pick(run_id: Optional[str]) -> Any:

@@ -4,14 +4,16 @@ Two scopes, never a module-level global:
 
 * `Studio`, one per built app: the run manager (runs live in their folders, see
   `ea_core.runs`) and the table of live browser sessions.
-* `Session`, one per browser session (Gradio's ``session_hash``): its private upload folder,
-  the runs it has opened (`ea_core.opened.OpenedRun`: explorers and adapted systems are big
-  numpy/torch objects that do not belong in `gr.State`, which is deep-copied), and the monitor of
-  the run it watches. Dropped, uploads deleted, when the browser goes away (``demo.unload``).
+* `Session`, one per browser session (Gradio's ``session_hash``): its private scratch folder
+  (downloads, an unpacked bundle), the runs it has opened (`ea_core.opened.OpenedRun`: explorers
+  and adapted systems are big numpy/torch objects that do not belong in `gr.State`, which is
+  deep-copied), and the monitor of the run it watches. Dropped, scratch deleted, when the browser
+  goes away (``demo.unload``).
 
-Who owns a run is decided by the browser's owner token (kept in `gr.BrowserState`, so a reload
-or a server restart finds the same runs), not by the session: a refreshed page is a new session
-of the same owner.
+Who owns a run, an uploaded data file and the saved setup is decided by the browser's owner token
+(kept in `gr.BrowserState`, so a reload or a server restart finds the same runs, files and setup:
+`ea_core.uploads.OwnerStore`), not by the session: a refreshed page is a new session of the same
+owner.
 """
 
 from __future__ import annotations
@@ -26,8 +28,14 @@ from typing import Any, Callable, Optional
 
 import gradio as gr
 
+from ea_core.errors import EAError
+from ea_core.llm.endpoints import EndpointPolicy
 from ea_core.opened import OpenedRun, ProgressFeed
+from ea_core.process import release_memory
+from ea_core.quotas import DiskQuota
+from ea_core.runqueue import QueueSettings
 from ea_core.runs import RunManager
+from ea_core.uploads import OwnerStore, StoreLimits
 
 #: Opened runs kept in memory per session (each holds its cached arrays and loaded models).
 OPEN_RUNS_KEPT = 2
@@ -44,6 +52,7 @@ class Watch:
     run_id: str
     feed: ProgressFeed
     local_lm: bool = False  # an in-process LM: no money to count
+    price: Any = None  # the run's LM price (`ea_core.llm.spec.Price`): free, known or unknown
     shown: dict[str, Any] = field(default_factory=dict)  # what the page last got, per output
 
     @property
@@ -62,9 +71,7 @@ class Watch:
 class Session:
     """What one browser session holds on the server."""
 
-    upload_dir: Path
-    data_file: Optional[Path] = None  # private copy of the uploaded dataset
-    data_name: Optional[str] = None  # the file name the user uploaded
+    upload_dir: Path  # private scratch: downloads, an unpacked bundle (data uploads are the owner's)
     bundle_dir: Optional[Path] = None  # an uploaded bundle, unpacked
     watch: Optional[Watch] = None
     runs: "OrderedDict[str, OpenedRun]" = field(default_factory=OrderedDict)  # least recently used first
@@ -102,11 +109,17 @@ class Session:
 
 
 class Studio:
-    """The app's server side: a run manager over `runs_dir` and the live sessions."""
+    """The app's server side: a run manager over `runs_dir`, the owners' stores (uploads and setup,
+    within `limits`) and the live sessions."""
 
-    def __init__(self, runs_dir: str | Path) -> None:
+    def __init__(self, runs_dir: str | Path, limits: Optional[StoreLimits] = None, *,
+                 queue: Optional[QueueSettings] = None, endpoints: Optional[EndpointPolicy] = None,
+                 quota: Optional[DiskQuota] = None) -> None:
         self.runs_dir = Path(runs_dir).resolve()
-        self.manager = RunManager(self.runs_dir)
+        # A shared server's limits (see ea_core.runs.RunManager); an owner's uploads count in the disk quota.
+        self.manager = RunManager(self.runs_dir, queue=queue, endpoints=endpoints, quota=quota,
+                                  other_use=self.upload_bytes)
+        self.limits = limits or StoreLimits()
         self.uploads_root = self.runs_dir / ".uploads"
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
@@ -121,6 +134,18 @@ class Studio:
                 self._sessions[key] = Session(upload_dir=folder)
             return self._sessions[key]
 
+    def upload_bytes(self, owner: str) -> int:
+        """What the owner's uploads take on disk (counted in the run manager's disk quota)."""
+        try:
+            return self.store(owner).usage()
+        except EAError:
+            return 0
+
+    def store(self, owner: Optional[str]) -> OwnerStore:
+        """What the browser's owner keeps here: uploaded data files and the saved setup
+        (ConfigError while the page has no owner token yet)."""
+        return OwnerStore(self.runs_dir, owner or "", self.limits)
+
     def drop(self, request: Optional[gr.Request]) -> None:
         """Forget a closed session and delete its uploads (bound to ``demo.unload``)."""
         key = getattr(request, "session_hash", None) or "no-session"
@@ -128,6 +153,8 @@ class Studio:
             session = self._sessions.pop(key, None)
         if session is not None:
             shutil.rmtree(session.upload_dir, ignore_errors=True)
+            del session  # its opened runs (models, arrays) go now, and their memory back to the system
+            release_memory()
 
     def opened(self, request: Optional[gr.Request], owner: Optional[str],
                run_id: Optional[str]) -> Optional[OpenedRun]:

@@ -3,6 +3,8 @@
 Thin: routing, scoring, the Pareto front, auto-tune and reliability bins are the opened run's
 `Explorer`'s (`ea_core.opened`), built once per routing order and calibration. The slider handler
 is registered with ``concurrency_limit=None`` so it never waits behind a slow event of any session.
+The sliders' values are remembered per run, routing order and calibration (the tab's ``memory``
+state), so an auto-tuned point survives a look at another order.
 """
 
 from __future__ import annotations
@@ -13,35 +15,41 @@ from typing import Any, Optional, Sequence
 import gradio as gr
 
 from ea_core.errors import ConfigError
-from ea_core.explore import ORDERS, Explorer, threshold_to_slider
+from ea_core.explore import ORDERS, Explorer, Headroom, is_never, threshold_to_slider
 from ea_core.router import RoutingMetrics
 from pages import plots
 from pages.session import Studio
 from pages.ui import Components, as_plot, friendly, note, pct, usd
 
 MAX_SLIDERS = 8
-KIND_TITLES = {"ssm": "SSM", "assm": "augmented SSM", "lm": "LM (its confidence)"}
+KIND_TITLES = {"ssm": "SSM", "assm": "augmented SSM", "assm_full": "EA(Full) augmented SSM",
+               "learned": "learned router (1 − its deferral score)", "lm": "LM (its confidence)"}
 BUDGETS = [("LM calls (% of inputs)", "calls"), ("USD per 1,000 inputs", "usd")]
+CONNECT = "Connect a real LM (Large model tab) →"
 
 
 def build() -> Components:
     c: Components = {}
     c["intro"] = gr.HTML(note("Open a finished run (Train & mine, or Results → past runs) to tune its thresholds.",
                               "info"), elem_id="thr-intro")
+    c["headroom"] = gr.HTML("", visible=False, elem_id="thr-headroom")
+    c["connect"] = gr.Button(CONNECT, visible=False, size="sm", variant="secondary", elem_id="thr-connect")
+    c["memory"] = gr.State({})  # "run|order|calibrated" -> the sliders' values there
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300):
             c["order"] = gr.Radio([(ORDERS["ea"][0], "ea")], value="ea", label="Router order", elem_id="thr-order")
             c["calibrated"] = gr.Checkbox(True, label="Calibrated confidences (temperature scaling)",
                                           elem_id="thr-calibrated")
             c["sliders"] = [gr.Slider(0, 1, value=0.5, step=0.001, visible=False, label=f"stage {k + 1}",
-                                      elem_id=f"thr-slider-{k}") for k in range(MAX_SLIDERS)]
-            c["last"] = gr.Markdown("")
+                                      elem_id=f"thr-slider-{k}", elem_classes=["ea-threshold"])
+                            for k in range(MAX_SLIDERS)]
+            c["last"] = gr.HTML("", elem_id="thr-route")
             with gr.Group():
                 with gr.Row():
                     c["budget_kind"] = gr.Radio(BUDGETS, value="calls", label="Auto-tune for a budget", min_width=160)
                     c["budget"] = gr.Number(30, label="at most", minimum=0, min_width=80)
                 c["autotune"] = gr.Button("Auto-tune on validation", elem_id="thr-autotune")
-            c["tune_msg"] = gr.HTML("")
+            c["tune_msg"] = gr.HTML("", elem_id="thr-tune-msg")
         with gr.Column(scale=7, min_width=380):
             c["routing"] = gr.Plot(as_plot(plots.empty("Accuracy vs LM calls · who answers", "No run opened.", 600)),
                                    show_label=False, elem_id="thr-routing")
@@ -57,7 +65,12 @@ def build() -> Components:
 def outputs_of(c: Components) -> list[Any]:
     """Every component a full redraw of the tab may set (`open_views`' outputs)."""
     return [c["intro"], c["order"], c["calibrated"], *c["sliders"], c["last"], c["routing"], c["metrics"],
-            c["rel_model"], c["reliability"], c["tune_msg"]]
+            c["rel_model"], c["reliability"], c["tune_msg"], c["headroom"], c["connect"], c["memory"]]
+
+
+def slider_outputs(c: Components) -> list[Any]:
+    """What a slider move redraws (`on_slider`'s outputs)."""
+    return [c["routing"], c["metrics"], c["last"], c["memory"]]
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -92,23 +105,80 @@ def figures(ex: Explorer, thresholds: Sequence[float]) -> tuple[Any, str]:
             metrics_html(metrics_rows(ex, val, test)))
 
 
+def route_html(ex: Explorer, thresholds: Sequence[float]) -> str:
+    """The route at `thresholds` in words, stage by stage: "answers at confidence ≥ 0.612", "never
+    answers" (a slider at 1), and the last stage answering the rest."""
+    steps = []
+    for k, (name, t) in enumerate(zip(ex.names, thresholds)):
+        if k == ex.n_stages - 1:
+            rule = "answers whatever reaches it"
+        elif is_never(t):
+            rule = "<b>never</b> answers (passes every input on)"
+        else:
+            rule = f"answers at confidence ≥ {threshold_to_slider(t):.3f}"
+        steps.append(f"<li><b>{html.escape(name)}</b> {rule}</li>")
+    return f"<div class='ea-route'><b>Route now</b><ol>{''.join(steps)}</ol></div>"
+
+
 def redraw(tab: Components, ex: Explorer, thresholds: Sequence[float]) -> dict[Any, Any]:
     figure, table = figures(ex, thresholds)
-    return {tab["routing"]: figure, tab["metrics"]: table}
+    return {tab["routing"]: figure, tab["metrics"]: table, tab["last"]: route_html(ex, thresholds)}
 
 
 def slider_updates(tab: Components, ex: Explorer, thresholds: Sequence[float]) -> dict[Any, Any]:
-    """One slider per stage but the last, at `thresholds`; the other sliders hidden."""
+    """One slider per stage but the last, at `thresholds` (rounded down to 3 decimals; 1 = never);
+    the other sliders hidden."""
     ups = {}
     for k, slider in enumerate(tab["sliders"]):
         if k < ex.n_stages - 1:
             kind = KIND_TITLES.get(ex.kinds[k], ex.kinds[k])
             ups[slider] = gr.update(visible=True, value=threshold_to_slider(thresholds[k]),
                                     label=f"{k + 1}. {ex.names[k]} · {kind}",
-                                    info="answers an input when its confidence ≥ this (1 = never)")
+                                    info="answers an input when its confidence ≥ this (1 = never answers)")
         else:
             ups[slider] = gr.update(visible=False)
     return ups
+
+
+def memory_key(run_id: str, order: str, calibrated: bool) -> str:
+    return f"{run_id}|{order}|{int(bool(calibrated))}"
+
+
+def remember(memory: Optional[dict], run_id: str, order: str, calibrated: bool, ex: Explorer,
+             sliders: Sequence[float]) -> dict:
+    """The tab's memory with the sliders of (run, order, calibration) set to `sliders`."""
+    memory = dict(memory or {})
+    memory[memory_key(run_id, order, calibrated)] = [float(v) for v in list(sliders)[: ex.n_stages - 1]]
+    return memory
+
+
+def headroom_html(h: Headroom, lm_title: str = "the LM") -> str:
+    """What a better LM would change, in numbers from the run's validation split (the first run on
+    the offline default keeps its best small model alone: its stand-in LM is at chance)."""
+    n = h.n_val
+    lm = f" ({pct(h.lm_val)} alone on validation)" if h.lm_val is not None else ""
+    parts = [f"<b>This run kept the best small model alone</b> ({html.escape(h.best)}, {pct(h.best_val)} on "
+             f"validation): its LM, {html.escape(lm_title)}{lm}, was not right more often than it, even where it "
+             "is least sure, so nothing is routed. That is honest, and it is what the offline stand-in does.",
+             f"<b>With a real LM</b>: the small model is wrong on {h.wrong:,} of the {n:,} validation inputs "
+             f"({pct(h.wrong / n if n else None)}; every small model is wrong on {h.all_wrong:,}). "
+             f"{h.unsure_wrong:,} of those are among the {h.unsure:,} inputs it is least sure of "
+             f"({pct(h.budget_share, 0)} of inputs, the LM budget), which EA would send to the LM: an LM right on "
+             f"them would lift validation accuracy toward {pct(h.reachable)} at {pct(h.budget_share, 0)} LM calls."]
+    if h.oracle_val is not None:
+        parts.append(f"The ceiling of routing (right if any stage is right) is {pct(h.oracle_val)} on validation"
+                     + (f", {pct(h.oracle_test)} on test." if h.oracle_test is not None else "."))
+    return (f"<div class='ea-note ea-warn'><span class='ea-icon'>!</span>{' '.join(parts[:1])}"
+            f"<br>{' '.join(parts[1:])}</div>")
+
+
+def headroom_updates(tab: Components, h: Optional[Headroom], lm_title: str = "the LM") -> dict[Any, Any]:
+    """The "what a real LM would change" note and its button: shown only when the run kept its best
+    small model alone."""
+    if h is None:
+        return {tab["headroom"]: gr.update(value="", visible=False), tab["connect"]: gr.update(visible=False)}
+    return {tab["headroom"]: gr.update(value=headroom_html(h, lm_title), visible=True),
+            tab["connect"]: gr.update(visible=True)}
 
 
 def reliability_plot(ex: Explorer, name: str) -> Any:
@@ -119,8 +189,9 @@ def reliability_plot(ex: Explorer, name: str) -> Any:
 
 @friendly(into="intro")
 def open_views(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], request: gr.Request,
-               order: str = "ea", calibrated: bool = True) -> dict[Any, Any]:
-    """Everything the tab shows for a run, at the run's own tuned thresholds."""
+               order: str = "ea", calibrated: bool = True, memory: Optional[dict] = None) -> dict[Any, Any]:
+    """Everything the tab shows for a run: at the sliders it last had in this order and calibration
+    (`memory`), else at the run's own tuned thresholds."""
     run = studio.opened(request, owner, run_id)
     if run is None:
         return gr.skip()
@@ -129,44 +200,59 @@ def open_views(studio: Studio, tab: Components, owner: Optional[str], run_id: Op
         order = "ea"
     ex = run.explorer(order, calibrated)
     state = run.state()
-    thresholds = ex.tuned_thresholds()
-    small = [n for n, k in zip(ex.names, ex.kinds) if k != "lm"]
+    remembered = (memory or {}).get(memory_key(run.run_id, order, calibrated))
+    restored = bool(remembered) and len(remembered) == ex.n_stages - 1
+    thresholds = ex.thresholds(remembered) if restored else ex.tuned_thresholds()
+    small = [n for n, k in zip(ex.names, ex.kinds) if k in ("ssm", "assm", "assm_full")]
     why = run.tuned_note(order)
     kept = f" The run {why}; drag the sliders to try other points." if why else ""
-    intro = note(f"Run {state.task.name}: {', '.join(ex.names)}. Thresholds start where the run tuned them on "
-                 f"validation (LM budget {pct(state.config.max_lm_rate, 0)} of inputs).{kept} Test figures are shown, "
-                 "never used to choose.", "info")
+    start = ("The sliders are where you left them in this order" if restored else
+             "Thresholds start where the run tuned them on validation")
+    intro = note(f"Run {state.task.name}: {', '.join(ex.names)}. {start} (LM budget "
+                 f"{pct(state.config.max_lm_rate, 0)} of inputs).{kept} Test figures are shown, never used to choose.",
+                 "info")
+    shown = ex.sliders(thresholds)
     return {tab["intro"]: intro,
             tab["order"]: gr.update(choices=[(ORDERS[o][0], o) for o in orders], value=order),
             tab["calibrated"]: gr.update(value=bool(calibrated)),
             **slider_updates(tab, ex, thresholds),
-            tab["last"]: f"**Last stage: {ex.names[-1]}** answers whatever reaches it (no threshold).",
             **redraw(tab, ex, thresholds),
             tab["rel_model"]: gr.update(choices=small, value=small[0] if small else None),
             tab["reliability"]: reliability_plot(ex, small[0]) if small else as_plot(
                 plots.empty("Reliability", "No small model.")),
-            tab["tune_msg"]: ""}
+            tab["tune_msg"]: "",
+            **headroom_updates(tab, run.headroom(), run.lm_title()),
+            tab["memory"]: remember(memory, run.run_id, order, calibrated, ex, shown)}
+
+
+def on_open(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], memory: Optional[dict],
+            request: gr.Request) -> dict[Any, Any]:
+    """A run opened: the tab in the default order, at the sliders it last had there in this page."""
+    return open_views(studio, tab, owner, run_id, request, memory=memory)
 
 
 def on_order(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], order: str,
-             calibrated: bool, request: gr.Request) -> dict[Any, Any]:
-    """The routing order or the calibration changed: the whole tab at that explorer's tuned point."""
-    return open_views(studio, tab, owner, run_id, request, order=order, calibrated=calibrated)
+             calibrated: bool, memory: Optional[dict], request: gr.Request) -> dict[Any, Any]:
+    """The routing order or the calibration changed: the whole tab at the sliders it last had there
+    (auto-tuned or moved), else at that order's tuned point."""
+    return open_views(studio, tab, owner, run_id, request, order=order, calibrated=calibrated, memory=memory)
 
 
 def on_slider(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], order: str,
-              calibrated: bool, request: gr.Request, *sliders: float) -> dict[Any, Any]:
-    """A slider moved: re-route the cached outputs and redraw (the hot path)."""
+              calibrated: bool, memory: Optional[dict], request: gr.Request, *sliders: float) -> dict[Any, Any]:
+    """A slider moved: re-route the cached outputs and redraw (the hot path); remember the sliders."""
     run = studio.opened(request, owner, run_id)
     if run is None:
         return gr.skip()
     ex = run.explorer(order, calibrated)
-    return redraw(tab, ex, ex.thresholds(sliders))
+    return {**redraw(tab, ex, ex.thresholds(sliders)),
+            tab["memory"]: remember(memory, run.run_id, order, calibrated, ex, sliders)}
 
 
 @friendly(into="tune_msg", kind="warn")
 def on_autotune(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], order: str,
-                calibrated: bool, kind: str, budget: Any, request: gr.Request) -> dict[Any, Any]:
+                calibrated: bool, kind: str, budget: Any, memory: Optional[dict],
+                request: gr.Request) -> dict[Any, Any]:
     """Set every slider to the thresholds with the best validation accuracy within the budget."""
     run = studio.opened(request, owner, run_id)
     if run is None:
@@ -175,13 +261,16 @@ def on_autotune(studio: Studio, tab: Components, owner: Optional[str], run_id: O
     if budget is None or float(budget) < 0:
         raise ConfigError("Give a budget of 0 or more.")
     if kind == "calls":
-        thresholds = ex.autotune(max_lm_rate=min(float(budget), 100.0) / 100.0)
+        tuned = ex.autotune(max_lm_rate=min(float(budget), 100.0) / 100.0)
     else:
-        thresholds = ex.autotune(max_cost_per_1k=float(budget))
+        tuned = ex.autotune(max_cost_per_1k=float(budget))
+    shown = ex.sliders(tuned)  # rounded down: never more LM calls than the tuned point
+    thresholds = ex.thresholds(shown)
     val, _ = ex.evaluate(thresholds)
     msg = note(f"Auto-tuned on validation: accuracy {pct(val.accuracy, 2)} with {pct(val.lm_call_rate)} of inputs "
                "sent to the LM.", "ok")
-    return {**slider_updates(tab, ex, thresholds), **redraw(tab, ex, thresholds), tab["tune_msg"]: msg}
+    return {**slider_updates(tab, ex, thresholds), **redraw(tab, ex, thresholds),
+            tab["memory"]: remember(memory, run.run_id, order, calibrated, ex, shown), tab["tune_msg"]: msg}
 
 
 def on_reliability(studio: Studio, owner: Optional[str], run_id: Optional[str], order: str, calibrated: bool,

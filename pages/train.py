@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 import gradio as gr
 
 from ea_core.errors import EAError
+from ea_core.llm.spec import IN_PROCESS, Price
 from ea_core.monitor import STEP_TITLES, RunProgress
 from ea_core.opened import ModelRow, OpenedRun
 from ea_core.runs import RunStatus
@@ -23,6 +24,21 @@ from pages.session import Studio, Watch
 from pages.ui import Components, as_plot, friendly, note, pct, seconds, usd
 
 TICK_S = 1.0
+#: Lines of the event log shown (the newest; the box scrolls to the last one).
+LOG_SHOWN = 200
+#: Runs in the browser whenever the log changes: scroll it to its newest line, unless the person
+#: scrolled up to read (following resumes when they scroll back to the bottom).
+FOLLOW_LOG_JS = """() => {
+  const t = document.querySelector('#run-log textarea');
+  if (!t) return;
+  if (!t.dataset.follow) {
+    t.dataset.follow = '1';
+    t.addEventListener('scroll', () => {
+      t.dataset.pinned = t.scrollHeight - t.clientHeight - t.scrollTop < 40 ? '1' : '0';
+    });
+  }
+  if (t.dataset.pinned !== '0') requestAnimationFrame(() => { t.scrollTop = t.scrollHeight; });
+}"""
 
 
 def build(current: Any, opened: Any) -> Components:
@@ -72,14 +88,24 @@ def bars_html(progress: RunProgress) -> str:
     return "".join(rows)
 
 
-def counters_html(progress: RunProgress, free: bool = False) -> str:
-    """The LM's counters; `free`: an in-process model, which costs no money."""
+def spent_text(price: Optional[Price], cost_usd: float) -> str:
+    """Money spent as the LM's price case says it: "free (local)", "free (self-hosted)", dollars, or
+    "price unknown" (an endpoint with no price: its calls are not counted as free)."""
+    if price is not None and price.free:
+        return "free (local)" if price.source == IN_PROCESS else "free (self-hosted)"
+    if price is not None and not price.known:
+        return "price unknown"
+    return usd(cost_usd)
+
+
+def counters_html(progress: RunProgress, price: Optional[Price] = None) -> str:
+    """The LM's counters; `price`: the run's LM's (`LMSpec.price`), which says whether money counts."""
     if not progress.lm:
         return ""
     t = progress.lm_totals()
     cards = [("LM calls", f"{t.calls:,}"), ("cache hits", f"{t.cache_hits:,}"), ("failures", f"{t.failures:,}"),
              ("named no label", f"{t.unparsed:,}"), ("tokens", f"{t.tokens:,}"),
-             ("spent", "free (local)" if free else usd(t.cost_usd)),
+             ("spent", spent_text(price, t.cost_usd)),
              ("ETA", seconds(t.eta_s) if t.eta_s else "-")]
     body = "".join(f"<div class='ea-card'><div class='v'>{v}</div><div class='k'>{k}</div></div>" for k, v in cards)
     return f"<div><b>Large model</b> ({t.done:,}/{t.total:,} inputs answered)</div><div class='ea-cards'>{body}</div>"
@@ -89,18 +115,28 @@ def models_rows(rows: Sequence[ModelRow]) -> list[list[Any]]:
     return [[r.name, pct(r.val_accuracy), pct(r.test_accuracy), seconds(r.train_time_s)] for r in rows]
 
 
-def status_html(status: RunStatus, notes: Sequence[str] = ()) -> str:
+def status_html(status: RunStatus, notes: Sequence[str] = (), why: Optional[str] = None,
+                blocker: Optional[str] = None) -> str:
+    """The run's status line; `why`: what the finished run kept, in plain words; `blocker`: why a
+    failed run cannot be resumed."""
     title = html.escape(status.title or status.run_id)
     took = f" · {seconds(status.elapsed_s)}" if status.elapsed_s is not None else ""
     if status.state == "done":
-        return (note(f"Run finished{took}: see Thresholds, Try it and Results. ({title})", "ok")
+        kept = f" EA {why}." if why else ""
+        return (note(f"Run finished{took}: see Thresholds, Try it and Results.{kept} ({title})", "ok")
                 + "".join(note(n, "warn") for n in notes))
     if status.state == "failed":
-        return note(f"Run failed: {status.message}", "error")
+        again = (f" Resume would fail the same way ({blocker}): change the setup and press Run." if blocker
+                 else " Resume continues where it stopped.")
+        return note(f"Run failed: {status.message.rstrip('.')}.{again}", "error")
     if status.state == "cancelled":
         return note(f"Run cancelled{took}. What was done is kept: Resume continues from there.", "warn")
     if status.state == "interrupted":
         return note(f"Run interrupted: {status.message}", "warn")
+    if status.state == "queued" and status.message.startswith("queued"):  # waiting its turn: place and wait
+        return note(f"{html.escape(status.message[0].upper() + status.message[1:])} · this server runs a limited "
+                    "number of runs at once, first come first served; you can close this page, the run starts in its "
+                    f"turn, and Cancel takes it out of the queue. ({title})", "info")
     if status.state == "queued":
         return note(f"Starting the run… ({title})", "info")
     beat = time.time() - (status.heartbeat or time.time())
@@ -115,7 +151,7 @@ def watch(studio: Studio, run: OpenedRun, request: Optional[gr.Request]) -> Watc
     """The session's monitor of `run` (a new one replays the event log from the start)."""
     session = studio.session(request)
     if session.watch is None or session.watch.run_id != run.run_id:
-        session.watch = Watch(run.run_id, run.feed(), local_lm=run.lm_is_local())
+        session.watch = Watch(run.run_id, run.feed(), local_lm=run.lm_is_local(), price=run.lm_price())
     return session.watch
 
 
@@ -139,21 +175,31 @@ def refresh(studio: Studio, tab: Components, owner: Optional[str], run_id: Optio
     # Redraw only what changed: during LM stages events come ten times a second, and a plot or a
     # table redrawn every tick costs the browser (and the worker sharing its CPU) for nothing.
     if status.state == "done":
-        out[tab["status"]] = status_html(status, run.notes())
+        out[tab["status"]] = status_html(status, run.notes(), why=_kept(run))
         out[tab["opened"]] = run.run_id
+    elif status.state == "failed":
+        out[tab["status"]] = status_html(status, blocker=run.resume_blocker(status))
     if w.changed("stepper", (sorted(p.done_steps), p.current_step, p.final)):
         out[tab["stepper"]] = stepper_html(p)
     out[tab["bars"]] = bars_html(p)
-    out[tab["counters"]] = counters_html(p, free=w.local_lm)
+    out[tab["counters"]] = counters_html(p, w.price)
     if w.changed("models", len(p.models)):
         out[tab["models"]] = models_rows(run.model_rows(p))
     if w.changed("curves", sum(len(points) for points in p.curves.values())):
         out[tab["curves"]] = as_plot(plots.training_curves(p))
     if w.changed("log", p.logged):
-        out[tab["log"]] = "\n".join(p.log[-200:])
+        out[tab["log"]] = "\n".join(p.log[-LOG_SHOWN:])
     out[tab["cancel"]] = gr.update(interactive=status.active)
     out[tab["resume"]] = gr.update(visible=run.can_resume(status))
     return out
+
+
+def _kept(run: OpenedRun) -> Optional[str]:
+    """What the finished run's EA kept and why, in plain words (None when unknown)."""
+    try:
+        return run.tuned_note("ea")
+    except (EAError, OSError, KeyError, ValueError):
+        return None
 
 
 def attach(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str],
@@ -193,12 +239,12 @@ def start(studio: Studio, tab: Components, owner: Optional[str], api_key: Option
     values_by_key = dict(zip(form.KEYS, values))
     if not owner:
         raise EAError("The page is still starting: try again in a second.")
-    cfg = form.config_from_form(session, values_by_key)
+    cfg = form.config_from_form(studio.store(owner), values_by_key)  # what the tabs show, an upload the owner's file
     if cfg.lm:
         lm.check_key(values_by_key, api_key)
-    data_file = session.data_file if cfg.data == str(session.data_file) else None
-    run_id = studio.manager.launch(cfg, owner, (api_key or "").strip() or None, title=form.title_of(cfg, session),
-                                   data_file=data_file)
+    data_file = cfg.data if values_by_key["source"] == "file" else None
+    run_id = studio.manager.launch(cfg, owner, (api_key or "").strip() or None,
+                                   title=form.title_of(cfg, values_by_key), data_file=data_file)
     session.watch = None
     return {tab["current"]: run_id, tab["timer"]: gr.Timer(active=True),
             tab["status"]: note("Starting the run…", "info"), tab["cancel"]: gr.update(interactive=True),

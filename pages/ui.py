@@ -77,14 +77,43 @@ def bind(fn: Callable[..., Any], *fixed: Any) -> Callable[..., Any]:
     hints = typing.get_type_hints(fn)
     bound = {p.name for p in params[:len(fixed)]}
 
-    @functools.wraps(fn)
-    def handler(*args: Any, **kwargs: Any) -> Any:
-        return fn(*fixed, *args, **kwargs)
+    if inspect.isgeneratorfunction(fn):  # Gradio streams a generator function's yields: keep it one
+        @functools.wraps(fn)
+        def handler(*args: Any, **kwargs: Any) -> Any:
+            yield from fn(*fixed, *args, **kwargs)
+    else:
+        @functools.wraps(fn)
+        def handler(*args: Any, **kwargs: Any) -> Any:
+            return fn(*fixed, *args, **kwargs)
 
     handler.__signature__ = sig.replace(parameters=params[len(fixed):])  # type: ignore[attr-defined]
     handler.__annotations__ = {k: v for k, v in hints.items() if k not in bound}
     del handler.__wrapped__  # inspect.signature must not look through to `fn`
     return handler
+
+
+def fit_widths(frame: Any, total: int = 100) -> list[str]:
+    """Column widths (percent of the table, as `gr.Dataframe(column_widths=...)` takes them) that keep
+    every column of `frame` in view: short columns get what their longest cell needs, the long-text
+    columns share the rest and wrap (``wrap=True``). For tables whose columns are known only at
+    run time; a fixed table lists its widths."""
+    need = []
+    for c in frame.columns:
+        cells = [len(str(v)) for v in frame[c].tolist()] + [len(str(c))]
+        need.append(max(cells))
+    short = [min(max(n, 4), 14) for n in need]
+    long_cols = [i for i, n in enumerate(need) if n > 14]
+    if not long_cols:
+        return [f"{total / len(need):.1f}%" for _ in need]
+    fixed = sum(short[i] for i in range(len(need)) if i not in long_cols)
+    fixed_pct = min(100 * fixed / (fixed + 40 * len(long_cols)), 60)
+    widths = []
+    for i, n in enumerate(need):
+        if i in long_cols:
+            widths.append((total - fixed_pct) / len(long_cols))
+        else:
+            widths.append(fixed_pct * short[i] / max(fixed, 1))
+    return [f"{w:.1f}%" for w in widths]
 
 
 def as_plot(figure: dict[str, Any]) -> Any:
@@ -156,4 +185,7 @@ CSS = """
 .ea-trace td, .ea-trace th { padding: 4px 8px; font-size: 0.92em; }
 .ea-metrics { width: 100%; border-collapse: collapse; } .ea-metrics td, .ea-metrics th { border-bottom: 1px solid #eee; text-align: left; }
 .ea-trace tr.took { background: #eef8ee; }
+.ea-threshold input[type=number] { min-width: 5.2em; font-variant-numeric: tabular-nums; }
+.ea-route { font-size: 0.9em; margin: 2px 0 6px; } .ea-route ol { margin: 2px 0 0 1.2em; padding: 0; }
+.ea-route li { margin: 1px 0; }
 """

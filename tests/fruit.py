@@ -59,3 +59,8 @@ def lm_answer(req) -> str | None:
     return LABELS[(i + 2) % 3] if is_dark(i) else None
 
 
+
+
+def chance_answer(req) -> str:
+    """A scripted LM at chance level (like the offline stand-in on tweets): a fixed random label per input."""
+    return LABELS[int(np.random.default_rng(item(req.text)).integers(len(LABELS)))]

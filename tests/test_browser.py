@@ -17,7 +17,7 @@ import pytest
 
 from ea_core.explore import Explorer
 from ea_core.runstate import open_run
-from tests.fruit import LABELS, lm_answer, make_task
+from tests.fruit import FRUIT, LABELS, chance_answer, lm_answer, make_task
 from tests.scripted_server import ScriptedServer
 
 CHROMIUM = os.environ.get("EA_CHROMIUM", "/usr/bin/chromium")
@@ -53,13 +53,15 @@ def app_url(tmp_path_factory):
     gold = make_task(data)
     fast = ScriptedServer(gold, labels=LABELS, answer_fn=lm_answer).start()
     slow = ScriptedServer(gold, labels=LABELS, answer_fn=lm_answer, latency_s=0.25).start()
+    chance = ScriptedServer(gold, labels=LABELS, answer_fn=chance_answer).start()  # an LM at chance level
     demo = build_app(root / "runs")
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
-    yield {"url": url, "demo": demo, "data": data, "fast": fast, "slow": slow}
+    yield {"url": url, "demo": demo, "data": data, "fast": fast, "slow": slow, "chance": chance}
     demo.close()
     fast.close()
     slow.close()
+    chance.close()
 
 
 class Page:
@@ -320,4 +322,177 @@ def test_image_path(browser, app_url, tmp_path):
     p.wait_for_timeout(500)
     p.screenshot(path=str(ARTIFACTS / "image_try.png"), full_page=True)
     print(f"example trace: {clicked!r}\nupload (gold {gold}) trace: {trace.inner_text()!r}")
+    d.context.close()
+
+
+def _slider_values(page, n: int = 2) -> list[str]:
+    return [page.locator(f"#thr-slider-{k} input[type=number]").input_value() for k in range(n)]
+
+
+def _set_slider(page, k: int, value: str) -> None:
+    box = page.locator(f"#thr-slider-{k} input[type=number]")
+    box.fill(value)
+    box.press("Tab")
+
+
+def _inputs_csv(path: Path, n: int, start: int, server: ScriptedServer) -> Path:
+    """Texts the run never saw (so the LM is really asked), with their labels, which `server` knows."""
+    gold = {f"{FRUIT[LABELS[i % 3]]} brand new basket item {start + i}": LABELS[i % 3] for i in range(n)}
+    server.learn(gold)
+    path.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in gold.items()))
+    return path
+
+
+def test_thresholds_memory_mined_examples_batch_predict_compare_and_the_first_run_note(browser, app_url, tmp_path):
+    """What a person clicks after a run: auto-tune, look at the other router order and come back (the
+    auto-tuned sliders are kept); a slider at 1 reads "never" (also in Try it); what EA found,
+    filtered and downloaded; a file of inputs predicted with a route per row, and a bigger one
+    cancelled half-way; a second run against an LM at chance explains what a real LM would change
+    and one click opens the Large model tab; the two runs side by side."""
+    import csv
+
+    demo = app_url["demo"]
+    d = Page(browser, app_url["url"])
+    p = d.page
+    d.setup_run(app_url["data"], app_url["slow"], KEY_A)
+    before = _run_ids(demo)
+    d.run()
+    d.expect(p.locator("#run-status")).to_contain_text("Run finished", timeout=180_000)
+    (first,) = _run_ids(demo) - before
+
+    # Thresholds: auto-tune for 10% LM calls, switch to the LM-first order and back: the values stay.
+    d.tab(TABS[4])
+    d.expect(p.locator("#thr-slider-1")).to_be_visible(timeout=30_000)
+    tuned = _slider_values(p)
+    assert all(len(v.partition(".")[2]) <= 3 for v in tuned), tuned  # 3 decimals at most, never cut off
+    budget = p.get_by_label("at most")
+    budget.fill("10")
+    budget.press("Tab")
+    p.locator("#thr-autotune").click()
+    d.expect(p.locator("#thr-tune-msg")).to_contain_text("Auto-tuned", timeout=20_000)
+    auto = _slider_values(p)
+    assert auto != tuned, (auto, tuned)
+    p.locator("#thr-order label", has_text="LM confidence decides").click()
+    d.expect(p.locator("#thr-slider-0 label").first).to_contain_text("1. tfidf", timeout=20_000)
+    d.expect(p.locator("#thr-slider-1").get_by_text("2. lm")).to_be_visible(timeout=20_000)
+    p.locator("#thr-order label", has_text="SSMs → ASSMs → LM").click()
+    d.expect(p.locator("#thr-slider-1").get_by_text("assm:tfidf")).to_be_visible(timeout=20_000)
+    d.expect(p.locator("#thr-slider-0 input[type=number]")).to_have_value(auto[0], timeout=20_000)
+    assert _slider_values(p) == auto
+
+    # A slider at 1 never answers, and says so here and in Try it's trace.
+    _set_slider(p, 1, "1")
+    _set_slider(p, 0, "1")
+    d.expect(p.locator("#thr-route")).to_contain_text("tfidf never answers", timeout=20_000)
+    d.expect(p.locator("#thr-route")).to_contain_text("assm:tfidf never answers")
+    plot_text = p.locator("#thr-routing").inner_text()
+    for label in ("LM alone:", "best SSM (tfidf):", "LM budget on the least sure"):
+        assert label in plot_text, f"{label!r} is not written on the plot"
+    p.screenshot(path=str(ARTIFACTS / "thresholds-never.png"), full_page=True)
+    d.tab(TABS[5])
+    p.locator("#try-text textarea").fill("apple fresh juice item 7")
+    p.locator("#try-route").click()
+    d.expect(p.locator("#try-trace")).to_contain_text("never (passes every input on)", timeout=60_000)
+    assert "1.010" not in p.locator("#try-trace").inner_text()
+
+    # What EA found: the mined examples, filtered, and downloaded as CSV.
+    d.tab(TABS[6])
+    mined = p.locator("#res-mined")
+    d.expect(p.locator("#res-mined-intro")).to_contain_text("the LM fixed", timeout=30_000)
+    d.expect(mined).to_contain_text("lm_fixed")
+    p.locator("#res-mined-filter label", has_text="underfit only").click()
+    d.expect(mined).not_to_contain_text("lm_fixed", timeout=20_000)
+    d.expect(mined).to_contain_text("underfit")
+    p.locator("#res-mined-box").scroll_into_view_if_needed()
+    p.screenshot(path=str(ARTIFACTS / "results-mined.png"), full_page=False)
+    with p.expect_download() as download:
+        p.locator("#res-mined-csv").click()
+    with open(download.value.path(), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["outcome"] for r in rows} == {"underfit"} and {"text", "gold", "tfidf", "lm"} <= set(rows[0])
+
+    # Batch prediction at the current sliders (both at 1: every input goes to the LM).
+    d.tab(TABS[5])
+    upload = p.locator("#batch-file input[type=file]")
+    upload.set_input_files(str(_inputs_csv(tmp_path / "few.csv", 24, 7000, app_url["slow"])))
+    d.expect(p.locator("#batch-progress")).to_contain_text("ready", timeout=20_000)
+    p.locator("#batch-run").click()
+    d.expect(p.locator("#batch-progress")).to_contain_text("Done: 24 inputs", timeout=90_000)
+    d.expect(p.locator("#batch-preview")).to_contain_text("tfidf")
+    p.screenshot(path=str(ARTIFACTS / "try-batch.png"), full_page=True)
+    with p.expect_download() as download:
+        p.locator("#batch-download").click()
+    with open(download.value.path(), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24 and {r["answered_by"] for r in rows} == {"lm"} and all(r["stage"] == "3" for r in rows)
+    assert all(r["route"].startswith("tfidf ") and " → assm:tfidf " in r["route"] and " → lm " in r["route"]
+               for r in rows)
+    assert all(r["prediction"] == r["gold"] and r["right"] == "true" and r["confidence"] for r in rows)
+    d.expect(p.locator("#batch-progress")).to_contain_text("accuracy on the 24 labelled rows: 100.0%")
+
+    # A bigger file, cancelled after its first chunks: the file holds the rows done.
+    upload.set_input_files(str(_inputs_csv(tmp_path / "many.csv", 600, 9000, app_url["slow"])))
+    d.expect(p.locator("#batch-progress")).to_contain_text("ready", timeout=20_000)
+    p.locator("#batch-run").click()
+    d.expect(p.locator("#batch-progress")).to_contain_text(re.compile(r"[1-9][0-9]* done"), timeout=60_000)
+    d.expect(p.locator("#batch-cancel")).to_be_enabled()
+    p.locator("#batch-cancel").click()
+    d.expect(p.locator("#batch-progress")).to_contain_text("Cancelled after", timeout=30_000)
+    done = int(re.search(r"Cancelled after ([\d,]+) of 600", p.locator("#batch-progress").inner_text())
+               .group(1).replace(",", ""))
+    assert 0 < done < 600
+    with p.expect_download() as download:
+        p.locator("#batch-download").click()
+    with open(download.value.path(), newline="") as f:
+        assert len(list(csv.DictReader(f))) == done
+    d.expect(p.locator("#batch-run")).to_be_enabled()
+
+    # A run against an LM at chance, as the offline default's: it keeps the small model alone, says
+    # what a real LM would change, and one click opens the Large model tab.
+    d.tab(TABS[2])  # the same data and small models (the setup is kept), another LM
+    p.get_by_label("Base URL").fill(app_url["chance"].url)
+    p.get_by_label("Base URL").press("Tab")
+    d.run()
+    d.expect(p.locator("#run-status")).to_contain_text("Run finished", timeout=180_000)
+    (second,) = _run_ids(demo) - before - {first}
+    from ea_core.runfolder import read_json
+    print("SECOND", read_json(demo.studio.manager.folder(second) / "config.json")["lm_base_url"], app_url["chance"].url,
+          app_url["slow"].url)
+    print("ROWS", [(r["system"], r.get("chosen"), r.get("lm_call_rate")) for r in read_json(demo.studio.manager.folder(second) / "results.json")["rows"]])
+    print("CFG", read_json(demo.studio.manager.folder(second) / "config.json"))
+    d.tab(TABS[4])
+    headroom = p.locator("#thr-headroom")
+    d.expect(headroom).to_contain_text("kept the best small model alone", timeout=30_000)
+    d.expect(headroom).to_contain_text("With a real LM")
+    p.screenshot(path=str(ARTIFACTS / "thresholds-first-run.png"), full_page=False)
+    p.locator("#thr-connect").click()
+    d.expect(p.get_by_role("tab", name=TABS[2])).to_have_attribute("aria-selected", "true", timeout=10_000)
+    d.tab(TABS[6])
+    d.expect(p.locator("#res-headroom")).to_contain_text("kept the best small model alone", timeout=30_000)
+    p.locator("#res-connect").click()
+    d.expect(p.get_by_role("tab", name=TABS[2])).to_have_attribute("aria-selected", "true", timeout=10_000)
+
+    # The two runs side by side.
+    d.tab(TABS[6])
+    p.get_by_role("button", name="Refresh list").click()
+    d.expect(p.locator("#res-runs")).to_contain_text("164", timeout=20_000)  # the first run's LM calls
+    d.expect(p.locator("#res-runs")).to_contain_text("test-model")
+    picker = p.locator("#res-compare-pick input")
+    for run_id in (first, second):
+        picker.click()
+        picker.fill(run_id[:6])  # the options are filtered by what is typed
+        p.get_by_role("option", name=re.compile(re.escape(run_id[:6]))).click()
+    picker.press("Escape")
+    p.locator("#res-compare").click(position={"x": 5, "y": 5})  # away from the picker: its list closes
+    table = p.locator("#res-compare")
+    d.expect(table).to_contain_text("EA, test (95% CI)")
+    d.expect(table).to_contain_text("LM alone, test")
+    d.expect(table.locator("thead th")).to_have_count(3)  # the figure, then one column per run
+    for k in (1, 2):  # each run's column is on screen, not scrolled out of the table
+        header = table.locator("thead th", has_text=f"{k}. fruit")
+        box, frame = header.bounding_box(), table.bounding_box()
+        assert box and box["width"] > 80 and box["x"] + box["width"] <= frame["x"] + frame["width"] + 1, (k, box, frame)
+    p.locator("#res-compare").scroll_into_view_if_needed()
+    p.screenshot(path=str(ARTIFACTS / "results-compare.png"), full_page=False)
+    d.screenshots("features")
     d.context.close()

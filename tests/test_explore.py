@@ -101,3 +101,48 @@ def test_a_run_without_an_lm_reopens_and_routes_its_small_models(tmp_path, fruit
     assert state.rows and not state.lm_answers and data.is_dir()
     ex = Explorer.build(state, "ea")
     assert ex.names == ["tfidf"] and ex.front == []
+
+
+def test_ea_full_and_the_learned_router_are_orders_when_the_run_has_them(state, fruit_full_run):
+    from ea_core.explore import ORDERS, available_orders
+
+    assert available_orders(state) == ["ea", "ea_lm_first"]  # neither EA(Full) nor a learned router
+    with pytest.raises(ConfigError, match="EA\\(Full\\)"):
+        Explorer.build(state, "ea_full")
+    full = open_run(fruit_full_run[0])
+    assert available_orders(full) == ["ea", "ea_lm_first", "ea_full", "ea_learned"]
+    rows = {r["system"]: r for r in full.rows}
+    for order, names, kinds in (("ea_full", ["tfidf", "assm_full:tfidf", "lm"], ["ssm", "assm_full", "lm"]),
+                                ("ea_learned", ["learned_router", "lm"], ["learned", "lm"])):
+        ex = Explorer.build(full, order)
+        assert (ex.names, ex.kinds) == (names, kinds) and ORDERS[order][1] == tuple(full.tuning[order]["layers"])
+        val, test = ex.evaluate(ex.thresholds(ex.sliders(ex.tuned_thresholds())))
+        assert (val.accuracy, test.accuracy) == (rows[order]["val_accuracy"], rows[order]["test_accuracy"])
+
+
+def test_sliders_show_3_decimals_rounded_down_and_the_tuned_point_routes_exactly(state):
+    ex = Explorer.build(state, "ea")
+    tuned = ex.tuned_thresholds()
+    shown = ex.sliders(tuned)
+    assert all(v == round(v, 3) and 0 <= v <= 1 for v in shown)
+    assert all(v <= t or t > 1 for v, t in zip(shown, tuned))  # down, or 1 for "never"
+    assert ex.thresholds(shown) == tuned  # the displayed tuned values route at the tuned thresholds themselves
+    # Any other point: rounding an auto-tuned point down keeps it within its LM budget.
+    for budget in (0.1, 0.2, 0.3):
+        rounded, _ = ex.evaluate(ex.thresholds(ex.sliders(ex.autotune(max_lm_rate=budget))))
+        assert rounded.lm_call_rate <= budget + 1e-9
+
+
+def test_headroom_says_what_a_real_lm_would_change_when_ea_kept_the_small_model(state, fruit_chance_run):
+    from ea_core.explore import headroom
+
+    assert headroom(state) is None  # this run's LM is good: EA routes to it
+    chance = open_run(fruit_chance_run[0])
+    h = headroom(chance)
+    ea = next(r for r in chance.rows if r["system"] == "ea")
+    assert h is not None and ea["lm_call_rate"] == 0.0 and ea["chosen"] == "ssm"
+    y = chance.task.val.labels
+    best = chance.stage_outputs("val", ("ssm",))[0]
+    assert h.n_val == len(y) and h.wrong == int((best.pred != y).sum()) and h.best_val == pytest.approx(1 - h.wrong / len(y))
+    assert h.unsure == int(np.floor(chance.config.max_lm_rate * len(y))) and 0 <= h.unsure_wrong <= min(h.wrong, h.unsure)
+    assert h.best_val <= h.reachable <= 1 and h.oracle_val >= h.best_val and h.lm_val < h.best_val

@@ -191,8 +191,6 @@ def test_the_cost_estimate_names_a_free_endpoint_as_self_hosted():
 # ------------------------------------------------------------------------------------- the app
 
 def test_the_self_hosted_tick_is_prices_zero_and_round_trips_through_the_form(tmp_path):
-    from types import SimpleNamespace
-
     from pages import form, lm
     from pages.session import Studio
 
@@ -201,7 +199,7 @@ def test_the_self_hosted_tick_is_prices_zero_and_round_trips_through_the_form(tm
                                                   lm_base_url="http://localhost:4000/v1", budget_usd=2.0)))
     assert values["free"] is False and values["base_url"] == "http://localhost:4000/v1"
     assert lm.price_line(lm.spec_of(values)) == "price: unknown: give prices or tick self-hosted"
-    session = Studio(tmp_path / "runs").session(SimpleNamespace(session_hash="s"))
+    session = Studio(tmp_path / "runs").store("owner-s")  # the owner's uploads (none: the demo)
     with pytest.raises(ConfigError, match="self-hosted, free"):
         form.config_from_form(session, values)  # a budget on an unknown price: refused at Run
     values["free"] = True

@@ -87,3 +87,103 @@ def test_an_old_event_log_still_replays_with_its_models_test_accuracies(opened):
         new.progress.curves, new.progress.done_steps, new.progress.log)
     assert [(r.name, r.test_accuracy) for r in run.model_rows(replay.progress)] == [
         (r.name, r.test_accuracy) for r in run.model_rows(new.progress)]
+
+
+def test_what_mining_found_filtered_and_as_a_csv(opened, tmp_path):
+    import csv
+
+    run = OpenedRun.of_owner(opened, RUN_ID, "alice")
+    counts = run.mined_counts()
+    every = run.mined("all")
+    underfit, fixed = run.mined("underfit"), run.mined("lm_fixed")
+    assert len(every) == counts["sent"] > 0 and len(underfit) == counts["underfit"] and len(fixed) == counts["lm_fixed"]
+    assert {r["outcome"] for r in underfit} == {"underfit"} and all(r["lm"] == r["gold"] for r in fixed)
+    assert all(r["tfidf"] != r["gold"] for r in every)  # mined: every small model wrong (out of fold)
+    path = run.mined_csv("underfit", tmp_path / "dl")
+    with open(path, newline="") as f:
+        saved = list(csv.DictReader(f))
+    assert path.parent == tmp_path / "dl" and len(saved) == len(underfit)
+    assert list(saved[0]) == ["row", "text", "gold", "tfidf", "lm", "outcome"]
+    with pytest.raises(Exception, match="Unknown filter"):
+        run.mined("everything")
+
+
+def test_past_runs_carry_what_a_comparison_shows(opened):
+    (past,) = past_runs(opened, "alice")
+    assert past.run_id == RUN_ID and past.state == "done" and past.data == "fruit" and past.models == ["tfidf"]
+    assert past.lm.startswith("test-model @ 127.0.0.1") and not past.lm_free and past.max_lm_rate == 0.5
+    assert past.sizes == {"train": 252, "val": 54, "test": 54}
+    acc, ci = past.accuracy("ea")
+    assert acc is not None and ci[0] <= acc <= ci[1]
+    assert past.best_ssm == "tfidf" and past.accuracy("best_ssm")[0] == past.rows["tfidf"]["test_accuracy"]
+    assert past.accuracy("lm")[0] is not None and past.accuracy("nothing") == (None, None)
+    assert past.lm_calls == 164 and past.lm_cost_usd > 0  # mining 56 + validation 54 + test 54
+
+
+def _inputs_file(path, n, start=5000):
+    """A CSV of texts the run never saw (so the LM is really called), with gold labels; every third
+    names no fruit (the small model is unsure of it)."""
+    from tests.fruit import FRUIT, LABELS
+
+    lines = ["text,label"] + [f"{FRUIT[LABELS[i % 3]] if i % 3 else 'plain'} new basket item {start + i},{LABELS[i % 3]}"
+                              for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_file_of_inputs_is_predicted_with_a_route_per_row_and_can_be_cancelled(opened, tmp_path, fruit_run):
+    import csv
+
+    from ea_core.opened import BatchPrediction, read_batch_inputs
+
+    run = OpenedRun.of_owner(opened, RUN_ID, "alice")
+    task = run.state().task
+    inputs, warnings = read_batch_inputs(_inputs_file(tmp_path / "in.csv", 30), labels=task.labels,
+                                         text_col=task.text_col)
+    assert len(inputs) == 30 and warnings == [] and (inputs.labels >= 0).all()
+    sliders = [0.9, 1.0]  # the augmented model never answers: what tfidf is unsure of goes to the LM
+    system = run.system("ea", True, sliders, use_lm=True, own=True)
+    assert system is not run.system("ea", True, [0.5, 0.5], use_lm=True)  # a slider move does not reach it
+    assert [s.threshold for s in system.stages] == run.thresholds("ea", True, sliders)
+    asked = fruit_run[2].count
+    job = BatchPrediction(system, inputs, tmp_path / "out" / "p.csv", chunk_rows=8)
+    steps = list(job.chunks())
+    assert job.state == "done" and job.done == 30 and len(steps) == 1 + 4 + 1  # start, 4 chunks, end
+    with open(job.out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 30 and list(rows[0]) == ["text", "prediction", "answered_by", "stage", "confidence", "route",
+                                                 "gold", "right"]
+    for row in rows:
+        assert row["answered_by"] in ("tfidf", "lm") and row["route"].split(" → ")[-1].startswith(row["answered_by"])
+        assert row["stage"] == ("1" if row["answered_by"] == "tfidf" else "3")
+        assert row["route"].startswith("tfidf ") and "assm:tfidf" in row["route"] if row["answered_by"] == "lm" else True
+    by_lm = sum(r["answered_by"] == "lm" for r in rows)
+    assert by_lm > 0 and fruit_run[2].count - asked == by_lm  # the LM answered what reached it, and only that
+    assert job.shares() == {"tfidf": 30 - by_lm, "assm:tfidf": 0, "lm": by_lm} and job.known == 30
+    assert job.correct == sum(r["right"] == "true" for r in rows) and len(job.preview) == 30
+
+    # Cancelled after its first chunk: the file holds the rows done, nothing more is predicted.
+    job = BatchPrediction(system, inputs, tmp_path / "out" / "q.csv", chunk_rows=10)
+    steps = job.chunks()
+    next(steps), next(steps)
+    job.cancel()
+    assert job.state == "cancelled" and job.done == 10
+    assert [s.state for s in steps] == ["cancelled"]  # resumed, it stops at once
+    with open(job.out, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 10
+
+
+def test_the_learned_router_is_an_order_to_explore_not_a_system_to_run(tmp_path, fruit_full_run):
+    from ea_core.errors import ConfigError
+
+    runs = tmp_path / "runs"
+    shutil.copytree(fruit_full_run[0], runs / RUN_ID)
+    status = read_json(runs / RUN_ID / "status.json")
+    write_json(runs / RUN_ID / "status.json", {**status, "run_id": RUN_ID, "owner": owner_hash("alice")})
+    run = OpenedRun.of_owner(RunManager(runs), RUN_ID, "alice")
+    assert run.orders() == ["ea", "ea_lm_first", "ea_full", "ea_learned"]
+    assert run.examples("ea_learned", True, [0.5], k=2)
+    with pytest.raises(ConfigError, match="learned router"):
+        run.system("ea_learned", True, [0.5], use_lm=False)
+    system = run.system("ea_full", True, [0.9, 0.9], use_lm=False)
+    assert [s.name for s in system.stages] == ["tfidf", "assm_full:tfidf"]

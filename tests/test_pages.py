@@ -31,7 +31,7 @@ def test_settings_survive_a_round_trip_through_the_form(tmp_path):
     values = form.form_from_config(cfg)
     assert values["preset"] == "deepseek" and values["source"] == "demo" and values["head_epochs"] == 7
     studio = Studio(tmp_path / "runs")
-    again = form.config_from_form(studio.session(request("s1")), values)
+    again = form.config_from_form(studio.store("owner-s1"), values)
     for field in ("data", "ssm", "max_train", "oof_folds", "mining", "lm", "lm_model", "lm_base_url", "price_in",
                   "price_out", "budget_usd", "few_shot", "max_lm_rate", "ssm_settings", "prompt"):
         assert getattr(again, field) == getattr(cfg, field), field
@@ -162,14 +162,15 @@ def test_a_zip_of_image_class_folders_uploads_loads_and_offers_image_models(tmp_
     req = request("zip-user")
     with gr.Blocks():  # the tabs' components: handlers key their updates by them
         data_tab, models_tab = data.build(), models.build()
-    up = data.on_upload(studio, data_tab, str(upload), req)
+    up = data.on_upload(studio, data_tab, "zip-owner", str(upload), req)
     message, text_col, pair_col, gallery = (up[data_tab[k]] for k in ("message", "text_col", "pair_col", "gallery"))
     assert "images in 3 classes" in message and "Traceback" not in message
     assert text_col["label"] == "Image column" and pair_col["visible"] is False
     assert gallery["visible"] and len(gallery["value"]) == 3 * data.GALLERY_PER_CLASS
-    values = dict(source="file", hf_name="", text_col=NONE, pair_col=NONE, label_col=NONE,
+    assert up[data_tab["data_file"]]["value"] == "shapes.zip" and not upload.exists()  # the owner's file now
+    values = dict(source="file", data_file="shapes.zip", hf_name="", text_col=NONE, pair_col=NONE, label_col=NONE,
                   split_col=NONE, val_frac=0.2, test_frac=0.2, max_train=0, max_val=0, max_test=0, seed=0)
-    out = data.load(studio, data_tab, req, *[values[k] for k in data.FORM_KEYS])
+    out = data.load(studio, data_tab, "zip-owner", req, *[values[k] for k in data.FORM_KEYS])
     assert out[data_tab["info"]]["modality"] == "image" and out[data_tab["gallery"]]["visible"]
     assert "images" in out[data_tab["summary"]]
     ticked = models.refresh(studio, models_tab, req, *[
@@ -180,3 +181,96 @@ def test_a_zip_of_image_class_folders_uploads_loads_and_offers_image_models(tmp_
     assert "tfidf" not in specs and "head:efficientnet_lite0" in specs
     assert ticked["value"] == models.DEFAULT_IMAGE_SSMS
 
+
+
+def _owned_run(tmp_path, folder, owner="alice", run_id="fruit-run-0123456789abcdef"):
+    """A Studio whose runs folder holds a copy of the run `folder`, owned by `owner`."""
+    import shutil
+
+    from ea_core.runfolder import read_json, write_json
+    from ea_core.runs import owner_hash
+
+    runs = tmp_path / "runs"
+    shutil.copytree(folder, runs / run_id)
+    status = read_json(runs / run_id / "status.json")
+    write_json(runs / run_id / "status.json", {**status, "run_id": run_id, "owner": owner_hash(owner)})
+    return Studio(runs), run_id
+
+
+def test_thresholds_remember_each_order_s_sliders_and_say_never(tmp_path, fruit_run):
+    """Auto-tune, look at the LM-first order, come back: the auto-tuned sliders are still there.
+    Slider values are rounded to 3 decimals; a slider at 1 reads "never"."""
+    from pages import thresholds
+
+    studio, run_id = _owned_run(tmp_path, fruit_run[1])
+    req = request("thr")
+    with gr.Blocks():
+        tab = thresholds.build()
+    sliders = tab["sliders"]
+    opened = thresholds.on_open(studio, tab, "alice", run_id, {}, req)
+    memory = opened[tab["memory"]]
+    tuned = [opened[s]["value"] for s in sliders[:2]]
+    assert all(v == round(v, 3) for v in tuned) and opened[tab["order"]]["choices"][1][1] == "ea_lm_first"
+    assert opened[tab["headroom"]]["visible"] is False  # this run's LM is good: nothing to explain
+
+    tuned_out = thresholds.on_autotune(studio, tab, "alice", run_id, "ea", True, "calls", 10, memory, req)
+    memory = tuned_out[tab["memory"]]
+    auto = [tuned_out[s]["value"] for s in sliders[:2]]
+    assert auto != tuned and all(v == round(v, 3) for v in auto)
+    other = thresholds.on_order(studio, tab, "alice", run_id, "ea_lm_first", True, memory, req)
+    memory = other[tab["memory"]]
+    back = thresholds.on_order(studio, tab, "alice", run_id, "ea", True, memory, req)
+    assert [back[s]["value"] for s in sliders[:2]] == auto and back[tab["order"]]["value"] == "ea"
+
+    moved = thresholds.on_slider(studio, tab, "alice", run_id, "ea", True, back[tab["memory"]], req, 0.25, 1.0,
+                                 *[0.5] * 6)
+    assert "<b>never</b> answers" in moved[tab["last"]] and "≥ 0.250" in moved[tab["last"]]
+    again = thresholds.on_order(studio, tab, "alice", run_id, "ea", False, moved[tab["memory"]], req)
+    assert [again[s]["value"] for s in sliders[:2]] != [0.25, 1.0]  # uncalibrated: a point of its own
+    again = thresholds.on_order(studio, tab, "alice", run_id, "ea", True, again[tab["memory"]], req)
+    assert [again[s]["value"] for s in sliders[:2]] == [0.25, 1.0]
+
+
+def test_a_run_that_kept_its_small_model_says_what_a_real_lm_would_change(tmp_path, fruit_chance_run):
+    from pages import results, thresholds
+
+    studio, run_id = _owned_run(tmp_path, fruit_chance_run[0])
+    req = request("first")
+    with gr.Blocks():
+        thr_tab, res_tab = thresholds.build(), results.build()
+    out = thresholds.on_open(studio, thr_tab, "alice", run_id, {}, req)
+    note_html = out[thr_tab["headroom"]]["value"]
+    assert out[thr_tab["headroom"]]["visible"] and out[thr_tab["connect"]]["visible"]
+    assert "kept the best small model alone" in note_html and "With a real LM" in note_html
+    assert "of the 54 validation inputs" in note_html and "ceiling of routing" in note_html
+    res = results.views(studio, res_tab, "alice", run_id, req)
+    assert res[res_tab["headroom"]]["visible"] and res[res_tab["connect"]]["visible"]
+
+
+def test_the_route_trace_says_never_for_a_stage_at_1():
+    from ea_core.system import RouteTrace, StageTrace
+    from ea_core.tuning import NEVER_TAKES
+
+    trace = RouteTrace("a", "lm", [StageTrace("tfidf", 0.97, NEVER_TAKES, "a", False, 0.001),
+                                   StageTrace("lm", 0.9, 0.0, "a", True, 0.2)])
+    shown = try_it.trace_html(trace)
+    assert "never (passes every input on)" in shown and "1.010" not in shown and "answers the rest" in shown
+
+
+def test_the_trade_off_plot_names_its_points_and_draws_the_front(fruit_run):
+    from ea_core.explore import Explorer
+    from ea_core.runstate import open_run
+
+    ex = Explorer.build(open_run(fruit_run[1]))
+    fig = plots.routing(ex.front, ex.references, ex.names, ex.evaluate(ex.tuned_thresholds()))
+    front = next(t for t in fig["data"] if t["name"].startswith("best thresholds"))
+    assert front["mode"] == "lines+markers" and front["marker"]["size"] >= 6 and front["line"]["width"] >= 2
+    texts = [a["text"] for a in fig["layout"]["annotations"]]
+    for ref in ex.references:  # each reference named on the plot, beside its marker
+        assert ref.name in texts
+    assert any(t.startswith("LM alone:") for t in texts) and any(t.startswith("best SSM (tfidf):") for t in texts)
+    names = [t["name"] for t in fig["data"]]
+    assert names.index("current (validation)") < names.index("best SSM (tfidf)")  # references drawn on top
+    arrows = [a for a in fig["layout"]["annotations"] if a.get("showarrow")]
+    spots = {(a["x"], a["y"], a["ax"], a["ay"]) for a in arrows}
+    assert len(spots) == len(arrows)  # no two labels in the same place

@@ -172,6 +172,9 @@ def test_warm_start_class_weights_augment_and_cancel(digits):
 def test_seeded_fits_are_reproducible_and_leave_the_global_rng_alone(digits):
     import torch
 
+    from ea_core.process import deterministic_gpu
+
+    deterministic_gpu()  # what every entry point does; on a CPU-only machine it does nothing
     train, val, test = digits
     small = train.subset(range(300))
     state = torch.random.get_rng_state()

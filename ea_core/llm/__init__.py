@@ -134,9 +134,12 @@ def make_provider(
 
     For API specs `model` is required (a preset supplies an example default); `base_url`
     overrides the preset's URL. `budget_usd` caps the spend of this provider (share a `Budget`
-    between providers by passing ``budget=`` in `options`). Other `options` go to the provider.
+    between providers by passing ``budget=`` in `options`). ``endpoint_policy=`` (an
+    `ea_core.llm.endpoints.EndpointPolicy`) limits where an endpoint provider may send requests.
+    Other `options` go to the provider.
     """
     parsed = LMSpec.parse(spec, model=model, base_url=base_url, key_env=key_env, api_key=api_key, prices=prices)
+    endpoint_policy = options.pop("endpoint_policy", None)  # an `EndpointPolicy`: endpoints only
     if parsed.kind == NONE:
         raise ConfigError("Choose an LM: 'openai' (or a preset such as 'deepseek'), 'local' or 'local:PATH'.")
     if parsed.kind == LOCAL_IMAGE:
@@ -164,5 +167,6 @@ def make_provider(
         prices=PriceTable.coerce(prices),
         budget=budget,
         preset=parsed.preset,
+        endpoint_policy=endpoint_policy,
         **options,
     )

@@ -212,6 +212,12 @@ class LMSpec:
         """The key to send (memory only), None when there is none."""
         return self.secret.reveal() if self.secret is not None else None
 
+    def check_endpoint(self, policy: Any) -> None:
+        """Refuse (`ea_core.llm.endpoints.EndpointRefused`) an endpoint that `policy` (an
+        `EndpointPolicy`; None: any) does not allow; an in-process model is always allowed."""
+        if self.kind == ENDPOINT and policy is not None:
+            policy.check_url(self.base_url)
+
     def without_key(self) -> "LMSpec":
         """The same spec holding no key (what may be pickled: a `Secret` refuses to be)."""
         return LMSpec(self.kind, self.spec, self.preset, self.model, self.base_url, self.given_url, self.key_env,

@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional
 
-from ea_core.errors import LMError
+from ea_core.errors import ConfigError, LMError
+from ea_core.llm.endpoints import EndpointPolicy, EndpointRefused, refusal_in
 from ea_core.llm.secrets import Secret, scrub
 
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
@@ -173,11 +174,13 @@ class Transport:
     endpoint for free, and words errors without the key."""
 
     def __init__(self, base_url: str, model: str, key: Optional[Secret], *, key_env: str = "",
-                 retry: Optional[RetryPolicy] = None, mask: tuple[Secret, ...] = ()) -> None:
+                 retry: Optional[RetryPolicy] = None, mask: tuple[Secret, ...] = (),
+                 policy: Optional[EndpointPolicy] = None) -> None:
         self.base_url = base_url
         self.model = model
         self.key_env = key_env
         self.retry = retry or RetryPolicy()
+        self.policy = policy  # which endpoints may be called; None: the one the server gave this process
         self._key = key
         self._mask = mask  # other secrets to hide in messages (a key that came in the URL)
 
@@ -192,13 +195,26 @@ class Transport:
     def scrub(self, text: str) -> str:
         return scrub(text, self._key, *self._mask)
 
+    def endpoint_policy(self) -> EndpointPolicy:
+        """Which endpoints may be called: the one given, else the server's (`EndpointPolicy.from_env`)."""
+        return self.policy if self.policy is not None else EndpointPolicy.from_env()
+
     @contextlib.asynccontextmanager
     async def session(self, timeout_s: Optional[float] = None) -> AsyncIterator[Any]:
-        """An SDK client for this endpoint (no SDK retries), closed on exit."""
+        """An SDK client for this endpoint (no SDK retries), closed on exit. An endpoint the
+        server does not allow is an `LMError` before any request; under a restricting policy every
+        request, redirects included, goes through the policy's guarded client."""
         import openai
 
+        policy = self.endpoint_policy()
+        if policy.restricts:
+            try:
+                await asyncio.to_thread(policy.check_url, self.base_url)  # DNS: off the event loop
+            except ConfigError as err:  # EndpointRefused: a message for the user
+                raise LMError(self.scrub(str(err))) from None
+        timeout = self.retry.timeout_s if timeout_s is None else timeout_s
         client = openai.AsyncOpenAI(api_key=self._key.reveal() if self._key else "", base_url=self.base_url,
-                                    max_retries=0, timeout=self.retry.timeout_s if timeout_s is None else timeout_s)
+                                    max_retries=0, timeout=timeout, http_client=policy.guarded_client(timeout))
         try:
             yield client
         finally:
@@ -224,7 +240,10 @@ class Transport:
             if exc.status_code not in RETRY_STATUSES and exc.status_code < 500:
                 raise Refused(exc) from None
             raise Transient(exc) from None
-        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+        except (openai.APITimeoutError, openai.APIConnectionError, EndpointRefused) as exc:
+            refused = refusal_in(exc)
+            if refused is not None:  # a redirect to an address this server does not call
+                raise Fatal(self.scrub(str(refused))) from None
             raise Unreachable(exc) from None
         except openai.APIResponseValidationError as exc:
             raise Transient(BadReply(f"unreadable reply: {exc}")) from None
@@ -254,7 +273,10 @@ class Transport:
                         raise LMError(self.fatal_message(exc)) from None
                     return {"reachable": True, "status": exc.status_code, "models": None,
                             "latency_s": time.perf_counter() - t0}
-                except openai.APIConnectionError as exc:
+                except (openai.APIConnectionError, EndpointRefused) as exc:
+                    refused = refusal_in(exc)
+                    if refused is not None:
+                        raise LMError(self.scrub(str(refused))) from None
                     if attempt + 1 >= tries:
                         raise LMError(self.unreachable_message(exc, tries)) from None
                     await asyncio.sleep(min(self.retry.backoff(attempt), 2.0))

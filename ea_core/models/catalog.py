@@ -7,15 +7,24 @@ works with no internet at all. It also lists the image architectures (``modality
 the packaged EfficientNet-Lite0, torchvision's CNNs, a tiny CNN), whose MODEL is always the
 architecture name; for those, `offline_available` means "ImageNet weights load offline" (packaged,
 or already in torch's hub cache; ``tiny_cnn`` has none and needs none). Whether an entry can be used offline is computed when asked (the
-package is installed, or the hub cache already holds the model), never stored.
+package is installed, or the hub cache already holds the model), never stored. Whether a model
+that needs a download can get it (`hub_reachable`: ``HF_HUB_OFFLINE``, else a quick connection
+to the hub, remembered for a few minutes) decides whether a choice is usable now
+(`ModelChoice.unavailable`, `check_available`): a run is refused before it starts, never 25 s in.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
+from urllib.parse import urlsplit
+
+from ea_core.errors import ConfigError
 
 from ea_core.models.vision_backbones import pretrained_offline
 
@@ -42,6 +51,44 @@ def hub_cached(hf_id: str) -> bool:
     except Exception:  # noqa: BLE001  (a broken cache is just "not cached")
         return False
     return isinstance(found, str) and os.path.isfile(found)
+
+
+#: How long a reachability answer is trusted, and how long the check may wait.
+HUB_CHECK_TTL_S = 300.0
+HUB_CHECK_TIMEOUT_S = 1.5
+_OFF = ("1", "true", "yes", "on")
+_hub_answer: dict[str, tuple[float, Optional[str]]] = {}
+_hub_lock = threading.Lock()
+
+
+def hub_offline_reason() -> Optional[str]:
+    """Why no model can be downloaded from the Hugging Face hub now (None: it can): offline mode
+    (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``), else a TCP connection to the hub's host that
+    does not open within `HUB_CHECK_TIMEOUT_S` (the answer is kept `HUB_CHECK_TTL_S` seconds)."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _OFF:
+            return f"this server is in offline mode ({var}=1)"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname or "huggingface.co", parts.port or (80 if parts.scheme == "http" else 443)
+    now = time.monotonic()
+    with _hub_lock:
+        cached = _hub_answer.get(endpoint)
+        if cached is not None and now - cached[0] < HUB_CHECK_TTL_S:
+            return cached[1]
+    try:
+        with socket.create_connection((host, port), timeout=HUB_CHECK_TIMEOUT_S):
+            reason = None
+    except OSError:
+        reason = f"this server cannot reach {host} (offline?)"
+    with _hub_lock:
+        _hub_answer[endpoint] = (now, reason)
+    return reason
+
+
+def hub_reachable() -> bool:
+    """Whether a model can be downloaded from the Hugging Face hub now (see `hub_offline_reason`)."""
+    return hub_offline_reason() is None
 
 
 @dataclass(frozen=True)
@@ -233,6 +280,19 @@ class ModelChoice:
     model: Optional[str] = None
     #: Which data it takes: ``text`` (text and text-pair data) or ``image``.
     modality: str = "text"
+    #: Why it cannot be used now (a download it needs cannot happen), or None: usable.
+    unavailable: Optional[str] = None
+    #: What using it offline means, when it still works (an image net without its ImageNet weights).
+    offline_note: Optional[str] = None
+
+    @property
+    def availability(self) -> str:
+        """For a checklist: "offline", "download (online)", "unavailable: needs a download" ..."""
+        if self.unavailable:
+            return "needs a download: unavailable offline"
+        if self.offline_note:
+            return "offline, random init (weights need a download)"
+        return "offline" if self.offline_available else "needs a download (online now)"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,6 +304,8 @@ class ModelChoice:
             "description": self.description,
             "model": self.model,
             "modality": self.modality,
+            "unavailable": self.unavailable,
+            "offline_note": self.offline_note,
         }
 
 
@@ -265,6 +327,11 @@ def model_choices(modality: Optional[str] = None) -> list[ModelChoice]:
             continue
         image = entry.modality == "image"
         offline = entry.offline_available
+        why_not = None if offline or image else hub_offline_reason()
+        unavailable = (f"{entry.name} is not on this machine and needs a download from the Hugging Face hub, but "
+                       f"{why_not}") if why_not else None
+        random_init = (f"{entry.name}'s ImageNet weights are not on this machine: offline it starts from a random "
+                       "initialisation (much lower accuracy)") if image and not offline else None
         for kind in entry.kinds:
             choices.append(ModelChoice(
                 spec=f"{kind}:{entry.name}",
@@ -276,5 +343,40 @@ def model_choices(modality: Optional[str] = None) -> list[ModelChoice]:
                             f"{KIND_BLURBS.get(('image_' if image else '') + kind, kind)}.",
                 model=entry.name,
                 modality=entry.modality,
+                unavailable=unavailable,
+                offline_note=random_init,
             ))
     return choices
+
+
+def unavailable_reason(spec: str) -> Optional[str]:
+    """Why small model `spec` cannot be built now (its MODEL must be downloaded and cannot be), or
+    None. A local folder, a packaged or cached model, an image architecture (random init offline)
+    and ``tfidf`` are always usable."""
+    kind, _, model = str(spec).partition(":")
+    if not model or kind not in ("head", "finetune"):
+        return None
+    entry = catalog_entry(model)
+    if entry is not None:
+        if entry.modality == "image" or entry.offline_available:
+            return None
+        hf_id = entry.hf_id
+    else:
+        resolved = resolve_model(model)
+        if is_local(resolved) or Path(model).expanduser().exists():
+            return None
+        if hub_cached(resolved):
+            return None
+        hf_id = resolved
+    why = hub_offline_reason()
+    return f"{spec}: {hf_id} is not on this machine and needs a download, but {why}" if why else None
+
+
+def check_available(specs: Iterable[str]) -> None:
+    """ConfigError naming every small model in `specs` that needs a download that cannot happen
+    now, and what to use instead; nothing when all can be built."""
+    problems = [r for r in (unavailable_reason(s) for s in specs) if r]
+    if problems:
+        raise ConfigError("; ".join(problems) + ". Untick it (the offline models are tfidf and minilm; "
+                          f"for images {', '.join(e.name for e in CATALOG if e.modality == 'image' and e.packaged)}),"
+                          " or run where the hub can be reached.")

@@ -49,6 +49,7 @@ from ea_core.models.catalog import catalog_entry, catalog_names, is_local, model
 from ea_core.models.encoder_head import EncoderHeadModel
 from ea_core.models.finetune import FineTuneModel
 from ea_core.models.vision import ImageFineTuneModel, ImageHeadModel, default_image_size
+from ea_core.models.vision_backbones import pretrained_offline
 
 RATES_PATH = Path(__file__).with_name("cpu_rates.json")
 REFERENCE_MODEL = "minilm"
@@ -65,6 +66,9 @@ MIN_LENGTH_FACTOR = 0.5
 EXPONENT_RANGE = (0.5, 1.0)
 #: Early stopping is assumed able to end training after this share of the epochs at the earliest.
 EARLY_STOP_SHARE = 1 / 3
+#: A head's training ends where early stopping ended it on the demo (``head.observed_epochs`` of
+#: the rates file), up to this many times later on other data.
+HEAD_LATE_STOP = 2.0
 
 #: Keys of cpu_rates.json that the estimate reads, per section.
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
@@ -129,6 +133,8 @@ class CpuRates:
     finetune_train_per_s: float
     finetune_infer_per_s: float
     finetune_max_length: int
+    #: The epoch at which a head's default early stopping ended on the demo (None: not measured).
+    head_observed_epochs: Optional[float]
     mean_chars: float
     mean_tokens: float
     compute_exponent: float
@@ -164,6 +170,8 @@ def parse_rates(data: Mapping[str, Any], source: str = "cpu_rates.json") -> CpuR
         finetune_train_per_s=float(f["train_examples_per_s"]),
         finetune_infer_per_s=float(f["infer_examples_per_s"]),
         finetune_max_length=int(f["max_length"]),
+        head_observed_epochs=(float(h["observed_epochs"]) if isinstance(h.get("observed_epochs"), (int, float))
+                              and h["observed_epochs"] > 0 else None),
         mean_chars=float(t["mean_chars"]),
         mean_tokens=float(t["mean_tokens"]),
         compute_exponent=min(max(float((data.get("scaling") or {}).get("exponent") or 1.0), EXPONENT_RANGE[0]),
@@ -325,13 +333,25 @@ def _load_factor(model: str, compute: float) -> float:
     return size / ref_size if size and ref_size else compute
 
 
-def _epoch_range(epochs: int, patience: int, has_val: bool) -> tuple[int, int]:
-    """(earliest, latest) epoch a run ends: early stopping needs validation and cannot stop
+def _epoch_range(epochs: int, patience: int, has_val: bool) -> tuple[int, float, int]:
+    """(earliest, central, latest) epoch a run ends: early stopping needs validation and cannot stop
     before `patience` evaluations without improvement (one evaluation per epoch)."""
     if not has_val:
-        return epochs, epochs
-    earliest = max(math.ceil(epochs * EARLY_STOP_SHARE), patience + 1)
-    return min(epochs, earliest), epochs
+        return epochs, epochs, epochs
+    earliest = min(epochs, max(math.ceil(epochs * EARLY_STOP_SHARE), patience + 1))
+    return earliest, (earliest + epochs) / 2, epochs
+
+
+def _head_epoch_range(epochs: int, patience: int, has_val: bool, rates: CpuRates) -> tuple[int, float, int]:
+    """`_epoch_range` of a head (text or image): a head on frozen features stops early long
+    before its default 100 epochs (at epoch 14 on the demo tweets), so the central figure is
+    where it stopped on the demo and the latest `HEAD_LATE_STOP` times that."""
+    observed = rates.head_observed_epochs
+    if not has_val or observed is None:
+        return _epoch_range(epochs, patience, has_val)
+    earliest = min(epochs, patience + 1)
+    central = min(float(epochs), max(float(earliest), observed))
+    return earliest, central, min(epochs, max(earliest, math.ceil(HEAD_LATE_STOP * central)))
 
 
 def _length_factor(mean_chars: Optional[float], max_length: int, rates: CpuRates) -> float:
@@ -402,7 +422,8 @@ def estimate_seconds(
     n_epochs = int(epochs if epochs is not None else _setting(settings, cls, "epochs"))
     patience = int(_setting(settings, cls, "patience"))
     max_length = int(_setting(settings, cls, "max_length"))
-    lo_ep, hi_ep = _epoch_range(n_epochs, patience, n_val > 0)
+    lo_ep, mid_ep, hi_ep = (_head_epoch_range if kind == "head" else _epoch_range)(n_epochs, patience, n_val > 0,
+                                                                                  *([rates] if kind == "head" else []))
     lf = _length_factor(mean_chars, max_length, rates)
 
     def total(ep: float) -> dict[str, float]:
@@ -426,12 +447,18 @@ def estimate_seconds(
             "oof": k * fold,
         }
 
-    stop = f"{lo_ep}-{hi_ep} epochs (early stopping)" if lo_ep < hi_ep else f"{hi_ep} epochs"
+    stop = _stop_words(lo_ep, mid_ep, hi_ep)
     measured = ("embedding and head rates" if kind == "head" else "training and inference rates")
     basis = f"{spec}: MiniLM {measured} measured on the demo tweets ({where}){scaled}; {stop}"
     if mean_chars is not None:
         basis += f"; texts ~{mean_chars / rates.chars_per_token:.0f} tokens"
-    return _finish(spec, total((lo_ep + hi_ep) / 2), total(lo_ep), total(hi_ep), band, basis, k)
+    return _finish(spec, total(mid_ep), total(lo_ep), total(hi_ep), band, basis, k)
+
+
+def _stop_words(lo_ep: int, mid_ep: float, hi_ep: int) -> str:
+    if lo_ep >= hi_ep:
+        return f"{hi_ep} epochs"
+    return f"~{mid_ep:.0f} epochs ({lo_ep}-{hi_ep}, early stopping)"
 
 
 def _estimate_image(spec: str, kind: str, arch: str, n_train: int, n_eval: int, *, epochs: Optional[int],
@@ -453,7 +480,9 @@ def _estimate_image(spec: str, kind: str, arch: str, n_train: int, n_eval: int, 
     size = int(settings.get("image_size") or default_image_size(arch, settings.get("pretrained")))
     n_epochs = int(epochs if epochs is not None else _setting(settings, cls, "epochs"))
     patience = int(_setting(settings, cls, "patience"))
-    lo_ep, hi_ep = _epoch_range(n_epochs, patience, n_val > 0)
+    lo_ep, mid_ep, hi_ep = (_head_epoch_range(n_epochs, patience, n_val > 0, rates) if kind == "head"
+                            else _epoch_range(n_epochs, patience, n_val > 0))
+    random_init = not pretrained_offline(arch) and kind == "head"
     eval_rate, measured_eval = image_rate(arch, "eval", size, raw)
     train_rate, measured_train = image_rate(arch, "train", size, raw)
     measured = measured_eval and (kind == "head" or measured_train)
@@ -464,21 +493,24 @@ def _estimate_image(spec: str, kind: str, arch: str, n_train: int, n_eval: int, 
     def total(ep: float) -> dict[str, float]:
         if kind == "head":
             epoch = rates.head_epoch_s_per_1k * n_train / 1000
+            # A backbone without pretrained weights here is randomly initialised anew for each
+            # out-of-fold model, so its features are computed again (pretrained ones are shared).
+            refeature = k * (load + (n_train + n_val) / eval_rate) if random_init and k else 0.0
             return {"load": load, "embed": (n_train + n_eval) / eval_rate, "train": ep * epoch,
-                    "predict": 0.0, "oof": (k - 1) * ep * epoch if k else 0.0}
+                    "predict": 0.0, "oof": ((k - 1) * ep * epoch if k else 0.0) + refeature}
         fold = (load + ep * ((k - 1) / k * n_train / train_rate + n_val / eval_rate) + n_train / k / eval_rate) \
             if k else 0.0
         return {"load": load, "train": ep * (n_train / train_rate + n_val / eval_rate),
                 "predict": (n_train + n_eval) / eval_rate, "oof": k * fold}
 
-    stop = f"{lo_ep}-{hi_ep} epochs (early stopping)" if lo_ep < hi_ep else f"{hi_ep} epochs"
+    stop = _stop_words(lo_ep, mid_ep, hi_ep)
     source = ("measured by bench/bench_vision.py" if measured
               else "rough 2-core figures (no image rates in cpu_rates.json)")
     where = raw.get("image", {}).get("measured_on", "") if measured and isinstance(raw.get("image"), Mapping) else ""
     basis = (f"{spec}: {arch} at {size} px, {eval_rate:.0f} images/s evaluating"
              + (f", {train_rate:.0f} images/s training" if kind == "finetune" else "")
              + f" ({source}{', ' + where[:10] if where else ''}); {stop}")
-    return _finish(spec, total((lo_ep + hi_ep) / 2), total(lo_ep), total(hi_ep), band, basis, k)
+    return _finish(spec, total(mid_ep), total(lo_ep), total(hi_ep), band, basis, k)
 
 
 def _finish(spec: str, mid: dict[str, float], low: dict[str, float], high: dict[str, float],
@@ -493,6 +525,45 @@ def _finish(spec: str, mid: dict[str, float], low: dict[str, float], high: dict[
         basis=basis + ".",
         parts={name: round(value, 3) for name, value in mid.items() if value},
     )
+
+
+def estimate_predict_seconds(spec: str, n: int, *, settings: Optional[Mapping[str, Any]] = None,
+                             mean_chars: Optional[float] = None, rates: Optional[CpuRates] = None) -> TimeEstimate:
+    """Rough CPU wall time for a trained `spec` to predict `n` inputs: loading it, then inference
+    at the measured rates (TF-IDF's predict rate; the frozen encoder's embedding rate for ``head``,
+    the head itself being negligible; fine-tuned inference for ``finetune``; images per second
+    evaluating for image models), scaled as `estimate_seconds` scales them. `settings`: the
+    model's saved settings (max_length, image_size)."""
+    if n < 0:
+        raise ConfigError(f"Time estimate needs n >= 0; got {n}.")
+    rates = rates or load_rates()
+    settings = dict(settings or {})
+    kind, model = parse_spec(spec)
+    entry = catalog_entry(model) if model is not None else None
+    where = f"{rates.cpu_model}, {rates.threads} threads, {rates.measured_on}"
+    if entry is not None and entry.modality == "image":
+        raw = _raw_rates(None)
+        size = int(settings.get("image_size") or default_image_size(entry.name, settings.get("pretrained")))
+        rate, measured = image_rate(entry.name, "eval", size, raw)
+        parts = {"load": IMAGE_LOAD_S, "predict": n / rate}
+        basis = f"{spec}: {entry.name} at {size} px, {rate:.0f} images/s evaluating"
+        return _finish(spec, parts, parts, parts, MEASURED_BAND if measured else SCALED_BAND, basis, 0)
+    if kind == "tfidf":
+        parts = {"predict": rates.tfidf_predict_s_per_1k * n / 1000 * _length_factor(mean_chars, 10**9, rates)}
+        return _finish(spec, parts, parts, parts, MEASURED_BAND,
+                       f"tfidf: predict rate measured on the demo tweets ({where})", 0)
+    assert model is not None
+    r = relative_compute(model, rates)
+    cls = EncoderHeadModel if kind == "head" else FineTuneModel
+    lf = _length_factor(mean_chars, int(_setting(settings, cls, "max_length")), rates)
+    band = MEASURED_BAND if catalog_entry(model) is catalog_entry(REFERENCE_MODEL) else SCALED_BAND
+    if kind == "head":
+        parts = {"load": rates.head_load_s * _load_factor(model, r), "predict": n / rates.head_embed_per_s * r * lf}
+    else:
+        parts = {"load": rates.finetune_load_s * _load_factor(model, r),
+                 "predict": n * r * lf / rates.finetune_infer_per_s}
+    basis = f"{spec}: MiniLM {'embedding' if kind == 'head' else 'inference'} rate measured on the demo tweets ({where})"
+    return _finish(spec, parts, parts, parts, band, basis + ("" if band is MEASURED_BAND else f", x{r:.1f}"), 0)
 
 
 def estimate_choices(
@@ -519,6 +590,7 @@ __all__ = [
     "TimeEstimate",
     "encoder_shape",
     "estimate_choices",
+    "estimate_predict_seconds",
     "estimate_seconds",
     "format_estimate",
     "format_seconds",

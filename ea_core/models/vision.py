@@ -149,6 +149,15 @@ def _content_key(split: Split) -> str:
     return h.hexdigest()
 
 
+def _to_input(pixels: np.ndarray, mean: Any, std: Any, device: Any, channels_last: bool) -> Any:
+    """uint8 pixels (N,S,S,3) as the network's input on `device`: moved there first (as uint8, a
+    quarter of the bytes of floats), then normalised there with `mean`/`std` (already on `device`).
+    Normalising on the CPU with mean/std on a GPU was the CUDA crash of every image model."""
+    import torch
+
+    return _normalise(torch.from_numpy(pixels).to(device, non_blocking=True), mean, std, channels_last)
+
+
 def _batched_forward(module: Any, pixels: np.ndarray, mean: Any, std: Any, batch_size: int, device: Any,
                      channels_last: bool, progress: Optional[Progress] = None) -> np.ndarray:
     """`module` over uint8 pixels, in batches, without autograd; float32 numpy output."""
@@ -160,8 +169,8 @@ def _batched_forward(module: Any, pixels: np.ndarray, mean: Any, std: Any, batch
         for i, start in enumerate(range(0, len(pixels), batch_size)):
             if progress is not None:
                 progress.check()
-            x = _normalise(torch.from_numpy(pixels[start:start + batch_size]), mean, std, channels_last)
-            out.append(module(x.to(device)).float().cpu().numpy())
+            x = _to_input(pixels[start:start + batch_size], mean, std, device, channels_last)
+            out.append(module(x).float().cpu().numpy())
             if progress is not None:
                 progress.emit(min(start + batch_size, len(pixels)), message="extracting features")
     return np.concatenate(out).astype(np.float32, copy=False)
@@ -397,6 +406,7 @@ class ImageFineTuneModel(SmallModel):
         class_weight: Optional[str] = None,
         warm_start_epochs: Optional[int] = None,
         warm_start_lr: Optional[float] = None,
+        warmup_epochs: Optional[float] = None,
         device: str = "auto",
         threads: Optional[int] = None,
     ) -> None:
@@ -404,6 +414,9 @@ class ImageFineTuneModel(SmallModel):
         _check_arch(self.model, image_size, width)
         _check_class_weight(class_weight)
         _parse_augment(augment)
+        if warmup_epochs is not None and not 0 <= float(warmup_epochs) < int(epochs):
+            raise ModelError(f"warmup_epochs must be from 0 to fewer than the {epochs} epochs, not {warmup_epochs}.")
+        self.warmup_epochs = None if warmup_epochs is None else float(warmup_epochs)
         self.image_size = None if image_size is None else int(image_size)
         self.pretrained = None if pretrained is None else bool(pretrained)
         self.width = int(width)
@@ -482,6 +495,28 @@ class ImageFineTuneModel(SmallModel):
             x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
         return x
 
+    def _warmup(self, warm: bool, loaded_now: bool) -> float:
+        """Epochs of linear learning-rate warm-up: as set, else the architecture's own recipe for a
+        network trained from random weights (`Architecture.scratch_warmup_epochs`), else none."""
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        if warm or loaded_now:
+            return 0.0
+        return ARCHITECTURES[self.model].scratch_warmup_epochs
+
+    def _train_input(self, pixels: np.ndarray, mean: Any, std: Any, device: Any, channels_last: bool,
+                     gen: Any) -> Any:
+        """A training batch on `device`: augmented on the CPU (drawn from the model's own generator)
+        and then moved, or, without augmentation, moved as uint8 and normalised there."""
+        import torch
+
+        if _parse_augment(self.augment):
+            cpu_mean, cpu_std = _mean_std(self.model, "cpu")
+            x = self._augment(_normalise(torch.from_numpy(pixels), cpu_mean, cpu_std, False), gen).to(device)
+        else:
+            x = _to_input(pixels, mean, std, device, False)
+        return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
     def fit(self, train: Split, val: Optional[Split], labels: list[str], *,
             callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
             warm_start: bool = False, stage: Optional[str] = None,
@@ -524,8 +559,11 @@ class ImageFineTuneModel(SmallModel):
                                               fused=device.type in ("cpu", "cuda"))
             except (RuntimeError, TypeError, ValueError):
                 optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=self.weight_decay)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+            warmup = self._warmup(warm, loaded_now=not warm and bool(self.pretrained))
+            ramp = min(int(round(warmup * steps_per_epoch)), total - 1)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / ramp if s < ramp else
+                                                          0.5 * (1 + math.cos(math.pi * min(s - ramp, total - ramp)
+                                                                              / (total - ramp))))
             gen = torch.Generator().manual_seed(self.seed)
             best, step, stop = BestWeights(self.patience), 0, False
             self.history_ = []
@@ -534,8 +572,7 @@ class ImageFineTuneModel(SmallModel):
                 for idx in torch.randperm(len(xt), generator=gen).split(self.batch_size):
                     progress.check()
                     net.train()
-                    x = self._augment(_normalise(torch.from_numpy(xt[idx.numpy()]), mean.cpu(), std.cpu(), False), gen)
-                    x = x.to(device).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+                    x = self._train_input(xt[idx.numpy()], mean, std, device, cl, gen)
                     loss = F.cross_entropy(net(x), yt[idx].to(device), weight=weight)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -554,7 +591,8 @@ class ImageFineTuneModel(SmallModel):
                         val_loss = cross_entropy_np(logits, val.labels)
                         self.history_.append({"step": step, "epoch": epoch + 1, "loss": running / seen,
                                               "val_loss": val_loss, "val_accuracy": val_acc})
-                        stop = best.update(net, epoch_score(val.labels, logits, "accuracy", select), val_loss)
+                        stop = best.update(net, epoch_score(val.labels, logits, "accuracy", select), val_loss) \
+                            and epoch + 1 > warmup  # never stopped while the learning rate still ramps up
                     progress.emit(step, loss=running / seen, val_accuracy=val_acc,
                                   total=step if stop else None,
                                   message="early stop" if stop else f"epoch {epoch + 1}/{epochs}")
