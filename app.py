@@ -216,10 +216,10 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
         results_tab["open"].click(results.pick, results_tab["run_pick"], current, api_name="open").then(**attach) \
             .then(bind(setup.from_run, setup_ui), [owner, current], setup.outputs(setup_ui)).then(**load_data) \
             .then(**refresh_models).then(**estimate).then(**preview)
-        results_tab["settings_file"].upload(_bind(results.load_settings, form_fields, results_tab),
-                                            results_tab["settings_file"], [*form_inputs, results_tab["settings_msg"]]) \
-            .then(_bind(setup.from_settings, setup_ui), pick(setup_ui, "source", "preset"),
-                  pick(setup_ui, *setup.SHOWN[:-1], "hf_name"))
+        results_tab["settings_file"].upload(bind(setup.from_file, setup_ui, results_tab["settings_msg"]),
+                                            [owner, results_tab["settings_file"]],
+                                            [*setup.outputs(setup_ui), results_tab["settings_msg"]]) \
+            .then(**load_data).then(**refresh_models).then(**estimate).then(**preview)
 
         # -- The setup is the owner's: kept as it changes, shown again after a reload ------------
         gr.on([field.change for field in form_inputs], bind(setup.save), [owner, restored, *form_inputs], None,

@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ea_core.batch_predict import stage_answers
 from ea_core.bundle import BUNDLE_JSON, bundle_path, load_bundle, read_bundle_meta
+from ea_core.cascade import stage_answers
 from ea_core.data.stream import open_table_stream
 from ea_core.errors import ConfigError
 from ea_core.inputs import as_texts, input_columns

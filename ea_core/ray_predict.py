@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from ea_core.batch_predict import Chunk, PredictJob, Routed, stage_answers
+from ea_core.cascade import Chunk, Routed, for_streaming, stage_answers
 from ea_core.errors import ConfigError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.inputs import as_texts, gold_codes
@@ -68,7 +68,6 @@ class _Stage:
     def __init__(self, bundle: str, name: str, index: int, stages: int, threshold: float, last: bool,
                  text_col: str, pair_col: Optional[str], batch_rows: int,
                  lm: Optional[dict[str, Any]] = None) -> None:
-        from ea_core.batch_predict import for_streaming
         from ea_core.bundle import load_bundle
 
         self.index, self.stages, self.threshold, self.last = index, stages, threshold, last
@@ -101,9 +100,9 @@ class _Stage:
 
 def _parse_jsonl(batch: dict[str, np.ndarray], wanted: list[str], source: str) -> dict[str, np.ndarray]:
     """JSON lines read as text lines, parsed as the local reader parses them (blank lines skipped)."""
-    from ea_core.data.stream import _json_object
+    from ea_core.data.stream import json_record
 
-    rows = [_json_object(line, 0, source) for line in batch["text"] if str(line).strip()]
+    rows = [json_record(line, 0, source) for line in batch["text"] if str(line).strip()]
     return {name: np.array([r.get(name) for r in rows], dtype=object) for name in wanted}
 
 
@@ -114,7 +113,7 @@ READ_CPUS = 0.5
 RESERVED_CPUS = 1.0
 
 
-def _read(job: PredictJob, wanted: list[str]) -> Any:
+def _read(job: Any, wanted: list[str]) -> Any:
     import pyarrow as pa
     import ray.data
     from pyarrow import csv as pacsv
@@ -138,10 +137,11 @@ def _read(job: PredictJob, wanted: list[str]) -> Any:
                       "convert it, or use --engine local.")
 
 
-def ray_chunks(job: PredictJob, *, skip_rows: int = 0, address: Optional[str] = None,
+def ray_chunks(job: Any, *, skip_rows: int = 0, address: Optional[str] = None,
                callback: Optional[ProgressCallback] = None,
                cancel: Optional[CancelToken] = None) -> Iterator[Chunk]:
-    """The job's rows routed on Ray, in input order, `job.chunk_rows` at a time, after `skip_rows`."""
+    """The rows of `job` (an `ea_core.batch_predict.PredictJob`) routed on Ray, in input order,
+    `job.chunk_rows` at a time, after `skip_rows`."""
     try:
         import ray
         import ray.data

@@ -16,11 +16,12 @@ from typing import Any, Optional
 import gradio as gr
 
 from ea_core.opened import PastRun, past_runs
-from pages.form import KEYS, form_from_config, read_settings, settings_file, upload_note
+from ea_core.operating_point import SYSTEM_WORDS
+from pages.form import settings_file
 from pages.session import Session, Studio
 from pages.thresholds import CONNECT, headroom_updates
 from pages.train import spent_text
-from pages.ui import Components, error_message, fit_widths, friendly, note, pct, seconds, usd
+from pages.ui import Components, fit_widths, friendly, note, pct, seconds, usd
 
 SYSTEM_TITLES = {"lm": "LM alone", "specific_layer": "Specific Layer (SSMs → LM)",
                  "ea": "EA (SSMs → ASSMs → LM)", "ea_lm_first": "EA, LM before ASSMs", "ea_full": "EA(Full)",
@@ -35,6 +36,7 @@ MINED_FILTERS = [("every example sent to the LM", "all"), ("underfit only (the L
                  ("the LM fixed it", "lm_fixed")]
 #: The side-by-side table before two runs are picked.
 COMPARE_EMPTY = {"figure": ["(pick two or more runs above)"]}
+SHOWN_WORDS = {"all": "sent to the LM", "underfit": "underfit ones", "lm_fixed": "the LM fixed"}
 #: Mined examples a page shows (the CSV holds them all).
 MINED_SHOWN = 200
 
@@ -222,8 +224,8 @@ def mined(studio: Studio, tab: Components, owner: Optional[str], run_id: Optiona
                  f"model got wrong (out of fold): the LM fixed {counts['lm_fixed']:,}, and {counts['underfit']:,} stay "
                  f"underfit (the LM was wrong too: the paper's X_train^U, what the augmented models learn)"
                  + (f"; {counts['failed']:,} calls failed" if counts["failed"] else "")
-                 + (f". Showing the first {MINED_SHOWN} of {len(rows):,}; the CSV holds them all." if len(rows) >
-                    MINED_SHOWN else f". Showing {len(rows):,}."), "info")
+                 + (f". Showing the first {MINED_SHOWN} of the {len(rows):,} {SHOWN_WORDS[which]}; the CSV holds them "
+                    "all." if len(rows) > MINED_SHOWN else f". Showing the {len(rows):,} {SHOWN_WORDS[which]}."), "info")
     frame = pd.DataFrame(rows[:MINED_SHOWN])
     return {tab["mined_intro"]: intro, tab["mined_table"]: gr.update(value=frame, column_widths=fit_widths(frame)),
             tab["mined_csv"]: gr.update(value=str(csv_path), interactive=True)}
@@ -301,7 +303,9 @@ def compare_rows(runs: list[PastRun]) -> list[list[str]]:
 
     def kept(r: PastRun) -> str:
         ea = r.row("ea")
-        return ea.get("note") or ("every stage routed" if ea else "-")
+        if not ea:
+            return "-"
+        return SYSTEM_WORDS.get(str(ea.get("chosen") or "full"), str(ea.get("chosen")))
 
     def ea_calls(r: PastRun) -> str:
         ea = r.row("ea")
@@ -327,27 +331,13 @@ def compare(studio: Studio, tab: Components, owner: Optional[str], run_ids: Opti
 
     picked = [r for r in past_runs(studio.manager, owner) if r.run_id in set(run_ids or [])]
     if len(picked) < 2:
-        return {tab["compare"]: pd.DataFrame(COMPARE_EMPTY)}
+        return {tab["compare"]: gr.update(value=pd.DataFrame(COMPARE_EMPTY), column_widths=["100%"])}
     headers = ["figure"] + [f"{k + 1}. {r.data} ({_started(r)})" for k, r in enumerate(picked)]
-    return {tab["compare"]: pd.DataFrame(compare_rows(picked), columns=headers)}
+    share = f"{76 / len(picked):.1f}%"  # the runs share the width: every column on screen
+    return {tab["compare"]: gr.update(value=pd.DataFrame(compare_rows(picked), columns=headers),
+                                      column_widths=["24%"] + [share] * len(picked))}
 
 
 def pick(run_id: Optional[str]) -> Any:
     """Open: the picked run becomes the one this browser watches (the Train & mine tab attaches)."""
     return run_id or gr.skip()
-
-
-def load_settings(fields: Components, tab: Components, path: Optional[str]) -> dict[Any, Any]:
-    """Fill the Data, Small models and Large model tabs (`fields`, keyed as `form.KEYS`) from a
-    settings file; any bad file is a message, never a traceback."""
-    if not path:
-        return gr.skip()
-    try:
-        cfg = read_settings(path)
-    except Exception as err:  # noqa: BLE001  (whatever the file holds)
-        return {tab["settings_msg"]: note(error_message(err), "error")}
-    values = form_from_config(cfg)
-    warning = upload_note(cfg)
-    return {**{fields[k]: values[k] for k in KEYS},
-            tab["settings_msg"]: note(warning or "Settings loaded into the Data, Small models and Large model tabs.",
-                                      "warn" if warning else "ok")}

@@ -40,17 +40,18 @@ def visibility(ui: Components, source: Optional[str], preset: Optional[str]) -> 
             ui["api_group"]: gr.update(visible=not local)}
 
 
-def _fits(default: Any, value: Any) -> bool:
-    """Whether a saved value has the type of the field's default (a damaged file is ignored field by field)."""
-    if value is None:
-        return default is None or isinstance(default, (int, float)) and not isinstance(default, bool)
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) == isinstance(value, bool)
-    if isinstance(default, (int, float)) or default is None:
-        return isinstance(value, (int, float, str)) if default is None else isinstance(value, (int, float))
-    if isinstance(default, list):
+def _fits(component: Any, value: Any) -> bool:
+    """Whether a saved value is one `component` can show (a damaged file is ignored field by field)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(component, gr.Checkbox):
+        return isinstance(value, bool)
+    if isinstance(component, gr.CheckboxGroup):
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    return isinstance(value, str)
+    if isinstance(component, gr.Slider):
+        return number
+    if isinstance(component, gr.Number):
+        return value is None or number
+    return value is None or isinstance(value, str)  # text boxes, dropdowns, radios
 
 
 def show(ui: Components, values: dict[str, Any], store: Optional[OwnerStore]) -> dict[Any, Any]:
@@ -58,7 +59,7 @@ def show(ui: Components, values: dict[str, Any], store: Optional[OwnerStore]) ->
     are left as they are): the fields, which inputs show, the owner's files to pick from."""
     out: dict[Any, Any] = {}
     for key in form.KEYS:
-        if key not in values or not _fits(ui[key].value, values[key]):
+        if key not in values or not _fits(ui[key], values[key]):
             continue
         out[ui[key]] = gr.update(value=values[key])
     if "ssm" in values and isinstance(values["ssm"], list):
@@ -123,6 +124,20 @@ def from_run(studio: Studio, ui: Components, owner: Optional[str], run_id: Optio
     return out
 
 
-def from_settings(ui: Components, source: Optional[str], preset: Optional[str]) -> dict[Any, Any]:
-    """After a settings file filled the fields: show the inputs their source and preset need."""
-    return visibility(ui, source, preset)
+def from_file(studio: Studio, ui: Components, msg: Any, owner: Optional[str], path: Optional[str]) -> dict[Any, Any]:
+    """A settings file (Results & export) fills the setup tabs; its uploaded file, if the owner
+    still has one of that name, is picked. Any bad file is a message in `msg`, never a traceback."""
+    if not path:
+        return gr.skip()
+    try:
+        cfg = form.read_settings(path)
+    except Exception as err:  # noqa: BLE001  (whatever the file holds)
+        return {msg: note(error_message(err), "error")}
+    store = studio.store(owner) if owner else None
+    out = show(ui, form.form_from_config(cfg), store)
+    warning = form.upload_note(cfg)
+    if warning and store is not None and store.find(cfg.data[len(form.UPLOAD_PREFIX):]):
+        warning = None  # the owner still has that file: it is picked
+    out[msg] = note(warning or "Settings loaded into the Data, Small models and Large model tabs.",
+                    "warn" if warning else "ok")
+    return out

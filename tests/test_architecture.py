@@ -26,7 +26,7 @@ LAYERS = (
     ("run state", ("ea_core.runconfig", "ea_core.runstate")),
     ("engine and services", ("ea_core.pipeline", "ea_core.report", "ea_core.bundle", "ea_core.explore",
                              "ea_core.system", "ea_core.inputs", "ea_core.monitor", "ea_core.findings",
-                             "ea_core.batch_predict", "ea_core.ray_predict", "ea_core.plan")),
+                             "ea_core.cascade", "ea_core.batch_predict", "ea_core.ray_predict", "ea_core.plan")),
     ("runs and entry points", ("ea_core.runs", "ea_core.runqueue", "ea_core.opened", "ea_core.uploads",
                                "ea_core.worker", "ea_core.cli", "ea_core.__main__", "ea_core.serve")),
 )

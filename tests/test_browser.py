@@ -325,6 +325,17 @@ def test_image_path(browser, app_url, tmp_path):
     d.context.close()
 
 
+def _wait_new_run(demo, known: set[str], timeout: float = 240.0) -> str:
+    """The id of the run started after `known`, once it is done (read on the server)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        new = _run_ids(demo) - known
+        if new and demo.studio.manager.status(next(iter(new))).state == "done":
+            return next(iter(new))
+        time.sleep(0.5)
+    raise AssertionError(f"no new run finished in {timeout:.0f} s: {_run_ids(demo) - known}")
+
+
 def _slider_values(page, n: int = 2) -> list[str]:
     return [page.locator(f"#thr-slider-{k} input[type=number]").input_value() for k in range(n)]
 
@@ -453,13 +464,8 @@ def test_thresholds_memory_mined_examples_batch_predict_compare_and_the_first_ru
     p.get_by_label("Base URL").fill(app_url["chance"].url)
     p.get_by_label("Base URL").press("Tab")
     d.run()
-    d.expect(p.locator("#run-status")).to_contain_text("Run finished", timeout=180_000)
-    (second,) = _run_ids(demo) - before - {first}
-    from ea_core.runfolder import read_json
-    print("SECOND", read_json(demo.studio.manager.folder(second) / "config.json")["lm_base_url"], app_url["chance"].url,
-          app_url["slow"].url)
-    print("ROWS", [(r["system"], r.get("chosen"), r.get("lm_call_rate")) for r in read_json(demo.studio.manager.folder(second) / "results.json")["rows"]])
-    print("CFG", read_json(demo.studio.manager.folder(second) / "config.json"))
+    second = _wait_new_run(demo, before | {first})  # the status still reads the first run's "Run finished"
+    d.expect(p.locator("#run-status")).to_contain_text("Run finished", timeout=60_000)
     d.tab(TABS[4])
     headroom = p.locator("#thr-headroom")
     d.expect(headroom).to_contain_text("kept the best small model alone", timeout=30_000)

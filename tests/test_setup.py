@@ -232,3 +232,25 @@ def test_every_operating_point_rule_says_why_in_plain_words(rule):
     chosen = choose_operating_point([ssm, lm_stage], y, {"ssm": [0], "full": [0, 1]}, rule=rule, max_lm_rate=0.3)
     why = chosen.detail["why"]
     assert why.startswith("kept ") and "rule" not in why and "crossfit" not in why and "_" not in why, why
+
+
+def test_a_settings_file_fills_the_setup_and_picks_the_owners_file(tmp_path):
+    studio = Studio(tmp_path / "runs")
+    ui, _ = setup_ui()
+    with gr.Blocks():
+        msg = gr.HTML()
+    make_task(tmp_path / "fruit.csv")
+    run_folder = tmp_path / "runs" / "r"
+    (run_folder / "input").mkdir(parents=True)
+    cfg = RunConfig(data=str(run_folder / "input" / "fruit.csv"), ssm=["finetune:tiny_cnn"], lm="ollama",
+                    lm_model="llama3", lm_base_url="http://localhost:11434/v1")
+    path = form.settings_file(cfg.to_dict(), run_folder, tmp_path / "settings.json")
+    out = setup.from_file(studio, ui, msg, OWNER, str(path))
+    assert "upload it again" in out[msg] and out[ui["data_file"]]["value"] is None
+    studio.store(OWNER).add(tmp_path / "fruit.csv")
+    out = setup.from_file(studio, ui, msg, OWNER, str(path))
+    assert "Settings loaded" in out[msg] and out[ui["data_file"]]["value"] == "fruit.csv"
+    assert out[ui["ssm"]]["value"] == ["finetune:tiny_cnn"] and "finetune:tiny_cnn" in out[ui["ssm"]]["choices"]
+    assert out[ui["preset"]]["value"] == "ollama" and out[ui["api_group"]]["visible"]
+    (tmp_path / "bad.json").write_text("{not json")
+    assert "ea-error" in setup.from_file(studio, ui, msg, OWNER, str(tmp_path / "bad.json"))[msg]

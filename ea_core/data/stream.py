@@ -31,7 +31,7 @@ from ea_core.data.messages import short_reason
 from ea_core.data.sources import check_data_path, check_table_file, read_table
 from ea_core.errors import DataError
 
-__all__ = ["TableStream", "open_table_stream", "STREAM_FORMATS"]
+__all__ = ["TableStream", "json_record", "open_table_stream", "STREAM_FORMATS"]
 
 #: Formats read as a stream (``json`` arrays and anything else are read whole, then sliced).
 STREAM_FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
@@ -132,7 +132,7 @@ class TableStream:
                 for number, line in enumerate(fh, 1):
                     if not line.strip():
                         continue
-                    obj = _json_object(line, number, self.source)
+                    obj = json_record(line, number, self.source)
                     yield {name: obj.get(name) for name in wanted}
         except UnicodeDecodeError as exc:
             raise DataError(encoding_message(self.path, self.source, self.encoding, exc)) from None
@@ -246,7 +246,8 @@ def _open_csv(source: str, path: str, fmt: str, encoding: Optional[str], head: b
 # ---------------------------------------------------------------------------- JSON lines
 
 
-def _json_object(line: str, number: int, source: str) -> dict[str, Any]:
+def json_record(line: str, number: int, source: str) -> dict[str, Any]:
+    """Line `number` of JSON lines `source` as an object, or a `DataError` naming the line."""
     text = line.strip()
     snippet = text if len(text) <= 60 else text[:57] + "..."
     try:
@@ -271,7 +272,7 @@ def _open_jsonl(source: str, path: str, encoding: Optional[str]) -> TableStream:
             for number, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
-                names.update(dict.fromkeys(_json_object(line, number, source)))
+                names.update(dict.fromkeys(json_record(line, number, source)))
                 seen += 1
                 if seen >= _JSONL_SCHEMA_LINES:
                     break

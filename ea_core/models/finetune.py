@@ -59,10 +59,22 @@ from ea_core.models.hf_common import (
     sorted_batches,
     tokenize_split,
 )
+from ea_core.models.parallel import Shard, fit_data_parallel, processes_for
 from ea_core.process import TRANSFORMERS_BUILD_LOCK, warn_ignored_threads
 from ea_core.splits import Split
 
 HF_SUBDIR = "hf"
+
+
+def _picklable(value: Any) -> bool:
+    """Whether `value` can travel to a worker process (a selection rule defined in a function cannot)."""
+    import pickle
+
+    try:
+        pickle.dumps(value)
+    except Exception:  # noqa: BLE001  (PicklingError, AttributeError, TypeError ...)
+        return False
+    return True
 
 
 def _adamw(groups: list[dict[str, Any]], lr: float, device: Any) -> Any:
@@ -128,8 +140,10 @@ class FineTuneModel(SmallModel):
         class_weight: str = "auto",
         imbalance_ratio: float = DEFAULT_IMBALANCE_RATIO,
         selection_metric: str = "auto",
+        data_parallel: Any = "auto",
     ) -> None:
         self.model = str(model)
+        self.data_parallel = data_parallel  # see ea_core.models.parallel
         self.epochs = int(epochs)
         self.lr = float(lr)
         self.batch_size = int(batch_size)
@@ -220,8 +234,34 @@ class FineTuneModel(SmallModel):
         if warm:
             check_warm_labels(getattr(self, "labels_", None), labels)
         device = pick_device(self.device)
+        processes = processes_for(self.data_parallel, device)
+        if processes > 1 and _picklable(select):  # one process per GPU (ea_core.models.parallel)
+            return fit_data_parallel(self, train, val, labels, processes, callback=callback, cancel=cancel,
+                                     warm_start=warm_start, stage=stage, select=select)
         with _forked_rng(device):  # the caller's random state is untouched by what follows
             return self._fit(train, val, labels, device, warm, callback, cancel, stage, select)
+
+    def _fit_rank(self, train: Split, val: Optional[Split], labels: list[str], shard: Shard, *,
+                  callback: Optional[ProgressCallback] = None, warm_start: bool = False,
+                  stage: Optional[str] = None, select: Optional[EpochScore] = None) -> "FineTuneModel":
+        """`fit` as one process of data-parallel training (`shard`: this process's part)."""
+        check_training_data(labels, train, val)
+        warm = warm_start and self.model_ is not None
+        device = pick_device(self.device)
+        with _forked_rng(device):
+            return self._fit(train, val, labels, device, warm, callback, None, stage, select, shard=shard)
+
+    def _trained_state(self) -> dict[str, Any]:
+        """What a fit learned, to hand from a worker process back to the caller's model."""
+        names = ("model_", "tokenizer_", "labels_", "history_", "best_val_accuracy_", "best_val_score_",
+                 "class_weight_", "selection_metric_")
+        if self.model_ is not None:
+            self.model_.to("cpu")
+        return {name: getattr(self, name, None) for name in names}
+
+    def _load_trained_state(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def _fit(
         self,
@@ -234,6 +274,7 @@ class FineTuneModel(SmallModel):
         cancel: Optional[CancelToken],
         stage: Optional[str],
         select: Optional[EpochScore] = None,
+        shard: Optional[Shard] = None,
     ) -> "FineTuneModel":
         import torch
         import torch.nn.functional as F
@@ -274,6 +315,10 @@ class FineTuneModel(SmallModel):
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
         dtype = amp_dtype(device, self.precision)
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        # Data-parallel: the model wrapped so that backward sums gradients over the processes
+        # (DDP averages: each process's loss is scaled by their number to make it a sum).
+        train_net = net if shard is None else shard.accelerator.prepare_model(net)
+        world = 1 if shard is None else shard.world
 
         progress = Progress(stage or f"train:{self.spec}", total, callback, cancel)
         rng = np.random.default_rng(self.seed)
@@ -286,17 +331,23 @@ class FineTuneModel(SmallModel):
         for epoch in range(epochs):
             for batch_idx in length_grouped_batches(lengths, self.batch_size, rng):
                 progress.check()
-                net.train()
+                train_net.train()
                 loss_sum = 0.0
-                for micro in self._micro_batches(batch_idx, lengths):
+                part, scale = batch_idx, float(world)
+                if shard is not None:  # this process's share; with none, a zero loss keeps it in step
+                    part = shard.take(batch_idx)
+                    if not len(part):
+                        part, scale = batch_idx[:1], 0.0
+                for micro in self._micro_batches(part, lengths):
                     batch = {k: v.to(device) for k, v in collate([feats[i] for i in micro], self.tokenizer_).items()}
                     target = y_train[micro].to(device)
                     with autocast(device, self.precision):
-                        logits = net(**batch).logits
+                        logits = train_net(**batch).logits
                     # sum over the micro-batch / batch size: the gradients add up to the batch mean
                     # (weighted: each example counts its class weight; the batch is not renormalised,
                     # so micro-batches still add up to the same update)
-                    loss = F.cross_entropy(logits.float(), target, weight=loss_weight, reduction="sum") / len(batch_idx)
+                    loss = F.cross_entropy(logits.float(), target, weight=loss_weight, reduction="sum") \
+                        / len(batch_idx) * scale
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                     loss_sum += float(loss.detach())
                 if scaler is not None:
