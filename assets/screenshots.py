@@ -5,13 +5,16 @@ TF-IDF + frozen MiniLM head, the packaged local LM), waits for the run (about 4 
 cores), then saves a 1280x800 view of every tab into assets/ (app-data.png ... app-results.png),
 and of three places below the fold: a file of inputs predicted in Try it (app-batch.png), what EA
 found (app-mined.png) and the past runs (app-runs.png). Needs Debian's chromium
-(./install.sh --test).
+(./install.sh --test). With ``--runs-dir DIR`` the runs (and the LM answer cache beside them) are
+kept there, so a second attempt pays for no LM answer again.
 
-    .venv/bin/python assets/screenshots.py
+    .venv/bin/python assets/screenshots.py [--runs-dir DIR]
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
 import os
 import sys
@@ -35,10 +38,14 @@ def main() -> None:
     from app import LAUNCH_OPTIONS, build_app
     from ea_core.process import configure_process
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs-dir", help="keep the runs and the LM answer cache here (default: a temporary folder)")
+    args = parser.parse_args()
     configure_process()
     saved = []
-    with tempfile.TemporaryDirectory() as tmp:
-        demo = build_app(Path(tmp) / "runs")
+    keep = contextlib.nullcontext(args.runs_dir) if args.runs_dir else tempfile.TemporaryDirectory()
+    with keep as where, tempfile.TemporaryDirectory() as tmp:
+        demo = build_app(Path(where) if args.runs_dir else Path(where) / "runs")
         demo.queue(default_concurrency_limit=4)
         _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
         with sync_playwright() as p:
@@ -63,7 +70,8 @@ def main() -> None:
                 shot(name)
             tab("train")
             page.locator("#run-button").click()
-            expect(page.locator("#run-status")).to_contain_text("Run finished", timeout=1_800_000)
+            # ~4 min on an idle 2-core machine; far longer when other jobs share the cores
+            expect(page.locator("#run-status")).to_contain_text("Run finished", timeout=3 * 3_600_000)
             page.wait_for_timeout(1500)
             shot("train")
             tab("thresholds")
@@ -81,7 +89,7 @@ def main() -> None:
             expect(page.locator("#batch-progress")).to_contain_text("ready", timeout=30_000)
             page.locator("#batch-run").click()
             expect(page.locator("#batch-progress")).to_contain_text("Done:", timeout=300_000)
-            page.locator("#batch").scroll_into_view_if_needed()
+            page.locator("#batch-preview").scroll_into_view_if_needed()
             shot("batch")
             tab("results")
             expect(page.locator("#res-table")).to_contain_text("EA", timeout=60_000)

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from ea_core.bundle import export_run_bundle, system_from_run
+from ea_core.cascade import Routed, route_split
 from ea_core.errors import Cancelled, ConfigError, DataError, EAError
 from ea_core.events import CancelToken
 from ea_core.explore import ORDERS, Explorer, Headroom, available_orders, headroom
@@ -517,7 +518,9 @@ class BatchPrediction:
     """A file of inputs answered by an adapted system, chunk after chunk, with a CSV written as it
     goes: one row per input with its answer, who answered, at which stage, with what confidence,
     and the route (each stage reached with its confidence). `chunks` is a generator a page can
-    stream; `cancel` (from any thread) stops it between LM calls, keeping the rows written."""
+    stream; `cancel` (from any thread) stops it between LM calls, keeping the rows written. The
+    stages run as the command line's streaming predict runs them (`ea_core.cascade`); the file is
+    read whole (an upload to the app), where `ea_core.batch_predict` streams files of any size."""
 
     def __init__(self, system: AdaptedSystem, inputs: Split, out: Path, *, source: str = "",
                  chunk_rows: Optional[int] = None) -> None:
@@ -594,10 +597,10 @@ class BatchPrediction:
                     part = self.inputs.subset(index)
                     self._idle.clear()
                     try:
-                        preds = self.system.predict(part, cancel=self._cancel)
+                        routed = route_split(self.system, part, cancel=self._cancel)
                         if self._cancel.cancelled:  # LM calls stopped half-way: drop the chunk
                             break
-                        self._write(writer, part, preds, labels, with_gold)
+                        self._write(writer, part, routed, labels, with_gold)
                         f.flush()
                     finally:
                         self._idle.set()
@@ -612,14 +615,13 @@ class BatchPrediction:
             self.ended = time.perf_counter()
         yield self
 
-    def _write(self, writer: Any, part: Split, preds: Any, labels: list[str], with_gold: bool) -> None:
-        reached = preds.stage_confidence
+    def _write(self, writer: Any, part: Split, routed: Routed, labels: list[str], with_gold: bool) -> None:
         for i in range(len(part)):
-            k = int(preds.answered_by[i])
-            label = labels[int(preds.pred[i])] if preds.pred[i] >= 0 else ""
+            k = int(routed.answered_by[i])
+            label = labels[int(routed.pred[i])] if routed.pred[i] >= 0 else ""
             by = self.names[k] if k >= 0 else ""
-            conf = None if math.isnan(preds.confidence[i]) else float(preds.confidence[i])
-            route = _route_text(self.names, reached[i]) if reached is not None else by
+            conf = None if math.isnan(routed.confidence[i]) else float(routed.confidence[i])
+            route = _route_text(self.names, routed.stage_confidence[i])
             shown = str(part.texts[i])
             cells = [shown] + ([str(part.pairs[i])] if part.pairs is not None else [])
             cells += [label, by]

@@ -69,14 +69,12 @@ class RouteTrace:
 
 @dataclass
 class Predictions:
-    """Batch predictions: label index (-1/-2 when the LM gave no usable answer), who answered, confidence,
-    and the route: each stage's confidence on every input that reached it (NaN where it did not)."""
+    """Batch predictions: label index (-1/-2 when the LM gave no usable answer), who answered, confidence."""
 
     pred: np.ndarray
     answered_by: np.ndarray
     confidence: np.ndarray
     stage_names: list[str]
-    stage_confidence: Optional[np.ndarray] = None  # (inputs, stages)
 
 
 def check_stage(stage: SystemStage, labels: list[str]) -> None:
@@ -127,13 +125,10 @@ class AdaptedSystem:
         pred = np.full(n, -2, dtype=np.int64)
         conf = np.full(n, np.nan)
         answered_by = np.full(n, -1, dtype=np.int64)
-        reached = np.full((n, len(self.stages)), np.nan)
         open_idx = np.arange(n)
         for k, stage in enumerate(self.stages):
             if len(open_idx) == 0:
                 break
-            if cancel is not None:
-                cancel.check()
             last = k == len(self.stages) - 1
             part = split.subset(open_idx)
             if stage.is_lm:
@@ -147,12 +142,11 @@ class AdaptedSystem:
                 proba = self._stage_proba(stage, part)
                 p, c = proba.argmax(1), proba.max(1)
             take = np.ones(len(open_idx), bool) if last else c >= stage.threshold
-            reached[open_idx, k] = c
             pred[open_idx[take]] = p[take]
             conf[open_idx[take]] = c[take]
             answered_by[open_idx[take]] = k
             open_idx = open_idx[~take]
-        return Predictions(pred, answered_by, conf, [s.name for s in self.stages], reached)
+        return Predictions(pred, answered_by, conf, [s.name for s in self.stages])
 
     def route_one(self, item: Input, pair: Optional[str] = None) -> RouteTrace:
         """One input (a text, with `pair` for pair tasks, or an `ImageInput`) through the real

@@ -139,7 +139,9 @@ def _point_labels(points: Sequence[tuple[str, float, float, str]], occupied: Seq
         ax, ay = LABEL_OFFSETS[min(near, len(LABEL_OFFSETS) - 1)]
         if x > 60:
             ax = -ax
+        # the text starts at the arrow's tail, away from the point (never back over the axis)
         out.append({"x": x, "y": y, "xref": "x", "yref": "y", "text": label, "showarrow": True, "arrowhead": 0,
+                    "xanchor": "left" if ax > 0 else "right",
                     "arrowwidth": 1, "arrowcolor": color, "ax": ax, "ay": ay, "standoff": 6,
                     "font": {"size": 11, "color": color}, "bgcolor": "rgba(255,255,255,0.9)", "borderpad": 2})
         placed.append((x, y))
@@ -180,9 +182,12 @@ def tradeoff(front: Sequence[Any], references: Sequence[Any], current: tuple[Rou
         if ref.name == "LM alone" or ref.name.startswith("best SSM"):
             shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": y, "y1": y,
                            "line": {"color": color, "dash": "dash", "width": 1}})
-            annotations.append({"xref": "paper", "x": 0.5, "y": y, "yref": "y", "showarrow": False,
-                                "yanchor": "bottom", "xanchor": "center", "font": {"size": 10, "color": color},
-                                "bgcolor": "rgba(255,255,255,0.8)",
+            # the line's label at the end away from its own point (the LM alone sits at 100% LM calls,
+            # the best small model at 0%), where that point's own label is not
+            left = ref.name == "LM alone"
+            annotations.append({"xref": "paper", "x": 0.01 if left else 0.99, "y": y, "yref": "y",
+                                "showarrow": False, "yanchor": "bottom", "xanchor": "left" if left else "right",
+                                "font": {"size": 10, "color": color}, "bgcolor": "rgba(255,255,255,0.8)",
                                 "text": f"{ref.name}: {y:.1f}% on validation"})
         data.append({"type": "scatter", "x": [x], "y": [y], "mode": "markers", "name": ref.name,
                      "marker": {"color": color, "size": 11, "symbol": "diamond", "line": {"color": "white", "width": 1.5}},

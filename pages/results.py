@@ -36,6 +36,8 @@ MINED_FILTERS = [("every example sent to the LM", "all"), ("underfit only (the L
                  ("the LM fixed it", "lm_fixed")]
 #: The side-by-side table before two runs are picked.
 COMPARE_EMPTY = {"figure": ["(pick two or more runs above)"]}
+#: A mined example's outcome as the table says it (the CSV keeps the codes).
+OUTCOME_WORDS = {"underfit": "underfit (LM wrong too)", "lm_fixed": "the LM fixed it", "failed": "LM call failed"}
 SHOWN_WORDS = {"all": "sent to the LM", "underfit": "underfit ones", "lm_fixed": "the LM fixed"}
 #: Mined examples a page shows (the CSV holds them all).
 MINED_SHOWN = 200
@@ -45,7 +47,9 @@ def build() -> Components:
     c: Components = {}
     c["intro"] = gr.HTML(note("Open a finished run to see its results.", "info"), elem_id="res-intro")
     c["headroom"] = gr.HTML("", visible=False, elem_id="res-headroom")
-    c["connect"] = gr.Button(CONNECT, visible=False, size="sm", elem_id="res-connect")
+    with gr.Row():
+        c["connect"] = gr.Button(CONNECT, visible=False, variant="primary", scale=0, min_width=340,
+                                 elem_id="res-connect")
     c["table"] = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="res-table",
                               label="Systems: thresholds tuned on validation, accuracy on validation and test")
     with gr.Row(equal_height=False):
@@ -226,7 +230,7 @@ def mined(studio: Studio, tab: Components, owner: Optional[str], run_id: Optiona
                  + (f"; {counts['failed']:,} calls failed" if counts["failed"] else "")
                  + (f". Showing the first {MINED_SHOWN} of the {len(rows):,} {SHOWN_WORDS[which]}; the CSV holds them "
                     "all." if len(rows) > MINED_SHOWN else f". Showing the {len(rows):,} {SHOWN_WORDS[which]}."), "info")
-    frame = pd.DataFrame(rows[:MINED_SHOWN])
+    frame = pd.DataFrame([{**r, "outcome": OUTCOME_WORDS.get(r["outcome"], r["outcome"])} for r in rows[:MINED_SHOWN]])
     return {tab["mined_intro"]: intro, tab["mined_table"]: gr.update(value=frame, column_widths=fit_widths(frame)),
             tab["mined_csv"]: gr.update(value=str(csv_path), interactive=True)}
 

@@ -33,7 +33,9 @@ def build() -> Components:
     c["intro"] = gr.HTML(note("Open a finished run (Train & mine, or Results → past runs) to tune its thresholds.",
                               "info"), elem_id="thr-intro")
     c["headroom"] = gr.HTML("", visible=False, elem_id="thr-headroom")
-    c["connect"] = gr.Button(CONNECT, visible=False, size="sm", variant="secondary", elem_id="thr-connect")
+    with gr.Row():
+        c["connect"] = gr.Button(CONNECT, visible=False, variant="primary", scale=0, min_width=340,
+                                 elem_id="thr-connect")
     c["memory"] = gr.State({})  # "run|order|calibrated" -> the sliders' values there
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300):
@@ -205,7 +207,8 @@ def open_views(studio: Studio, tab: Components, owner: Optional[str], run_id: Op
     thresholds = ex.thresholds(remembered) if restored else ex.tuned_thresholds()
     small = [n for n, k in zip(ex.names, ex.kinds) if k in ("ssm", "assm", "assm_full")]
     why = run.tuned_note(order)
-    kept = f" The run {why}; drag the sliders to try other points." if why else ""
+    room = run.headroom()  # the run kept its small model alone: the note below says why, and what an LM would change
+    kept = f" The run {why}; drag the sliders to try other points." if why and room is None else ""
     start = ("The sliders are where you left them in this order" if restored else
              "Thresholds start where the run tuned them on validation")
     intro = note(f"Run {state.task.name}: {', '.join(ex.names)}. {start} (LM budget "
@@ -221,7 +224,7 @@ def open_views(studio: Studio, tab: Components, owner: Optional[str], run_id: Op
             tab["reliability"]: reliability_plot(ex, small[0]) if small else as_plot(
                 plots.empty("Reliability", "No small model.")),
             tab["tune_msg"]: "",
-            **headroom_updates(tab, run.headroom(), run.lm_title()),
+            **headroom_updates(tab, room, run.lm_title()),
             tab["memory"]: remember(memory, run.run_id, order, calibrated, ex, shown)}
 
 

@@ -83,8 +83,8 @@ def trace_html(trace: RouteTrace, labels_note: str = "") -> str:
     rows = []
     for st in trace.stages:
         conf = "-" if st.confidence is None else f"{st.confidence:.3f}"
-        if st.took and st is trace.stages[-1] and st.threshold <= 0:
-            thr = "answers the rest"
+        if st.threshold <= 0:
+            thr = "0: answers every input that reaches it"
         elif is_never(st.threshold):
             thr = "never (passes every input on)"
         else:

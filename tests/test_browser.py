@@ -410,10 +410,10 @@ def test_thresholds_memory_mined_examples_batch_predict_compare_and_the_first_ru
     d.tab(TABS[6])
     mined = p.locator("#res-mined")
     d.expect(p.locator("#res-mined-intro")).to_contain_text("the LM fixed", timeout=30_000)
-    d.expect(mined).to_contain_text("lm_fixed")
+    d.expect(mined).to_contain_text("the LM fixed it")
     p.locator("#res-mined-filter label", has_text="underfit only").click()
-    d.expect(mined).not_to_contain_text("lm_fixed", timeout=20_000)
-    d.expect(mined).to_contain_text("underfit")
+    d.expect(mined).not_to_contain_text("the LM fixed it", timeout=20_000)
+    d.expect(mined).to_contain_text("underfit (LM wrong too)")
     p.locator("#res-mined-box").scroll_into_view_if_needed()
     p.screenshot(path=str(ARTIFACTS / "results-mined.png"), full_page=False)
     with p.expect_download() as download:

@@ -254,7 +254,7 @@ def test_the_route_trace_says_never_for_a_stage_at_1():
     trace = RouteTrace("a", "lm", [StageTrace("tfidf", 0.97, NEVER_TAKES, "a", False, 0.001),
                                    StageTrace("lm", 0.9, 0.0, "a", True, 0.2)])
     shown = try_it.trace_html(trace)
-    assert "never (passes every input on)" in shown and "1.010" not in shown and "answers the rest" in shown
+    assert "never (passes every input on)" in shown and "1.010" not in shown and "0: answers every input that reaches it" in shown
 
 
 def test_the_trade_off_plot_names_its_points_and_draws_the_front(fruit_run):

@@ -254,3 +254,14 @@ def test_a_settings_file_fills_the_setup_and_picks_the_owners_file(tmp_path):
     assert out[ui["preset"]]["value"] == "ollama" and out[ui["api_group"]]["visible"]
     (tmp_path / "bad.json").write_text("{not json")
     assert "ea-error" in setup.from_file(studio, ui, msg, OWNER, str(tmp_path / "bad.json"))[msg]
+
+
+def test_the_upload_limits_are_settings_of_the_app():
+    from app import parse_args, shared_server
+    from ea_core.uploads import DEFAULT_MAX_AGE_DAYS, DEFAULT_QUOTA_MB, StoreLimits
+
+    assert shared_server(parse_args([]))["uploads"] == StoreLimits(DEFAULT_QUOTA_MB, DEFAULT_MAX_AGE_DAYS)
+    limits = shared_server(parse_args(["--upload-quota-mb", "50", "--upload-max-days", "0"]))["uploads"]
+    assert limits == StoreLimits(50, 0) and "until you remove them, up to 50 MB per browser" in limits.describe()
+    with pytest.raises(ConfigError):
+        shared_server(parse_args(["--upload-quota-mb", "-1"]))

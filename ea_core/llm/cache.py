@@ -148,13 +148,28 @@ class AnswerCache:
         self.path = str(path)
         self._lock = threading.RLock()
         try:
-            self._conn = self._open()
+            self._conn = self._open_when_free()
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(self._open_problem(exc)) from None
         self.hits = 0
         self.misses = 0
         self.writes = 0
         self.host = socket.gethostname()
+
+    def _open_when_free(self, wait_s: float = 30.0) -> sqlite3.Connection:
+        """`_open`, waiting while another process creates the same cache.
+
+        Switching a new file to WAL and creating the tables take a lock that SQLite reports as
+        "database is locked" at once (its busy handler is not called there), so two processes
+        opening one new cache together would otherwise fail the second."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._open()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _open(self) -> sqlite3.Connection:
         if self.path != ":memory:":
@@ -168,6 +183,7 @@ class AnswerCache:
             target.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
         try:
+            conn.execute("PRAGMA busy_timeout=30000")
             if self.path != ":memory:":
                 conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL is durable against a killed process in WAL mode (not against power loss).
