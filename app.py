@@ -28,7 +28,7 @@ from ea_core.logins import AUTH_ENV, Logins, file_warning, hash_password  # noqa
 from ea_core.quotas import DiskQuota  # noqa: E402
 from ea_core.runqueue import QueueSettings  # noqa: E402
 from ea_core.uploads import DEFAULT_MAX_AGE_DAYS, DEFAULT_QUOTA_MB, StoreLimits  # noqa: E402
-from pages import data, form, lm, models, results, setup, thresholds, train, try_it  # noqa: E402
+from pages import data, form, lm, models, results, setup, summaries, thresholds, train, try_it  # noqa: E402
 from pages.session import Studio, new_owner_token  # noqa: E402
 from pages.ui import CSS, bind as _bind, pick  # noqa: E402
 
@@ -40,11 +40,12 @@ INTRO = ("Adapt a large model (LM) to your classification task without touching 
 
 def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] = None,
               endpoints: Optional[EndpointPolicy] = None, quota: Optional[DiskQuota] = None,
-              uploads: Optional[StoreLimits] = None) -> gr.Blocks:
+              uploads: Optional[StoreLimits] = None, local_servers: int = 1) -> gr.Blocks:
     """The whole UI, bound to one `Studio` (run manager + sessions) over `runs_dir`; a shared
-    server's limits (`queue`, `endpoints`, `quota`) go to its run manager (`ea_core.runs`), and
-    `uploads` bounds what each browser's owner keeps (`ea_core.uploads`)."""
-    studio = Studio(runs_dir, uploads, queue=queue, endpoints=endpoints, quota=quota)
+    server's limits (`queue`, `endpoints`, `quota`) go to its run manager (`ea_core.runs`),
+    `uploads` bounds what each browser's owner keeps (`ea_core.uploads`), and `local_servers` is
+    how many servers of the owners' systems Results may start on 127.0.0.1 (`ea_core.serve.local`)."""
+    studio = Studio(runs_dir, uploads, queue=queue, endpoints=endpoints, quota=quota, local_servers=local_servers)
 
     def bind(fn: Any, *tab: Any) -> Any:  # handlers take the studio (and their tab) first; Gradio passes the rest
         return _bind(fn, studio, *tab)
@@ -70,6 +71,8 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
                 try_tab = try_it.build()
             with gr.Tab("7 · Results & export", id="results"):
                 results_tab = results.build()
+            with gr.Tab("8 · Summaries", id="summaries", elem_id="tab-summaries"):
+                sum_tab = summaries.build()
 
         setup_ui = {**data_tab, **models_tab, **lm_tab}  # the setup tabs' components by name
         form_fields = {k: setup_ui[k] for k in form.KEYS}
@@ -201,8 +204,15 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
 
         # -- Results & export --------------------------------------------------------------------
         results_tab["make_bundle"].click(bind(results.make_bundle, results_tab), [*route_state, *sliders],
-                                         pick(results_tab, "dl_bundle", "bundle_msg"), concurrency_limit=2,
+                                         pick(results_tab, "dl_bundle", "bundle_msg", "serve_cmd"),
+                                         concurrency_limit=2,
                                          api_name="export_bundle")
+        results_tab["serve_start"].click(bind(results.serve_start, results_tab),
+                                         [*route_state, results_tab["serve_lm"], api_key, results_tab["serve_port"],
+                                          *sliders], results_tab["serve_status"], concurrency_limit=2,
+                                         api_name="serve_start")
+        results_tab["serve_stop"].click(bind(results.serve_stop, results_tab), owner, results_tab["serve_status"],
+                                        api_name="serve_stop")
         results_tab["refresh_runs"].click(**runs_list, api_name="runs")
         disk = dict(fn=bind(results.disk_note, results_tab), inputs=owner, outputs=results_tab["disk"],
                     show_progress="hidden")
@@ -231,6 +241,14 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
             .then(**attach).then(**runs_list).then(**load_data) \
             .then(**refresh_models).then(**estimate).then(**preview)
         demo.unload(studio.drop)
+
+        # -- Summaries (issue 18): its own data, models, LM, run and Try it ------------------------
+        sum_tab["preview_btn"].click(bind(summaries.preview, sum_tab), pick(sum_tab, *summaries.PREVIEW_KEYS),
+                                     pick(sum_tab, *summaries.PREVIEW_OUT))
+        sum_tab["run"].click(bind(summaries.run, sum_tab), pick(sum_tab, *summaries.RUN_KEYS),
+                             pick(sum_tab, *summaries.RUN_OUT), concurrency_limit=1)
+        sum_tab["try_btn"].click(bind(summaries.try_text, sum_tab),
+                                 pick(sum_tab, "state", "try_text", "try_instruction"), sum_tab["trace"])
     demo.studio = studio  # for tests and benchmarks: the run manager, and the form's fields by name
     demo.form_fields = form_fields
     return demo
@@ -307,7 +325,10 @@ def shared_server(args: argparse.Namespace) -> dict[str, Any]:
     return {"queue": QueueSettings(args.max_runs, args.max_runs_per_user, args.max_queued_per_user, args.worker_nice),
             "endpoints": EndpointPolicy.for_server(args.host, args.allow_endpoint, args.allow_any_endpoint),
             "quota": DiskQuota(args.disk_quota_mb, args.runs_max_days),
-            "uploads": StoreLimits(args.upload_quota_mb, args.upload_max_days)}
+            "uploads": StoreLimits(args.upload_quota_mb, args.upload_max_days),
+            # Results may start a server of the open run's system on 127.0.0.1: useful only to a browser on
+            # this machine, so not on a shared server.
+            "local_servers": 1 if is_loopback_host(args.host) else 0}
 
 
 def _print_password_hash() -> int:

@@ -15,6 +15,13 @@ texts) or Parquet, with ``prediction``, ``answered_by`` and ``confidence`` per r
 
 Engines: ``local`` (this process) or ``ray`` (`ea_core.ray_predict`, Ray Data over a cluster),
 which hand the same per-chunk results to the same writer.
+
+``lm_batch`` (local engine): the LM stage goes through the endpoint's Batch API at the batch price.
+A first pass routes every chunk still to write and submits one batch per chunk for its LM rows
+(``OUTPUT.parts/lm_batch-NNNNNN.json`` keeps each batch id), so the batches run at the provider
+together; a second pass collects them in order and writes the chunks. A job stopped while batches
+run (killed, or ``lm_batch_max_wait_s`` reached) polls the saved batches when started again: nothing
+is submitted, nor paid, twice; collected answers are in the cache.
 """
 
 from __future__ import annotations
@@ -33,11 +40,13 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from ea_core.bundle import BUNDLE_JSON, load_bundle, read_bundle_meta
-from ea_core.cascade import Chunk, Routed, for_streaming, route_split, stage_answers
+from ea_core.cascade import Chunk, LMBatch, Routed, for_streaming, route_split, stage_answers
 from ea_core.data.stream import TableStream, open_table_stream
-from ea_core.errors import ConfigError, DataError
+from ea_core.errors import ConfigError, DataError, LMError
 from ea_core.events import CancelToken, EventKind, ProgressCallback, ProgressEvent, no_progress
 from ea_core.inputs import as_texts, gold_codes, input_columns, prediction_summary, spreadsheet_safe
+from ea_core.llm.base import FAILED
+from ea_core.llm.batch_api import BatchRecord
 from ea_core.splits import Split
 from ea_core.system import AdaptedSystem
 
@@ -46,6 +55,8 @@ DEFAULT_CHUNK_ROWS = 10_000
 ENGINES = ("local", "ray")
 PROGRESS_JSON = "progress.json"
 PARTS_SUFFIX = ".parts"
+#: How often a waiting job asks the provider whether its LM batches are done, unless told.
+DEFAULT_BATCH_POLL_S = 30.0
 #: Bump when what a part file holds changes: older parts are then not reused.
 _PARTS_VERSION = 1
 
@@ -202,6 +213,9 @@ class PredictJob:
     lm_options: dict[str, Any] = field(default_factory=dict)  # base_url, key_env, trust_endpoint, local_model
     cache: Optional[str] = None
     resume: bool = True
+    lm_batch: bool = False  # the LM stage through the Batch API (see the module docstring)
+    lm_batch_poll_s: float = DEFAULT_BATCH_POLL_S
+    lm_batch_max_wait_s: Optional[float] = None  # None: wait for the batches to end; 0: submit and stop
 
     @property
     def fmt(self) -> str:
@@ -239,6 +253,10 @@ class PredictJob:
                 "columns": [self.text_col, self.pair_col, self.label_col], "chunk_rows": self.chunk_rows,
                 "format": self.fmt, "route": self.route, "stages": self.stage_names}
 
+    def batch_path(self, index: int) -> Path:
+        """Where chunk `index`'s LM batch id is saved (beside the output, in its parts folder)."""
+        return self.parts_dir / f"lm_batch-{index:06d}.json"
+
     def writer(self) -> PartWriter:
         return PartWriter(self.fmt, self.stage_names, self.labels, self.pair_col is not None, self.route)
 
@@ -270,12 +288,17 @@ def bundle_fingerprint(folder: str) -> str:
 def prepare(bundle: str, input_path: str, output: Optional[str] = None, *, text_col: Optional[str] = None,
             pair_col: Optional[str] = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, route: Optional[bool] = None,
             use_lm: bool = True, lm_options: Optional[dict[str, Any]] = None, cache: Optional[str] = None,
-            resume: bool = True) -> PredictJob:
+            resume: bool = True, lm_batch: bool = False, lm_batch_poll_s: float = DEFAULT_BATCH_POLL_S,
+            lm_batch_max_wait_s: Optional[float] = None) -> PredictJob:
     """A job for a text bundle: the bundle's settings read and checked, the input opened and its
     columns resolved (a bad file or column fails here, before any model loads). `output` defaults
     to ``INPUT.predictions.csv``; `route` to on for Parquet output only."""
     if int(chunk_rows) < 1:
         raise ConfigError(f"--chunk-rows must be at least 1, not {chunk_rows}.")
+    if lm_batch and not float(lm_batch_poll_s) > 0:
+        raise ConfigError(f"--lm-batch-poll must be a positive number of seconds, not {lm_batch_poll_s}.")
+    if lm_batch and lm_batch_max_wait_s is not None and not float(lm_batch_max_wait_s) >= 0:
+        raise ConfigError(f"--lm-batch-wait must be 0 or more seconds, not {lm_batch_max_wait_s}.")
     meta = read_bundle_meta(bundle)
     task = meta.get("task") or {}
     if task.get("modality") == "image":
@@ -291,7 +314,9 @@ def prepare(bundle: str, input_path: str, output: Optional[str] = None, *, text_
     return PredictJob(bundle=str(bundle), meta=meta, stream=stream, output=output, text_col=text, pair_col=pair,
                       label_col=label, chunk_rows=int(chunk_rows),
                       route=output_format(output) == "parquet" if route is None else bool(route),
-                      use_lm=use_lm, lm_options=dict(lm_options or {}), cache=cache, resume=resume)
+                      use_lm=use_lm, lm_options=dict(lm_options or {}), cache=cache, resume=resume,
+                      lm_batch=bool(lm_batch), lm_batch_poll_s=float(lm_batch_poll_s),
+                      lm_batch_max_wait_s=None if lm_batch_max_wait_s is None else float(lm_batch_max_wait_s))
 
 
 class _Progress:
@@ -386,7 +411,16 @@ def run(job: PredictJob, *, engine: str = "local", ray_address: Optional[str] = 
     try:
         done = _start_parts(job, callback)
         skip = sum(c.rows for c in done)
-        if engine == "ray":
+        if job.lm_batch and job.has_lm:
+            if engine != "local":
+                raise ConfigError("--lm-batch runs with the local engine only (--engine local): the Ray engine "
+                                  "asks the LM request by request.")
+            system = job.load_system()
+            if not hasattr(system.provider, "classify_batch"):
+                raise ConfigError("--lm-batch needs an OpenAI-compatible endpoint with a Batch API; this bundle's "
+                                  "LM runs in process. Leave out --lm-batch.")
+            chunks = _batch_chunks(job, system, skip, len(done), callback, cancel)
+        elif engine == "ray":
             from ea_core.ray_predict import ray_chunks
 
             chunks = ray_chunks(job, skip_rows=skip, address=ray_address, callback=callback, cancel=cancel)
@@ -450,6 +484,40 @@ def _local_chunks(job: PredictJob, system: AdaptedSystem, skip: int, callback: P
         yield Chunk(split, gold, route_split(system, split, callback=callback, cancel=cancel))
 
 
+def _batch_chunks(job: PredictJob, system: AdaptedSystem, skip: int, first: int, callback: ProgressCallback,
+                  cancel: Optional[CancelToken]) -> Iterator[Chunk]:
+    """The chunks after `skip` rows, their LM stage through the Batch API: every chunk's batch is
+    submitted (or its saved batch polled once) first, then each is collected in order and yielded.
+    Stops with a message, writing nothing more, while a batch is still running."""
+    submitted = 0
+    for index, (split, _) in enumerate(job.read_chunks(skip), start=first):
+        if cancel is not None:
+            cancel.check()
+        route_split(system, split, cancel=cancel, lm_batch=LMBatch(job.batch_path(index), job.lm_batch_poll_s, 0.0))
+        submitted += BatchRecord.load(job.batch_path(index)).batch_id is not None
+    if submitted:
+        wait = ("polling" if job.lm_batch_max_wait_s is None else
+                f"waiting up to {_duration(job.lm_batch_max_wait_s)}, polling")
+        _message(callback, f"LM batch: {submitted} batch(es) running at the provider (ids saved in {job.parts_dir}); "
+                           f"{wait} every {_duration(job.lm_batch_poll_s)}")
+    for index, (split, gold) in enumerate(job.read_chunks(skip), start=first):
+        path = job.batch_path(index)
+        for attempt in range(2):  # what a collected batch left unanswered is asked once more, in a new batch
+            routed = route_split(system, split, callback=callback, cancel=cancel,
+                                 lm_batch=LMBatch(path, job.lm_batch_poll_s, job.lm_batch_max_wait_s))
+            if BatchRecord.load(path).batch_id is not None:
+                raise LMError(f"The LM batch of chunk {index + 1} is still running at the provider (its id is saved "
+                              f"in {path}). Run the same command again later to collect it: no batch is submitted "
+                              "or paid twice, and the chunks written are kept.")
+            lost = int(np.sum(routed.pred == FAILED))
+            if not lost:
+                break
+        if lost:
+            _message(callback, f"chunk {index + 1}: the LM batches left {lost} row(s) unanswered (failed lines or "
+                               "expiry, asked twice); they are written without a prediction")
+        yield Chunk(split, gold, routed)
+
+
 def predict_file(bundle: str, input_path: str, output: Optional[str] = None, *, engine: str = "local",
                  ray_address: Optional[str] = None, callback: Optional[ProgressCallback] = None,
                  cancel: Optional[CancelToken] = None, **options: Any) -> PredictSummary:
@@ -458,6 +526,6 @@ def predict_file(bundle: str, input_path: str, output: Optional[str] = None, *, 
                callback=callback, cancel=cancel)
 
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "ENGINES", "Chunk", "PartWriter", "PredictJob", "PredictSummary", "Routed",
+__all__ = ["DEFAULT_BATCH_POLL_S", "DEFAULT_CHUNK_ROWS", "ENGINES", "Chunk", "LMBatch", "PartWriter", "PredictJob", "PredictSummary", "Routed",
            "for_streaming", "output_format", "predict_file", "prepare", "route_split", "route_text", "run",
            "stage_answers"]

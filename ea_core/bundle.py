@@ -18,6 +18,9 @@ A bundle is data from someone else, so loading treats it as untrusted:
   device; model settings about this machine (a head's ``cache_dir``, the device) are reset.
 * Its labels must equal each model's own labels, in the same order.
 * Anything malformed is a ConfigError naming the file, never a traceback.
+
+A learned router's stage (``"router": true``) is a folder with its scorer's numbers and the small
+models it reads (`ea_core.learned_router`); it loads like any stage, as one model.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Optional, Sequence
 
 from ea_core.errors import ConfigError, ModelError
+from ea_core.learned_router import LearnedStage, RouterParams, load_learned_stage, save_learned_stage
 from ea_core.llm import make_provider
 from ea_core.llm.cache import AnswerCache
 from ea_core.llm.cost import PriceTable
@@ -42,7 +46,8 @@ from ea_core.llm.urls import strip_userinfo
 from ea_core.models import EmbeddingMemory, load_model
 from ea_core.models.base import is_hub_id, read_json_file
 from ea_core.runconfig import prompt_template
-from ea_core.runfolder import write_json
+from ea_core.runfolder import read_json, write_json
+from ea_core.runstate import LEARNED_STAGE
 from ea_core.system import AdaptedSystem, SystemStage
 from ea_core.tuning import NEVER_TAKES
 
@@ -50,7 +55,7 @@ BUNDLE_FORMAT = "ea-bundle/1"
 BUNDLE_JSON = "bundle.json"
 
 _TOP_KEYS = {"format", "labels", "stages", "lm", "task", "metrics"}
-_STAGE_KEYS = {"name", "threshold", "folder", "temperature", "lm"}
+_STAGE_KEYS = {"name", "threshold", "folder", "temperature", "lm", "router"}
 # key_env: written by older exports; read, never used.
 _LM_KEYS = {"spec", "model", "base_url", "key_env", "describe", "few_shot_examples", "prompt", "label_offsets",
             "prices"}
@@ -67,13 +72,16 @@ def export_bundle(
     metrics: Optional[dict[str, Any]] = None,
 ) -> Path:
     """Write a bundle. `stages`: dicts with name, threshold, and for small models `folder` (a saved
-    model) and `temperature`; the LM stage has no folder. `lm`: settings to rebuild the provider
+    model) and `temperature`; the LM stage has no folder; a learned router's stage has `router` (its
+    scorer's numbers) and `models` (the saved small models it reads, best first). `lm`: settings to rebuild the provider
     (keys and URL userinfo are dropped). The result is checked as a loader would check it."""
     out = Path(out_dir)
     entries = []
     for i, st in enumerate(stages):
         entry = {"name": st["name"], "threshold": float(st["threshold"])}
-        if st.get("folder"):
+        if st.get("router") is not None:
+            entry.update(folder=f"models/{i:02d}", temperature=1.0, router=True)
+        elif st.get("folder"):
             entry.update(folder=f"models/{i:02d}", temperature=float(st.get("temperature", 1.0)))
         else:
             entry["lm"] = True
@@ -89,7 +97,9 @@ def export_bundle(
         shutil.rmtree(out)
     (out / "models").mkdir(parents=True)
     for st, entry in zip(stages, entries):
-        if "folder" in entry:
+        if entry.get("router"):
+            save_learned_stage(out / entry["folder"], labels, st["router"], st["models"], shutil.copytree)
+        elif "folder" in entry:
             shutil.copytree(st["folder"], out / entry["folder"])
     write_json(out / BUNDLE_JSON, meta)
     return out
@@ -177,6 +187,9 @@ def check_bundle_meta(meta: Any, path: Path) -> dict[str, Any]:
             if not _is_number(e["temperature"]) or e["temperature"] <= 0:
                 raise _bad(path, f"{where} ({e['name']}): 'temperature' must be a positive number, "
                                  f"not {e['temperature']!r}")
+            if "router" in e and (e["router"] is not True or e["temperature"] != 1.0):
+                raise _bad(path, f"{where} ({e['name']}): a learned router's stage has 'router': true and "
+                                 "temperature 1")
     n_lm = sum(1 for e in stages if e.get("lm"))
     if n_lm > 1:
         raise _bad(path, "more than one LM stage")
@@ -461,7 +474,8 @@ def load_bundle(folder: str | Path, *, api_key: Optional[str] = None, cache_path
         if not model_dir.is_dir():
             raise _bad(path, f"stage {e['name']!r}: folder {e['folder']!r} does not exist in the bundle")
         try:
-            model = load_model(model_dir, root=root, memory=memory)
+            model = (load_learned_stage(model_dir, labels, root=root, memory=memory) if e.get("router") else
+                     load_model(model_dir, root=root, memory=memory))
         except ModelError as err:
             raise ConfigError(f"Bundle stage {e['name']!r}: {err}") from None
         if list(model.labels_) != labels:
@@ -497,10 +511,23 @@ def run_stage_entries(state, layers: Sequence[str], thresholds: Sequence[float],
     for name, thr in zip(names, thresholds):
         if name == "lm":
             entries.append({"name": "lm", "threshold": float(thr)})
+        elif name == LEARNED_STAGE:
+            entries.append(_learned_entry(state, float(thr)))
         else:
             entries.append({"name": name, "threshold": float(thr), "folder": records[name].folder / "model",
                             "temperature": state.temperatures.get(name, 1.0) if calibrated else 1.0})
     return entries
+
+
+def _learned_entry(state, threshold: float) -> dict[str, Any]:
+    """The run's learned router as a stage entry: its scorer (saved by the run) and every small model."""
+    path = state.folder.path("learned_router.json")
+    info = read_json(path) if path.is_file() else None
+    if not isinstance(info, dict) or not isinstance(info.get("model"), dict):
+        raise ConfigError("This run's learned router was saved without its scorer (a run made before routers could "
+                          "be exported): run it again in a new folder to export or try it.")
+    return {"name": LEARNED_STAGE, "threshold": threshold, "router": info["model"],
+            "models": [r.folder / "model" for r in state.ssms], "temperature": 1.0}
 
 
 def export_run_bundle(state, rows: list[dict[str, Any]], out_dir: str | Path, system: Optional[str] = None,
@@ -538,7 +565,12 @@ def system_from_run(state, thresholds: Sequence[float], layers: Sequence[str] = 
     stages: list[SystemStage] = []
     memory = EmbeddingMemory()  # the system's own: a later stage reuses what an earlier one embedded
     for st in run_stage_entries(state, layers, thresholds, calibrated):
-        if st.get("folder") is None:
+        if st.get("router") is not None:
+            models = [load_model(folder, memory=memory) for folder in st["models"]]
+            params = RouterParams.from_json(st["router"], str(state.folder.path("learned_router.json")))
+            stages.append(SystemStage(name=st["name"], threshold=st["threshold"],
+                                      model=LearnedStage(state.task.labels, models, params)))
+        elif st.get("folder") is None:
             if use_lm:
                 stages.append(SystemStage(name=st["name"], threshold=st["threshold"]))
         else:

@@ -124,3 +124,58 @@ class Calibration:
         return asdict(self)
 
 
+
+
+def quality_calibration(raw_val: np.ndarray, quality_val: np.ndarray, raw_other: np.ndarray, *,
+                        folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A generated output's raw confidence (mean token log-prob as a probability, a scorer's top
+    score) mapped to its expected quality (e.g. ROUGE-L) by isotonic regression: validation's
+    confidences out of fold (each fold mapped by a fit on the others, so tuning sees no leak), the
+    other split's by a fit on all of validation. Why: a threshold then means the same quality for
+    every stage, as temperature scaling does for class probabilities."""
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.model_selection import KFold
+
+    rv = np.asarray(raw_val, dtype=np.float64)
+    qv = np.asarray(quality_val, dtype=np.float64)
+    ro = np.asarray(raw_other, dtype=np.float64)
+    if rv.shape != qv.shape:
+        raise ConfigError(f"{rv.size} confidences for {qv.size} qualities; give one of each per example.")
+    if rv.size < 4:  # too few to fit: keep the raw confidences
+        return np.clip(rv, 0, 1), np.clip(ro, 0, 1)
+
+    def fit(x: np.ndarray, q: np.ndarray) -> IsotonicRegression:
+        return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(x, q)
+
+    oof = np.zeros_like(rv)
+    for train, held in KFold(min(folds, rv.size), shuffle=True, random_state=seed).split(rv):
+        oof[held] = fit(rv[train], qv[train]).predict(rv[held])
+    return _break_ties(oof, rv), _break_ties(fit(rv, qv).predict(ro) if ro.size else ro, ro)
+
+
+#: Weight of the raw confidence added to an isotonic map's output: the map is a step function, and
+#: its ties would leave a threshold only a few places to cut (a 30% LM budget might send 2%).
+TIE_BREAK = 1e-6
+
+
+def _break_ties(mapped: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """`mapped` made strictly increasing in `raw` within its flat steps, still in [0, 1]."""
+    return np.clip(mapped, 0, 1) * (1 - TIE_BREAK) + TIE_BREAK * np.clip(raw, 0, 1)
+
+
+def fit_quality_map(raw: np.ndarray, quality: np.ndarray) -> tuple[list[float], list[float]]:
+    """The isotonic map raw confidence -> expected quality fitted on all of `raw` (validation), as
+    its breakpoints (x, y): saved in a bundle and applied to new inputs by `apply_quality_map`."""
+    from sklearn.isotonic import IsotonicRegression
+
+    r, q = np.asarray(raw, dtype=np.float64), np.asarray(quality, dtype=np.float64)
+    if r.size < 2:
+        return [0.0, 1.0], [0.0, 1.0]
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(r, q)
+    return [float(v) for v in iso.X_thresholds_], [float(v) for v in iso.y_thresholds_]
+
+
+def apply_quality_map(x: list[float], y: list[float], raw: np.ndarray) -> np.ndarray:
+    """Expected quality of raw confidences under a saved map (linear between breakpoints, clipped)."""
+    r = np.asarray(raw, dtype=np.float64)
+    return _break_ties(np.interp(r, np.asarray(x), np.asarray(y)), r)

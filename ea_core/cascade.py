@@ -10,6 +10,7 @@ Each row also keeps the confidence of every stage it reached (its route).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -21,6 +22,16 @@ from ea_core.models.memory import EmbeddingMemory
 from ea_core.splits import Split
 from ea_core.system import AdaptedSystem
 
+
+@dataclass(frozen=True)
+class LMBatch:
+    """The LM stage asked through the endpoint's Batch API (`OpenAIProvider.classify_batch`) for one
+    chunk: the batch id is saved at `state_path`, so a restarted job polls it instead of paying again.
+    `max_wait_s` 0 submits (or polls once) and returns; None waits for the batch to end."""
+
+    state_path: Path
+    poll_s: float = 30.0
+    max_wait_s: Optional[float] = None
 
 
 @dataclass
@@ -50,14 +61,22 @@ class Routed:
 
 
 def stage_answers(system: AdaptedSystem, k: int, split: Split, *, callback: Optional[ProgressCallback] = None,
-                  cancel: Optional[CancelToken] = None) -> tuple[np.ndarray, np.ndarray]:
+                  cancel: Optional[CancelToken] = None,
+                  lm_batch: Optional[LMBatch] = None) -> tuple[np.ndarray, np.ndarray]:
     """(label index, routing confidence) of stage `k` for every input of `split`, by the rules of
-    `AdaptedSystem.predict` (temperature-scaled probabilities; the LM's confidence as tuned)."""
+    `AdaptedSystem.predict` (temperature-scaled probabilities; the LM's confidence as tuned). With
+    `lm_batch`, the LM stage goes through the Batch API (answers it did not give are FAILED)."""
     stage = system.stages[k]
     if stage.is_lm:
         assert system.provider is not None
-        answers, _ = system.provider.classify([split.input(i) for i in range(len(split))], system.labels,
-                                              stage="lm:predict", callback=callback, cancel=cancel)
+        inputs = [split.input(i) for i in range(len(split))]
+        if lm_batch is not None and len(inputs):
+            answers, _ = system.provider.classify_batch(  # type: ignore[attr-defined]
+                inputs, system.labels, state_path=lm_batch.state_path, stage="lm:predict", callback=callback,
+                cancel=cancel, poll_s=lm_batch.poll_s, max_wait_s=lm_batch.max_wait_s)
+        else:
+            answers, _ = system.provider.classify(inputs, system.labels, stage="lm:predict", callback=callback,
+                                                  cancel=cancel)
         labels = [a.label for a in answers]
         conf = routing_confidence(labels, [a.confidence for a in answers], system.lm_missing_confidence)
         return np.array(labels, dtype=np.int64), np.asarray(conf, dtype=np.float64)
@@ -67,14 +86,15 @@ def stage_answers(system: AdaptedSystem, k: int, split: Split, *, callback: Opti
 
 
 def route_split(system: AdaptedSystem, split: Split, *, callback: Optional[ProgressCallback] = None,
-                cancel: Optional[CancelToken] = None) -> Routed:
+                cancel: Optional[CancelToken] = None, lm_batch: Optional[LMBatch] = None) -> Routed:
     """The cascade over `split`: each stage runs only on the rows still open when it is reached."""
     out = Routed.empty(len(split), len(system.stages))
     open_idx = np.arange(len(split))
     for k, stage in enumerate(system.stages):
         if not len(open_idx):
             break
-        pred, conf = stage_answers(system, k, split.subset(open_idx), callback=callback, cancel=cancel)
+        pred, conf = stage_answers(system, k, split.subset(open_idx), callback=callback, cancel=cancel,
+                                   lm_batch=lm_batch)
         open_idx = out.take(k, open_idx, pred, conf, stage.threshold, k == len(system.stages) - 1)
     return out
 
@@ -101,4 +121,4 @@ class Chunk:
     routed: Routed
 
 
-__all__ = ["Chunk", "Routed", "for_streaming", "route_split", "stage_answers"]
+__all__ = ["Chunk", "LMBatch", "Routed", "for_streaming", "route_split", "stage_answers"]

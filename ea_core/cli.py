@@ -2,7 +2,8 @@
 
     python -m ea_core train   --data PATH_OR_NAME --ssm SPEC [--ssm SPEC ...] [--out DIR]
     python -m ea_core run     --data ... --ssm ... --lm openai --lm-model NAME | --lm local[:PATH] [--out DIR]
-    python -m ea_core demo    [--out DIR]
+    python -m ea_core demo    [--data demo:tweets|demo:digits|demo:aclsum] [--out DIR]
+    python -m ea_core summarize --data FILE|demo:aclsum [--summary-ssm SPEC ...] [--summary-lm local|URL] [--out DIR]
     python -m ea_core predict --bundle DIR --input FILE [--output FILE] [--engine local|ray] [--lm-base-url URL]
     python -m ea_core plan    --bundle DIR --input FILE [--sample N] | --data ... --ssm ... [--lm ...]
     python -m ea_core serve   --bundle DIR [--host H] [--port P] [--api-key-env VAR] [--lm-base-url URL]
@@ -29,6 +30,7 @@ from ea_core.models.common import CLASS_WEIGHTS, DEFAULT_IMBALANCE_RATIO
 from ea_core.operating_point import HONEST_DEFAULT, HONEST_RULES
 from ea_core.process import configure_process
 from ea_core.runconfig import ROUTERS, RunConfig, prompt_template
+from ea_core.summarize_cli import add_summary_args, cmd_predict_summaries, cmd_summarize
 
 SPEC_HELP = ("small model SPEC: 'tfidf' (TF-IDF + logistic regression), 'head:MODEL' (frozen encoder + "
              "trained head) or 'finetune:MODEL' (full fine-tuning); MODEL is a Hugging Face id, a local "
@@ -210,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_ssm_args(p)
     p.add_argument("--out", default="runs/train", metavar="DIR", help="run folder (default runs/train)")
+    _add_queue_arg(p)
 
     p = sub.add_parser("run", help="the whole EA run: SSMs, LM, underfit mining, ASSMs, routing, results",
                        description="Run every EA stage with progress, resumable: run the same command again "
@@ -218,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ssm_args(p)
     _add_lm_args(p)
     p.add_argument("--out", default="runs/run", metavar="DIR", help="run folder (default runs/run)")
+    _add_queue_arg(p)
 
     p = sub.add_parser("demo", help="the whole EA run on the offline default (demo tweets, local models)",
                        description=f"Demo tweets ({DEMO_SIZES['max_train']}/{DEMO_SIZES['max_val']}/"
@@ -225,9 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "SmolLM2-135M-Instruct as the LM (a weak stand-in: use a real LM for real gains). "
                                    f"With --data demo:digits: the 1,797 digit images, SSMs {', '.join(DEMO_IMAGE_SSMS)}, "
                                    "and the offline image stand-in local:image-knn as the LM stage.")
-    p.add_argument("--data", choices=("demo:tweets", "demo:digits"), default="demo:tweets",
-                   help="which bundled demo (default demo:tweets; demo:digits is an image task)")
+    p.add_argument("--data", choices=("demo:tweets", "demo:digits", "demo:aclsum"), default="demo:tweets",
+                   help="which bundled demo (default demo:tweets; demo:digits is an image task; demo:aclsum "
+                        "summarization, ACLSum)")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/demo, runs/demo-digits)")
+    _add_queue_arg(p)
     p.add_argument("--max-train", type=int, default=None, metavar="N", help=f"default {DEMO_SIZES['max_train']} "
                    "for tweets, all for digits")
     p.add_argument("--max-val", type=int, default=None, metavar="N")
@@ -237,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm", default="local", metavar="PROVIDER", help="LM provider (default: local)")
     p.add_argument("--max-lm-rate", type=float, default=0.3, metavar="R", help="LM budget (default 0.3)")
     _add_imbalance_args(p)
+    add_summary_args(p, demo=True)
+
+    p = sub.add_parser("summarize", help="EA on a summarization task (source and reference-summary columns)",
+                       description="Small summarizers, the LM, mining (ROUGE-L below gamma), the augmented layer "
+                                   "and the routing; writes DIR/results.json (ROUGE-1/2/L on validation and test).")
+    add_summary_args(p)
+    p.add_argument("--max-train", type=int, default=None, metavar="N")
+    p.add_argument("--max-val", type=int, default=None, metavar="N")
+    p.add_argument("--max-test", type=int, default=None, metavar="N")
+    p.add_argument("--max-lm-rate", type=float, default=0.3, metavar="R", help="LM budget (default 0.3)")
 
     p = sub.add_parser("predict", help="batch prediction with an exported bundle",
                        description="Route every input of FILE through an exported adapted system. A bundle is "
@@ -271,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache", metavar="PATH", help="LM answer cache file (default: one kept in OUTPUT.parts/ until "
                    "the job ends, so that a killed job does not pay twice)")
     g.add_argument("--no-lm", action="store_true", help="never call the LM: the last small model answers the rest")
+    g.add_argument("--lm-batch", action="store_true",
+                   help="ask the LM stage through the endpoint's Batch API (text systems, local engine): half "
+                        "price at OpenAI, answers within 24 h. Every chunk's batch is submitted first, then "
+                        "collected in order; each batch id is kept in OUTPUT.parts/, so the same command run "
+                        "again after a stop polls those batches instead of paying again")
+    g.add_argument("--lm-batch-poll", type=float, default=30.0, metavar="S",
+                   help="with --lm-batch: seconds between polls (default 30)")
+    g.add_argument("--lm-batch-wait", type=float, default=None, metavar="S",
+                   help="with --lm-batch: stop after S seconds of waiting on a batch, keeping the chunks written "
+                        "(default: wait until the batches end; 0: submit and stop, collect with a later run)")
     g = p.add_argument_group("large files (a text system reads and writes FILE in chunks)")
     g.add_argument("--chunk-rows", type=int, default=None, metavar="N",
                    help="rows read, routed and written at a time (default 10,000): memory stays flat in the "
@@ -361,20 +387,36 @@ def _read_prompt_file(path: str) -> dict:
     return fields
 
 
-def run_and_report(cfg, out: str) -> int:
-    """Run (or resume) a pipeline (it tunes, writes the results table and exports the bundle), then print them."""
+def _add_queue_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queue", choices=("auto", "always", "never"), default="auto",
+                   help="take a turn in the run queue of the run folder's parent (the one an app over that folder "
+                        "uses: its limit on runs at once, its memory check) before starting: auto (default) when "
+                        "that folder has a queue (an app or an earlier queued run made DIR/../.queue), always, or "
+                        "never")
+
+
+def run_and_report(cfg, out: str, queue: str = "auto") -> int:
+    """Run (or resume) a pipeline (it tunes, writes the results table and exports the bundle), then print them.
+    With `queue` (auto: when `out`'s parent has a queue), the run first waits its turn there (`ea_core.runqueue`)."""
+    import contextlib
+
     from ea_core.report import format_table
     from ea_core.runconfig import check_lm_settings
+    from ea_core.runqueue import has_queue, turn_in_queue
     from ea_core.runs import execute_run
 
     cfg.validate()
     if cfg.lm:  # configuration errors (a money cap on an unknown price, no key) before any folder or request
         check_lm_settings(cfg, None)
-    progress = TerminalProgress()
-    try:
-        state = execute_run(cfg, out, callback=progress)
-    finally:
-        progress.close()
+    queued = queue == "always" or (queue == "auto" and has_queue(Path(out).resolve().parent))
+    turn = (turn_in_queue(out, cfg, on_wait=lambda text: print(text, file=sys.stderr, flush=True)) if queued
+            else contextlib.nullcontext())
+    with turn:
+        progress = TerminalProgress()
+        try:
+            state = execute_run(cfg, out, callback=progress)
+        finally:
+            progress.close()
     rows = state.rows
     out_dir = Path(out)
     if cfg.lm:
@@ -458,7 +500,8 @@ def cmd_predict_stream(args: argparse.Namespace, lm_kw: dict) -> int:
     # Open the input first: a bad file or column fails before any model loads.
     job = prepare(args.bundle, args.input, args.output, text_col=args.text_col, pair_col=args.text_pair_col,
                   chunk_rows=args.chunk_rows or DEFAULT_CHUNK_ROWS, route=args.route, use_lm=not args.no_lm,
-                  lm_options=lm_kw, cache=args.cache, resume=not args.no_resume)
+                  lm_options=lm_kw, cache=args.cache, resume=not args.no_resume, lm_batch=args.lm_batch,
+                  lm_batch_poll_s=args.lm_batch_poll, lm_batch_max_wait_s=args.lm_batch_wait)
     if job.has_lm:
         # Say where the LM will be called (or refuse the bundle's own endpoint) before any model loads.
         print(plan_bundle_lm(job.meta["lm"], where=Path(args.bundle) / BUNDLE_JSON, **lm_kw).describe(),
@@ -478,7 +521,10 @@ def cmd_predict_stream(args: argparse.Namespace, lm_kw: dict) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from ea_core.bundle import BUNDLE_JSON, load_bundle, plan_bundle_lm, read_bundle_meta
     from ea_core.inputs import read_inputs, write_predictions
+    from ea_core.summary_bundle import is_summary_bundle
 
+    if is_summary_bundle(args.bundle):  # the bundle's task kind: summaries, not labels
+        return cmd_predict_summaries(args)
     meta = read_bundle_meta(args.bundle)
     task = meta.get("task") or {}
     lm_kw = dict(base_url=args.lm_base_url, key_env=args.lm_key_env, trust_endpoint=args.trust_bundle_endpoint,
@@ -487,6 +533,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return cmd_predict_stream(args, lm_kw)
     if args.engine != "local":
         raise ConfigError("--engine ray reads tables of texts; an image system predicts with the local engine.")
+    if args.lm_batch:
+        raise ConfigError("--lm-batch reads tables of texts; an image system asks its LM request by request.")
     # Read the input first: a bad file fails before any model loads.
     if task.get("modality") == "image":
         from ea_core.data import read_image_inputs
@@ -518,9 +566,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_process()
     try:
         if args.command == "train":
-            return run_and_report(_config_from_args(args, lm=False), args.out)
+            return run_and_report(_config_from_args(args, lm=False), args.out, queue=args.queue)
         if args.command == "run":
-            return run_and_report(_config_from_args(args, lm=True), args.out)
+            return run_and_report(_config_from_args(args, lm=True), args.out, queue=args.queue)
+        if args.command in ("summarize", "demo") and (args.command == "summarize" or args.data == "demo:aclsum"):
+            bars = TerminalProgress()
+            try:
+                return cmd_summarize(args, demo=args.command == "demo", progress=bars)
+            finally:
+                bars.close()
         if args.command == "demo":
             images = args.data == "demo:digits"
             sizes = {k: getattr(args, k) if getattr(args, k) is not None else (None if images else DEMO_SIZES[k])
@@ -529,7 +583,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             lm=args.lm, **sizes, max_lm_rate=args.max_lm_rate, oof_folds=DEFAULT_OOF_FOLDS,
                             selection_metric=args.selection_metric, class_weight=args.class_weight,
                             imbalance_ratio=args.imbalance_ratio)
-            return run_and_report(cfg, args.out or ("runs/demo-digits" if images else "runs/demo"))
+            return run_and_report(cfg, args.out or ("runs/demo-digits" if images else "runs/demo"),
+                                  queue=args.queue)
         if args.command == "predict":
             return cmd_predict(args)
         if args.command == "plan":

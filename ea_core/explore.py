@@ -219,8 +219,8 @@ class Explorer:
         y_val, y_test = self.state.task.val.labels, self.state.task.test.labels
         if "lm" in self.kinds:
             k = self.kinds.index("lm")
-            refs.append(Reference("LM alone", 1.0, float(self.val.correct[k].mean()),
-                                  float(self.test.correct[k].mean()) if len(y_test) else float("nan")))
+            refs.append(Reference("LM alone", 1.0, float(self.val.quality[k].mean()),
+                                  float(self.test.quality[k].mean()) if len(y_test) else float("nan")))
         best = self.state.ssms[0]
         refs.append(Reference(f"best SSM ({best.name})", 0.0, best.val_accuracy, best.test_accuracy))
         if "lm" in self.kinds and "specific_layer" in self.state.tuning:

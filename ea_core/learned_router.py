@@ -1,25 +1,39 @@
-"""A learned deferral router: a small classifier that scores each input for "the best small model is
-wrong and the LM would be right", trained on what the run already holds (the small models'
-out-of-fold outputs on the training split and the LM answers mining and the probe paid for).
+"""A learned deferral router: small classifiers that score each input for the accuracy deferring it
+to the LM would gain (the LM right where the best small model is wrong, less the LM wrong where it
+is right), trained on what the run already holds (the small models' out-of-fold outputs on the
+training split and the LM answers mining and the probe paid for).
 
 The paper's router reads each small model's own top probability, which cannot tell where the LM is
 right; this one sees every small model's probabilities, margin, entropy, their agreement and the
 input's length. Its score becomes one routing stage (the best small model's answer, with confidence
 1 - score), so thresholds, auto-tune, the operating-point rule and the intervals work on it unchanged.
+
+The fitted scorer is kept as plain numbers (`RouterParams`, JSON in the run folder and in a bundle:
+loading it runs no pickled code), and `LearnedStage` puts it behind the small models' interface
+(`predict_proba`), so a bundle, `predict`, Try it and the server route with it like any stage.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ea_core.errors import ConfigError, ModelError
 from ea_core.llm.base import FAILED
+from ea_core.models import load_model
+from ea_core.models.base import read_json_file
+from ea_core.runfolder import write_json
 from ea_core.splits import Split
 
 #: Fewest examples of each class ("defer helps" / "it does not") the router is trained on.
 MIN_PER_CLASS = 10
+#: A learned stage's folder (in a bundle): its scorer, and the small models it reads under ``ssm/NN``.
+ROUTER_JSON = "router.json"
+ROUTER_FORMAT = "ea-learned-router/1"
 
 
 def features(probs: Sequence[np.ndarray], split: Optional[Split] = None) -> np.ndarray:
@@ -71,39 +85,292 @@ def deferral_labels(y: np.ndarray, best_pred: np.ndarray, lm_known: dict[int, in
                            "both_wrong": int(len(t) - right.sum() - t.sum()), "left_out": unknown})
 
 
+@dataclass(frozen=True)
+class RouterParams:
+    """The fitted scorer as numbers: standardise (``(x - mean) / scale``), then a logistic regression.
+    With `wrong` (feature column, slope, intercept), that regression is a = P(the LM right | the best
+    small model wrong), w = P(the best small model wrong) is a logistic curve of its top probability,
+    and the score is (a + w) / 2 (`combine` "gain": the accuracy gained by deferring, w - (1 - a),
+    mapped to 0..1, the LM's errors taken as independent of the small model's) or a * w ("product":
+    P(wrong and the LM right)). "classwise": the regression also reads the true class (one-hot, K
+    columns after the features), a(x, c) = P(the LM right | x, the label is c), and the score is the
+    gain sum_{c != top} p_c a(x, c) - p_top (1 - a(x, top)) mapped to 0..1, with p_top = 1 - w and the
+    rest of the mass spread as the small model spreads it: an LM good on some classes only is not
+    taken as good where the small model is right. The run scores with these very numbers, so a
+    bundle scores the same."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    wrong: Optional[tuple[int, float, float]] = None
+    combine: str = "gain"
+
+    @classmethod
+    def from_pipeline(cls, model: Any) -> "RouterParams":
+        """From a fitted ``make_pipeline(StandardScaler(), LogisticRegression())``."""
+        scaler, lr = model[0], model[-1]
+        return cls(np.asarray(scaler.mean_, np.float64), np.asarray(scaler.scale_, np.float64),
+                   np.asarray(lr.coef_[0], np.float64), float(lr.intercept_[0]))
+
+    @property
+    def n_features(self) -> int:
+        """Columns of `features` it reads (classwise: its K class columns are its own)."""
+        return len(self.coef) - (self.wrong[0] if self.combine == "classwise" and self.wrong else 0)
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """P(defer helps) per row of the feature matrix `X`."""
+        X = np.asarray(X, np.float64)
+        if self.combine == "classwise" and self.wrong is not None:
+            return self._classwise(X)
+        p = _sigmoid(((X - self.mean) / self.scale) @ self.coef + self.intercept)
+        if self.wrong is not None:
+            col, slope, icpt = self.wrong
+            w = _sigmoid(slope * X[:, col] + icpt)
+            p = (p + w) / 2.0 if self.combine == "gain" else p * w
+        return p
+
+    def _classwise(self, X: np.ndarray) -> np.ndarray:
+        k, slope, icpt = self.wrong  # type: ignore[misc]
+        raw, rows = X[:, :k], np.arange(len(X))
+        top = raw.argmax(axis=1)
+        w = _sigmoid(slope * X[:, k] + icpt)
+        rest = raw.copy()
+        rest[rows, top] = 0.0
+        total = rest.sum(axis=1, keepdims=True)
+        rest = np.where(total > 0, rest / np.where(total > 0, total, 1.0), 1.0 / max(k - 1, 1))
+        gain = np.zeros(len(X))
+        for c in range(k):
+            onehot = np.zeros((len(X), k))
+            onehot[:, c] = 1.0
+            a = _sigmoid(((np.hstack([X, onehot]) - self.mean) / self.scale) @ self.coef + self.intercept)
+            gain += np.where(top == c, -(1.0 - w) * (1.0 - a), w * rest[:, c] * a)
+        return (gain + 1.0) / 2.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "coef": self.coef.tolist(),
+                "intercept": self.intercept,
+                **({} if self.wrong is None else {"wrong": list(self.wrong), "combine": self.combine})}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "RouterParams":
+        """Checked: equal-length lists of finite numbers, positive scales; else a ConfigError naming `where`."""
+        try:
+            arrays = [np.asarray(data[k], dtype=np.float64) for k in ("mean", "scale", "coef")]
+            intercept = float(data["intercept"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{where}: the learned router's numbers are missing or not numbers. The bundle is "
+                              "damaged or was edited: export it again.") from None
+        n = len(arrays[0])
+        if not n or any(a.shape != (n,) or not np.all(np.isfinite(a)) for a in arrays) or not math.isfinite(intercept) \
+                or np.any(arrays[1] <= 0):
+            raise ConfigError(f"{where}: the learned router's mean, scale and coef must be lists of one finite number "
+                              "per feature, scales positive. The bundle is damaged or was edited: export it again.")
+        wrong = data.get("wrong")
+        if wrong is not None:
+            ok = isinstance(wrong, list) and len(wrong) == 3 and isinstance(wrong[0], int) \
+                and not isinstance(wrong[0], bool) and 0 <= wrong[0] < n \
+                and all(_is_finite(v) for v in wrong[1:])
+            if not ok:
+                raise ConfigError(f"{where}: the learned router's 'wrong' must be [feature column, slope, intercept]. "
+                                  "The bundle is damaged or was edited: export it again.")
+            wrong = (int(wrong[0]), float(wrong[1]), float(wrong[2]))
+        combine = data.get("combine", "gain")
+        if combine not in ("gain", "product", "classwise"):
+            raise ConfigError(f"{where}: the learned router's 'combine' must be gain, product or classwise. The bundle is "
+                              "damaged or was edited: export it again.")
+        return cls(*arrays, intercept, wrong, combine)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _is_finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass
 class LearnedRouter:
-    """A fitted deferral scorer (scikit-learn's standardised logistic regression) and its 5-fold AUC."""
+    """A fitted deferral scorer (`RouterParams`), what it learned from and its 5-fold AUC."""
 
-    model: Any
+    params: RouterParams
     labels: DeferralLabels
     cv_auc: float
 
     def score(self, probs: Sequence[np.ndarray], split: Optional[Split] = None) -> np.ndarray:
         """P(defer helps) per input."""
-        return self.model.predict_proba(features(probs, split))[:, 1]
+        return self.params.score(features(probs, split))
 
     def info(self) -> dict[str, Any]:
-        return {"training_rows": int(len(self.labels.rows)), **self.labels.counts, "cv_auc": self.cv_auc}
+        """What it learned from and its AUC, and the scorer's numbers (``model``: what a bundle exports)."""
+        return {"training_rows": int(len(self.labels.rows)), **self.labels.counts, "cv_auc": self.cv_auc,
+                "model": self.params.to_json()}
+
+
+class LearnedStage:
+    """The learned router as one stage of a live system, behind the small models' interface: per
+    input, the best small model's label with confidence 1 - score (the other columns 0), which is
+    what the cascade, Try it and the server read (argmax and max, temperature 1). `models`: every
+    small model, best first, giving raw (uncalibrated) probabilities, as the router was trained on."""
+
+    def __init__(self, labels: Sequence[str], models: Sequence[Any], params: RouterParams) -> None:
+        self.labels_ = list(labels)
+        self.models = list(models)
+        self.params = params
+
+    def scores(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        """(the best small model's label, the router's deferral score) per input."""
+        probs = [np.asarray(m.predict_proba(split), np.float64) for m in self.models]
+        X = features(probs, split)
+        if X.shape[1] != self.params.n_features:
+            raise ConfigError(f"The learned router reads {self.params.n_features} features but these small models and "
+                              f"inputs give {X.shape[1]}: export the bundle again from its run.")
+        return probs[0].argmax(axis=1), self.params.score(X)
+
+    def predict_proba(self, split: Split) -> np.ndarray:
+        best, score = self.scores(split)
+        out = np.zeros((len(best), len(self.labels_)))
+        out[np.arange(len(best)), best] = np.clip(1.0 - score, 1e-12, 1.0)  # > 0: argmax stays the answer
+        return out
+
+    @property
+    def memory(self) -> Any:
+        return next((m.memory for m in self.models if hasattr(m, "memory")), None)
+
+    @memory.setter
+    def memory(self, value: Any) -> None:  # a stream bounds the head models' vectors (`cascade.for_streaming`)
+        for m in self.models:
+            if hasattr(m, "memory"):
+                m.memory = value
+
+    @property
+    def use_cache(self) -> bool:
+        return all(getattr(m, "use_cache", False) for m in self.models)
+
+    @use_cache.setter
+    def use_cache(self, value: bool) -> None:
+        for m in self.models:
+            if hasattr(m, "use_cache"):
+                m.use_cache = value
+
+
+def save_learned_stage(folder: str | Path, labels: Sequence[str], params: Any, model_folders: Sequence[Path],
+                       copy: Any) -> None:
+    """Write a learned stage's folder: ``router.json`` (format, labels, the scorer, how many models)
+    and each small model's saved folder under ``ssm/NN`` (copied with `copy(src, dst)`)."""
+    folder = Path(folder)
+    p = params if isinstance(params, RouterParams) else RouterParams.from_json(params, str(folder / ROUTER_JSON))
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, src in enumerate(model_folders):
+        copy(src, folder / "ssm" / f"{i:02d}")
+    write_json(folder / ROUTER_JSON, {"format": ROUTER_FORMAT, "labels": list(labels), "models": len(model_folders),
+                                      "scorer": p.to_json()})
+
+
+def load_learned_stage(folder: str | Path, labels: Sequence[str], *, root: Optional[Path] = None,
+                       memory: Any = None) -> LearnedStage:
+    """A learned stage from its folder (a bundle's, untrusted: the small models load from fixed
+    ``ssm/NN`` names inside it, nothing pickled runs); a ConfigError names what is wrong."""
+    folder = Path(folder)
+    path = folder / ROUTER_JSON
+    try:
+        meta = read_json_file(path)
+    except ModelError as err:
+        raise ConfigError(str(err)) from None
+    if not isinstance(meta, dict) or meta.get("format") != ROUTER_FORMAT:
+        raise ConfigError(f"{path}: not a learned router ({ROUTER_FORMAT}). Export the bundle again.")
+    n = meta.get("models")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 99 or meta.get("labels") != list(labels):
+        raise ConfigError(f"{path}: 'models' must be a count from 1 to 99 and 'labels' the bundle's labels. "
+                          "The bundle is damaged or was edited: export it again.")
+    params = RouterParams.from_json(meta.get("scorer"), str(path))
+    models = []
+    for i in range(n):
+        try:
+            model = load_model(folder / "ssm" / f"{i:02d}", root=root, memory=memory)
+        except ModelError as err:
+            raise ConfigError(f"Learned router {folder}: {err}") from None
+        if list(model.labels_) != list(labels):
+            raise ConfigError(f"{folder / 'ssm' / f'{i:02d}'}: the model's labels differ from the bundle's. The "
+                              "bundle is damaged or was edited: export it again.")
+        models.append(model)
+    return LearnedStage(labels, models, params)
+
+
+#: How the router scores (see `fit_learned_router`); the first is the default, the others are kept for
+#: the bench (`bench/bench_learned_router.py --methods`).
+METHODS = ("classwise", "gain", "factored", "direct")
+#: Regularisation strengths the factored LM-side regression chooses among, by 5-fold log-loss.
+FACTORED_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def fit_learned_router(train_probs: Sequence[np.ndarray], train: Split, lm_known: dict[int, int],
-                       seed: int = 0) -> Optional[LearnedRouter]:
-    """Fit the router on the training split's out-of-fold small-model outputs (a standardised
-    logistic regression: shallow gradient boosting overfit these few hundred rows, 1-3 points worse
-    at equal LM share in bench_learned_router's settings). None when the LM answers known leave fewer
-    than `MIN_PER_CLASS` rows of either kind (nothing to learn from)."""
+                       seed: int = 0, method: str = "classwise") -> Optional[LearnedRouter]:
+    """Fit the router on the training split's out-of-fold small-model outputs. None when the LM
+    answers known leave fewer than `MIN_PER_CLASS` rows of either kind (nothing to learn from).
+
+    Every method but "direct" splits the score in two: w = P(the best small model wrong), a logistic
+    curve of its top probability fitted on every training row (the cascade's own signal, calibrated),
+    and a = P(the LM right), a standardised logistic regression on the features, fitted on the rows
+    whose LM answer is known, its strength chosen by 5-fold log-loss. Where the LM's accuracy
+    depends on nothing the features show (an LM at chance), a is nearly flat and the router ranks as
+    the cascade does.
+    - "classwise" (default): a also reads the true class, so the expected gain of deferring counts
+      the LM's accuracy on the class the small model would have got right (`RouterParams`).
+    - "gain": (a + w) / 2, a from the mined rows only; over-rates an LM good on some classes where
+      the small model is right (-1.7 / -3.7 points at equal share in the bench).
+    - "factored": a * w, P(wrong and the LM right).
+    - "direct": one regression on "wrong and the LM right" (the first version: noisy where there is
+      nothing to learn, -0.6 points at an LM at chance).
+    Shallow gradient boosting overfit these few hundred rows (1-3 points worse) and is not offered."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    labels = deferral_labels(train.labels, train_probs[0].argmax(axis=1), lm_known)
+    if method not in METHODS:
+        raise ConfigError(f"Unknown learned-router method {method!r}; use one of {', '.join(METHODS)}.")
+    best = train_probs[0].argmax(axis=1)
+    labels = deferral_labels(train.labels, best, lm_known)
     pos = int(labels.target.sum())
     if pos < MIN_PER_CLASS or len(labels.target) - pos < MIN_PER_CLASS:
         return None
-    X = features([p[labels.rows] for p in train_probs], train.subset(labels.rows))
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000))
     folds = StratifiedKFold(5, shuffle=True, random_state=seed)
-    auc = float(np.mean(cross_val_score(model, X, labels.target, cv=folds, scoring="roc_auc")))
-    return LearnedRouter(model.fit(X, labels.target), labels, auc)
+    if method == "direct":
+        X = features([p[labels.rows] for p in train_probs], train.subset(labels.rows))
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000))
+        auc = float(np.mean(cross_val_score(model, X, labels.target, cv=folds, scoring="roc_auc")))
+        return LearnedRouter(RouterParams.from_pipeline(model.fit(X, labels.target)), labels, auc)
+    y = np.asarray(train.labels)
+    if method == "classwise":  # every training row whose LM answer is known (mined or probed), with its class
+        wrong_rows = np.array(sorted(i for i, code in lm_known.items() if code != FAILED), dtype=np.int64)
+        lm_right = (np.array([lm_known[int(i)] for i in wrong_rows]) == y[wrong_rows]).astype(np.int64)
+    else:
+        mask = best[labels.rows] != y[labels.rows]  # the mined rows: the LM's answer known
+        wrong_rows, lm_right = labels.rows[mask], labels.target[mask]
+    if min(int(lm_right.sum()), int(len(lm_right) - lm_right.sum())) < MIN_PER_CLASS:
+        return None
+    X = features([p[wrong_rows] for p in train_probs], train.subset(wrong_rows))
+    k = train_probs[0].shape[1]
+    if method == "classwise":
+        X = np.hstack([X, np.eye(k)[y[wrong_rows]]])
+
+    def lm_side(c: float) -> Any:
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+
+    # The strongest regularisation within one standard error of the best 5-fold log-loss: with a few
+    # hundred rows, the best C alone fits noise where the LM's accuracy depends on nothing seen.
+    loss = {c: cross_val_score(lm_side(c), X, lm_right, cv=folds, scoring="neg_log_loss") for c in FACTORED_CS}
+    top_c = max(FACTORED_CS, key=lambda c: loss[c].mean())
+    floor = loss[top_c].mean() - loss[top_c].std(ddof=1) / np.sqrt(len(loss[top_c]))
+    lm_model = lm_side(min(c for c in FACTORED_CS if loss[c].mean() >= floor))
+    auc = float(np.mean(cross_val_score(lm_model, X, lm_right, cv=folds, scoring="roc_auc")))
+    params = RouterParams.from_pipeline(lm_model.fit(X, lm_right))
+    top = train_probs[0].max(axis=1)[:, None]
+    small_wrong = (best != train.labels).astype(np.int64)
+    curve = LogisticRegression(C=1e4, max_iter=2000).fit(top, small_wrong)
+    wrong = (train_probs[0].shape[1], float(curve.coef_[0, 0]), float(curve.intercept_[0]))  # the top-prob column
+    combine = {"gain": "gain", "factored": "product"}.get(method, method)
+    return LearnedRouter(RouterParams(params.mean, params.scale, params.coef, params.intercept, wrong, combine),
+                         labels, auc)

@@ -409,9 +409,6 @@ class OpenedRun:
         With `own`, a system of the caller's own (the same models) whose thresholds no later call
         changes: for a job that outlives a slider move."""
         state, ex = self.state(), self.explorer(order, calibrated)
-        if "learned" in ORDERS[order][1]:
-            raise ConfigError("The learned router is scored on the run's saved outputs only: it cannot answer new "
-                              "inputs yet. Pick another router order in Thresholds to try or export a system.")
         if use_lm:  # an endpoint this server does not call is refused before any model loads
             LMSpec.from_config(state.config, environ={}).check_endpoint(getattr(self.manager, "endpoints", None))
         needs_key = bool(use_lm) and lm_needs_key(state.config)
@@ -448,15 +445,33 @@ class OpenedRun:
         return {name: Path(shutil.copyfile(self.folder / name, out / name)) for name in RESULT_FILES
                 if (self.folder / name).is_file()}
 
+    def export_bundle(self, out: Path, order: str, calibrated: bool, sliders: Sequence[float]) -> Path:
+        """The adapted system at the sliders' thresholds, exported as a bundle folder in `out`."""
+        state = self.state()
+        return export_run_bundle(state, state.rows, out, system=order,
+                                 thresholds=self.thresholds(order, calibrated, sliders),
+                                 layers=ORDERS[order][1], calibrated=calibrated)
+
     def bundle_zip(self, out: Path, order: str, calibrated: bool, sliders: Sequence[float]) -> Path:
         """The adapted system at the sliders' thresholds, exported as a bundle and zipped in `out`."""
-        state = self.state()
-        if "learned" in ORDERS[order][1]:
-            raise ConfigError("The learned router cannot be exported yet: pick another router order in Thresholds.")
-        bundle = export_run_bundle(state, state.rows, out / "bundle", system=order,
-                                   thresholds=self.thresholds(order, calibrated, sliders),
-                                   layers=ORDERS[order][1], calibrated=calibrated)
-        return Path(shutil.make_archive(str(out / f"ea-bundle-{state.task.name}"), "zip", root_dir=bundle))
+        bundle = self.export_bundle(out / "bundle", order, calibrated, sliders)
+        return Path(shutil.make_archive(str(out / self.bundle_name()), "zip", root_dir=bundle))
+
+    def bundle_name(self) -> str:
+        """The name of the run's bundle zip (and of the folder it unzips to), without ".zip"."""
+        return f"ea-bundle-{self.state().task.name}"
+
+    def val_lm_share(self, order: str, calibrated: bool, sliders: Sequence[float]) -> Optional[float]:
+        """The share of validation inputs the LM answers at the sliders' thresholds (None without an
+        LM stage): what a server of this system watches its live traffic against (drift)."""
+        ex = self.explorer(order, calibrated)
+        if "lm" not in ex.names:
+            return None
+        return float(ex.evaluate(ex.thresholds(sliders))[0].lm_call_rate)
+
+    def check_lm_endpoint(self) -> None:
+        """ConfigError when the run's LM endpoint is one this server does not call."""
+        LMSpec.from_config(self.state().config, environ={}).check_endpoint(getattr(self.manager, "endpoints", None))
 
 
 # -- batch prediction: a file of inputs through an adapted system ---------------------------------

@@ -60,7 +60,8 @@ class HonestChoice:
 def subset_stages(stages: Sequence[StageOutput], index: np.ndarray) -> list[StageOutput]:
     """The same stages restricted to the examples `index` (a fold of validation)."""
     return [StageOutput(s.name, s.pred[index], s.conf[index], s.is_lm,
-                        None if s.cost_usd is None else s.cost_usd[index]) for s in stages]
+                        None if s.cost_usd is None else s.cost_usd[index],
+                        None if s.quality is None else s.quality[index]) for s in stages]
 
 
 def _tune_kept(stages: Sequence[StageOutput], y: np.ndarray, keep: Sequence[int], max_lm_rate: Optional[float],
@@ -81,7 +82,11 @@ def _tune_kept(stages: Sequence[StageOutput], y: np.ndarray, keep: Sequence[int]
 
 
 def _correct(stages: Sequence[StageOutput], thresholds: Sequence[float], y: np.ndarray) -> np.ndarray:
-    return as_stack(stages).route(list(thresholds)).pred == y
+    """Per example, the quality of the routed answer: right/wrong for labels, e.g. ROUGE-L for graded stages."""
+    stack = as_stack(stages)
+    if stack.graded:
+        return stack.answer_quality(list(thresholds))
+    return stack.route(list(thresholds)).pred == y
 
 
 def stratified_folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
@@ -104,7 +109,7 @@ def crossfit_correct(stages: Sequence[StageOutput], y: np.ndarray, keep: Sequenc
     """Per validation example: is it right under thresholds tuned on the *other* folds? The mean is
     an estimate of the tuned system's accuracy on new data (up to the other uses of validation)."""
     y = np.asarray(y)
-    out = np.zeros(len(y), dtype=bool)
+    out = np.zeros(len(y), dtype=np.float64 if stages[0].quality is not None else bool)
     all_idx = np.arange(len(y))
     for held in folds:
         fit = np.setdiff1d(all_idx, held)
@@ -210,7 +215,7 @@ def plain_why(rule: str, system: str, simplest: str = "ssm") -> str:
 
 def choose_operating_point(
     stages: Sequence[StageOutput],
-    y: np.ndarray,
+    y: Optional[np.ndarray],
     candidates: dict[str, Sequence[int]],
     *,
     rule: str = HONEST_DEFAULT,
@@ -258,9 +263,15 @@ def choose_operating_point(
 
     ``metric="macro_f1"``: thresholds maximise balanced accuracy and every score and gain compares
     balanced-weighted per-example correctness. `HonestChoice`'s accuracies stay plain accuracy.
+
+    Graded stages (`StageOutput.graded`, e.g. summaries scored by ROUGE-L): `y` may be None; every
+    score, gain and bootstrap is over per-example quality instead of correctness, the rules unchanged.
     """
     if rule not in HONEST_RULES:
         raise ConfigError(f"Unknown operating-point rule {rule!r}; choose one of {', '.join(HONEST_RULES)}.")
+    if y is None and as_stack(stages).graded:  # graded stages: no labels, plain folds
+        y = np.zeros(len(stages[0]), dtype=np.int64)
+        metric, probe = "accuracy", None
     y = check_labels(y, n=len(stages[0]))
     names = list(candidates)
     full, simplest = names[-1], names[0]

@@ -4,10 +4,12 @@ For a bundle and an input file (`plan_bundle`): the rows (Parquet's footer, else
 ends), each stage's share of them (the bundle's tuned operating point, as measured on its run's
 test split, or measured on the first rows of this very file with `sample`), the LM calls that
 share means, their tokens (the bundle's prompt rendered for sampled rows) and USD (the bundle's
-LM model and the price table; "unknown" when the price is not known), and CPU time per stage
+LM model and the price table; "unknown" when the price is not known; beside it, for an endpoint,
+the same calls at the Batch API's price, `predict --lm-batch`), and CPU time per stage
 from the measured rates of `ea_core.models.estimate` (or, with `sample`, timed on this machine).
 Nothing here calls the LM. For a run's settings (`plan_run`): the data loaded and split, each
-small model's training time estimate and the LM's calls and money (`ea_core.llm.planning`).
+small model's training time estimate and the LM's calls and money (`ea_core.llm.planning`), with
+the total when mining goes through the Batch API (`run --lm-batch`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from ea_core.cascade import stage_answers
 from ea_core.data.stream import open_table_stream
 from ea_core.errors import ConfigError
 from ea_core.inputs import as_texts, input_columns
+from ea_core.learned_router import ROUTER_JSON
+from ea_core.llm.batch_api import BATCH_PRICE_FACTOR
 from ea_core.llm.cost import estimate_tokens, message_tokens
 from ea_core.llm.planning import tokens as tokens_text
 from ea_core.llm.prompt import PromptTemplate, example_from_json
@@ -68,6 +72,7 @@ class BundlePlan:
     answer_tokens: float = 0.0
     price: str = ""
     usd: Optional[float] = None  # None: unknown (or no LM)
+    usd_batch: Optional[float] = None  # the same calls at the Batch API's price; None: unknown or in process
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -105,10 +110,16 @@ class BundlePlan:
                        f"tokens per call" + ("" if self.lm_calls is None else
                                              f" (~{tokens_text(self.lm_calls * (self.prompt_tokens + self.answer_tokens))} "
                                              "tokens in all)"))
-            money = "unknown" if self.usd is None else f"${self.usd:,.2f}" if self.usd >= 1 else f"${self.usd:.4f}"
-            out.append(f"LM cost: {money} at {self.price}; answers already in the cache cost nothing")
+            out.append(f"LM cost: {_usd(self.usd)} at {self.price}" + (
+                "" if self.usd_batch is None else f"; {_usd(self.usd_batch)} with --lm-batch (the Batch API, "
+                f"{BATCH_PRICE_FACTOR:.0%} of the price, answers within 24 h)")
+                + "; answers already in the cache cost nothing")
         out += [f"note: {n}" for n in self.notes]
         return out
+
+
+def _usd(usd: Optional[float]) -> str:
+    return "unknown" if usd is None else f"${usd:,.2f}" if usd >= 1 else f"${usd:.4f}"
 
 
 def _span(low: float, high: float) -> str:
@@ -116,12 +127,37 @@ def _span(low: float, high: float) -> str:
     return a if a == b else f"{a} to {b}"
 
 
-def _stage_spec(root: Path, entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """A bundle stage's SPEC and saved settings, from its model.json (no weights read)."""
-    where = root / BUNDLE_JSON
-    meta = read_json_file(bundle_path(root, entry["folder"], where, f"stage {entry['name']!r} folder") / "model.json")
+def _stage_specs(root: Path, entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The SPEC and saved settings of each model a bundle stage runs: one, or for a learned router
+    every small model it reads (``ssm/NN``, counted in its router.json)."""
+    folder = bundle_path(root, entry["folder"], root / BUNDLE_JSON, f"stage {entry['name']!r} folder")
+    if not entry.get("router"):
+        return [_stage_spec(folder)]
+    meta = read_json_file(folder / ROUTER_JSON)
+    n = meta.get("models") if isinstance(meta, dict) else None
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 99:
+        raise ConfigError(f"{folder / ROUTER_JSON}: not a learned router. Export the bundle again.")
+    return [_stage_spec(folder / "ssm" / f"{i:02d}") for i in range(n)]
+
+
+def _spec_name(specs: list[tuple[str, dict[str, Any]]], entry: dict[str, Any]) -> str:
+    return f"learned router over {' + '.join(s for s, _ in specs)}" if entry.get("router") else specs[0][0]
+
+
+def _estimate(specs: list[tuple[str, dict[str, Any]]], rows: int, mean_chars: Optional[float]) -> TimeEstimate:
+    """Predicting `rows` with every model of a stage (a learned router runs them all)."""
+    parts = [estimate_predict_seconds(spec, rows, settings=config, mean_chars=mean_chars) for spec, config in specs]
+    if len(parts) == 1:
+        return parts[0]
+    return TimeEstimate(" + ".join(e.spec for e in parts), sum(e.seconds for e in parts), sum(e.low for e in parts),
+                        sum(e.high for e in parts), "; ".join(e.basis for e in parts))
+
+
+def _stage_spec(folder: Path) -> tuple[str, dict[str, Any]]:
+    """A saved model's SPEC and settings, from its model.json (no weights read)."""
+    meta = read_json_file(folder / "model.json")
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-        raise ConfigError(f"{root / entry['folder'] / 'model.json'}: not a saved model. Export the bundle again.")
+        raise ConfigError(f"{folder / 'model.json'}: not a saved model. Export the bundle again.")
     config = meta["config"]
     spec = meta.get("spec")
     if not isinstance(spec, str) or not spec:
@@ -165,7 +201,7 @@ def plan_bundle(bundle: str, input_path: str, *, text_col: Optional[str] = None,
     entries = [e for e in meta["stages"] if use_lm or not e.get("lm")]
     lm = meta.get("lm") or {}
     lm_model = str(lm.get("model") or lm.get("spec") or "")
-    stages = [StagePlan(e["name"], lm_model if e.get("lm") else _stage_spec(root, e)[0], None, None,
+    stages = [StagePlan(e["name"], lm_model if e.get("lm") else _spec_name(_stage_specs(root, e), e), None, None,
                         is_lm=bool(e.get("lm"))) for e in entries]
     notes: list[str] = []
     shares = (meta.get("metrics") or {}).get("stage_shares")
@@ -183,9 +219,8 @@ def plan_bundle(bundle: str, input_path: str, *, text_col: Optional[str] = None,
         stages[0].reach, stages[0].rows = 1.0, rows
     for st, e in zip(stages, entries):
         if not st.is_lm and st.measured_s is None:
-            spec, config = _stage_spec(root, e)
             n = rows if st.rows is None else st.rows
-            st.estimate = estimate_predict_seconds(spec, n, settings=config, mean_chars=mean_chars)
+            st.estimate = _estimate(_stage_specs(root, e), n, mean_chars)
             if st.rows is None:
                 notes.append(f"{st.name}: its share is unknown; its time is for every row (an upper bound)")
     plan = BundlePlan(str(bundle), str(input_path), rows, exact, stages, source, notes=notes)
@@ -200,6 +235,8 @@ def plan_bundle(bundle: str, input_path: str, *, text_col: Optional[str] = None,
             if spec.price.known:
                 plan.usd = spec.price.cost(int(round(plan.lm_calls * plan.prompt_tokens)),
                                            int(round(plan.lm_calls * plan.answer_tokens)))
+                if not spec.is_local and not spec.price.free:  # an endpoint: predict --lm-batch applies
+                    plan.usd_batch = plan.usd * BATCH_PRICE_FACTOR
         if not spec.price.known:
             notes.append("give the LM's prices (--price-in, --price-out, USD per 1M tokens) to count money")
         if spec.is_local and plan.lm_calls is not None:
@@ -276,6 +313,12 @@ def plan_run(cfg: RunConfig) -> list[str]:
                                 ea_full=cfg.ea_full, local=spec.is_local, probe=cfg.probe_lm, price=spec.price)
         money = (f"${est.usd_low:,.4f}-${est.usd_high:,.4f}" if est.price_known and not spec.price.free
                  else spec.price.label())
+        if est.price_known and not spec.price.free and not spec.is_local:
+            # --lm-batch: the training-split calls at the batch price, validation and test as usual.
+            evals = estimate_run_cost(task, cfg.lm_model or "local", template=prompt_template(cfg.prompt),
+                                      local=False, price=spec.price, mining_share=(0.0, 0.0)).usd_low
+            money += (f" (with --lm-batch: ${evals + (est.usd_low - evals) * BATCH_PRICE_FACTOR:,.4f}-"
+                      f"${evals + (est.usd_high - evals) * BATCH_PRICE_FACTOR:,.4f})")
         lines.append(f"LM ({cfg.lm}{' ' + cfg.lm_model if cfg.lm_model else ''}): {est.calls_low:,}-"
                      f"{est.calls_high:,} calls, ~{tokens_text(est.tokens_low)}-{tokens_text(est.tokens_high)} "
                      f"tokens, {money}")

@@ -41,6 +41,16 @@ class DiskQuota:
         return (f"Your runs and uploads use {size(used_bytes)} of the {size(limit)} this server allows each person: "
                 "remove old runs (Results & export, Your runs) or uploads (Data) to start a new one.")
 
+    def refuse_adding(self, used_bytes: int, added_bytes: int, what: str) -> Optional[str]:
+        """The message when `what` (``reviews.csv (3 MB)``), `added_bytes` more, would take an owner
+        who uses `used_bytes` past the limit (None when it fits): an upload counts as a run does."""
+        limit = self.limit_bytes
+        if limit is None or used_bytes + added_bytes <= limit:
+            return None
+        return (f"{what} does not fit: your runs and uploads would take {size(used_bytes + added_bytes)}, over the "
+                f"{size(limit)} this server allows each person. Remove old runs (Results & export, Your runs) or "
+                "uploads (Data) first.")
+
     def describe(self, used_bytes: int) -> str:
         """``Disk: 120 MB of 2.0 GB · runs are removed 30 days after they end``."""
         limit = self.limit_bytes

@@ -20,6 +20,11 @@ Money: a paid stage (``cost_usd`` given, normally the LM) costs its per-example 
 input that *reaches* it, whether it answers or passes on: its confidence is only known after the
 call. The LM call rate is the share of inputs that reach an LM stage (the first one, if several).
 With the LM last, as in the paper's main setting, this is exactly the LM's share of answers.
+
+Generation: stages built with `StageOutput.graded` carry a quality in [0, 1] per input (ROUGE-L F1
+against the reference) instead of a label; the same routing then scores mean quality
+(`RoutingMetrics.accuracy`) and the oracle is the best stage's quality per input. Classification
+is the special case quality = 1 where the label is right (`StageStack.quality`).
 """
 
 from __future__ import annotations
@@ -66,25 +71,42 @@ def _as_conf(name: str, conf: Any, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.clip(arr, 0.0, 1.0))
 
 
+def _as_quality(name: str, quality: Any, n: int) -> np.ndarray:
+    arr = np.asarray(quality, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ConfigError(f"Stage {name!r}: {arr.size} quality value(s) for {n} example(s); give one per example.")
+    if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < -_CONF_TOL or arr.max() > 1 + _CONF_TOL):
+        raise ConfigError(f"Stage {name!r}: qualities must be finite numbers in [0, 1] (e.g. ROUGE-L F1).")
+    return np.ascontiguousarray(np.clip(arr, 0.0, 1.0))
+
+
 @dataclass
 class StageOutput:
     """Cached outputs of one stage on one split.
 
-    `pred` holds label indices (for the LM, -1 unparseable / -2 failed, both counted wrong); `conf`
-    the stage's confidence in [0, 1] (ones for an LM without confidences); `cost_usd` the money per
-    example if the stage is called (None = free).
+    `pred` holds label indices (for the LM, -1 unparseable / -2 failed, both counted wrong), or
+    None for a generation stage (its texts live elsewhere); `conf` the stage's confidence in [0, 1]
+    (ones for an LM without confidences); `cost_usd` the money per example if the stage is called
+    (None = free); `quality` each output's quality in [0, 1] against the reference (e.g. ROUGE-L
+    F1): given on every stage, routing scores mean quality instead of label correctness, so
+    classification is the special case quality = 1 where the label is right.
     """
 
     name: str
-    pred: np.ndarray
+    pred: Optional[np.ndarray]
     conf: np.ndarray
     is_lm: bool = False
     cost_usd: Optional[np.ndarray] = None
+    quality: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
+        if self.pred is None:  # a generation stage: its outputs are texts the router never sees
+            self.pred = np.zeros(np.asarray(self.conf).reshape(-1).shape[0], dtype=np.int64)
         self.pred = _as_pred(self.name, self.pred)
         n = self.pred.shape[0]
         self.conf = _as_conf(self.name, self.conf, n)
+        if self.quality is not None:
+            self.quality = _as_quality(self.name, self.quality, n)
         self.is_lm = bool(self.is_lm)
         if self.cost_usd is not None:
             cost = np.asarray(self.cost_usd, dtype=np.float64)
@@ -108,6 +130,12 @@ class StageOutput:
         if p.ndim != 2 or p.shape[1] == 0:
             raise ConfigError(f"Stage {name!r}: probabilities must have shape (n_examples, n_labels), got {p.shape}.")
         return cls(name=name, pred=p.argmax(axis=1), conf=p.max(axis=1) if len(p) else np.zeros(0))
+
+    @classmethod
+    def graded(cls, name: str, conf: Any, quality: Optional[Any] = None, *, is_lm: bool = False,
+               cost_usd: Optional[Any] = None) -> "StageOutput":
+        """A generation stage: confidence per input and, on a scored split, quality per input."""
+        return cls(name=name, pred=None, conf=conf, is_lm=is_lm, cost_usd=cost_usd, quality=quality)
 
 
 @dataclass
@@ -214,6 +242,16 @@ class StageStack:
         self._correct: Optional[np.ndarray] = None
         self._oracle = float("nan")
         self.n_labels = n_labels
+        graded = [s.quality is not None for s in stages]
+        if any(graded) and not all(graded):
+            missing = ", ".join(s.name for s in stages if s.quality is None)
+            raise ConfigError(f"Either every stage carries per-example quality or none does; missing on: {missing}.")
+        #: Graded routing: the stages carry quality in [0, 1] per example (generation), no labels needed.
+        self.graded = all(graded)
+        self._quality: Optional[np.ndarray] = None
+        if self.graded:
+            self._quality = np.stack([s.quality for s in stages]) if self.n else np.zeros((self.n_stages, 0))
+            self._oracle = float(self._quality.max(axis=0).mean()) if self.n else float("nan")
         if y is not None:
             self.set_labels(y, n_labels)
 
@@ -223,6 +261,9 @@ class StageStack:
         y = check_labels(y, self.n, n_labels)
         self.cache.clear()
         self._last = None
+        if self.graded:  # quality already says how good each output is: the labels only name folds
+            self._y, self.n_labels = y, n_labels
+            return
         if n_labels is None:
             top = max(int(y.max(initial=-1)), int(self.pred.max(initial=-1)))
             n_labels = max(top + 1, 1)
@@ -268,8 +309,23 @@ class StageStack:
         return self._y
 
     @property
+    def scored(self) -> bool:
+        """Whether a routing can be scored: labels were given, or the stages carry quality."""
+        return self.graded or self._correct is not None
+
+    @property
+    def quality(self) -> np.ndarray:
+        """Float ``(stages, examples)`` in [0, 1]: how good stage k's output is on input i (the
+        stages' quality when graded, else 1.0 where the label is right). What tuning maximises."""
+        if self._quality is not None:
+            return self._quality
+        return self.correct.astype(np.float64)
+
+    @property
     def correct(self) -> np.ndarray:
-        """Bool ``(stages, examples)``: stage k is right on input i."""
+        """Bool ``(stages, examples)``: stage k is right on input i (labelled stages only)."""
+        if self.graded:
+            raise ConfigError("These stages are graded by quality, not labels; read `quality`.")
         if self._correct is None:
             raise ConfigError("No labels were given; pass y to evaluate a routing.")
         return self._correct
@@ -328,6 +384,8 @@ class StageStack:
         """
         if y is not None and not self.has_labels(y, n_labels):
             self.set_labels(y, n_labels)
+        if self.graded:
+            return self._evaluate_graded(self.thresholds_array(thresholds))
         correct = self.correct
         thr = self.thresholds_array(thresholds)
         S, n = self.n_stages, self.n
@@ -378,6 +436,37 @@ class StageStack:
             n=n,
             names=list(self.names),
         )
+
+    def _evaluate_graded(self, thr: np.ndarray) -> RoutingMetrics:
+        """Graded routing: `accuracy` is the mean quality of the answers (e.g. ROUGE-L F1),
+        `stage_accuracy` each stage's mean quality on what it answered, macro-F1 undefined."""
+        S, n = self.n_stages, self.n
+        nan = float("nan")
+        if n == 0:
+            return RoutingMetrics(nan, nan, nan, nan, [nan] * S, [nan] * S, nan, 0, list(self.names))
+        assert self._quality is not None
+        answered = self.answered_by(thr)
+        flat = answered * n + self._cols
+        q = self._quality.ravel()[flat]
+        counts = np.bincount(answered, minlength=S).tolist()
+        sums = np.bincount(answered, weights=q, minlength=S).tolist()
+        calls = 0 if self.first_lm is None else sum(counts[self.first_lm :])
+        return RoutingMetrics(
+            accuracy=float(q.mean()),
+            macro_f1=nan,
+            lm_call_rate=float(calls) / n,
+            cost_per_1k_usd=self._money(flat) / n * 1000.0,
+            shares=[c / n for c in counts],
+            stage_accuracy=[s_ / c if c else nan for s_, c in zip(sums, counts)],
+            oracle_accuracy=self._oracle,
+            n=n,
+            names=list(self.names),
+        )
+
+    def answer_quality(self, thresholds: ThresholdsLike) -> np.ndarray:
+        """Per input: the quality of the answer the routing at `thresholds` gives (1/0 for labels)."""
+        answered = self.answered_by(thresholds)
+        return self.quality[answered, self._cols]
 
     # Incremental state of the last evaluated routing: thresholds, answering stage per input, the
     # bincount table of (stage, label, prediction) codes and the money spent.
@@ -459,10 +548,11 @@ def route(stages: StagesLike, thresholds: ThresholdsLike) -> RoutingResult:
 def evaluate(
     stages: StagesLike,
     thresholds: ThresholdsLike,
-    y: np.ndarray,
+    y: Optional[np.ndarray] = None,
     n_labels: Optional[int] = None,
 ) -> RoutingMetrics:
-    """Route and score against labels `y` (for repeated calls build a `StageStack` once)."""
+    """Route and score against labels `y`, or by the stages' quality when they carry it (for
+    repeated calls build a `StageStack` once)."""
     return as_stack(stages, y, n_labels).evaluate(thresholds)
 
 

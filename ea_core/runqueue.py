@@ -494,6 +494,70 @@ def wait_in_queue(folder: str | Path) -> Optional[int]:
     return 2
 
 
+def has_queue(runs_dir: str | Path) -> bool:
+    """Whether `runs_dir` is a queued runs folder (an app over it, or a queued run, made its queue)."""
+    return (Path(runs_dir) / QUEUE_DIR / ENTRIES_DIR).is_dir()
+
+
+def cli_owner() -> str:
+    """Who the command line's runs belong to in a queue: the local user (one owner for the per-owner limit)."""
+    import getpass
+
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
+@contextlib.contextmanager
+def turn_in_queue(folder: str | Path, config: Any, *, owner: Optional[str] = None,
+                  on_wait: Optional[Callable[[str], None]] = None) -> Iterator[None]:
+    """Run `folder`'s run in this process when its turn comes in its runs folder's queue (the command
+    line's way: ``run --out runs/x`` and an app over ``runs/`` share one queue and its limits).
+
+    This process joins the queue as the run's worker, waits (`on_wait` gets "queued: 2nd, ~3 min"
+    whenever that changes), runs the body, then leaves and records what the run took. Refused
+    (not enough memory with nothing else running, too many of the owner's runs waiting): ConfigError.
+    Ctrl-C while waiting leaves the queue."""
+    folder = Path(folder).resolve()
+    queue = RunQueue(folder.parent)
+    run_id = folder.name
+    existing = queue.entry(run_id)
+    if existing is not None and existing.pid and process_alive(existing.pid, existing.pid_started):
+        raise ConfigError(f"{folder} is already queued or running in another process.")
+    sig = signature(config)
+    seconds, memory = queue.estimates(sig, estimate_memory_mb(config))
+    queue.enqueue(run_id, owner or cli_owner(), memory_mb=memory, duration_s=seconds, sig=sig)
+    me = psutil.Process()
+    queue.attach(run_id, me.pid, me.create_time())
+    shown: list[str] = []
+    looks: list[int] = []
+
+    def look() -> bool:  # called before each try: from the second on, the run is waiting
+        looks.append(1)
+        if len(looks) == 1:
+            return False
+        place = queue.place(run_id)
+        text = place.text() if place is not None else ""
+        if text and on_wait is not None and (not shown or shown[-1] != text):
+            shown.append(text)
+            on_wait(text)
+        return False
+
+    admitted = False
+    try:
+        refused = queue.wait_turn(run_id, look)
+        if refused is not None:
+            raise ConfigError(refused)
+        admitted = True
+        yield
+    finally:
+        if admitted:
+            leave_queue(folder)
+        else:
+            queue.remove(run_id)
+
+
 def lower_priority(pid: int, nice: int) -> None:
     """Run process `pid` `nice` steps below this one (the people at the page win the cores).
 

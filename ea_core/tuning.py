@@ -2,7 +2,9 @@
 user moves a budget slider: `autotune` (the best validation score within an LM-call or money
 budget), `pareto_front` (the whole trade-off for the UI), `brute_force_tune` (FrugalGPT's
 `scipy.optimize.brute`, a baseline) and `val_test_report` (validation and test side by side;
-thresholds are never chosen on test). How the grid search works and where it is approximate:
+thresholds are never chosen on test). Everything maximises the mean per-example quality of the
+answers (`StageStack.quality`): accuracy for labels, e.g. ROUGE-L F1 for graded generation stages,
+where `y` may be None. How the grid search works and where it is approximate:
 docs/threshold-search.md.
 """
 
@@ -117,9 +119,10 @@ class _Search:
             self.calls_mat = base.calls_mat
             self.tol = base.tol
         else:
-            self.correct = stack.correct.astype(np.float64)
-            # Counts are integers (ties within half a count) unless weighted by a selection metric.
-            self.tol = 0.5
+            # Per (stage, input) quality: 1/0 correctness for labels, e.g. ROUGE-L F1 for generation.
+            self.correct = np.array(stack.quality, dtype=np.float64)
+            # Counts are integers (ties within half a count) unless weighted or graded.
+            self.tol = 1e-9 * max(float(self.n), 1.0) if stack.graded else 0.5
             if weights is not None:
                 self.correct = self.correct * np.asarray(weights, dtype=np.float64)[None, :]
                 self.tol = 1e-9 * max(float(np.sum(weights)), 1.0)
@@ -503,7 +506,8 @@ def _prepared(
         for k in [k for k in stack.cache if isinstance(k, tuple)]:
             del stack.cache[k]
         stack.cache.pop("fine", None)
-        search = stack.cache[key] = _Search(stack, n_candidates, weights=metric_weights(stack.y, metric))
+        search = stack.cache[key] = _Search(
+            stack, n_candidates, weights=None if stack.graded else metric_weights(stack.y, metric))
     if not grid or search.F == 0:
         return search, None, (np.zeros(0), np.zeros(0), np.zeros(0))
     gkey = ("grid", n_candidates, max_cells)
@@ -555,7 +559,7 @@ def _infeasible(search: _Search, calls: np.ndarray, money: np.ndarray, what: str
 
 def autotune(
     stages: StagesLike,
-    y: np.ndarray,
+    y: Optional[np.ndarray],
     *,
     max_lm_rate: Optional[float] = None,
     max_cost_per_1k: Optional[float] = None,
@@ -701,7 +705,7 @@ def _front_flat(acc: np.ndarray, x: np.ndarray, tie: np.ndarray) -> np.ndarray:
 
 def pareto_front(
     stages: StagesLike,
-    y: np.ndarray,
+    y: Optional[np.ndarray],
     *,
     n_candidates: Optional[int] = 64,
     cost_weighted: bool = False,
@@ -762,7 +766,7 @@ def pareto_front(
 
 def brute_force_tune(
     stages: StagesLike,
-    y: np.ndarray,
+    y: Optional[np.ndarray],
     max_lm_rate: float,
     grid: int = 40,
 ) -> OperatingPoint:
@@ -777,13 +781,13 @@ def brute_force_tune(
         raise ConfigError(f"Brute force is limited to 3 tunable thresholds ({grid}^{F} settings); use autotune.")
     if not 0 <= max_lm_rate <= 1:
         raise ConfigError(f"max_lm_rate must be a share between 0 and 1, got {max_lm_rate}.")
-    correct = stack.correct
+    quality = stack.quality
     cols = np.arange(stack.n)
     cap = np.floor(max_lm_rate * stack.n + 1e-9)
 
     def objective(t: np.ndarray) -> float:
         ans = stack.answered_by(np.append(np.atleast_1d(t), 0.0))
-        acc = np.count_nonzero(correct[ans, cols]) / stack.n
+        acc = float(quality[ans, cols].sum()) / stack.n
         calls = 0 if stack.first_lm is None else np.count_nonzero(ans >= stack.first_lm)
         return -acc if calls <= cap else 1.0 + (calls - cap) / stack.n
 
@@ -798,9 +802,9 @@ def brute_force_tune(
 
 def val_test_report(
     val_stages: StagesLike,
-    y_val: np.ndarray,
+    y_val: Optional[np.ndarray],
     test_stages: StagesLike,
-    y_test: np.ndarray,
+    y_test: Optional[np.ndarray],
     thresholds: Sequence[float],
     n_labels: Optional[int] = None,
 ) -> dict[str, Any]:

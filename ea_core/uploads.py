@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from ea_core.errors import ConfigError, DataError
@@ -115,10 +115,14 @@ class StoredFile:
 class OwnerStore:
     """An owner's uploads and setup under a runs folder (`root`), within `limits`."""
 
-    def __init__(self, root: str | Path, owner: str, limits: Optional[StoreLimits] = None) -> None:
+    def __init__(self, root: str | Path, owner: str, limits: Optional[StoreLimits] = None, *,
+                 disk_check: Optional[Callable[[int, str], Optional[str]]] = None) -> None:
         self.folder = owner_folder(root, owner)
         self.uploads = self.folder / UPLOADS_DIR
         self.limits = limits or StoreLimits()
+        # The owner's disk quota over runs and uploads together (`ea_core.quotas.DiskQuota`, as the
+        # run manager counts it): (bytes an upload adds, what it is) -> a refusal, or None.
+        self.disk_check = disk_check
 
     # -- measure ----------------------------------------------------------------------------
     def usage(self) -> int:
@@ -168,6 +172,9 @@ class OwnerStore:
             raise DataError(f"{name} ({size_text(size)}) does not fit: your uploads would take "
                             f"{size_text(self.usage() - replaced + size)}, over this server's {size_text(quota)} "
                             "per browser. Remove a file you no longer need (Data tab, 'Your uploaded files').")
+        refused = self.disk_check(size - replaced, f"{name} ({size_text(size)})") if self.disk_check else None
+        if refused:
+            raise DataError(refused)
         self.uploads.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.uploads / f".incoming-{os.getpid()}-{name}"
         if move:

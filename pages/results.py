@@ -9,14 +9,17 @@ a run folder.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
 
-from ea_core.opened import PastRun, past_runs
+from ea_core.opened import OpenedRun, PastRun, lm_spec, past_runs
 from ea_core.operating_point import SYSTEM_WORDS
+from ea_core.serve.main import serve_command
+from ea_core.serve.settings import ServeSettings
 from pages.form import settings_file
 from pages.session import Session, Studio
 from pages.thresholds import CONNECT, headroom_updates
@@ -41,6 +44,8 @@ OUTCOME_WORDS = {"underfit": "underfit (LM wrong too)", "lm_fixed": "the LM fixe
 SHOWN_WORDS = {"all": "sent to the LM", "underfit": "underfit ones", "lm_fixed": "the LM fixed"}
 #: Mined examples a page shows (the CSV holds them all).
 MINED_SHOWN = 200
+#: The variable the shown `serve` command reads its clients' key from.
+SERVE_KEY_ENV = "EA_SERVE_KEY"
 
 
 def build() -> Components:
@@ -48,7 +53,7 @@ def build() -> Components:
     c["intro"] = gr.HTML(note("Open a finished run to see its results.", "info"), elem_id="res-intro")
     c["headroom"] = gr.HTML("", visible=False, elem_id="res-headroom")
     with gr.Row():
-        c["connect"] = gr.Button(CONNECT, visible=False, variant="primary", scale=0, min_width=340,
+        c["connect"] = gr.Button(CONNECT, visible=False, variant="primary", scale=0, min_width=380,
                                  elem_id="res-connect")
     c["table"] = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, elem_id="res-table",
                               label="Systems: thresholds tuned on validation, accuracy on validation and test")
@@ -64,6 +69,18 @@ def build() -> Components:
         c["dl_bundle"] = gr.DownloadButton("bundle.zip", value=None, interactive=False, size="sm",
                                            elem_id="res-dl-bundle")
     c["bundle_msg"] = gr.HTML("")
+    with gr.Accordion("Serve it: an OpenAI-compatible API over the adapted system", open=False,
+                      elem_id="res-serve-box"):
+        c["serve_cmd"] = gr.Markdown("", elem_id="res-serve-cmd")
+        with gr.Row(equal_height=True):
+            c["serve_port"] = gr.Number(8000, precision=0, minimum=0, maximum=65535, scale=1,
+                                        label="port on 127.0.0.1 (0: any free port)", elem_id="res-serve-port")
+            c["serve_lm"] = gr.Checkbox(True, label="Call the LM stage (with the key in Large model)", scale=2,
+                                        elem_id="res-serve-lm")
+            c["serve_start"] = gr.Button("Start a local server", variant="primary", scale=1,
+                                         elem_id="res-serve-start")
+            c["serve_stop"] = gr.Button("Stop it", scale=1, elem_id="res-serve-stop")
+        c["serve_status"] = gr.HTML("", elem_id="res-serve-status")
     with gr.Accordion("What EA found: the training examples every small model got wrong", open=True,
                       elem_id="res-mined-box"):
         c["mined_intro"] = gr.HTML("", elem_id="res-mined-intro")
@@ -195,13 +212,82 @@ def views(studio: Studio, tab: Components, owner: Optional[str], run_id: Optiona
     return {tab["intro"]: intro, tab["table"]: table, tab["shares"]: shares, tab["summary"]: "\n\n".join(lines),
             tab["dl_csv"]: download("results.csv"), tab["dl_json"]: download("results.json"),
             tab["dl_settings"]: gr.update(value=str(settings), interactive=True),
+            tab["serve_cmd"]: serve_text(run), tab["serve_status"]: serve_status_html(studio, owner),
             **headroom_updates(tab, run.headroom(), run.lm_title())}
 
 
 def view_outputs(c: Components) -> list[Any]:
     """What `views` sets."""
     return [c[k] for k in ("intro", "table", "shares", "summary", "dl_csv", "dl_json", "dl_settings", "headroom",
-                           "connect")]
+                           "connect", "serve_cmd", "serve_status")]
+
+
+def serve_text(run: OpenedRun, tuned_lm_share: Optional[float] = None, port: int = 8000) -> str:
+    """How to serve the run's system on any machine: the bundle zip built above, unzipped, and the
+    `serve` command (its clients' key in a variable, the LM's key in the provider's own; with the
+    bundle built, the validation LM share at its thresholds, which the server watches for drift)."""
+    import shlex
+
+    name = run.bundle_name()
+    spec = lm_spec(run.config())
+    with_lm = spec is not None and spec.is_endpoint
+    command = serve_command(name, port=port, lm_base_url=spec.base_url if with_lm else None, key_env=SERVE_KEY_ENV,
+                            tuned_lm_share=tuned_lm_share)
+    lm_key = (f"export {spec.key_env}=...        # the LM's key\n" if with_lm and spec.needs_key and spec.key_env
+              else "")
+    return ("Serve the system over an OpenAI-compatible API (`/v1/chat/completions` answers the label, "
+            "`/v1/classify` a batch, `/metrics` for Prometheus): build the bundle above at the thresholds you want, "
+            "then on the machine that serves it\n\n"
+            f"```bash\nunzip {shlex.quote(name + '.zip')} -d {shlex.quote(name)}\n"
+            f"export {SERVE_KEY_ENV}=$(python -c 'import secrets; print(secrets.token_urlsafe())')  # clients send it\n"
+            f"{lm_key}{command}\n```\n\n"
+            f"Clients: `openai.OpenAI(base_url=\"http://HOST:{port}/v1\", api_key=<the key>)`. "
+            "Add `--log-dir DIR` to log requests and feedback as data for the next run (`python -m ea_core from-log`)."
+            + ("" if tuned_lm_share is not None or spec is None else
+               " Once the bundle is built, the command also carries `--tuned-lm-share`: the LM share on validation at "
+               "its thresholds, which the server compares its traffic with (drift)."))
+
+
+def serve_status_html(studio: Studio, owner: Optional[str]) -> str:
+    """The owner's local server, if one runs: where, its key, what answers."""
+    server = studio.servers.get(owner)
+    if server is None:
+        return ""
+    return note(f"{server.describe()} Key: {server.key} (clients send it as the API key). It serves the system at "
+                "the thresholds of the moment it started: start it again after moving them. It stops when you press "
+                "Stop or the app closes.", "ok")
+
+
+@friendly(into="serve_status")
+def serve_start(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], order: str,
+                calibrated: bool, use_lm: bool, api_key: Optional[str], port: Optional[float], request: gr.Request,
+                *sliders: float) -> dict[Any, Any]:
+    """Serve the open run's system at the current thresholds on this machine (127.0.0.1), in the app."""
+    run = studio.opened(request, owner, run_id)
+    if run is None:
+        return {tab["serve_status"]: note("Open a finished run first.", "info")}
+    use_lm = bool(use_lm) and lm_spec(run.config()) is not None
+    if use_lm:
+        run.check_lm_endpoint()
+        if run.lm_needs_key() and not (api_key or "").strip():
+            return {tab["serve_status"]: note("The LM stage needs your API key: paste it in Large model, or untick "
+                                              "'Call the LM stage' to let the last small model answer.", "warn")}
+    studio.servers.stop(owner)  # before its bundle folder is replaced
+    folder = _download_dir(studio.session(request), run.run_id) / "served"
+    shutil.rmtree(folder, ignore_errors=True)
+    bundle = run.export_bundle(folder, order, calibrated, sliders)
+    settings = ServeSettings(tuned_lm_share=run.val_lm_share(order, calibrated, sliders) if use_lm else None)
+    config = run.config()
+    studio.servers.start(owner or "", bundle, port=int(port or 0), use_lm=use_lm,
+                         lm_api_key=(api_key or "").strip() or None, settings=settings,
+                         cache=config.cache if config is not None else None)  # the owner's LM answer cache
+    return {tab["serve_status"]: serve_status_html(studio, owner)}
+
+
+def serve_stop(studio: Studio, tab: Components, owner: Optional[str]) -> dict[Any, Any]:
+    """Stop the owner's local server."""
+    stopped = studio.servers.stop(owner)
+    return {tab["serve_status"]: note("The local server stopped." if stopped else "No local server runs.", "info")}
 
 
 @friendly(into="mined_intro")
@@ -245,6 +331,7 @@ def make_bundle(studio: Studio, tab: Components, owner: Optional[str], run_id: O
     zip_path = run.bundle_zip(_download_dir(studio.session(request), run_id), order, calibrated, sliders)
     size = zip_path.stat().st_size / 2**20
     return {tab["dl_bundle"]: gr.update(value=str(zip_path), interactive=True),
+            tab["serve_cmd"]: serve_text(run, run.val_lm_share(order, calibrated, sliders)),
             tab["bundle_msg"]: note(f"Bundle ready ({size:.1f} MB): {', '.join(run.stage_names(order))} at the "
                                     "current thresholds. Use it with `python -m ea_core predict --bundle DIR`, or "
                                     "load it in Try it.", "ok")}

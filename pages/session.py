@@ -35,6 +35,7 @@ from ea_core.process import release_memory
 from ea_core.quotas import DiskQuota
 from ea_core.runqueue import QueueSettings
 from ea_core.runs import RunManager
+from ea_core.serve.local import LocalServers
 from ea_core.uploads import OwnerStore, StoreLimits
 
 #: Opened runs kept in memory per session (each holds its cached arrays and loaded models).
@@ -114,8 +115,10 @@ class Studio:
 
     def __init__(self, runs_dir: str | Path, limits: Optional[StoreLimits] = None, *,
                  queue: Optional[QueueSettings] = None, endpoints: Optional[EndpointPolicy] = None,
-                 quota: Optional[DiskQuota] = None) -> None:
+                 quota: Optional[DiskQuota] = None, local_servers: int = 1) -> None:
         self.runs_dir = Path(runs_dir).resolve()
+        # Servers of the owners' systems on this machine's loopback (Results tab).
+        self.servers = LocalServers(local_servers)
         # A shared server's limits (see ea_core.runs.RunManager); an owner's uploads count in the disk quota.
         self.manager = RunManager(self.runs_dir, queue=queue, endpoints=endpoints, quota=quota,
                                   other_use=self.upload_bytes)
@@ -144,7 +147,14 @@ class Studio:
     def store(self, owner: Optional[str]) -> OwnerStore:
         """What the browser's owner keeps here: uploaded data files and the saved setup
         (ConfigError while the page has no owner token yet)."""
-        return OwnerStore(self.runs_dir, owner or "", self.limits)
+        manager = self.manager
+
+        def disk_check(added: int, what: str) -> Optional[str]:  # uploads count in the runs' disk quota too
+            if manager.quota.limit_bytes is None:
+                return None
+            return manager.quota.refuse_adding(manager.disk_use(owner or ""), added, what)
+
+        return OwnerStore(self.runs_dir, owner or "", self.limits, disk_check=disk_check)
 
     def drop(self, request: Optional[gr.Request]) -> None:
         """Forget a closed session and delete its uploads (bound to ``demo.unload``)."""

@@ -25,7 +25,7 @@ MAX_SLIDERS = 8
 KIND_TITLES = {"ssm": "SSM", "assm": "augmented SSM", "assm_full": "EA(Full) augmented SSM",
                "learned": "learned router (1 − its deferral score)", "lm": "LM (its confidence)"}
 BUDGETS = [("LM calls (% of inputs)", "calls"), ("USD per 1,000 inputs", "usd")]
-CONNECT = "Connect a real LM (Large model tab) →"
+CONNECT = "Connect a real LM → Large model tab"
 
 
 def build() -> Components:
@@ -34,7 +34,7 @@ def build() -> Components:
                               "info"), elem_id="thr-intro")
     c["headroom"] = gr.HTML("", visible=False, elem_id="thr-headroom")
     with gr.Row():
-        c["connect"] = gr.Button(CONNECT, visible=False, variant="primary", scale=0, min_width=340,
+        c["connect"] = gr.Button(CONNECT, visible=False, variant="primary", scale=0, min_width=380,
                                  elem_id="thr-connect")
     c["memory"] = gr.State({})  # "run|order|calibrated" -> the sliders' values there
     with gr.Row(equal_height=False):

@@ -29,7 +29,7 @@ from pages.session import Session, Studio
 from pages.ui import Components, error_message, friendly, note, pct, seconds, usd
 
 EXAMPLE_HEADERS = ["text", "gold", "routed answer", "answered by", "right?"]
-EXAMPLE_WIDTHS = ["44%", "12%", "15%", "19%", "10%"]
+EXAMPLE_WIDTHS = ["40%", "15%", "16%", "19%", "10%"]
 BATCH_TYPES = [".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt", ".zip"]
 PREVIEW_HEADERS = ["input", "prediction", "answered by", "confidence", "route (stage confidence)"]
 

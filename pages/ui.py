@@ -101,12 +101,12 @@ def fit_widths(frame: Any, total: int = 100) -> list[str]:
     for c in frame.columns:
         cells = [len(str(v)) for v in frame[c].tolist()] + [len(str(c))]
         need.append(max(cells))
-    short = [min(max(n, 4), 14) for n in need]
+    short = [min(max(n, 4), 14) + 2 for n in need]  # + 2: the cell's padding, in characters
     long_cols = [i for i, n in enumerate(need) if n > 14]
     if not long_cols:
         return [f"{total / len(need):.1f}%" for _ in need]
     fixed = sum(short[i] for i in range(len(need)) if i not in long_cols)
-    fixed_pct = min(100 * fixed / (fixed + 40 * len(long_cols)), 60)
+    fixed_pct = min(100 * fixed / (fixed + 30 * len(long_cols)), 62)
     widths = []
     for i, n in enumerate(need):
         if i in long_cols:

@@ -18,7 +18,8 @@ ROOT = PACKAGE.name
 #: module and, for a package, every module in it (the root package ``ea_core`` only itself).
 LAYERS = (
     ("foundations", ("ea_core", "ea_core.errors", "ea_core.events", "ea_core.metrics", "ea_core.process",
-                     "ea_core.resources", "ea_core.runfolder", "ea_core.archives", "ea_core.quotas", "ea_core.logins")),
+                     "ea_core.resources", "ea_core.runfolder", "ea_core.archives", "ea_core.quotas", "ea_core.logins",
+                     "ea_core.rouge")),
     ("data", ("ea_core.data", "ea_core.image_data", "ea_core.imaging", "ea_core.splits")),
     ("small models and LM", ("ea_core.models", "ea_core.llm")),
     ("routing maths", ("ea_core.router", "ea_core.calibration", "ea_core.tuning", "ea_core.operating_point")),
@@ -26,9 +27,11 @@ LAYERS = (
     ("run state", ("ea_core.runconfig", "ea_core.runstate")),
     ("engine and services", ("ea_core.pipeline", "ea_core.report", "ea_core.bundle", "ea_core.explore",
                              "ea_core.system", "ea_core.inputs", "ea_core.monitor", "ea_core.findings",
-                             "ea_core.cascade", "ea_core.batch_predict", "ea_core.ray_predict", "ea_core.plan")),
+                             "ea_core.cascade", "ea_core.batch_predict", "ea_core.ray_predict", "ea_core.plan",
+                             "ea_core.summarization", "ea_core.summary_bundle")),
     ("runs and entry points", ("ea_core.runs", "ea_core.runqueue", "ea_core.opened", "ea_core.uploads",
-                               "ea_core.worker", "ea_core.cli", "ea_core.__main__", "ea_core.serve")),
+                               "ea_core.worker", "ea_core.cli", "ea_core.__main__", "ea_core.serve",
+                               "ea_core.summarize_cli")),
 )
 
 #: (modules, what they must never reach, directly or through other ea_core modules).

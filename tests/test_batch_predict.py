@@ -22,7 +22,7 @@ import pytest
 from ea_core.batch_predict import PARTS_SUFFIX, PROGRESS_JSON, predict_file, prepare, route_split, run
 from ea_core.bundle import export_bundle, load_bundle
 from ea_core.data.stream import open_table_stream
-from ea_core.errors import ConfigError, DataError
+from ea_core.errors import ConfigError, DataError, LMError
 from ea_core.inputs import read_inputs, write_predictions
 from ea_core.splits import Split
 from ea_core.tuning import NEVER_TAKES
@@ -247,3 +247,66 @@ def test_a_killed_predict_resumes_without_redoing_written_chunks(slow_lm_bundle,
     per_item = Counter(item(r.text) for r in srv.requests)
     assert set(per_item) == set(range(len(texts))) and srv.count <= len(texts) + 16
     assert not Path(str(out) + PARTS_SUFFIX).exists()
+
+
+# ------------------------------------------------------------------ the LM stage through the Batch API
+
+
+@pytest.fixture
+def batch_server(lm_bundle, tmp_path):
+    """The fruit bundle with every input sent to the LM, and a scripted server with the Batch API
+    whose answer is a fixed label per item."""
+    bundle, _, _ = lm_bundle
+    import shutil
+
+    folder = tmp_path / "all_lm"
+    shutil.copytree(bundle, folder)
+    meta = json.loads((folder / "bundle.json").read_text())
+    for stage in meta["stages"]:
+        if not stage.get("lm"):
+            stage["threshold"] = NEVER_TAKES
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    srv = ScriptedServer(labels=LABELS, answer_fn=lambda req: LABELS[item(req.text) % 3]).start()
+    yield folder, srv
+    srv.close()
+
+
+def test_lm_batch_predict_submits_every_chunk_then_a_restart_polls_instead_of_paying(batch_server, inputs,
+                                                                                     tmp_path):
+    folder, srv = batch_server
+    expected = tmp_path / "direct.csv"
+    predict_file(str(folder), str(inputs), str(expected), chunk_rows=4, cache=str(tmp_path / "direct.sqlite"),
+                 lm_options=lm_options(srv))
+    direct_calls = srv.count
+    out, cache = tmp_path / "batched.csv", str(tmp_path / "batched.sqlite")
+    chunks = -(-len(TEXTS) // 4)
+    srv.batch_api.polls = 3  # still running after the first pass and one more poll
+    opts = dict(chunk_rows=4, cache=cache, lm_options=lm_options(srv), lm_batch=True, lm_batch_poll_s=0.01)
+    events = []
+    with pytest.raises(LMError, match="still running"):
+        predict_file(str(folder), str(inputs), str(out), lm_batch_max_wait_s=0, callback=events.append, **opts)
+    parts = Path(str(out) + PARTS_SUFFIX)
+    assert srv.batch_api.created == chunks  # every chunk submitted before any is waited on
+    assert len(list(parts.glob("lm_batch-*.json"))) == chunks and not out.exists()
+    assert any("running at the provider" in (e.message or "") for e in events)
+    summary = predict_file(str(folder), str(inputs), str(out), **opts)  # started again: polls, pays nothing twice
+    assert srv.batch_api.created == chunks and out.read_bytes() == expected.read_bytes()
+    assert summary.answered[-1] == len(TEXTS) and not parts.exists()
+    again = predict_file(str(folder), str(inputs), str(tmp_path / "again.csv"), **opts)
+    assert srv.batch_api.created == chunks and again.text().splitlines()[1:] == summary.text().splitlines()[1:]
+    assert srv.count - direct_calls <= len(TEXTS)  # each batched row was answered once, then from the cache
+
+
+def test_lm_batch_is_refused_on_ray_and_runs_from_the_cli(batch_server, inputs, tmp_path):
+    folder, srv = batch_server
+    job = prepare(str(folder), str(inputs), str(tmp_path / "p.csv"), lm_batch=True, lm_options=lm_options(srv))
+    with pytest.raises(ConfigError, match="local engine only"):
+        run(job, engine="ray")
+    with pytest.raises(ConfigError, match="--lm-batch-poll"):
+        prepare(str(folder), str(inputs), str(tmp_path / "p.csv"), lm_batch=True, lm_batch_poll_s=0)
+    from ea_core.cli import main
+
+    args = ["predict", "--bundle", str(folder), "--input", str(inputs), "--lm-base-url", srv.url, "--lm-key-env", "",
+            "--lm-batch", "--lm-batch-poll", "0.01"]
+    assert main(args + ["--output", str(tmp_path / "r.csv"), "--engine", "ray"]) == 2
+    assert main(args + ["--output", str(tmp_path / "c.csv")]) == 0 and srv.batch_api.created == 1

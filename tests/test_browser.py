@@ -422,6 +422,28 @@ def test_thresholds_memory_mined_examples_batch_predict_compare_and_the_first_ru
         rows = list(csv.DictReader(f))
     assert rows and {r["outcome"] for r in rows} == {"underfit"} and {"text", "gold", "tfidf", "lm"} <= set(rows[0])
 
+    # Serve it: the command is shown; a local server of the system at the current sliders answers an
+    # OpenAI client with the key the page shows; Stop stops it.
+    import openai
+
+    p.locator("#res-serve-box").get_by_text("Serve it").click()
+    d.expect(p.locator("#res-serve-cmd")).to_contain_text("python -m ea_core serve --bundle ea-bundle-")
+    port = p.get_by_label("port on 127.0.0.1 (0: any free port)")
+    port.fill("0")
+    port.press("Tab")
+    p.locator("#res-serve-start").click()
+    d.expect(p.locator("#res-serve-status")).to_contain_text("Serving at http://127.0.0.1:", timeout=60_000)
+    status = p.locator("#res-serve-status").inner_text()
+    url, key = re.search(r"(http://127\.0\.0\.1:\d+/v1)", status).group(1), re.search(r"Key: (\S+)", status).group(1)
+    assert KEY_A not in status
+    reply = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=30).chat.completions.create(
+        model="ea", messages=[{"role": "user", "content": "apple fresh juice item 7"}])
+    assert reply.choices[0].message.content in LABELS
+    p.locator("#res-serve-start").scroll_into_view_if_needed()
+    p.screenshot(path=str(ARTIFACTS / "results-serve.png"), full_page=False)
+    p.locator("#res-serve-stop").click()
+    d.expect(p.locator("#res-serve-status")).to_contain_text("stopped", timeout=20_000)
+
     # Batch prediction at the current sliders (both at 1: every input goes to the LM).
     d.tab(TABS[5])
     upload = p.locator("#batch-file input[type=file]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ea_core.learned_router import MIN_PER_CLASS, deferral_labels, features, fit_learned_router
 from ea_core.llm.base import FAILED, LMAnswer, LMProvider, LMUsage, normalize_request
@@ -66,6 +67,48 @@ def test_the_router_learns_where_the_lm_is_right_and_routes_better_at_equal_shar
     assert le.accuracy > c.accuracy + 0.03
 
 
+def test_an_lm_good_on_one_class_is_not_taken_as_good_where_the_small_model_is_right():
+    """The LM is right on 95% of class 0 and 10% of class 1; mining asks it only where the small model
+    is wrong. The classwise router (default) counts the LM's accuracy on the class the small model
+    would have got right; the first version ("direct") cannot, and at an equal share it is not better."""
+    rng = np.random.default_rng(3)
+
+    def task(n: int):
+        y = rng.integers(0, 2, n)
+        conf = rng.uniform(0.5, 1.0, n)
+        pred = np.where(rng.random(n) < conf, y, 1 - y)
+        proba = np.zeros((n, 2))
+        proba[np.arange(n), pred], proba[np.arange(n), 1 - pred] = conf, 1 - conf
+        lm = np.where(rng.random(n) < np.where(y == 0, 0.95, 0.1), y, 1 - y)
+        return Split(texts=["t"] * n, labels=y), proba, lm
+
+    train, p_train, lm_train = task(2000)
+    known = {int(i): int(lm_train[i]) for i in np.flatnonzero(p_train.argmax(1) != train.labels)}
+    test, p_test, lm_test = task(4000)
+    lm = StageOutput("lm", lm_test, np.ones(len(test.labels)), is_lm=True)
+    acc = {}
+    for method in ("classwise", "direct"):
+        router = fit_learned_router([p_train], train, known, method=method)
+        conf = 1 - router.score([p_test], test)
+        acc[method] = evaluate([StageOutput("learned", p_test.argmax(1), conf), lm],
+                               [float(np.quantile(conf, 0.3)), 0.0], test.labels).accuracy
+    assert acc["classwise"] > acc["direct"] + 0.01
+
+
+def test_the_scorer_round_trips_through_json_and_a_bad_one_is_a_message():
+    from ea_core.errors import ConfigError
+    from ea_core.learned_router import RouterParams
+
+    train, p, lm = _length_task(600, 4)
+    known = {int(i): int(lm[i]) for i in np.flatnonzero(p.argmax(1) != train.labels)}
+    router = fit_learned_router([p], train, known)
+    params = RouterParams.from_json(router.info()["model"], "x")
+    X = features([p], train)
+    assert params.combine == "classwise" and np.array_equal(params.score(X), router.params.score(X))
+    with pytest.raises(ConfigError, match="combine"):
+        RouterParams.from_json({**router.info()["model"], "combine": "magic"}, "x")
+
+
 def test_too_few_lm_fixes_learn_nothing():
     train, p, lm = _length_task(200, 2)
     wrong = np.flatnonzero(p.argmax(1) != train.labels)
@@ -105,3 +148,72 @@ def test_a_run_with_the_learned_router_reports_an_ea_learned_row(tmp_path):
     assert lo <= row["test_accuracy"] <= hi
     assert set(state.learned) == {"val", "test"} and len(state.learned["test"]) == len(state.task.test)
     assert "learned_router" in row["stage_shares"]
+
+
+def test_the_learned_router_travels_in_a_bundle_and_answers_as_the_run_scored(tmp_path, fruit_full_run):
+    """Export `ea_learned`, load it: the stage scores exactly as the run did; `predict`, `route_one`
+    (Try it) and the HTTP server answer with it."""
+    import csv
+
+    import httpx
+
+    from ea_core.batch_predict import predict_file
+    from ea_core.bundle import export_run_bundle, load_bundle
+    from ea_core.learned_router import LearnedStage
+    from ea_core.runstate import LEARNED_STAGE, open_run
+    from ea_core.serve.app import create_app
+    from ea_core.serve.main import ServerThread, build_served
+    from ea_core.serve.settings import ServeSettings
+
+    folder, srv = fruit_full_run
+    state = open_run(folder)
+    row = {r["system"]: r for r in state.rows}["ea_learned"]
+    out = export_run_bundle(state, state.rows, tmp_path / "bundle", system="ea_learned")
+    lm = {"base_url": srv.url, "key_env": "", "cache_path": str(tmp_path / "cache.sqlite")}
+    system = load_bundle(out, **lm)
+    assert [s.name for s in system.stages] == [LEARNED_STAGE, "lm"]
+    stage = system.stages[0].model
+    assert isinstance(stage, LearnedStage) and len(stage.models) == len(state.ssms)
+    test = state.task.test
+    best, score = stage.scores(test)
+    assert np.allclose(score, state.learned["test"], rtol=0, atol=1e-9)
+    assert np.array_equal(best, state.ssms[0].outputs()["test"].argmax(axis=1))
+    preds = system.predict(test)  # the tuned operating point on test, as the results row reports it
+    assert np.mean(preds.pred == test.labels) == pytest.approx(row["test_accuracy"])
+    assert np.mean(preds.answered_by == 1) == pytest.approx(row["lm_call_rate"])
+    i = int(np.argmin(score))  # the input the router is surest needs no LM
+    trace = system.route_one(test.texts[i])
+    assert trace.answered_by == LEARNED_STAGE and trace.stages[0].confidence == pytest.approx(1 - score[i])
+    data = tmp_path / "new.csv"
+    with open(data, "w", newline="") as f:
+        csv.writer(f).writerows([["text"]] + [[t] for t in test.texts])
+    summary = predict_file(str(out), str(data), str(tmp_path / "p.csv"), chunk_rows=7, cache=lm["cache_path"],
+                           lm_options={"base_url": srv.url, "key_env": ""})
+    assert summary.answered == [int(np.sum(preds.answered_by == k)) for k in (0, 1)]
+    served = build_served(out, ServeSettings(api_key="k"), lm_base_url=srv.url, lm_api_key="sk-x",
+                          cache=lm["cache_path"])
+    with ServerThread(create_app(served)) as server:
+        res = httpx.post(server.url + "/v1/classify", json={"inputs": [test.texts[i]]},
+                         headers={"Authorization": "Bearer k"}, timeout=30).json()["results"][0]
+    assert (res["label"], res["answered_by"]) == (trace.prediction, LEARNED_STAGE)
+
+
+def test_a_damaged_learned_router_in_a_bundle_is_a_message(tmp_path, fruit_full_run):
+    import json
+
+    from ea_core.bundle import export_run_bundle, load_bundle
+    from ea_core.errors import ConfigError
+    from ea_core.runstate import open_run
+
+    state = open_run(fruit_full_run[0])
+    out = export_run_bundle(state, state.rows, tmp_path / "bundle", system="ea_learned")
+    router = out / "models" / "00" / "router.json"
+    meta = json.loads(router.read_text())
+    meta["scorer"]["coef"] = meta["scorer"]["coef"][:-1]
+    router.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="one finite number per feature"):
+        load_bundle(out, use_lm=False)
+    meta["models"] = "../../elsewhere"
+    router.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="'models' must be a count"):
+        load_bundle(out, use_lm=False)

@@ -173,9 +173,7 @@ def test_a_file_of_inputs_is_predicted_with_a_route_per_row_and_can_be_cancelled
         assert len(list(csv.DictReader(f))) == 10
 
 
-def test_the_learned_router_is_an_order_to_explore_not_a_system_to_run(tmp_path, fruit_full_run):
-    from ea_core.errors import ConfigError
-
+def test_the_learned_router_is_an_order_to_explore_and_to_try(tmp_path, fruit_full_run):
     runs = tmp_path / "runs"
     shutil.copytree(fruit_full_run[0], runs / RUN_ID)
     status = read_json(runs / RUN_ID / "status.json")
@@ -183,7 +181,7 @@ def test_the_learned_router_is_an_order_to_explore_not_a_system_to_run(tmp_path,
     run = OpenedRun.of_owner(RunManager(runs), RUN_ID, "alice")
     assert run.orders() == ["ea", "ea_lm_first", "ea_full", "ea_learned"]
     assert run.examples("ea_learned", True, [0.5], k=2)
-    with pytest.raises(ConfigError, match="learned router"):
-        run.system("ea_learned", True, [0.5], use_lm=False)
+    learned = run.system("ea_learned", True, [0.5], use_lm=False)  # Try it routes with the learned router
+    assert [s.name for s in learned.stages] == ["learned_router"] and learned.route_one("apple pie").prediction
     system = run.system("ea_full", True, [0.9, 0.9], use_lm=False)
     assert [s.name for s in system.stages] == ["tfidf", "assm_full:tfidf"]

@@ -274,3 +274,43 @@ def test_the_trade_off_plot_names_its_points_and_draws_the_front(fruit_run):
     arrows = [a for a in fig["layout"]["annotations"] if a.get("showarrow")]
     spots = {(a["x"], a["y"], a["ax"], a["ay"]) for a in arrows}
     assert len(spots) == len(arrows)  # no two labels in the same place
+
+
+def test_results_shows_the_serve_command_and_starts_a_local_server(tmp_path, fruit_run):
+    """Results: the `serve` command for the bundle (no key in it), and a local server of the open
+    run's system at the current thresholds that an OpenAI client calls; Stop stops it."""
+    import openai
+
+    from pages import results, thresholds
+
+    studio, run_id = _owned_run(tmp_path, fruit_run[1])
+    req = request("serve")
+    with gr.Blocks():
+        thr_tab, tab = thresholds.build(), results.build()
+    opened = thresholds.on_open(studio, thr_tab, "alice", run_id, {}, req)
+    sliders = [opened[s].get("value", 0.5) for s in thr_tab["sliders"]]
+    shown = results.views(studio, tab, "alice", run_id, req)
+    command = shown[tab["serve_cmd"]]
+    assert "python -m ea_core serve --bundle ea-bundle-" in command and "--api-key-env EA_SERVE_KEY" in command
+    assert f"--lm-base-url {fruit_run[2].url}" in command and "sk-" not in command
+    assert shown[tab["serve_status"]] == ""  # no server yet
+
+    assert "Open a finished run" in results.serve_start(studio, tab, "bob", run_id, "ea", True, True, "", 0, req,
+                                                        *sliders)[tab["serve_status"]]  # not bob's run
+    out = results.serve_start(studio, tab, "alice", run_id, "ea", True, True, "sk-local", 0, req, *sliders)
+    status = out[tab["serve_status"]]
+    server = studio.servers.get("alice")
+    try:
+        assert server is not None and server.url in status and server.key in status and "sk-local" not in status
+        client = openai.OpenAI(base_url=server.url, api_key=server.key, max_retries=0, timeout=30)
+        reply = client.chat.completions.create(model="ea", messages=[{"role": "user", "content": "a ripe banana"}])
+        assert reply.choices[0].message.content in studio.opened(req, "alice", run_id).state().task.labels
+        assert server.url in results.views(studio, tab, "alice", run_id, req)[tab["serve_status"]]  # shown again
+        share = studio.opened(req, "alice", run_id).val_lm_share("ea", True, sliders)
+        assert server.readiness["lm_share"]["tuned"] == pytest.approx(share)  # drift watched at these thresholds
+        built = results.make_bundle(studio, tab, "alice", run_id, "ea", True, req, *sliders)
+        assert f"--tuned-lm-share {share:.4g}" in built[tab["serve_cmd"]]
+    finally:
+        stopped = results.serve_stop(studio, tab, "alice")[tab["serve_status"]]
+    assert "stopped" in stopped and studio.servers.get("alice") is None and not server.alive
+    assert "No local server" in results.serve_stop(studio, tab, "alice")[tab["serve_status"]]

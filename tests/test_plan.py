@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from ea_core.batch_predict import predict_file
 from ea_core.cli import main
+from ea_core.llm.batch_api import BATCH_PRICE_FACTOR
 from ea_core.plan import plan_bundle, plan_run
 from ea_core.runconfig import RunConfig
 from tests.fruit import LABELS
@@ -33,6 +35,9 @@ def test_a_bundle_plan_counts_rows_calls_and_money_from_the_tuned_share(fruit):
     expected = (round(plan.lm_calls * plan.prompt_tokens) * price_in
                 + round(plan.lm_calls * plan.answer_tokens) * price_out) / 1e6
     assert plan.usd == pytest.approx(expected) and plan.usd > 0
+    assert plan.usd_batch == pytest.approx(expected * BATCH_PRICE_FACTOR)  # predict --lm-batch
+    text = "\n".join(plan.lines())
+    assert f"LM cost: ${plan.usd:.4f} at " in text and f"${plan.usd_batch:.4f} with --lm-batch" in text
     assert 20 < plan.prompt_tokens < 500 and plan.cpu_seconds[1] > 0
     assert srv.count == before  # nothing was asked
 
@@ -56,7 +61,7 @@ def test_an_unknown_price_is_said_and_hand_set_thresholds_need_a_sample(fruit, t
     (folder / "bundle.json").write_text(json.dumps(meta))
     plan = plan_bundle(str(folder), str(data))
     text = "\n".join(plan.lines())
-    assert plan.lm_calls is None and plan.usd is None
+    assert plan.lm_calls is None and plan.usd is None and plan.usd_batch is None
     assert "LM cost: unknown" in text and "--sample N" in text and "--price-in" in text
     priced = plan_bundle(str(folder), str(data), sample=50, price_in=1.0, price_out=2.0)
     assert priced.lm_calls is not None and priced.usd is not None
@@ -73,6 +78,10 @@ def test_the_cli_plans_a_bundle_and_a_run(fruit, capsys):
     assert main(["plan", "--data", str(data), "--ssm", "tfidf", "--lm", "openai", "--lm-model", "gpt-4o-mini"]) == 0
     out = capsys.readouterr().out
     assert "tfidf:" in out and "LM (openai gpt-4o-mini):" in out and "calls" in out
+    lm_line = next(x for x in out.splitlines() if x.startswith("LM (openai"))
+    low, high = (float(v) for v in re.findall(r"\$([0-9.]+)", lm_line.split("tokens, ")[1].split(" (with")[0]))
+    b_low, b_high = (float(v) for v in re.findall(r"\$([0-9.]+)", lm_line.split("with --lm-batch")[1]))
+    assert 0 < b_low < low and b_low <= b_high < high  # mining at the batch price, validation and test as usual
 
 
 def test_a_run_plan_lists_each_small_model_and_the_lm(fruit):

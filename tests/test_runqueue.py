@@ -137,6 +137,43 @@ def test_estimates_come_from_what_the_same_settings_took(tmp_path):
     assert estimate_memory_mb(RunConfig(data="x.csv", ssm=["finetune:roberta"], lm="openai")) > 2500
 
 
+def test_the_command_line_takes_its_turn_in_the_same_queue(tmp_path, sleepers):
+    """`run --out runs/x` waits while an app's run holds the only slot of runs/, says where it stands,
+    then runs; its entry leaves the queue and its time joins the history. Ctrl-C while waiting leaves."""
+    import threading
+
+    queue = RunQueue(tmp_path / "runs", QueueSettings(max_running=1))
+    pid, started = sleepers()
+    _entry(queue, "app-run", owner_hash("alice"), lambda: (pid, started), at=time.time(), state="running")
+    said, entered = [], threading.Event()
+    cfg = RunConfig(data="demo:tweets", ssm=["tfidf"])
+
+    def cli_run():
+        with runqueue.turn_in_queue(tmp_path / "runs" / "cli-run", cfg, on_wait=said.append):
+            entered.set()
+            assert [e.state for e in queue.entries() if e.run_id == "cli-run"] == ["running"]
+
+    worker = threading.Thread(target=cli_run)
+    worker.start()
+    time.sleep(2.0)
+    assert not entered.is_set() and said and said[0].startswith("queued: 1st")
+    assert [e.owner for e in queue.entries() if e.run_id == "cli-run"] == [runqueue.cli_owner()]
+    psutil.Process(pid).kill()  # the app's run ends: the command line's turn
+    worker.join(timeout=10)
+    assert entered.is_set() and not worker.is_alive()
+    assert [e.run_id for e in queue.entries()] == []
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    pid, started = sleepers()
+    _entry(queue, "app-run-2", owner_hash("alice"), lambda: (pid, started), at=time.time(), state="running")
+    with pytest.raises(KeyboardInterrupt):
+        with runqueue.turn_in_queue(tmp_path / "runs" / "cli-run-2", cfg, on_wait=lambda _: interrupted()):
+            pass
+    assert [e.run_id for e in queue.entries()] == ["app-run-2"]
+
+
 # -- real workers ---------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -260,3 +297,22 @@ def test_a_queued_run_cannot_be_removed_or_started_twice(tmp_path, fruit):
         manager.remove(run_id, "alice")
     manager.queue.remove(run_id)
     assert os.path.isdir(manager.folder(run_id))
+
+
+def test_the_cli_queues_where_a_queue_is_and_when_asked(tmp_path, fruit, monkeypatch):
+    """`run --out runs/x`: in a plain folder nothing queue-like is written (auto); `--queue always`
+    takes a turn (and records what the run took); then auto finds the queue and takes a turn too."""
+    from ea_core.cli import main
+
+    data, srv = fruit
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-cli")
+    args = ["run", "--data", str(data), "--ssm", "tfidf", "--lm", "openai", "--lm-model", "test-model",
+            "--lm-base-url", srv.url, "--oof-folds", "2", "--price-in", "0.15", "--price-out", "0.6"]
+    runs = tmp_path / "runs"
+    assert main(args + ["--out", str(runs / "plain")]) == 0
+    assert not (runs / ".queue").exists()
+    assert main(args + ["--out", str(runs / "queued"), "--queue", "always"]) == 0
+    assert main(args + ["--out", str(runs / "found")]) == 0
+    history = (runs / ".queue" / "history.jsonl").read_text().splitlines()
+    assert len(history) == 2 and all('"state": "done"' in line for line in history)
+    assert RunQueue(runs).entries() == []

@@ -109,11 +109,15 @@ def test_the_results_tab_shows_the_disk_used_and_removes_an_ended_run(tmp_path):
     assert "removed" in results.remove_run(studio, tab, "alice", run_id)["disk"]
     assert not studio.manager.folder(run_id).exists()
     assert "Disk: 0 KB" in results.disk_note(studio, tab, "alice")["disk"]
-    # Uploads kept in the owner's store count too (the store's own measure), and the quota holds.
+    # Uploads kept in the owner's store count too (the store's own measure), and the quota holds:
+    # an upload past it is refused, one that fills it leaves no room for a run.
     data = tmp_path / "big.csv"
     data.write_bytes(b"text,label\n" + b"x,y\n" * 300_000)
+    with pytest.raises(Exception, match="runs and uploads would take"):
+        studio.store("alice").add(data)
+    data.write_bytes(b"x" * 2**20)
     studio.store("alice").add(data)
-    assert studio.manager.disk_use("alice") == studio.store("alice").usage() > 2**20
+    assert studio.manager.disk_use("alice") == studio.store("alice").usage() == 2**20
     with pytest.raises(Exception, match="remove old runs"):
         studio.manager.create(cfg, "alice")
     studio.manager.create(cfg, "bob")

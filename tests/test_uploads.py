@@ -92,3 +92,23 @@ def test_the_setup_never_keeps_a_key(tmp_path):
     assert "SECRET" not in raw and "INURL" not in raw
     (store.folder / "setup.json").write_text("not json")
     assert store.load_setup() is None
+
+
+def test_an_upload_counts_in_the_disk_quota_of_runs_and_uploads(tmp_path):
+    """With --disk-quota-mb, what one owner's runs take leaves less room for uploads (and the reverse)."""
+    from ea_core.quotas import DiskQuota
+    from ea_core.runfolder import write_json
+    from ea_core.runs import owner_hash
+    from pages.session import Studio
+
+    studio = Studio(tmp_path / "runs", StoreLimits(quota_mb=10), quota=DiskQuota(per_owner_mb=1))
+    run = tmp_path / "runs" / "alice-run-0123456789ab"
+    run.mkdir(parents=True)
+    write_json(run / "status.json", {"run_id": run.name, "owner": owner_hash("alice"), "state": "done"})
+    _file(run / "model.bin", 800 * 1024)  # alice's run takes 800 KB of her 1 MB
+    with pytest.raises(DataError, match="runs and uploads would take 1 MB, over the 1 MB this server allows"):
+        studio.store("alice").add(_file(tmp_path / "big.csv", 300 * 1024))
+    assert studio.store("alice").files() == []
+    studio.store("alice").add(_file(tmp_path / "small.csv", 100 * 1024))  # fits beside the run
+    studio.store("bob").add(_file(tmp_path / "big.csv", 300 * 1024))  # bob has no run: room for it
+    assert "Disk: 900 KB of 1 MB" in studio.manager.quota.describe(studio.manager.disk_use("alice"))

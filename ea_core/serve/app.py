@@ -249,7 +249,8 @@ def create_app(served: ServedSystem) -> FastAPI:
         return _json({
             "ready": ready, "models_loaded": True, "lm_stage": engine.has_lm, "lm_reachable": lm_ok,
             "lm_share": {"live": drift.share, "window": drift.n, "tuned": drift.tuned,
-                         "expected": None if bounds is None else list(bounds), "drift": drift.check()},
+                         "expected": None if bounds is None else list(bounds),
+                         "drift": drift.check() if drift.watched else None},
         }, status=200 if ready else 503)
 
     @app.get("/metrics")

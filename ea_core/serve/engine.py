@@ -107,6 +107,9 @@ class ServeEngine:
                  pair_task: bool = False, image_task: bool = False, observer: Any = None) -> None:
         self.system = system
         self.settings = settings or ServeSettings()
+        for stage in system.stages:  # no on-disk embedding cache: a file per batch of new traffic grows without end
+            if stage.model is not None and getattr(stage.model, "use_cache", False):
+                stage.model.use_cache = False
         self.labels = list(system.labels)
         self.pair_task = bool(pair_task)
         self.image_task = bool(image_task)

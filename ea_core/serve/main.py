@@ -132,6 +132,11 @@ def build_served(bundle: str | Path, settings: ServeSettings, *, lm_base_url: Op
         rate = (meta.get("metrics") or {}).get("val_lm_call_rate")
         tuned = float(rate) if isinstance(rate, (int, float)) and 0 <= rate <= 1 else None
     drift = DriftWatch(tuned, settings.drift_window, settings.drift_min_inputs)
+    if has_lm and tuned is None:
+        log.warning("LM share drift is not watched: the bundle records no tuned LM share (a bundle exported at "
+                    "thresholds chosen by hand has none). Give --tuned-lm-share R, the validation LM share at its "
+                    "thresholds (the app's Thresholds tab shows it), to watch it; /metrics says "
+                    "ea_lm_share_drift_watched 0 meanwhile.")
     metrics = ServeMetrics([s.name for s in system.stages], drift=drift, budget_usd=budget_usd if budget else None)
     engine = ServeEngine(system, settings, pair_task=pair_task, image_task=image_task, observer=metrics)
     if warm_up:
@@ -216,8 +221,10 @@ def add_from_log_args(p: Any) -> None:
 
 
 def serve_command(bundle: str | Path, *, port: int = 8000, lm_base_url: Optional[str] = None,
-                  key_env: str = "EA_SERVE_KEY", log_dir: Optional[str] = None) -> str:
-    """The shell command that serves `bundle` (for a UI to show); never holds a key or URL userinfo."""
+                  key_env: str = "EA_SERVE_KEY", log_dir: Optional[str] = None,
+                  tuned_lm_share: Optional[float] = None) -> str:
+    """The shell command that serves `bundle` (for a UI to show); never holds a key or URL userinfo.
+    `tuned_lm_share`: the validation LM share to watch for drift, for a bundle that records none."""
     import shlex
 
     from ea_core.llm.urls import strip_userinfo
@@ -226,6 +233,8 @@ def serve_command(bundle: str | Path, *, port: int = 8000, lm_base_url: Optional
              "--api-key-env", key_env]
     if lm_base_url:
         parts += ["--lm-base-url", strip_userinfo(lm_base_url)]
+    if tuned_lm_share is not None:
+        parts += ["--tuned-lm-share", f"{float(tuned_lm_share):.4g}"]
     if log_dir:
         parts += ["--log-dir", str(log_dir)]
     return " ".join(shlex.quote(p) for p in parts)
@@ -261,6 +270,21 @@ class ServerThread:
                 raise RuntimeError(f"the server did not start on {self.url}")
             time.sleep(0.01)
         return self
+
+    def readiness(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """What ``/readyz`` says once the server answers it (models loaded; the LM endpoint reached
+        or not), or ``{"ready": False, "error": ...}`` when it does not answer within `timeout_s`."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                reply = httpx.get(self.url + "/readyz", timeout=max(deadline - time.monotonic(), 0.5))
+                return dict(reply.json())
+            except (httpx.HTTPError, ValueError) as err:
+                if time.monotonic() > deadline or not self.thread.is_alive():
+                    return {"ready": False, "error": f"{type(err).__name__}: no answer from {self.url}/readyz"}
+                time.sleep(0.05)
 
     def stop(self) -> None:
         self.server.should_exit = True

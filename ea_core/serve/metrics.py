@@ -7,7 +7,9 @@ a URL or an input's text. Each server has its own registry (no process-global st
 Drift: the system was tuned for an LM share (the share of inputs that reach the LM stage, on
 validation). `DriftWatch` keeps the last N inputs; when the live share leaves the binomial 95%
 interval of N draws at the tuned share, `ea_lm_share_drift` is 1 and the server log says so
-once (and once again when it comes back).
+once (and once again when it comes back). A bundle that records no tuned share (one exported at
+thresholds chosen by hand) is not watched unless the operator gives one: the start-up log says so,
+``ea_lm_share_drift_watched`` is 0 and ``ea_lm_share_drift`` NaN (unknown, not "no drift").
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ class DriftWatch:
         return self._interval_cache[n]
 
     @property
+    def watched(self) -> bool:
+        """Whether drift can be judged at all (a tuned share is known)."""
+        return self.tuned is not None
+
+    @property
     def drifting(self) -> bool:
         return self._drifting
 
@@ -133,9 +140,12 @@ class ServeMetrics:
         high = Gauge("ea_lm_share_expected_high", "High end of the tuned share's 95% interval over the window",
                      registry=r)
         high.set_function(lambda: self._bound(1))
-        drifting = Gauge("ea_lm_share_drift", "1 when the live LM share is outside the tuned share's 95% interval",
-                         registry=r)
-        drifting.set_function(lambda: float(self.drift.check()))
+        drifting = Gauge("ea_lm_share_drift", "1 when the live LM share is outside the tuned share's 95% interval "
+                         "(NaN: not watched, no tuned share known)", registry=r)
+        drifting.set_function(lambda: float(self.drift.check()) if self.drift.watched else float("nan"))
+        watched = Gauge("ea_lm_share_drift_watched", "1 when a tuned LM share is known and drift is watched; 0: give "
+                        "the server --tuned-lm-share", registry=r)
+        watched.set_function(lambda: float(self.drift.watched))
         self.budget = Gauge("ea_lm_budget_usd", "The LM budget, USD (NaN: none)", registry=r)
         self.budget.set(float("nan") if budget_usd is None else budget_usd)
         self.spent = Gauge("ea_lm_budget_spent_usd", "Money spent against the LM budget, USD", registry=r)

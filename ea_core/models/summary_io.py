@@ -1,0 +1,37 @@
+"""Saved summarizers loaded back by kind (lead, extractive, seq2seq): what a summarization bundle
+holds. Runs no pickled code: settings are JSON, weights safetensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from ea_core.errors import ModelError
+from ea_core.models.base import load_model
+from ea_core.models.memory import EmbeddingMemory
+from ea_core.models.seq2seq import Seq2SeqSummarizer
+from ea_core.models.summarizers import SUMMARIZER_JSON, ExtractiveSummarizer, LeadSummarizer
+
+
+def load_summarizer(folder: Path, *, root: Optional[Path] = None, memory: Optional[EmbeddingMemory] = None) -> Any:
+    """The summarizer saved in `folder` (a ModelError naming the file when it is missing or damaged)."""
+    path = folder / SUMMARIZER_JSON
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"No readable summarizer in {folder} ({path.name}: {exc}).") from None
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    if kind == "lead":
+        return LeadSummarizer(int(meta.get("n_sentences", 1)))
+    if kind == "extractive":
+        m = ExtractiveSummarizer(str(meta.get("encoder", "minilm")), n_sentences=int(meta.get("n_sentences", 1)),
+                                 memory=memory, name=str(meta.get("name", "extractive")))
+        m.head_ = load_model(folder / "head", root=root, memory=m.memory)
+        return m
+    if kind == "seq2seq":
+        return Seq2SeqSummarizer.load(folder, meta)
+    raise ModelError(f"{path}: unknown summarizer kind {kind!r} (lead, extractive or seq2seq).")
+
+
+__all__ = ["load_summarizer"]

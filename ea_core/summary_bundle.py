@@ -1,0 +1,173 @@
+"""A summarization system exported and used: the chosen cascade's summarizers, each with its
+confidence map and threshold, and the LM's settings (never a key), in a folder whose bundle.json
+says ``task.kind = "summarization"``; `predict_summaries` writes, per input row, the summary, the
+stage that answered and its confidence.
+
+Kept beside `ea_core.bundle` (the classification bundle's strict format) rather than inside it: a
+summary stage has no labels or temperature, and the reader below checks its own format.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ea_core.calibration import apply_quality_map
+from ea_core.data.summaries import SummarySplit, split_sentences
+from ea_core.errors import ConfigError, DataError
+from ea_core.llm.summarize import summary_lm_from_settings
+from ea_core.models.summary_io import load_summarizer
+from ea_core.summarization import SummarizationResult
+
+SUMMARY_BUNDLE_FORMAT = "ea-summary-bundle/1"
+BUNDLE_JSON = "bundle.json"
+
+
+def is_summary_bundle(folder: str | Path) -> bool:
+    """Whether `folder` holds a summarization bundle (what `predict` dispatches on)."""
+    try:
+        meta = json.loads((Path(folder) / BUNDLE_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    task = meta.get("task") if isinstance(meta, dict) else None
+    return isinstance(task, dict) and task.get("kind") == "summarization"
+
+
+def export_summary_bundle(result: SummarizationResult, lm_settings: dict[str, Any], out_dir: str | Path,
+                          system: str = "ea") -> Path:
+    """Write the routed `system` row's cascade (stages in order, thresholds, confidence maps)."""
+    row = next((r for r in result.rows if r["system"] == system and r.get("stages")), None)
+    if row is None:
+        raise ConfigError(f"No routed system {system!r} in these results.")
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    by_name = {s.name: s for s in result.stages}
+    stages = []
+    for k, (name, thr) in enumerate(zip(row["stages"], row["thresholds"])):
+        run = by_name[name]
+        entry: dict[str, Any] = {"name": name, "threshold": float(thr), "quality_map": list(run.quality_map)}
+        if run.kind == "lm":
+            entry["lm"] = True
+        else:
+            folder = f"stage{k}"
+            result.models[name].save(out / folder)
+            entry["folder"] = folder
+        stages.append(entry)
+    meta = {"format": SUMMARY_BUNDLE_FORMAT, "task": {"kind": "summarization"}, "system": system,
+            "chosen": row.get("chosen"), "stages": stages, "lm": lm_settings,
+            "metrics": {k: row[k] for k in row if k.startswith(("val_rouge", "test_rouge"))}}
+    (out / BUNDLE_JSON).write_text(json.dumps(meta, indent=2))
+    return out
+
+
+@dataclass
+class SummaryPredictions:
+    """One summary, answering stage and confidence per input."""
+
+    summaries: list[str]
+    stage: list[str]
+    confidence: np.ndarray
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / BUNDLE_JSON
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable bundle ({exc}).") from None
+    if not isinstance(meta, dict) or meta.get("format") != SUMMARY_BUNDLE_FORMAT:
+        raise ConfigError(f"{path}: not a summarization bundle (format {SUMMARY_BUNDLE_FORMAT}).")
+    stages = meta.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(f"{path}: 'stages' must be a non-empty list.")
+    for e in stages:
+        ok = isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("threshold"), (int, float))
+        qm = e.get("quality_map") if isinstance(e, dict) else None
+        if not ok or not (isinstance(qm, list) and len(qm) == 2 and len(qm[0]) == len(qm[1]) >= 1):
+            raise ConfigError(f"{path}: each stage needs a name, a threshold and a quality_map [x, y].")
+        if not e.get("lm"):
+            rel = Path(str(e.get("folder", "")))
+            if rel.is_absolute() or ".." in rel.parts or not (folder / rel).resolve().is_relative_to(folder.resolve()):
+                raise ConfigError(f"{path}: stage {e['name']!r} names a folder outside the bundle.")
+    return meta
+
+
+def predict_summaries(folder: str | Path, split: SummarySplit, *, use_lm: bool = True, api_key: Optional[str] = None,
+                      cache_path: Optional[str] = None, base_url: Optional[str] = None) -> SummaryPredictions:
+    """Route every input down the bundle's cascade: a stage answers when its confidence (mapped to
+    expected ROUGE-L) reaches its threshold; the last stage answers the rest (without the LM: the
+    last small model)."""
+    root = Path(folder)
+    meta = _read_meta(root)
+    stages = [e for e in meta["stages"] if use_lm or not e.get("lm")]
+    if not stages:
+        raise ConfigError("This bundle has only an LM stage; run it with the LM.")
+    n = len(split)
+    summaries, who, conf = [""] * n, [""] * n, np.zeros(n)
+    todo = np.arange(n)
+    for k, e in enumerate(stages):
+        if todo.size == 0:
+            break
+        part = split.subset(todo)
+        if e.get("lm"):
+            lm = summary_lm_from_settings(meta.get("lm") or {}, api_key=api_key, cache_path=cache_path,
+                                          base_url=base_url)
+            gen = lm.summarize(part.sources, part.instructions)
+            texts, raw = gen.texts, gen.confidence
+        else:
+            out = load_summarizer(root / e["folder"], root=root).summarize(part)
+            texts, raw = out.texts, out.raw_conf
+        c = apply_quality_map(e["quality_map"][0], e["quality_map"][1], raw)
+        take = np.ones(todo.size, bool) if k == len(stages) - 1 else c >= float(e["threshold"])
+        for j in np.flatnonzero(take):
+            i = int(todo[j])
+            summaries[i], who[i], conf[i] = texts[j], e["name"], float(c[j])
+        todo = todo[~take]
+    return SummaryPredictions(summaries, who, conf)
+
+
+def read_summary_inputs(path: str, source_column: Optional[str] = None,
+                        instruction_column: Optional[str] = None) -> tuple[Any, SummarySplit]:
+    """(the table, its rows as a split) of a file of texts to summarise (no reference needed)."""
+    from ea_core.data.formats import SUPPORTED_FORMATS, read_format
+    from ea_core.data.summaries import INSTRUCTION_NAMES, SOURCE_NAMES
+
+    p = Path(path)
+    fmt = SUPPORTED_FORMATS.get(p.suffix.lower())
+    if not p.is_file() or fmt is None:
+        raise DataError(f"{path}: give a CSV, TSV, JSON lines or Parquet file of texts to summarise.")
+    with open(p, "rb") as fh:
+        table = read_format(fmt, str(p), path, None, fh.read(65536))
+    names = table.column_names
+    lower = {c.lower(): c for c in names}
+    src = source_column or next((lower[c] for c in SOURCE_NAMES if c in lower), None)
+    if src not in names:
+        raise DataError(f"{path} has no source-text column (columns: {', '.join(names)}); name one with --text-col.")
+    ins = instruction_column or next((lower[c] for c in INSTRUCTION_NAMES if c in lower), None)
+    sources = ["" if v is None else str(v) for v in table.column(src).to_pylist()]
+    instr = ["" if v is None else str(v) for v in table.column(ins).to_pylist()] if ins in names else [""] * len(sources)
+    sents = [split_sentences(s) for s in sources]
+    return table, SummarySplit(sources, [""] * len(sources), instr, sents)
+
+
+def write_summary_predictions(table: Any, preds: SummaryPredictions, output: str) -> None:
+    """The input rows with `summary`, `stage` and `confidence` columns (CSV, or JSON lines by extension)."""
+    import pandas as pd
+
+    df = table.to_pandas()
+    df["summary"], df["stage"], df["confidence"] = preds.summaries, preds.stage, np.round(preds.confidence, 4)
+    if output.lower().endswith((".jsonl", ".ndjson")):
+        df.to_json(output, orient="records", lines=True, force_ascii=False)
+    else:
+        df.to_csv(output, index=False)
+
+
+__all__ = ["SUMMARY_BUNDLE_FORMAT", "SummaryPredictions", "export_summary_bundle", "is_summary_bundle",
+           "predict_summaries", "read_summary_inputs", "write_summary_predictions"]

@@ -1,0 +1,244 @@
+"""Summaries tab: EA on a summarization task in the app (issue 18), in one tab for now: the data
+(source / summary / instruction pickers and a preview), the small summarizers, the LM (the packaged
+local stand-in or an OpenAI-compatible endpoint this server allows) with its prompt previewed, a run
+with progress, the results in the shape of the paper's Table 2, and Try it (each stage's summary and
+confidence against its threshold, which one answered, the LM's reply and cost).
+
+Thin: the engine is `ea_core.summarization`. Unlike the classification tabs, the run happens in this
+browser session's handler (a thread streaming its progress), not in a worker process under the run
+queue, and it is kept in the session only (no run folder, no resume after a refresh).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any, Iterator, Optional
+
+import gradio as gr
+import pandas as pd
+
+from ea_core.data.summaries import ACLSUM_DEMO, load_summaries
+from ea_core.errors import EAError
+from ea_core.events import ProgressEvent
+from ea_core.llm.summarize import DEFAULT_SUMMARY_PROMPT, LocalSummaryLM, OpenAISummaryLM, render_prompt
+from ea_core.summarize_cli import DEMO_ACLSUM
+from pages.session import Studio
+from pages.ui import Components, error_message, note
+
+SSM_CHOICES = [("extractive: sentence scorer over frozen MiniLM (seconds on CPU)", "extractive"),
+               ("lead: the first sentence (instant)", "lead")]
+RUN_KEYS = ("source", "file", "source_col", "summary_col", "instruction_col", "ssm", "lm_kind", "lm_url", "lm_model",
+            "lm_key", "price_in", "price_out", "budget", "max_lm_rate", "gamma", "max_val", "max_test", "template")
+TABLE_COLUMNS = ["system", "val_rouge1", "val_rouge2", "val_rougeL", "test_rouge1", "test_rouge2", "test_rougeL",
+                 "test_lm_call_rate", "chosen"]
+
+
+def build() -> Components:
+    c: Components = {}
+    gr.Markdown("Summaries: source texts with reference summaries. Quality is ROUGE-L F1; the router sends a text "
+                "to the LM only when the small models' confidence (their expected ROUGE-L) is below its threshold.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            c["source"] = gr.Radio([("ACLSum demo (offline)", "demo"), ("my file", "file")], value="demo",
+                                   label="Data", elem_id="sum-source")
+            c["file"] = gr.File(label="CSV, TSV, JSON lines or Parquet", file_types=[".csv", ".tsv", ".jsonl", ".parquet"],
+                                type="filepath", visible=True)
+            with gr.Row():
+                c["source_col"] = gr.Dropdown([], label="Source text column", allow_custom_value=True)
+                c["summary_col"] = gr.Dropdown([], label="Reference summary column", allow_custom_value=True)
+                c["instruction_col"] = gr.Dropdown([], label="Instruction column (optional)", allow_custom_value=True)
+            with gr.Row():
+                c["max_val"] = gr.Number(DEMO_ACLSUM["max_val"], precision=0, label="Validation examples (max)")
+                c["max_test"] = gr.Number(DEMO_ACLSUM["max_test"], precision=0, label="Test examples (max)")
+            c["preview_btn"] = gr.Button("Preview", elem_id="sum-preview-btn")
+            c["data_note"] = gr.HTML()
+            c["preview"] = gr.Dataframe(interactive=False, wrap=True, max_height=260)
+        with gr.Column(scale=5, min_width=320):
+            c["ssm"] = gr.CheckboxGroup(SSM_CHOICES, value=["extractive", "lead"], label="Small summarizers")
+            c["lm_kind"] = gr.Radio([("local stand-in (SmolLM2-135M, weak, slow on CPU)", "local"),
+                                     ("OpenAI-compatible endpoint", "openai")], value="local", label="Large model")
+            with gr.Row():
+                c["lm_url"] = gr.Textbox(label="Base URL", placeholder="https://api.openai.com/v1")
+                c["lm_model"] = gr.Textbox(label="Model", placeholder="gpt-4o-mini")
+            c["lm_key"] = gr.Textbox(label="API key (kept in this session only)", type="password")
+            with gr.Row():
+                c["price_in"] = gr.Number(0.0, label="USD / 1M prompt tokens")
+                c["price_out"] = gr.Number(0.0, label="USD / 1M output tokens")
+                c["budget"] = gr.Number(None, label="Budget USD (empty: none)")
+            with gr.Row():
+                c["max_lm_rate"] = gr.Slider(0, 1, value=0.3, step=0.05, label="LM budget: share of inputs")
+                c["gamma"] = gr.Number(None, label="Underfit gamma (ROUGE-L; empty: median)")
+            c["template"] = gr.Textbox(DEFAULT_SUMMARY_PROMPT, lines=4, label="Prompt ({source}, {instruction})")
+            c["prompt_preview"] = gr.Textbox(label="The prompt of the first example", lines=5, interactive=False)
+    c["run"] = gr.Button("Run EA on summaries", variant="primary", elem_id="sum-run")
+    c["log"] = gr.Textbox(label="Progress", lines=6, interactive=False, elem_id="sum-log")
+    c["results"] = gr.Dataframe(interactive=False, label="Results (ROUGE F1, validation and test)",
+                                elem_id="sum-results")
+    c["mining"] = gr.Markdown()
+    with gr.Accordion("Try it", open=True):
+        with gr.Row():
+            c["try_text"] = gr.Textbox(label="Text to summarise", lines=5, scale=4)
+            c["try_instruction"] = gr.Textbox(label="Instruction (e.g. challenge)", scale=1)
+        c["try_btn"] = gr.Button("Summarise")
+        c["trace"] = gr.Dataframe(interactive=False, wrap=True, label="Each stage: summary, confidence, threshold")
+    c["state"] = gr.State(None)
+    return c
+
+
+def _task(values: dict[str, Any]) -> Any:
+    demo = values["source"] == "demo"
+    if not demo and not values.get("file"):
+        raise EAError("Upload a file, or pick the ACLSum demo.")
+    cols = {} if demo else {"source_column": values.get("source_col") or None,
+                            "summary_column": values.get("summary_col") or None,
+                            "instruction_column": values.get("instruction_col") or None}
+    caps = {"max_val": int(values["max_val"]) if values.get("max_val") else None,
+            "max_test": int(values["max_test"]) if values.get("max_test") else None}
+    return load_summaries(ACLSUM_DEMO if demo else str(values["file"]), **cols, **caps)
+
+
+def _keyed(tab: Components, updates: dict[str, Any]) -> dict[Any, Any]:
+    """Updates by component (what Gradio takes) from updates by name."""
+    return {tab[k]: v for k, v in updates.items()}
+
+
+def preview(studio: Studio, tab: Components, source: str, file: Optional[str], source_col: str, summary_col: str,
+            instruction_col: str, max_val: Any, max_test: Any, template: str) -> dict[Any, Any]:
+    """The first rows as the run will read them, the columns to pick from, and the prompt."""
+    return _keyed(tab, _preview(source, file, source_col, summary_col, instruction_col, max_val, max_test, template))
+
+
+def _preview(source: str, file: Optional[str], source_col: str, summary_col: str, instruction_col: str,
+             max_val: Any, max_test: Any, template: str) -> dict[str, Any]:
+    values = {"source": source, "file": file, "source_col": source_col, "summary_col": summary_col,
+              "instruction_col": instruction_col, "max_val": max_val, "max_test": max_test}
+    try:
+        task = _task(values)
+        split = task.train
+        frame = pd.DataFrame({"source": [s[:300] for s in split.sources[:5]], "instruction": split.instructions[:5],
+                              "reference": split.references[:5]})
+        prompt = render_prompt(split.sources[0], split.instructions[0], template or DEFAULT_SUMMARY_PROMPT)
+        words = f"{len(task.train)} / {len(task.val)} / {len(task.test)} examples (train / validation / test)."
+        return {"preview": frame, "prompt_preview": prompt,
+                "data_note": note(" ".join([words] + task.warnings), "warn" if task.warnings else "info")}
+    except EAError as err:
+        return {"preview": pd.DataFrame(), "prompt_preview": "", "data_note": note(error_message(err), "error")}
+
+
+def _lm(studio: Studio, values: dict[str, Any]) -> Any:
+    common = {"budget_usd": float(values["budget"]) if values.get("budget") else None,
+              "prompt_template": values.get("template") or DEFAULT_SUMMARY_PROMPT}
+    if values["lm_kind"] == "local":
+        return LocalSummaryLM(**common)
+    if not values.get("lm_url") or not values.get("lm_model"):
+        raise EAError("An OpenAI-compatible LM needs its base URL and model name.")
+    return OpenAISummaryLM(values["lm_url"], values["lm_model"], api_key=values.get("lm_key") or None,
+                           price_in_per_1m=float(values.get("price_in") or 0), endpoint_policy=studio.manager.endpoints,
+                           price_out_per_1m=float(values.get("price_out") or 0), **common)
+
+
+def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The results rows as the table shows them (ROUGE in points, as the paper's Table 2)."""
+    frame = pd.DataFrame([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows])
+    for k in TABLE_COLUMNS[1:7]:
+        frame[k] = (frame[k] * 100).round(2)
+    frame["test_lm_call_rate"] = (frame["test_lm_call_rate"].astype(float) * 100).round(1)
+    return frame.rename(columns={"test_lm_call_rate": "test LM calls %"})
+
+
+def run(studio: Studio, tab: Components, *args: Any) -> Iterator[dict[Any, Any]]:
+    """Train, mine, route and report, streaming progress lines; the result stays in this session."""
+    for updates in _run(studio, *args):
+        yield _keyed(tab, updates)
+
+
+def _run(studio: Studio, *args: Any) -> Iterator[dict[str, Any]]:
+    from ea_core.summarization import run_summarization
+
+    values = dict(zip(RUN_KEYS, args))
+    try:
+        task, lm = _task(values), _lm(studio, values)
+        if not values.get("ssm"):
+            raise EAError("Tick at least one small summarizer.")
+    except EAError as err:
+        yield {"log": error_message(err)}
+        return
+    lines: list[str] = [f"{len(task.train)}/{len(task.val)}/{len(task.test)} examples; LM: {lm.describe()}"]
+    events: "queue.Queue[Any]" = queue.Queue()
+
+    def on_event(ev: ProgressEvent) -> None:
+        events.put(ev)
+
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            mine = DEMO_ACLSUM["mine_lm_max"] if values["source"] == "demo" else None
+            box["result"] = run_summarization(task, lm, ssms=list(values["ssm"]), max_lm_rate=float(values["max_lm_rate"]),
+                                              gamma=float(values["gamma"]) if values.get("gamma") not in (None, "") else None,
+                                              mine_lm_max=mine, progress=on_event)
+        except EAError as err:
+            box["error"] = error_message(err)
+        finally:
+            events.put(None)
+
+    threading.Thread(target=work, daemon=True).start()
+    done = False
+    while not done:
+        time.sleep(0.5)
+        while True:
+            try:
+                ev = events.get_nowait()
+            except queue.Empty:
+                break
+            if ev is None:
+                done = True
+                break
+            if ev.is_message:
+                lines.append(ev.message or ev.stage)
+            elif lines and lines[-1].startswith(ev.stage + " "):
+                lines[-1] = f"{ev.stage} {ev.step}/{ev.total}"
+            else:
+                lines.append(f"{ev.stage} {ev.step}/{ev.total}")
+        yield {"log": "\n".join(lines[-40:])}
+    if "error" in box:
+        yield {"log": "\n".join(lines + [box["error"]])}
+        return
+    result = box["result"]
+    m = result.mining
+    mining = (f"**Mining** (gamma = {m['gamma']:.3f} ROUGE-L): {m['ssms_missed']} of {m['train']} training texts "
+              f"missed by every small model, {m['lm_asked']} asked to the LM, {m['underfit']} underfit. "
+              f"LM calls {m['lm_calls']}, output tokens {m['lm_output_tokens']}, ${m['lm_cost_usd']:.4f}.")
+    ea = next((r for r in result.rows if r["system"] == "ea"), {})
+    why = f"\n\n**EA**: {ea.get('why', '')}" if ea.get("why") else ""
+    yield {"log": "\n".join(lines + ["done"]), "results": results_frame(result.rows), "mining": mining + why,
+           "state": {"result": result, "lm": lm}}
+
+
+def try_text(studio: Studio, tab: Components, state: Optional[dict[str, Any]], text: str, instruction: str) -> dict[Any, Any]:
+    """Each stage's summary of a pasted text, its confidence against its threshold, who answered."""
+    return _keyed(tab, _try_text(state, text, instruction))
+
+
+def _try_text(state: Optional[dict[str, Any]], text: str, instruction: str) -> dict[str, Any]:
+    from ea_core.summarization import trace_one
+
+    if not state:
+        return {"trace": pd.DataFrame([{"stage": "", "summary": "Run EA on summaries first."}])}
+    try:
+        steps = trace_one(state["result"], state["lm"], text or "", instruction or "")
+    except EAError as err:
+        return {"trace": pd.DataFrame([{"stage": "", "summary": error_message(err)}])}
+    return {"trace": pd.DataFrame([{**s, "confidence": None if s["confidence"] is None else round(s["confidence"], 3),
+                                    "threshold": None if s["threshold"] is None else round(s["threshold"], 3),
+                                    "answered": "answered" if s["answered"] else ""} for s in steps])}
+
+
+PREVIEW_KEYS = ("source", "file", "source_col", "summary_col", "instruction_col", "max_val", "max_test", "template")
+PREVIEW_OUT = ("preview", "prompt_preview", "data_note")
+RUN_OUT = ("log", "results", "mining", "state")
+
+__all__ = ["PREVIEW_KEYS", "PREVIEW_OUT", "RUN_KEYS", "RUN_OUT", "build", "preview", "results_frame", "run",
+           "try_text"]
