@@ -245,6 +245,10 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
         # -- Summaries (issue 18): its own data, models, LM, run and Try it ------------------------
         sum_tab["preview_btn"].click(bind(summaries.preview, sum_tab), pick(sum_tab, *summaries.PREVIEW_KEYS),
                                      pick(sum_tab, *summaries.PREVIEW_OUT))
+        sum_tab["file"].upload(bind(summaries.uploaded, sum_tab), pick(sum_tab, *summaries.UPLOAD_KEYS),
+                               pick(sum_tab, *summaries.UPLOAD_OUT))
+        sum_tab["test_lm_btn"].click(bind(summaries.test_lm, sum_tab), pick(sum_tab, *summaries.RUN_KEYS),
+                                     pick(sum_tab, *summaries.TEST_LM_OUT), concurrency_limit=1)
         sum_tab["run"].click(bind(summaries.run, sum_tab), pick(sum_tab, *summaries.RUN_KEYS),
                              pick(sum_tab, *summaries.RUN_OUT), concurrency_limit=1)
         sum_tab["try_btn"].click(bind(summaries.try_text, sum_tab),
@@ -362,7 +366,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{shared['endpoints'].describe()} Runs at once: {limits.max_running} ({limits.max_running_per_owner} per "
           f"browser); {shared['quota'].limits_text()}.", file=sys.stderr)
     demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name=args.host, server_port=args.port, auth=auth, **LAUNCH_OPTIONS)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, auth=auth, **LAUNCH_OPTIONS)
+    finally:
+        demo.studio.servers.stop_all()  # the local servers Results started (their threads would die anyway)
     return 0
 
 

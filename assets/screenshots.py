@@ -4,7 +4,8 @@ Starts the app on a temporary runs folder, presses Run with everything as it com
 TF-IDF + frozen MiniLM head, the packaged local LM), waits for the run (about 4 minutes on 2
 cores), then saves a 1280x800 view of every tab into assets/ (app-data.png ... app-results.png),
 and of three places below the fold: a file of inputs predicted in Try it (app-batch.png), what EA
-found (app-mined.png) and the past runs (app-runs.png). Needs Debian's chromium
+found (app-mined.png) and the past runs (app-runs.png); then a small summarization run
+(app-summaries.png). Needs Debian's chromium
 (./install.sh --test). With ``--runs-dir DIR`` the runs (and the LM answer cache beside them) are
 kept there, so a second attempt pays for no LM answer again.
 
@@ -29,7 +30,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 VIEWPORT = {"width": 1280, "height": 800}
 TABS = {"data": "1 · Data", "models": "2 · Small models", "lm": "3 · Large model", "train": "4 · Train & mine",
-        "thresholds": "5 · Thresholds", "try": "6 · Try it", "results": "7 · Results & export"}
+        "thresholds": "5 · Thresholds", "try": "6 · Try it", "results": "7 · Results & export",
+        "summaries": "8 · Summaries"}
 
 
 def main() -> None:
@@ -99,6 +101,14 @@ def main() -> None:
             shot("mined")
             page.locator("#res-runs").scroll_into_view_if_needed()
             shot("runs")
+            # Summaries (ACLSum, offline) on small validation/test caps: the run, its plot and table
+            tab("summaries")
+            page.get_by_label("Validation examples (max)").fill("20")
+            page.get_by_label("Test examples (max)").fill("20")
+            page.locator("#sum-run").click()
+            expect(page.locator("#sum-results")).to_contain_text("specific_layer", timeout=3_600_000)
+            page.locator("#sum-run").scroll_into_view_if_needed()
+            shot("summaries")
             browser.close()
         demo.close()
     print("saved " + ", ".join(str(HERE / name) for name in saved))

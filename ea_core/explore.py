@@ -230,6 +230,10 @@ class Explorer:
             sl_test = StageStack(self.state.stage_outputs("test", tuple(tuned["layers"]), self.calibrated), y_test,
                                  self.state.task.n_labels).evaluate(tuned["thresholds"])
             refs.append(Reference("Specific Layer", sl_val.lm_call_rate, sl_val.accuracy, sl_test.accuracy))
+        ea_row = next((r for r in self.state.rows or [] if r.get("system") == "ea"), None)
+        if self.order == "ea_learned" and ea_row is not None:  # the paper's cascade to beat: its results row
+            refs.append(Reference("EA cascade (its results row)", float(ea_row.get("val_lm_call_rate", np.nan)),
+                                  float(ea_row["val_accuracy"]), float(ea_row["test_accuracy"])))
         cfg = self.state.config
         if "lm" in self.kinds and len(y_val):
             thr = budget_quantile_thresholds(self.state.stage_outputs("val", ORDERS[self.order][1], self.calibrated),

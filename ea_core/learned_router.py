@@ -36,9 +36,16 @@ ROUTER_JSON = "router.json"
 ROUTER_FORMAT = "ea-learned-router/1"
 
 
-def features(probs: Sequence[np.ndarray], split: Optional[Split] = None) -> np.ndarray:
+#: Quantiles of the training inputs' log length that cut it into bins (`features`' length_edges).
+LENGTH_QUANTILES = (0.25, 0.5, 0.75)
+
+
+def features(probs: Sequence[np.ndarray], split: Optional[Split] = None,
+             length_edges: Sequence[float] = ()) -> np.ndarray:
     """Per input: each small model's probabilities, top probability, margin and normalised entropy,
-    the share of small models agreeing with the first, and log(1 + characters) for texts."""
+    the share of small models agreeing with the first, and for texts log(1 + characters) and, with
+    `length_edges` (cut points of that log length, from the training split), which length bin the
+    input falls in (one-hot): an LM's accuracy may jump with length, which one slope cannot follow."""
     cols: list[np.ndarray] = []
     top = probs[0].argmax(axis=1)
     for p in probs:
@@ -51,7 +58,18 @@ def features(probs: Sequence[np.ndarray], split: Optional[Split] = None) -> np.n
         chars = np.array([len(t) + (len(split.pairs[i]) if split.pairs is not None else 0)
                           for i, t in enumerate(split.texts)], dtype=np.float64)
         cols.append(np.log1p(chars)[:, None])
+        if len(length_edges):
+            cols.append(np.eye(len(length_edges) + 1)[np.searchsorted(np.asarray(length_edges), np.log1p(chars))])
     return np.hstack(cols)
+
+
+def length_edges_of(split: Split) -> tuple[float, ...]:
+    """`LENGTH_QUANTILES` of the split's log(1 + characters) (none for images)."""
+    if split.images is not None or not len(split.texts):
+        return ()
+    chars = np.array([len(t) + (len(split.pairs[i]) if split.pairs is not None else 0)
+                      for i, t in enumerate(split.texts)], dtype=np.float64)
+    return tuple(float(v) for v in np.quantile(np.log1p(chars), LENGTH_QUANTILES))
 
 
 @dataclass
@@ -105,6 +123,7 @@ class RouterParams:
     intercept: float
     wrong: Optional[tuple[int, float, float]] = None
     combine: str = "gain"
+    length_edges: tuple[float, ...] = ()  # `features`' length bins (none: a scorer fitted before them)
 
     @classmethod
     def from_pipeline(cls, model: Any) -> "RouterParams":
@@ -150,7 +169,8 @@ class RouterParams:
     def to_json(self) -> dict[str, Any]:
         return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "coef": self.coef.tolist(),
                 "intercept": self.intercept,
-                **({} if self.wrong is None else {"wrong": list(self.wrong), "combine": self.combine})}
+                **({} if self.wrong is None else {"wrong": list(self.wrong), "combine": self.combine}),
+                **({"length_edges": list(self.length_edges)} if self.length_edges else {})}
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> "RouterParams":
@@ -179,7 +199,23 @@ class RouterParams:
         if combine not in ("gain", "product", "classwise"):
             raise ConfigError(f"{where}: the learned router's 'combine' must be gain, product or classwise. The bundle is "
                               "damaged or was edited: export it again.")
-        return cls(*arrays, intercept, wrong, combine)
+        edges = data.get("length_edges", [])
+        if not isinstance(edges, list) or len(edges) > 16 or not all(_is_finite(v) for v in edges) \
+                or any(b < a for a, b in zip(edges, edges[1:])):
+            raise ConfigError(f"{where}: the learned router's 'length_edges' must be a short rising list of numbers. "
+                              "The bundle is damaged or was edited: export it again.")
+        return cls(*arrays, intercept, wrong, combine, tuple(float(v) for v in edges))
+
+
+def _no_better_than_a_constant(target: np.ndarray, folds: Any, X: np.ndarray, floor: float) -> bool:
+    """Whether the constant "the LM's overall rate" scores a 5-fold mean log-loss within `floor`
+    (the 1-SE rule's) on the same folds: the null model is then the most regularised choice."""
+    losses = []
+    for fit_rows, held in folds.split(X, target):
+        p = float(np.clip(target[fit_rows].mean(), 1e-6, 1 - 1e-6))
+        t = target[held]
+        losses.append(float(np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))))
+    return float(np.mean(losses)) >= floor
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -200,7 +236,7 @@ class LearnedRouter:
 
     def score(self, probs: Sequence[np.ndarray], split: Optional[Split] = None) -> np.ndarray:
         """P(defer helps) per input."""
-        return self.params.score(features(probs, split))
+        return self.params.score(features(probs, split, self.params.length_edges))
 
     def info(self) -> dict[str, Any]:
         """What it learned from and its AUC, and the scorer's numbers (``model``: what a bundle exports)."""
@@ -219,17 +255,18 @@ class LearnedStage:
         self.models = list(models)
         self.params = params
 
-    def scores(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+    def scores(self, split: Split, *, batch_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
         """(the best small model's label, the router's deferral score) per input."""
-        probs = [np.asarray(m.predict_proba(split), np.float64) for m in self.models]
-        X = features(probs, split)
+        probs = [np.asarray(m.predict_proba(split, batch_size=batch_size), np.float64) for m in self.models]
+        X = features(probs, split, self.params.length_edges)
         if X.shape[1] != self.params.n_features:
             raise ConfigError(f"The learned router reads {self.params.n_features} features but these small models and "
                               f"inputs give {X.shape[1]}: export the bundle again from its run.")
         return probs[0].argmax(axis=1), self.params.score(X)
 
-    def predict_proba(self, split: Split) -> np.ndarray:
-        best, score = self.scores(split)
+    def predict_proba(self, split: Split, *, batch_size: Optional[int] = None) -> np.ndarray:
+        """The small models' interface (`batch_size`: their encoders' passes, as the server sets it)."""
+        best, score = self.scores(split, batch_size=batch_size)
         out = np.zeros((len(best), len(self.labels_)))
         out[np.arange(len(best)), best] = np.clip(1.0 - score, 1e-12, 1.0)  # > 0: argmax stays the answer
         return out
@@ -300,7 +337,7 @@ def load_learned_stage(folder: str | Path, labels: Sequence[str], *, root: Optio
 
 #: How the router scores (see `fit_learned_router`); the first is the default, the others are kept for
 #: the bench (`bench/bench_learned_router.py --methods`).
-METHODS = ("classwise", "gain", "factored", "direct")
+METHODS = ("classwise", "classwise_linear", "gain", "factored", "direct")
 #: Regularisation strengths the factored LM-side regression chooses among, by 5-fold log-loss.
 FACTORED_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -317,7 +354,12 @@ def fit_learned_router(train_probs: Sequence[np.ndarray], train: Split, lm_known
     depends on nothing the features show (an LM at chance), a is nearly flat and the router ranks as
     the cascade does.
     - "classwise" (default): a also reads the true class, so the expected gain of deferring counts
-      the LM's accuracy on the class the small model would have got right (`RouterParams`).
+      the LM's accuracy on the class the small model would have got right (`RouterParams`), and the
+      input's length bin (quartiles of the training split's lengths, `LENGTH_QUANTILES`) beside its
+      log length; where no regularisation of a beats the constant LM rate by 5-fold log-loss (the
+      1-SE rule, the constant the strongest), a is that constant and the router ranks as the cascade.
+      "classwise_linear": the same with the log length alone (one slope) and no constant, the default
+      before these two (it finds about a third of the long-input gain: bench_learned_router.py).
     - "gain": (a + w) / 2, a from the mined rows only; over-rates an LM good on some classes where
       the small model is right (-1.7 / -3.7 points at equal share in the bench).
     - "factored": a * w, P(wrong and the LM right).
@@ -351,7 +393,10 @@ def fit_learned_router(train_probs: Sequence[np.ndarray], train: Split, lm_known
         wrong_rows, lm_right = labels.rows[mask], labels.target[mask]
     if min(int(lm_right.sum()), int(len(lm_right) - lm_right.sum())) < MIN_PER_CLASS:
         return None
-    X = features([p[wrong_rows] for p in train_probs], train.subset(wrong_rows))
+    linear = method == "classwise_linear"
+    edges = () if linear else length_edges_of(train)
+    method = "classwise" if linear else method
+    X = features([p[wrong_rows] for p in train_probs], train.subset(wrong_rows), edges)
     k = train_probs[0].shape[1]
     if method == "classwise":
         X = np.hstack([X, np.eye(k)[y[wrong_rows]]])
@@ -367,10 +412,15 @@ def fit_learned_router(train_probs: Sequence[np.ndarray], train: Split, lm_known
     lm_model = lm_side(min(c for c in FACTORED_CS if loss[c].mean() >= floor))
     auc = float(np.mean(cross_val_score(lm_model, X, lm_right, cv=folds, scoring="roc_auc")))
     params = RouterParams.from_pipeline(lm_model.fit(X, lm_right))
+    if not linear and _no_better_than_a_constant(lm_right, folds, X, floor):
+        # Nothing seen tells where the LM is right (an LM at chance): a flat a, so the router ranks
+        # exactly as the cascade does instead of by noise.
+        rate = float(np.clip(lm_right.mean(), 1e-6, 1 - 1e-6))
+        params = RouterParams(params.mean, params.scale, np.zeros_like(params.coef), math.log(rate / (1 - rate)))
     top = train_probs[0].max(axis=1)[:, None]
     small_wrong = (best != train.labels).astype(np.int64)
     curve = LogisticRegression(C=1e4, max_iter=2000).fit(top, small_wrong)
     wrong = (train_probs[0].shape[1], float(curve.coef_[0, 0]), float(curve.intercept_[0]))  # the top-prob column
     combine = {"gain": "gain", "factored": "product"}.get(method, method)
-    return LearnedRouter(RouterParams(params.mean, params.scale, params.coef, params.intercept, wrong, combine),
-                         labels, auc)
+    return LearnedRouter(RouterParams(params.mean, params.scale, params.coef, params.intercept, wrong, combine,
+                                      edges), labels, auc)

@@ -52,13 +52,16 @@ def _one_stage(bundle: str, name: str) -> Any:
     from pathlib import Path
 
     from ea_core.bundle import BUNDLE_JSON, bundle_path, read_bundle_meta
+    from ea_core.learned_router import load_learned_stage
     from ea_core.models import load_model
     from ea_core.system import AdaptedSystem, SystemStage
 
     root = Path(bundle).resolve()
     meta = read_bundle_meta(root)
     e = next(e for e in meta["stages"] if e["name"] == name)
-    model = load_model(bundle_path(root, e["folder"], root / BUNDLE_JSON, f"stage {name!r} folder"), root=root)
+    folder = bundle_path(root, e["folder"], root / BUNDLE_JSON, f"stage {name!r} folder")
+    # A learned router's stage is its scorer and the small models it reads (`load_bundle` does the same).
+    model = load_learned_stage(folder, meta["labels"], root=root) if e.get("router") else load_model(folder, root=root)
     return AdaptedSystem(meta["labels"], [SystemStage(name, float(e["threshold"]), model, float(e["temperature"]))])
 
 

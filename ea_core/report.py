@@ -252,6 +252,12 @@ def build_rows(state: RunState, tuning: Optional[dict[str, dict[str, Any]]] = No
                 row[key] = tuning[system][key]
         rows.append(row)
     ea = next(r for r in rows if r["system"] == "ea")
+    learned = next((r for r in rows if r["system"] == "ea_learned"), None)
+    if learned is not None:  # which to use, as validation says (test decides nothing): bench_learned_router's "kept"
+        learned["beats_cascade_on_val"] = bool(learned["val_accuracy"] >= ea["val_accuracy"])
+        if not learned["beats_cascade_on_val"]:
+            learned["note"] = ((learned["note"] + "; ") if learned.get("note") else "") + \
+                "below the cascade (ea) on validation: use ea"
     oracle = {}
     for split, y in (("val", y_val), ("test", y_test)):
         stages = state.stage_outputs(split)

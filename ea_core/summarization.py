@@ -279,29 +279,48 @@ def run_summarization(
                  "val_front": [[p.lm_call_rate, p.accuracy] for p in pareto_front(val_stages, None)]}
         return extra, (val_pick.scores, test_pick.scores)
 
+    def spent(*stages: str) -> dict[str, Any]:
+        """What building a system took (Table 2's time and memory): its stages' seconds added up,
+        the highest peak RSS among them; the LM's calls and money during those stages."""
+        picked = [t for t in timings if t["stage"] in stages]
+        lm_parts = {"LM validation": lm_val, "LM test": lm_test, "mining: LM on the missed": lm_train}
+        gens = [lm_parts[n] for n in stages if n in lm_parts]
+        return {"seconds": round(sum(t["seconds"] for t in picked), 2),
+                "peak_rss_mb": max((t["peak_rss_mb"] for t in picked), default=None),
+                "lm_calls": sum(g.calls for g in gens), "lm_cost_usd": sum(g.cost_usd for g in gens)}
+
+    small_stages = [f"{verb} {r.name}" for r in runs for verb in ("train", "predict")]
+    lm_stages = ["LM validation", "LM test"]
+    mine_stages = ["mining: small models out of fold", "mining: LM on the missed"]
+    aug_stage = {"ea": "train augmented (underfit)", "ea_full": "train augmented (EA(Full): all missed)"}
+
     def report() -> list[dict[str, Any]]:
         rows = [_row("lm", "lm", lm_run.val_rouge, lm_run.test_rouge, seed, val_lm_call_rate=1.0,
-                     test_lm_call_rate=1.0, lm_cost_usd=lm_val.cost_usd + lm_test.cost_usd,
-                     calibration_mae=lm_run.calibration_mae)]
+                     test_lm_call_rate=1.0, calibration_mae=lm_run.calibration_mae, **spent(*lm_stages))]
         for r in runs:
             rows.append(_row(r.name, "ssm", r.val_rouge, r.test_rouge, seed, val_lm_call_rate=0.0,
-                             test_lm_call_rate=0.0, calibration_mae=r.calibration_mae))
+                             test_lm_call_rate=0.0, calibration_mae=r.calibration_mae,
+                             **spent(f"train {r.name}", f"predict {r.name}")))
         for key, r in aug_runs.items():
             rows.append(_row(r.name, "assm", r.val_rouge, r.test_rouge, seed, val_lm_call_rate=0.0,
-                             test_lm_call_rate=0.0, calibration_mae=r.calibration_mae))
+                             test_lm_call_rate=0.0, calibration_mae=r.calibration_mae, **spent(aug_stage[key])))
         sl = runs + [lm_run]
         ssm_idx = list(range(len(runs)))
         extra, (vq, tq) = tuned(sl, {"ssm": [0], "specific_layer": ssm_idx + [len(runs)]})
-        rows.append(_row("specific_layer", "routed", vq, tq, seed, **extra))
+        rows.append(_row("specific_layer", "routed", vq, tq, seed, **extra, **spent(*small_stages, *lm_stages)))
         for key in ("ea", "ea_full"):
             if key not in aug_runs:
                 continue
             stages = runs + [aug_runs[key], lm_run]
             layers = {"ssm": [0], "specific_layer": ssm_idx + [len(runs) + 1], "full": list(range(len(stages)))}
             extra, (vq, tq) = tuned(stages, layers)
-            rows.append(_row(key, "routed", vq, tq, seed, **extra))
+            rows.append(_row(key, "routed", vq, tq, seed, **extra,
+                             **spent(*small_stages, *lm_stages, *mine_stages, aug_stage[key])))
         if "ea" not in aug_runs:  # no augmented layer (nothing underfit): EA is the Specific Layer
-            rows.append(dict(rows[-1], system="ea", note="no underfit examples: EA = the Specific Layer"))
+            layer = next(r for r in rows if r["system"] == "specific_layer")
+            rows.append(dict(layer, system="ea", note="no augmented model (nothing underfit, or no trainable "
+                             "small model): EA = the Specific Layer, after mining",
+                             **spent(*small_stages, *lm_stages, *mine_stages)))
         everyone = runs + [lm_run] + list(aug_runs.values())
         best = [np.argmax(np.stack([getattr(s, f"{sp}_rouge").rougeL for s in everyone]), axis=0)
                 for sp in ("val", "test")]
@@ -357,7 +376,8 @@ def trace_one(result: SummarizationResult, lm: SummaryLM, source: str, instructi
 SUMMARY_TABLE = (("system", "system", "{}"), ("val_rouge1", "val R-1", "{:.4f}"), ("val_rouge2", "val R-2", "{:.4f}"),
                  ("val_rougeL", "val R-L", "{:.4f}"), ("test_rouge1", "test R-1", "{:.4f}"),
                  ("test_rouge2", "test R-2", "{:.4f}"), ("test_rougeL", "test R-L", "{:.4f}"),
-                 ("test_lm_call_rate", "test LM calls", "{:.1%}"))
+                 ("test_lm_call_rate", "test LM calls", "{:.1%}"), ("seconds", "time s", "{:.1f}"),
+                 ("peak_rss_mb", "peak MB", "{:.0f}"), ("lm_cost_usd", "LM $", "{:.4f}"))
 
 
 def format_summary_table(rows: Sequence[dict[str, Any]]) -> str:

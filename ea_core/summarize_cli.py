@@ -6,6 +6,7 @@ commands stay as they are; the engine is imported inside the command (start-up t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,9 @@ def add_summary_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     p.add_argument("--summary-lm-model", default=None, metavar="NAME", dest="summary_lm_model")
     p.add_argument("--summary-lm-key-env", default="OPENAI_API_KEY", metavar="VAR", dest="summary_lm_key_env",
                    help="environment variable holding the API key (default OPENAI_API_KEY)")
+    p.add_argument("--summary-shots", type=int, default=0, metavar="K", dest="summary_shots",
+                   help="k-shot prompt: the first K training examples as worked examples (default 0; every call "
+                        "then pays for their tokens)")
     p.add_argument("--price-in", type=float, default=0.0, metavar="USD", help="USD per 1M prompt tokens")
     p.add_argument("--price-out", type=float, default=0.0, metavar="USD", help="USD per 1M output tokens")
     p.add_argument("--budget-usd", type=float, default=None, metavar="USD", help="stop before spending more")
@@ -49,19 +53,24 @@ def add_summary_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     p.add_argument("--cache", default=None, metavar="FILE", help="LM answer cache (default DIR/lm_cache.sqlite)")
 
 
-def _lm(args: argparse.Namespace, out: Path) -> Any:
+def _lm(args: argparse.Namespace, out: Path, task: Any = None) -> Any:
     from ea_core.llm.summarize import LocalSummaryLM, OpenAISummaryLM
 
     cache = args.cache or str(out / "lm_cache.sqlite")
+    k = int(getattr(args, "summary_shots", 0) or 0)
+    if k < 0 or (k and task is not None and k >= len(task.train) - 1):
+        raise ConfigError(f"--summary-shots is 0 or more and leaves at least two training examples, not {k}.")
+    shots = [] if not k or task is None else [
+        (task.train.sources[i], task.train.instructions[i], task.train.references[i]) for i in range(k)]
     if args.summary_lm == "local":
-        return LocalSummaryLM(cache_path=cache, budget_usd=args.budget_usd)
+        return LocalSummaryLM(cache_path=cache, budget_usd=args.budget_usd, shots=shots)
     if not args.summary_lm.startswith(("http://", "https://")):
         raise ConfigError(f"--summary-lm is 'local' or an http(s) base URL, not {args.summary_lm!r}.")
     if not args.summary_lm_model:
         raise ConfigError("--summary-lm URL needs --summary-lm-model NAME.")
     return OpenAISummaryLM(args.summary_lm, args.summary_lm_model, api_key=os.environ.get(args.summary_lm_key_env),
                            price_in_per_1m=args.price_in, price_out_per_1m=args.price_out, cache_path=cache,
-                           budget_usd=args.budget_usd)
+                           budget_usd=args.budget_usd, shots=shots)
 
 
 def cmd_summarize(args: argparse.Namespace, *, demo: bool = False, progress: Optional[ProgressCallback] = None) -> int:
@@ -86,7 +95,9 @@ def cmd_summarize(args: argparse.Namespace, *, demo: bool = False, progress: Opt
     for w in task.warnings:
         print(f"warning: {w}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    lm = _lm(args, out)
+    lm = _lm(args, out, task)
+    if lm.shots:  # the worked examples leave the training split: mining never asks the LM about its own shots
+        task = dataclasses.replace(task, train=task.train.subset(range(len(lm.shots), len(task.train))))
     print(f"Summarization: {len(task.train)}/{len(task.val)}/{len(task.test)} examples from {task.origin}; "
           f"LM: {lm.describe()}", file=sys.stderr)
     result = run_summarization(task, lm, ssms=args.summary_ssm or ("extractive", "lead"),
@@ -112,7 +123,8 @@ def cmd_predict_summaries(args: argparse.Namespace) -> int:
     table, split = read_summary_inputs(args.input, source_column=args.text_col)
     key_env = args.lm_key_env or "OPENAI_API_KEY"
     preds = predict_summaries(args.bundle, split, use_lm=not args.no_lm, api_key=os.environ.get(key_env),
-                              cache_path=args.cache, base_url=args.lm_base_url)
+                              cache_path=args.cache, base_url=args.lm_base_url,
+                              trust_endpoint=bool(getattr(args, "trust_bundle_endpoint", False)))
     output = args.output or f"{args.input}.predictions.csv"
     write_summary_predictions(table, preds, output)
     counts = {s: preds.stage.count(s) for s in dict.fromkeys(preds.stage)}

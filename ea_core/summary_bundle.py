@@ -22,7 +22,7 @@ from ea_core.data.summaries import SummarySplit, split_sentences
 from ea_core.errors import ConfigError, DataError
 from ea_core.llm.summarize import summary_lm_from_settings
 from ea_core.models.summary_io import load_summarizer
-from ea_core.summarization import SummarizationResult
+from ea_core.summarization import SummarizationResult, write_summarization
 
 SUMMARY_BUNDLE_FORMAT = "ea-summary-bundle/1"
 BUNDLE_JSON = "bundle.json"
@@ -67,6 +67,16 @@ def export_summary_bundle(result: SummarizationResult, lm_settings: dict[str, An
     return out
 
 
+def export_summary_run(result: SummarizationResult, lm_settings: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Everything a finished run hands over, as files to download: results.json, results.csv,
+    summaries.json and the adapted system zipped (bundle.zip, what `predict` takes once unzipped)."""
+    out = Path(out_dir)
+    write_summarization(result, out)
+    bundle = export_summary_bundle(result, lm_settings, out / "bundle")
+    archive = Path(shutil.make_archive(str(out / "bundle"), "zip", root_dir=bundle))
+    return [out / "results.json", out / "results.csv", out / "summaries.json", archive]
+
+
 @dataclass
 class SummaryPredictions:
     """One summary, answering stage and confidence per input."""
@@ -100,15 +110,23 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 
 
 def predict_summaries(folder: str | Path, split: SummarySplit, *, use_lm: bool = True, api_key: Optional[str] = None,
-                      cache_path: Optional[str] = None, base_url: Optional[str] = None) -> SummaryPredictions:
+                      cache_path: Optional[str] = None, base_url: Optional[str] = None,
+                      trust_endpoint: bool = False) -> SummaryPredictions:
     """Route every input down the bundle's cascade: a stage answers when its confidence (mapped to
     expected ROUGE-L) reaches its threshold; the last stage answers the rest (without the LM: the
-    last small model)."""
+    last small model). A bundle is data from someone else: its recorded endpoint is called (with
+    the caller's key) only with `trust_endpoint`; otherwise the caller names the endpoint."""
     root = Path(folder)
     meta = _read_meta(root)
     stages = [e for e in meta["stages"] if use_lm or not e.get("lm")]
     if not stages:
         raise ConfigError("This bundle has only an LM stage; run it with the LM.")
+    lm_settings = meta.get("lm") or {}
+    if (use_lm and any(e.get("lm") for e in stages) and lm_settings.get("kind") == "openai" and not base_url
+            and not trust_endpoint):
+        raise ConfigError(f"This bundle's LM stage calls {lm_settings.get('base_url')!r}. A bundle never chooses "
+                          "where your key is sent: pass --lm-base-url URL, or --trust-bundle-endpoint for a bundle "
+                          "you made, or --no-lm to use the small models only.")
     n = len(split)
     summaries, who, conf = [""] * n, [""] * n, np.zeros(n)
     todo = np.arange(n)
@@ -117,7 +135,7 @@ def predict_summaries(folder: str | Path, split: SummarySplit, *, use_lm: bool =
             break
         part = split.subset(todo)
         if e.get("lm"):
-            lm = summary_lm_from_settings(meta.get("lm") or {}, api_key=api_key, cache_path=cache_path,
+            lm = summary_lm_from_settings(lm_settings, api_key=api_key, cache_path=cache_path,
                                           base_url=base_url)
             gen = lm.summarize(part.sources, part.instructions)
             texts, raw = gen.texts, gen.confidence
@@ -149,10 +167,17 @@ def read_summary_inputs(path: str, source_column: Optional[str] = None,
     lower = {c.lower(): c for c in names}
     src = source_column or next((lower[c] for c in SOURCE_NAMES if c in lower), None)
     if src not in names:
-        raise DataError(f"{path} has no source-text column (columns: {', '.join(names)}); name one with --text-col.")
+        what = f"no column {source_column!r}" if source_column else "no source-text column"
+        raise DataError(f"{path} has {what} (columns: {', '.join(names)}); name one with --text-col.")
     ins = instruction_column or next((lower[c] for c in INSTRUCTION_NAMES if c in lower), None)
     sources = ["" if v is None else str(v) for v in table.column(src).to_pylist()]
     instr = ["" if v is None else str(v) for v in table.column(ins).to_pylist()] if ins in names else [""] * len(sources)
+    if not sources:
+        raise DataError(f"{path} has no rows; give at least one text to summarise.")
+    empty = [i for i, s in enumerate(sources) if not s.strip()]
+    if empty:
+        raise DataError(f"{path}: {len(empty)} row(s) have an empty {src!r} text (first: row {empty[0] + 1}); "
+                        "fill them in or drop those rows.")
     sents = [split_sentences(s) for s in sources]
     return table, SummarySplit(sources, [""] * len(sources), instr, sents)
 
@@ -169,5 +194,6 @@ def write_summary_predictions(table: Any, preds: SummaryPredictions, output: str
         df.to_csv(output, index=False)
 
 
-__all__ = ["SUMMARY_BUNDLE_FORMAT", "SummaryPredictions", "export_summary_bundle", "is_summary_bundle",
+__all__ = ["SUMMARY_BUNDLE_FORMAT", "SummaryPredictions", "export_summary_bundle", "export_summary_run",
+           "is_summary_bundle",
            "predict_summaries", "read_summary_inputs", "write_summary_predictions"]

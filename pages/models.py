@@ -26,7 +26,7 @@ DEFAULT_SSMS = ["tfidf", "head:minilm"]
 #: Ticked when image data is loaded: the packaged pretrained CNN and a small CNN trained from scratch.
 DEFAULT_IMAGE_SSMS = ["head:efficientnet_lite0", "finetune:tiny_cnn"]
 FORM_KEYS = ("ssm", "head_epochs", "finetune_epochs", "max_length", "oof_folds", "mining", "assm", "ea_full",
-             "calibrate", "max_lm_rate", "probe_lm")
+             "calibrate", "max_lm_rate", "probe_lm", "router")
 SIZES_WHEN_UNKNOWN = (2000, 1000)  # train, val + test: the demo's default sample
 
 
@@ -71,6 +71,12 @@ def build() -> Components:
                                           info="Extra paid calls (counted in the Large model tab's estimate): "
                                                "more evidence for deciding whether the LM beats the small models "
                                                "where they are unsure, when validation is small.")
+                c["router"] = gr.Radio([("the paper's cascade only", "cascade"),
+                                        ("also a learned router (extra results row)", "learned")], value="cascade",
+                                       label="Router",
+                                       info="Learned: a classifier trained on the LM answers mining paid for decides "
+                                            "what to send to the LM; shown beside the cascade (ea_learned), no extra "
+                                            "LM calls in training.")
     # The whole page's width: every column in view, the description wrapped.
     c["catalog"] = gr.Dataframe(catalog_frame(table), label="Catalog", interactive=False, wrap=True, max_height=320,
                                 column_widths=CATALOG_WIDTHS, elem_id="ssm-catalog", elem_classes=["ea-table"])
@@ -91,7 +97,7 @@ def settings_of(values: dict[str, Any]) -> dict[str, Any]:
     return {"ssm": specs, "ssm_settings": ssm_settings(values), "oof_folds": int(values["oof_folds"]),
             "mining": values["mining"], "assm": values["assm"], "ea_full": bool(values["ea_full"]),
             "calibrate": bool(values["calibrate"]), "max_lm_rate": float(values["max_lm_rate"]),
-            "probe_lm": int(values.get("probe_lm") or 0)}
+            "probe_lm": int(values.get("probe_lm") or 0), "router": values.get("router") or "cascade"}
 
 
 def checklist(n_train: int, n_eval: int, settings: dict[str, dict[str, Any]], oof_folds: int = 0,

@@ -183,10 +183,12 @@ def tradeoff(front: Sequence[Any], references: Sequence[Any], current: tuple[Rou
             shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": y, "y1": y,
                            "line": {"color": color, "dash": "dash", "width": 1}})
             # the line's label at the end away from its own point (the LM alone sits at 100% LM calls,
-            # the best small model at 0%), where that point's own label is not
+            # the best small model at 0%), where that point's own label is not; the best small model's
+            # under its line, since points' labels go up first (LABEL_OFFSETS) and routed points sit above it
             left = ref.name == "LM alone"
             annotations.append({"xref": "paper", "x": 0.01 if left else 0.99, "y": y, "yref": "y",
-                                "showarrow": False, "yanchor": "bottom", "xanchor": "left" if left else "right",
+                                "showarrow": False, "yanchor": "bottom" if left else "top",
+                                "xanchor": "left" if left else "right",
                                 "font": {"size": 10, "color": color}, "bgcolor": "rgba(255,255,255,0.8)",
                                 "text": f"{ref.name}: {y:.1f}% on validation"})
         data.append({"type": "scatter", "x": [x], "y": [y], "mode": "markers", "name": ref.name,
@@ -260,3 +262,34 @@ def reliability(name: str, bins: dict[str, dict[str, np.ndarray]], calibrated: b
     return _figure(data, f"Reliability of {name}, {state}", 340, xaxis=_axis("mean confidence in bin (%)",
                                                                              range=[0, 100]),
                    yaxis=_axis("accuracy in bin (%)", range=[0, 100]))
+
+
+def rouge_tradeoff(rows: Sequence[dict[str, Any]]) -> Figure:
+    """Summaries: validation ROUGE-L (points) against the share of inputs sent to the LM (%), the
+    validation front of each routed system as a line, every system's chosen point on validation
+    (filled) and test (open), as the results rows of `ea_core.summarization` carry them."""
+    data: list[dict[str, Any]] = []
+    for k, row in enumerate(r for r in rows if r.get("val_front")):
+        color = COLORS[k % len(COLORS)]
+        front = sorted(row["val_front"])
+        data.append({"type": "scatter", "x": [100 * x for x, _ in front], "y": [100 * y for _, y in front],
+                     "mode": "lines+markers", "name": f"{row['system']}: validation front",
+                     "line": {"color": color, "shape": "hv", "width": 1.5}, "marker": {"size": 5, "color": color},
+                     "hovertemplate": "LM calls %{x:.1f}%<br>val ROUGE-L %{y:.2f}<extra></extra>"})
+    for k, row in enumerate(rows):
+        if row.get("kind") == "oracle" or row.get("val_lm_call_rate") is None:
+            continue
+        color = LM_COLOR if row["system"] == "lm" else COLORS[(k + 3) % len(COLORS)]
+        for split, symbol in (("val", "diamond"), ("test", "diamond-open")):
+            data.append({"type": "scatter", "x": [100 * float(row[f"{split}_lm_call_rate"])],
+                         "y": [100 * float(row[f"{split}_rougeL"])], "mode": "markers",
+                         "name": f"{row['system']} ({'validation' if split == 'val' else 'test'})",
+                         "marker": {"color": color, "size": 11, "symbol": symbol, "line": {"width": 2}},
+                         "hovertemplate": f"{row['system']}, {split}<br>LM calls %{{x:.1f}}%"
+                                          f"<br>ROUGE-L %{{y:.2f}}<extra></extra>"})
+    if not data:
+        return empty("ROUGE-L vs LM calls", "Run EA on summaries to see the trade-off.")
+    return _figure(data, "ROUGE-L vs LM calls (validation front; systems on validation and test)", 420,
+                   xaxis=_axis("inputs sent to the LM (%)", range=[-3, 103]), yaxis=_axis("ROUGE-L F1 (points)"),
+                   legend={"orientation": "v", "yanchor": "top", "y": 1.0, "x": 1.02, "font": {"size": 11}},
+                   margin={"l": 60, "r": 10, "t": 45, "b": 50})

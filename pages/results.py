@@ -255,7 +255,7 @@ def serve_status_html(studio: Studio, owner: Optional[str]) -> str:
         return ""
     return note(f"{server.describe()} Key: {server.key} (clients send it as the API key). It serves the system at "
                 "the thresholds of the moment it started: start it again after moving them. It stops when you press "
-                "Stop or the app closes.", "ok")
+                "Stop, close this page or the app closes.", "ok")
 
 
 @friendly(into="serve_status")
@@ -280,7 +280,8 @@ def serve_start(studio: Studio, tab: Components, owner: Optional[str], run_id: O
     config = run.config()
     studio.servers.start(owner or "", bundle, port=int(port or 0), use_lm=use_lm,
                          lm_api_key=(api_key or "").strip() or None, settings=settings,
-                         cache=config.cache if config is not None else None)  # the owner's LM answer cache
+                         cache=config.cache if config is not None else None,  # the owner's LM answer cache
+                         session=getattr(request, "session_hash", None))  # its end (the page closed) stops it
     return {tab["serve_status"]: serve_status_html(studio, owner)}
 
 

@@ -157,8 +157,10 @@ class Studio:
         return OwnerStore(self.runs_dir, owner or "", self.limits, disk_check=disk_check)
 
     def drop(self, request: Optional[gr.Request]) -> None:
-        """Forget a closed session and delete its uploads (bound to ``demo.unload``)."""
+        """Forget a closed session, stop the local server it started and delete its uploads (bound
+        to ``demo.unload``)."""
         key = getattr(request, "session_hash", None) or "no-session"
+        self.servers.stop_session(key)  # it serves a bundle in the session's folder, removed below
         with self._lock:
             session = self._sessions.pop(key, None)
         if session is not None:

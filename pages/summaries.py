@@ -1,7 +1,8 @@
 """Summaries tab: EA on a summarization task in the app (issue 18), in one tab for now: the data
 (source / summary / instruction pickers and a preview), the small summarizers, the LM (the packaged
-local stand-in or an OpenAI-compatible endpoint this server allows) with its prompt previewed, a run
-with progress, the results in the shape of the paper's Table 2, and Try it (each stage's summary and
+local stand-in or an OpenAI-compatible endpoint this server allows) with its prompt previewed and a
+test call, a run with progress, the results in the shape of the paper's Table 2 with the ROUGE-L vs
+LM-calls plot and the files to download (results, bundle.zip), and Try it (each stage's summary and
 confidence against its threshold, which one answered, the LM's reply and cost).
 
 Thin: the engine is `ea_core.summarization`. Unlike the classification tabs, the run happens in this
@@ -12,27 +13,30 @@ queue, and it is kept in the session only (no run folder, no resume after a refr
 from __future__ import annotations
 
 import queue
+import secrets
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import gradio as gr
 import pandas as pd
 
-from ea_core.data.summaries import ACLSUM_DEMO, load_summaries
+from ea_core.data.summaries import ACLSUM_DEMO, load_summaries, summary_columns
 from ea_core.errors import EAError
 from ea_core.events import ProgressEvent
 from ea_core.llm.summarize import DEFAULT_SUMMARY_PROMPT, LocalSummaryLM, OpenAISummaryLM, render_prompt
 from ea_core.summarize_cli import DEMO_ACLSUM
 from pages.session import Studio
-from pages.ui import Components, error_message, note
+from pages import plots
+from pages.ui import NONE, Components, as_plot, col, error_message, note
 
 SSM_CHOICES = [("extractive: sentence scorer over frozen MiniLM (seconds on CPU)", "extractive"),
                ("lead: the first sentence (instant)", "lead")]
 RUN_KEYS = ("source", "file", "source_col", "summary_col", "instruction_col", "ssm", "lm_kind", "lm_url", "lm_model",
             "lm_key", "price_in", "price_out", "budget", "max_lm_rate", "gamma", "max_val", "max_test", "template")
 TABLE_COLUMNS = ["system", "val_rouge1", "val_rouge2", "val_rougeL", "test_rouge1", "test_rouge2", "test_rougeL",
-                 "test_lm_call_rate", "chosen"]
+                 "test_lm_call_rate", "seconds", "peak_rss_mb", "lm_calls", "lm_cost_usd", "chosen"]
 
 
 def build() -> Components:
@@ -72,11 +76,17 @@ def build() -> Components:
                 c["gamma"] = gr.Number(None, label="Underfit gamma (ROUGE-L; empty: median)")
             c["template"] = gr.Textbox(DEFAULT_SUMMARY_PROMPT, lines=4, label="Prompt ({source}, {instruction})")
             c["prompt_preview"] = gr.Textbox(label="The prompt of the first example", lines=5, interactive=False)
+            c["test_lm_btn"] = gr.Button("Test the LM on the first example", elem_id="sum-test-lm")
+            c["lm_reply"] = gr.Markdown(elem_id="sum-lm-reply")
     c["run"] = gr.Button("Run EA on summaries", variant="primary", elem_id="sum-run")
     c["log"] = gr.Textbox(label="Progress", lines=6, interactive=False, elem_id="sum-log")
-    c["results"] = gr.Dataframe(interactive=False, label="Results (ROUGE F1, validation and test)",
-                                elem_id="sum-results")
+    c["results"] = gr.Dataframe(interactive=False, label="Results in the shape of the paper's Table 2 (ROUGE F1 "
+                                "in points, validation and test; 95% intervals in results.json)", elem_id="sum-results")
+    c["plot"] = gr.Plot(as_plot(plots.rouge_tradeoff([])), show_label=False, elem_id="sum-plot")
     c["mining"] = gr.Markdown()
+    c["downloads"] = gr.File(label="Download: results (JSON, CSV), the summaries, the adapted system (bundle.zip: "
+                                   "unzip, then python -m ea_core predict --bundle FOLDER --input texts.csv)",
+                             file_count="multiple", interactive=False, elem_id="sum-downloads")
     with gr.Accordion("Try it", open=True):
         with gr.Row():
             c["try_text"] = gr.Textbox(label="Text to summarise", lines=5, scale=4)
@@ -87,13 +97,23 @@ def build() -> Components:
     return c
 
 
-def _task(values: dict[str, Any]) -> Any:
+def _check_size(file: Any, limit: Optional[int]) -> None:
+    """A shared server's upload quota holds for this tab's file too (it is read where Gradio left it)."""
+    if limit is not None and Path(str(file)).is_file() and Path(str(file)).stat().st_size > limit:
+        raise EAError(f"This file is larger than this server's upload limit ({limit / 2**20:.0f} MB); "
+                      "use a smaller sample of it.")
+
+
+def _task(values: dict[str, Any], limit: Optional[int] = None) -> Any:
+    """The task the form describes; a file over `limit` bytes (the server's upload quota) is refused."""
     demo = values["source"] == "demo"
     if not demo and not values.get("file"):
         raise EAError("Upload a file, or pick the ACLSum demo.")
-    cols = {} if demo else {"source_column": values.get("source_col") or None,
-                            "summary_column": values.get("summary_col") or None,
-                            "instruction_column": values.get("instruction_col") or None}
+    if not demo:
+        _check_size(values["file"], limit)
+    cols = {} if demo else {"source_column": col(values.get("source_col")),
+                            "summary_column": col(values.get("summary_col")),
+                            "instruction_column": col(values.get("instruction_col"))}
     caps = {"max_val": int(values["max_val"]) if values.get("max_val") else None,
             "max_test": int(values["max_test"]) if values.get("max_test") else None}
     return load_summaries(ACLSUM_DEMO if demo else str(values["file"]), **cols, **caps)
@@ -107,24 +127,67 @@ def _keyed(tab: Components, updates: dict[str, Any]) -> dict[Any, Any]:
 def preview(studio: Studio, tab: Components, source: str, file: Optional[str], source_col: str, summary_col: str,
             instruction_col: str, max_val: Any, max_test: Any, template: str) -> dict[Any, Any]:
     """The first rows as the run will read them, the columns to pick from, and the prompt."""
-    return _keyed(tab, _preview(source, file, source_col, summary_col, instruction_col, max_val, max_test, template))
+    return _keyed(tab, _preview(source, file, source_col, summary_col, instruction_col, max_val, max_test, template,
+                                studio.limits.quota_bytes))
 
 
 def _preview(source: str, file: Optional[str], source_col: str, summary_col: str, instruction_col: str,
-             max_val: Any, max_test: Any, template: str) -> dict[str, Any]:
+             max_val: Any, max_test: Any, template: str, limit: Optional[int] = None) -> dict[str, Any]:
     values = {"source": source, "file": file, "source_col": source_col, "summary_col": summary_col,
               "instruction_col": instruction_col, "max_val": max_val, "max_test": max_test}
     try:
-        task = _task(values)
+        if source == "file" and file:
+            _check_size(file, limit)
+        pickers = _pickers(source, file, source_col, summary_col, instruction_col)
+    except EAError as err:
+        return {"preview": pd.DataFrame(), "prompt_preview": "", "data_note": note(_named(error_message(err), file),
+                                                                                  "error")}
+    if source == "file" and file:  # the run reads the columns the pickers show
+        values.update(source_col=pickers["source_col"]["value"], summary_col=pickers["summary_col"]["value"],
+                      instruction_col=pickers["instruction_col"]["value"])
+    try:
+        task = _task(values, limit)
         split = task.train
         frame = pd.DataFrame({"source": [s[:300] for s in split.sources[:5]], "instruction": split.instructions[:5],
                               "reference": split.references[:5]})
         prompt = render_prompt(split.sources[0], split.instructions[0], template or DEFAULT_SUMMARY_PROMPT)
         words = f"{len(task.train)} / {len(task.val)} / {len(task.test)} examples (train / validation / test)."
-        return {"preview": frame, "prompt_preview": prompt,
+        return {**pickers, "preview": frame, "prompt_preview": prompt,
                 "data_note": note(" ".join([words] + task.warnings), "warn" if task.warnings else "info")}
     except EAError as err:
-        return {"preview": pd.DataFrame(), "prompt_preview": "", "data_note": note(error_message(err), "error")}
+        hint = " Pick the columns above and press Preview." if source == "file" else ""
+        return {**pickers, "preview": pd.DataFrame(), "prompt_preview": "",
+                "data_note": note(_named(error_message(err), file) + hint, "error")}
+
+
+def _named(message: str, file: Optional[str]) -> str:
+    """A message about an uploaded file names it as the user knows it, not by Gradio's cache path."""
+    return message.replace(str(file), Path(str(file)).name) if file else message
+
+
+def _pickers(source: str, file: Optional[str], source_col: str, summary_col: str,
+             instruction_col: str) -> dict[str, Any]:
+    """The column pickers filled from the file: its columns, the user's pick kept, else the detected one."""
+    if source == "demo" or not file:
+        return {k: gr.update(choices=[], value=None) for k in ("source_col", "summary_col", "instruction_col")}
+    found = summary_columns(str(file))
+    names = found["columns"]
+
+    def keep(value: Optional[str], detected: Optional[str]) -> Optional[str]:
+        return value if value in names else detected
+    return {"source_col": gr.update(choices=names, value=keep(col(source_col), found["source"])),
+            "summary_col": gr.update(choices=names, value=keep(col(summary_col), found["summary"])),
+            "instruction_col": gr.update(choices=[NONE] + names,
+                                         value=keep(col(instruction_col), found["instruction"]) or NONE)}
+
+
+def uploaded(studio: Studio, tab: Components, file: Optional[str], max_val: Any, max_test: Any,
+             template: str) -> dict[Any, Any]:
+    """A file was uploaded: use it (not the demo), detect its columns, preview it."""
+    if not file:
+        return _keyed(tab, {"source": "demo", **_preview("demo", None, "", "", "", max_val, max_test, template)})
+    found = _preview("file", file, "", "", "", max_val, max_test, template, studio.limits.quota_bytes)
+    return _keyed(tab, {"source": "file", **found})
 
 
 def _lm(studio: Studio, values: dict[str, Any]) -> Any:
@@ -139,13 +202,34 @@ def _lm(studio: Studio, values: dict[str, Any]) -> Any:
                            price_out_per_1m=float(values.get("price_out") or 0), **common)
 
 
+def test_lm(studio: Studio, tab: Components, *args: Any) -> dict[Any, Any]:
+    """Test connection: the LM summarises the first training example with the prompt shown; its
+    reply, confidence, tokens and cost (one call, counted like any other)."""
+    return _keyed(tab, _test_lm(studio, dict(zip(RUN_KEYS, args))))
+
+
+def _test_lm(studio: Studio, values: dict[str, Any]) -> dict[str, Any]:
+    try:
+        task, lm = _task({**values, "max_val": 1, "max_test": 1}, studio.limits.quota_bytes), _lm(studio, values)
+        gen = lm.summarize(task.train.sources[:1], task.train.instructions[:1])
+    except EAError as err:
+        return {"lm_reply": note(error_message(err), "error")}
+    reference = task.train.references[0]
+    return {"lm_reply": (f"**The LM's summary**: {gen.texts[0] or '(empty)'}\n\n**Reference**: {reference}\n\n"
+                         f"Confidence (mean token probability) {float(gen.confidence[0]):.3f}; "
+                         f"{gen.prompt_tokens} prompt and {gen.completion_tokens} output tokens; "
+                         f"${gen.cost_usd:.5f}{' (from the cache)' if gen.cached else ''}. LM: {lm.describe()}.")}
+
+
 def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """The results rows as the table shows them (ROUGE in points, as the paper's Table 2)."""
     frame = pd.DataFrame([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows])
     for k in TABLE_COLUMNS[1:7]:
         frame[k] = (frame[k] * 100).round(2)
     frame["test_lm_call_rate"] = (frame["test_lm_call_rate"].astype(float) * 100).round(1)
-    return frame.rename(columns={"test_lm_call_rate": "test LM calls %"})
+    return frame.rename(columns={"test_lm_call_rate": "test LM calls %", "seconds": "time (s)",
+                                 "peak_rss_mb": "peak memory (MB)", "lm_calls": "LM calls (run)",
+                                 "lm_cost_usd": "LM cost (USD)"})
 
 
 def run(studio: Studio, tab: Components, *args: Any) -> Iterator[dict[Any, Any]]:
@@ -156,10 +240,11 @@ def run(studio: Studio, tab: Components, *args: Any) -> Iterator[dict[Any, Any]]
 
 def _run(studio: Studio, *args: Any) -> Iterator[dict[str, Any]]:
     from ea_core.summarization import run_summarization
+    from ea_core.summary_bundle import export_summary_run
 
     values = dict(zip(RUN_KEYS, args))
     try:
-        task, lm = _task(values), _lm(studio, values)
+        task, lm = _task(values, studio.limits.quota_bytes), _lm(studio, values)
         if not values.get("ssm"):
             raise EAError("Tick at least one small summarizer.")
     except EAError as err:
@@ -211,9 +296,17 @@ def _run(studio: Studio, *args: Any) -> Iterator[dict[str, Any]]:
     mining = (f"**Mining** (gamma = {m['gamma']:.3f} ROUGE-L): {m['ssms_missed']} of {m['train']} training texts "
               f"missed by every small model, {m['lm_asked']} asked to the LM, {m['underfit']} underfit. "
               f"LM calls {m['lm_calls']}, output tokens {m['lm_output_tokens']}, ${m['lm_cost_usd']:.4f}.")
+    try:
+        folder = studio.uploads_root / "summaries" / secrets.token_hex(12)  # unguessable, this session's only
+        folder.mkdir(parents=True, mode=0o700)
+        downloads = [str(f) for f in export_summary_run(result, lm.settings(), folder)]
+    except (EAError, OSError) as err:
+        lines.append(f"Could not write the downloads: {error_message(err)}")
+        downloads = []
     ea = next((r for r in result.rows if r["system"] == "ea"), {})
     why = f"\n\n**EA**: {ea.get('why', '')}" if ea.get("why") else ""
     yield {"log": "\n".join(lines + ["done"]), "results": results_frame(result.rows), "mining": mining + why,
+           "plot": as_plot(plots.rouge_tradeoff(result.rows)), "downloads": downloads or None,
            "state": {"result": result, "lm": lm}}
 
 
@@ -237,8 +330,11 @@ def _try_text(state: Optional[dict[str, Any]], text: str, instruction: str) -> d
 
 
 PREVIEW_KEYS = ("source", "file", "source_col", "summary_col", "instruction_col", "max_val", "max_test", "template")
-PREVIEW_OUT = ("preview", "prompt_preview", "data_note")
-RUN_OUT = ("log", "results", "mining", "state")
+PREVIEW_OUT = ("preview", "prompt_preview", "data_note", "source_col", "summary_col", "instruction_col")
+UPLOAD_KEYS = ("file", "max_val", "max_test", "template")
+UPLOAD_OUT = ("source",) + PREVIEW_OUT
+RUN_OUT = ("log", "results", "plot", "mining", "downloads", "state")
+TEST_LM_OUT = ("lm_reply",)
 
-__all__ = ["PREVIEW_KEYS", "PREVIEW_OUT", "RUN_KEYS", "RUN_OUT", "build", "preview", "results_frame", "run",
-           "try_text"]
+__all__ = ["PREVIEW_KEYS", "PREVIEW_OUT", "RUN_KEYS", "RUN_OUT", "TEST_LM_OUT", "UPLOAD_KEYS", "UPLOAD_OUT", "build", "preview",
+           "results_frame", "run", "test_lm", "try_text", "uploaded"]

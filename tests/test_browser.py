@@ -523,4 +523,16 @@ def test_thresholds_memory_mined_examples_batch_predict_compare_and_the_first_ru
     p.locator("#res-compare").scroll_into_view_if_needed()
     p.screenshot(path=str(ARTIFACTS / "results-compare.png"), full_page=False)
     d.screenshots("features")
+
+    # A local server started from this page stops when the page closes (its session ends).
+    d.tab(TABS[6])
+    if not p.locator("#res-serve-start").is_visible():
+        p.locator("#res-serve-box").get_by_text("Serve it").click()
+    p.locator("#res-serve-start").click()
+    d.expect(p.locator("#res-serve-status")).to_contain_text("Serving at http://127.0.0.1:", timeout=60_000)
+    assert len(demo.studio.servers) == 1
     d.context.close()
+    deadline = time.monotonic() + 90
+    while len(demo.studio.servers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(demo.studio.servers) == 0, "the local server outlived the page that started it"

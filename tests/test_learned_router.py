@@ -103,10 +103,28 @@ def test_the_scorer_round_trips_through_json_and_a_bad_one_is_a_message():
     known = {int(i): int(lm[i]) for i in np.flatnonzero(p.argmax(1) != train.labels)}
     router = fit_learned_router([p], train, known)
     params = RouterParams.from_json(router.info()["model"], "x")
-    X = features([p], train)
+    assert len(params.length_edges) == 3 and params.length_edges == router.params.length_edges
+    X = features([p], train, params.length_edges)  # log length and its quartile bin, cut where training was
     assert params.combine == "classwise" and np.array_equal(params.score(X), router.params.score(X))
     with pytest.raises(ConfigError, match="combine"):
         RouterParams.from_json({**router.info()["model"], "combine": "magic"}, "x")
+    with pytest.raises(ConfigError, match="length_edges"):
+        RouterParams.from_json({**router.info()["model"], "length_edges": [3.0, 1.0, "x"]}, "x")
+    old = {k: v for k, v in router.info()["model"].items() if k != "length_edges"}
+    assert RouterParams.from_json(old, "x").length_edges == ()  # a scorer saved before the bins still loads
+
+
+def test_an_lm_at_chance_leaves_the_router_ranking_as_the_cascade():
+    """Nothing tells where a coin-flip LM is right: a is the constant LM rate, so the deferral score
+    falls as the small model's confidence rises, as the cascade's order does, instead of fitting noise."""
+    train, p, _ = _length_task(1500, 5)
+    coin = np.random.default_rng(9).integers(0, 2, len(train.labels))
+    known = {int(i): int(coin[i]) for i in np.flatnonzero(p.argmax(1) != train.labels)}
+    router = fit_learned_router([p], train, known)
+    assert router is not None and not np.any(router.params.coef)
+    score = router.score([p], train)
+    order = np.argsort(p.max(1))
+    assert np.all(np.diff(score[order]) <= 1e-12)
 
 
 def test_too_few_lm_fixes_learn_nothing():
@@ -148,6 +166,9 @@ def test_a_run_with_the_learned_router_reports_an_ea_learned_row(tmp_path):
     assert lo <= row["test_accuracy"] <= hi
     assert set(state.learned) == {"val", "test"} and len(state.learned["test"]) == len(state.task.test)
     assert "learned_router" in row["stage_shares"]
+    # which row to use, as validation (never test) says
+    assert row["beats_cascade_on_val"] == (row["val_accuracy"] >= rows["ea"]["val_accuracy"])
+    assert row["beats_cascade_on_val"] or "below the cascade (ea) on validation" in row["note"]
 
 
 def test_the_learned_router_travels_in_a_bundle_and_answers_as_the_run_scored(tmp_path, fruit_full_run):

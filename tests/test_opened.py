@@ -181,6 +181,10 @@ def test_the_learned_router_is_an_order_to_explore_and_to_try(tmp_path, fruit_fu
     run = OpenedRun.of_owner(RunManager(runs), RUN_ID, "alice")
     assert run.orders() == ["ea", "ea_lm_first", "ea_full", "ea_learned"]
     assert run.examples("ea_learned", True, [0.5], k=2)
+    ea = next(r for r in run.state().rows if r["system"] == "ea")  # the Thresholds plot shows the cascade to beat
+    ref = next(r for r in run.explorer("ea_learned", True).references if r.name.startswith("EA cascade"))
+    assert (ref.val_accuracy, ref.test_accuracy) == (ea["val_accuracy"], ea["test_accuracy"])
+    assert not any(r.name.startswith("EA cascade") for r in run.explorer("ea", True).references)
     learned = run.system("ea_learned", True, [0.5], use_lm=False)  # Try it routes with the learned router
     assert [s.name for s in learned.stages] == ["learned_router"] and learned.route_one("apple pie").prediction
     system = run.system("ea_full", True, [0.9, 0.9], use_lm=False)

@@ -175,7 +175,8 @@ def test_a_zip_of_image_class_folders_uploads_loads_and_offers_image_models(tmp_
     assert "images" in out[data_tab["summary"]]
     ticked = models.refresh(studio, models_tab, req, *[
         {"ssm": ["tfidf", "head:minilm"], "head_epochs": 3, "finetune_epochs": 1, "max_length": 64, "oof_folds": 0,
-         "mining": "all", "assm": "top", "ea_full": False, "calibrate": True, "max_lm_rate": 0.3, "probe_lm": 0}[k]
+         "mining": "all", "assm": "top", "ea_full": False, "calibrate": True, "max_lm_rate": 0.3, "probe_lm": 0,
+         "router": "cascade"}[k]
         for k in models.FORM_KEYS])[models_tab["ssm"]]
     specs = {spec for _, spec in ticked["choices"]}
     assert "tfidf" not in specs and "head:efficientnet_lite0" in specs
@@ -314,3 +315,35 @@ def test_results_shows_the_serve_command_and_starts_a_local_server(tmp_path, fru
         stopped = results.serve_stop(studio, tab, "alice")[tab["serve_status"]]
     assert "stopped" in stopped and studio.servers.get("alice") is None and not server.alive
     assert "No local server" in results.serve_stop(studio, tab, "alice")[tab["serve_status"]]
+
+
+def test_a_local_server_stops_when_the_page_that_started_it_closes(tmp_path, fruit_run):
+    """The server serves a bundle in the session's folder with the key the page held: when that
+    page's session ends (``demo.unload`` calls `Studio.drop`), it stops and the folder goes; another
+    session of the same owner ending changes nothing. The LM's key is never written to disk."""
+    import httpx
+
+    from pages import results, thresholds
+
+    studio, run_id = _owned_run(tmp_path, fruit_run[1])
+    req, other = request("serving-page"), request("another-tab")
+    with gr.Blocks():
+        thr_tab, tab = thresholds.build(), results.build()
+    opened = thresholds.on_open(studio, thr_tab, "alice", run_id, {}, req)
+    sliders = [opened[s].get("value", 0.5) for s in thr_tab["sliders"]]
+    results.serve_start(studio, tab, "alice", run_id, "ea", True, True, "sk-page-secret-77", 0, req, *sliders)
+    server = studio.servers.get("alice")
+    try:
+        assert server is not None and server.alive and server.bundle.is_dir()
+        assert server.bundle.is_relative_to(studio.session(req).upload_dir)
+        written = [f for f in tmp_path.rglob("*") if f.is_file()]
+        assert not any(b"sk-page-secret-77" in f.read_bytes() for f in written)  # the key stays in memory
+        studio.session(other)
+        studio.drop(other)  # the owner's other tab closes: the server stays
+        assert server.alive and studio.servers.get("alice") is server
+        studio.drop(req)  # the page that started it closes
+        assert not server.alive and studio.servers.get("alice") is None and not server.bundle.exists()
+        with pytest.raises(httpx.ConnectError):  # nothing listens there any more
+            httpx.get(server.url + "/models", headers={"authorization": f"Bearer {server.key}"}, timeout=2)
+    finally:
+        studio.servers.stop_all()

@@ -78,3 +78,28 @@ def test_a_text_file_is_for_the_local_engine(fruit_run, tmp_path):
     path.write_text("apple pie\n")
     with pytest.raises(ConfigError, match="--engine local"):
         predict_file(str(run / "bundle"), str(path), str(tmp_path / "p.csv"), engine="ray", use_lm=False)
+
+
+def test_a_learned_router_bundle_predicts_the_same_on_both_engines_from_the_cli(fruit_full_run, tmp_path):
+    """The fixed surface: ``predict --bundle DIR --input X.parquet --output Y.parquet --engine local|ray``
+    with the learned router's stage (its scorer and every small model in one actor) before the LM."""
+    from ea_core.bundle import export_run_bundle
+    from ea_core.cli import main
+    from ea_core.runstate import LEARNED_STAGE, open_run
+
+    folder, srv = fruit_full_run
+    state = open_run(folder)
+    bundle = export_run_bundle(state, state.rows, tmp_path / "bundle", system="ea_learned")
+    data = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": list(state.task.test.texts)}), data, row_group_size=16)
+    args = ["predict", "--bundle", str(bundle), "--input", str(data), "--lm-base-url", srv.url, "--lm-key-env", "",
+            "--cache", str(tmp_path / "cache.sqlite"), "--chunk-rows", "16"]
+    out = {}
+    for engine in ("local", "ray"):
+        out[engine] = tmp_path / f"{engine}.parquet"
+        assert main(args + ["--output", str(out[engine]), "--engine", engine]) == 0
+    local, remote = pq.read_table(out["local"]), pq.read_table(out["ray"])
+    assert local.equals(remote), (local.to_pandas().compare(remote.to_pandas()))
+    assert {"label", "prediction", "predicted_label"} & set(local.column_names)
+    assert set(local.column("answered_by").to_pylist()) <= {LEARNED_STAGE, "lm"}
+    assert LEARNED_STAGE in set(local.column("answered_by").to_pylist())

@@ -707,6 +707,66 @@ def test_an_image_system_takes_an_image_url_part_and_classify_images(serve, tmp_
     assert text.status_code == 400 and "image" in text.json()["error"]["message"]
 
 
+def test_a_summarization_bundle_serves_summaries(tmp_path):
+    """A summarization bundle (issue 18) on the same surface: the reply's content is the summary,
+    the route says which stage wrote it at what confidence; a failing LM leaves the answer to the
+    last small model; feedback (a label) is refused with the reason."""
+    from ea_core.models.summarizers import LeadSummarizer
+
+    short, long_ = "Alpha beta gamma delta.", "First words here. Then a much longer second sentence follows it."
+    folder = tmp_path / "summary-bundle"
+    LeadSummarizer(1).save(folder / "stage0")
+    identity = [[0.0, 1.0], [0.0, 1.0]]
+    with ScriptedServer({long_: "a longer text, summed up"}) as lm:
+        (folder / "bundle.json").write_text(json.dumps({
+            "format": "ea-summary-bundle/1", "task": {"kind": "summarization"}, "system": "ea",
+            "stages": [{"name": "lead", "threshold": 0.6, "quality_map": identity, "folder": "stage0"},
+                       {"name": "lm", "threshold": 0.0, "quality_map": identity, "lm": True}],
+            "lm": {"kind": "openai", "base_url": "https://bundle.example/v1", "model": "m"}}))
+        with pytest.raises(ConfigError, match="never chooses where your key is sent"):
+            build_served(folder, ServeSettings())
+        served = build_served(folder, ServeSettings(api_key="k", log_dir=str(tmp_path / "log")), lm_base_url=lm.url,
+                              lm_api_key="sk-summary-lm")
+        with ServerThread(create_app(served)) as srv:
+            c = openai.OpenAI(base_url=srv.url + "/v1", api_key="k", max_retries=0, timeout=30)
+            easy = c.chat.completions.create(model="ea", messages=[{"role": "user", "content": short}])
+            assert easy.choices[0].message.content == short and easy.ea["answered_by"] == "lead"  # the lead is all
+            hard = c.chat.completions.with_raw_response.create(model="ea", messages=[{"role": "user",
+                                                                                      "content": long_}])
+            reply = hard.parse()
+            assert reply.choices[0].message.content == "a longer text, summed up"
+            assert reply.ea["answered_by"] == "lm" and reply.ea["lm_reached"]
+            assert hard.headers["x-ea-answered-by"] == "lm"
+            assert lm.requests[-1].headers.get("authorization") == "Bearer sk-summary-lm"
+            both = httpx.post(srv.url + "/v1/classify", json={"inputs": [short, long_]},
+                              headers={"authorization": "Bearer k"}, timeout=30).json()["results"]
+            assert [r["label"] for r in both] == [short, "a longer text, summed up"]
+            assert "ea_requests_total" in httpx.get(srv.url + "/metrics", headers={"authorization": "Bearer k"}).text
+            fb = httpx.post(srv.url + "/v1/feedback", json={"id": reply.id, "label": "x"},
+                            headers={"authorization": "Bearer k"})
+            assert fb.status_code == 400 and "summaries" in fb.json()["error"]["message"]
+        logged = [json.loads(line) for line in (tmp_path / "log" / LOG_NAME).read_text().splitlines()]
+        assert [row["source"] for row in logged[:2]] == [short, long_]
+        assert [row["prediction"] for row in logged[:2]] == [short, "a longer text, summed up"]
+        dead = build_served(folder, ServeSettings(lm_max_retries=0), lm_base_url=f"http://127.0.0.1:{free_port()}/v1",
+                            lm_api_key="x")
+        with ServerThread(create_app(dead)) as srv:
+            body = httpx.post(srv.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": long_}]},
+                              timeout=60).json()
+            assert body["choices"][0]["message"]["content"] == "First words here."
+            assert body["ea"]["answered_by"] == "lead" and "the last small model (lead) answered" in body["ea"]["note"]
+        meta = json.loads((folder / "bundle.json").read_text())
+        meta["lm"]["price_out_per_1m"] = 1e6  # a summary costs about a dollar: a cent of budget buys none
+        (folder / "bundle.json").write_text(json.dumps(meta))
+        poor = build_served(folder, ServeSettings(), lm_base_url=lm.url, lm_api_key="x", budget_usd=0.01)
+        asked = lm.count
+        with ServerThread(create_app(poor)) as srv:
+            body = httpx.post(srv.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": long_}]},
+                              timeout=60).json()
+        assert body["choices"][0]["message"]["content"] == "First words here." and lm.count == asked
+        assert body["ea"]["note"].startswith("the LM budget is spent")
+
+
 # ------------------------------------------------------------------------- the batcher on its own
 
 
@@ -734,6 +794,39 @@ def test_the_batcher_gathers_concurrent_submits_and_keeps_their_order():
     out = asyncio.run(go())
     assert out == [[2 * i, 200 + 2 * i] for i in range(4)]
     assert [len(c) for c in calls[:2]] == [5, 3]  # max_batch 5, then the rest
+
+
+def test_while_a_batch_runs_a_free_slot_waits_for_as_many_requests_as_run():
+    """Under load, a request back from a finished batch must not take a free slot alone (the
+    others have not sent their next request yet): a second batch starts once as many requests
+    wait as run, and a lone straggler waits for a running batch to end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ea_core.serve.batching import MicroBatcher
+
+    sizes = []
+
+    def slow(items):
+        sizes.append(len(items))
+        time.sleep(0.3)
+        return list(items)
+
+    async def go():
+        with ThreadPoolExecutor(2) as pool:
+            b = MicroBatcher(slow, pool, wait_s=0.01, max_running=2, expected=lambda: 100)  # more are coming
+            first = [asyncio.ensure_future(b.submit([i])) for i in range(4)]  # the timer sends these 4
+            await asyncio.sleep(0.1)
+            straggler = asyncio.ensure_future(b.submit([4]))  # 1 waiting < 4 running: it waits
+            await asyncio.sleep(0.05)
+            assert sizes == [4]
+            more = [asyncio.ensure_future(b.submit([i])) for i in range(5, 8)]  # now 4 wait: they go
+            await asyncio.sleep(0.05)
+            assert sizes == [4, 4]
+            last = asyncio.ensure_future(b.submit([8]))  # both slots busy
+            return await asyncio.gather(*first, straggler, *more, last)
+
+    assert asyncio.run(go()) == [[i] for i in range(9)]
+    assert sizes == [4, 4, 1]
 
 
 def test_a_failing_batch_fails_each_of_its_requests():
@@ -797,6 +890,45 @@ def test_an_app_starts_a_local_server_with_its_own_key_and_stops_it(fruit, lm_se
     assert servers.get("alice") is None and not servers.stop("alice")
     with pytest.raises(ConfigError, match="does not start servers"):
         LocalServers(0).start("alice", folder)
+
+
+def test_a_text_encoder_runs_a_micro_batch_in_short_passes():
+    """Concurrent requests share one model call, and a model that takes ``batch_size`` is told the
+    server's `encode_batch` (its passes sorted by length pad little); one that does not take it is
+    called without it."""
+    from types import SimpleNamespace
+
+    from ea_core.serve.engine import ServeEngine, ServeInput
+
+    calls = []
+
+    class Encoder:
+        def predict_proba(self, split, *, batch_size=None):
+            calls.append(("encoder", len(split), batch_size))
+            return np.full((len(split), len(LABELS)), 1 / len(LABELS))
+
+    class Narrow:
+        def predict_proba(self, split):
+            calls.append(("narrow", len(split), None))
+            return np.eye(len(LABELS))[np.zeros(len(split), dtype=int)]
+
+    stages = [SimpleNamespace(name="enc", model=Encoder(), is_lm=False, threshold=0.99, temperature=1.0),
+              SimpleNamespace(name="narrow", model=Narrow(), is_lm=False, threshold=0.0, temperature=1.0)]
+    engine = ServeEngine(SimpleNamespace(stages=stages, labels=LABELS, provider=None),
+                         ServeSettings(encode_batch=4, batch_wait_s=0.05, model_threads=1))
+
+    async def go():
+        return await asyncio.gather(*(engine.route([ServeInput(f"text {i}")]) for i in range(12)))
+
+    try:
+        routed = asyncio.run(go())
+    finally:
+        engine.close()
+    assert all(r[0].answered_by == "narrow" for r in routed)
+    assert {c[0] for c in calls} == {"encoder", "narrow"} and len(calls) < 24  # batched across requests
+    assert {c[2] for c in calls if c[0] == "encoder"} == {4} and sum(c[1] for c in calls if c[0] == "encoder") == 12
+    with pytest.raises(ConfigError, match="encode-batch"):
+        ServeSettings(encode_batch=0)
 
 
 def test_a_served_head_model_writes_no_embedding_cache_files():

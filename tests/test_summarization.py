@@ -273,3 +273,95 @@ def test_a_shared_servers_endpoint_allow_list_applies_to_the_summary_lm() -> Non
     policy = EndpointPolicy.parse(["api.example.com"])
     with pytest.raises(ConfigError, match="not among the endpoints"):
         OpenAISummaryLM("http://10.0.0.7:8000/v1", "m", endpoint_policy=policy)
+
+
+@pytest.mark.slow
+def test_demo_aclsum_cli_end_to_end_writes_the_fixed_rows(tmp_path: Path) -> None:
+    """The fixed surface, not mocked: ``python -m ea_core demo --data demo:aclsum`` with the packaged
+    SmolLM2 as the LM (small caps so it stays a couple of minutes on CPU)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "ea_core", "demo", "--data", "demo:aclsum", "--out", str(out),
+                           "--max-train", "30", "--max-val", "12", "--max-test", "12", "--mine-lm-max", "4"],
+                          capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / "results.json").read_text())
+    assert data["task_kind"] == "summarization"
+    rows = {r["system"]: r for r in data["rows"]}
+    assert {"lm", "extractive", "lead", "specific_layer", "ea", "oracle"} <= set(rows)
+    keys = [f"{sp}_{k}" for sp in ("val", "test") for k in ("rouge1", "rouge2", "rougeL")]
+    for name, row in rows.items():
+        assert all(0.0 <= row[k] <= 1.0 for k in keys), name
+    assert rows["lm"]["test_lm_call_rate"] == 1.0 and 0.0 <= rows["ea"]["test_lm_call_rate"] <= 1.0
+    assert rows["oracle"]["test_rougeL"] >= max(rows[s]["test_rougeL"] for s in ("lm", "extractive", "lead")) - 1e-9
+    assert data["mining"]["lm_calls"] > 0 and "test R-L" in proc.stdout
+    assert (out / "bundle" / "bundle.json").is_file()
+
+
+def test_predict_on_a_summary_bundle_names_bad_input_without_a_traceback(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    from ea_core.cli import main
+    from ea_core.summarization import run_summarization
+    from ea_core.summary_bundle import export_summary_bundle
+
+    task = load_aclsum(max_train=18, max_val=18, max_test=6)
+    gold = dict(zip(task.train.sources + task.val.sources + task.test.sources,
+                    task.train.references + task.val.references + task.test.references))
+    with ScriptedServer(gold) as srv:
+        lm = OpenAISummaryLM(srv.url, "m", api_key="k")
+        res = run_summarization(task, lm, ssms=("lead",), max_lm_rate=1.0, full=False)
+    bundle = str(export_summary_bundle(res, lm.settings(), tmp_path / "bundle"))
+    good = write_csv(tmp_path / "in.csv", [{"text": s} for s in task.test.sources[:3]])
+
+    def predict(*extra: str) -> str:
+        assert main(["predict", "--bundle", bundle, "--output", str(tmp_path / "o.csv"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.startswith("error: ")
+        return err
+
+    assert "give a CSV" in predict("--input", str(tmp_path / "missing.csv"), "--no-lm")
+    assert "no source-text column" in predict("--input", write_csv(tmp_path / "x.csv", [{"body": "a"}]), "--no-lm")
+    assert "no column 'nope'" in predict("--input", good, "--text-col", "nope", "--no-lm")
+    assert "empty 'text' text" in predict("--input", write_csv(tmp_path / "e.csv", [{"text": "A b."}, {"text": ""}]),
+                                          "--no-lm")
+    assert "never chooses where your key is sent" in predict("--input", good)  # the bundle's endpoint, untrusted
+    meta = json.loads((Path(bundle) / "bundle.json").read_text())
+    (Path(bundle) / "bundle.json").write_text(json.dumps({**meta, "stages": []}))
+    assert "non-empty list" in predict("--input", good, "--no-lm")
+
+
+def test_rows_carry_table_2s_time_memory_and_lm_spend() -> None:
+    from ea_core.summarization import format_summary_table, run_summarization
+
+    task = load_aclsum(max_train=30, max_val=15, max_test=15)
+    lm = ScriptedSummaries(task, lambda s, i: i == "outcome")
+    res = run_summarization(task, lm, ssms=("lead",), max_lm_rate=0.5, full=False)
+    rows = {r["system"]: r for r in res.rows}
+    assert rows["lm"]["lm_calls"] == 30 and rows["lead"]["lm_calls"] == 0
+    assert rows["ea"]["lm_calls"] == 30 + res.mining["lm_asked"]  # validation, test and mining
+    for name in ("lm", "lead", "specific_layer", "ea"):
+        assert rows[name]["seconds"] >= 0 and rows[name]["peak_rss_mb"] > 0
+    assert rows["ea"]["seconds"] >= rows["specific_layer"]["seconds"] and "peak MB" in format_summary_table(res.rows)
+
+
+def test_cli_k_shot_prompt_carries_worked_examples(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    from ea_core.cli import main
+
+    task = load_aclsum(max_train=20, max_val=10, max_test=10)
+    rows = [{"document": s, "summary": r, "aspect": i} for split in (task.train, task.val, task.test)
+            for s, r, i in zip(split.sources, split.references, split.instructions)]
+    path = write_csv(tmp_path / "d.csv", rows)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    args = ["summarize", "--data", path, "--summary-ssm", "lead", "--summary-lm", "http://127.0.0.1:9/v1",
+            "--summary-lm-model", "m", "--out", str(tmp_path / "bad")]
+    assert main(args + ["--summary-shots", "-1"]) == 2 and "--summary-shots" in capsys.readouterr().err
+    with ScriptedServer({r["document"]: r["summary"] for r in rows}) as srv:
+        args[args.index("http://127.0.0.1:9/v1")] = srv.url
+        assert main(args[:-1] + [str(tmp_path / "run"), "--summary-shots", "2"]) == 0
+        loaded = load_summaries(path)  # the run's own split: its first two training examples are the shots
+        shot = f"Summary: {loaded.train.references[0]}"
+        assert srv.requests and all(shot in r.text for r in srv.requests)
+    settings = json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())["lm"]
+    assert len(settings["shots"]) == 2  # predict asks the LM with the same prompt

@@ -187,17 +187,8 @@ def _hub_table(name: str) -> Any:
     return pa.concat_tables(parts)
 
 
-def load_summaries(source: str, *, source_column: Optional[str] = None, summary_column: Optional[str] = None,
-                   instruction_column: Optional[str] = None, val_frac: float = 0.15, test_frac: float = 0.15,
-                   max_train: Optional[int] = None, max_val: Optional[int] = None, max_test: Optional[int] = None,
-                   max_source_words: int = MAX_SOURCE_WORDS, seed: int = 0) -> SummaryTask:
-    """A summarization task from a table file or ``demo:aclsum``; DataError with a fix for bad input
-    (no summary column, empty summaries, non-text cells, too few rows)."""
-    if source.strip().lower() == ACLSUM_DEMO:
-        return load_aclsum(max_source_words=max_source_words, max_train=max_train, max_val=max_val,
-                           max_test=max_test)
-    if source.lower().startswith("demo:"):
-        raise DataError(f"Unknown summarization demo {source!r}; the offline one is {ACLSUM_DEMO}.")
+def _read_table(source: str) -> Any:
+    """The table of a file (CSV/TSV/JSON lines/Parquet) or a Hugging Face dataset name (online)."""
     from ea_core.data.formats import SUPPORTED_FORMATS, read_format
 
     path = Path(source)
@@ -213,6 +204,33 @@ def load_summaries(source: str, *, source_column: Optional[str] = None, summary_
         with open(path, "rb") as fh:
             head = fh.read(65536)
         table = read_format(fmt, str(path), source, None, head)
+    return table
+
+
+def summary_columns(source: str) -> dict[str, Any]:
+    """The columns of a file and the ones a run would pick when none is named (what the app's
+    pickers offer before a run): ``{"columns", "source", "summary", "instruction"}``."""
+    if source.strip().lower() == ACLSUM_DEMO:
+        return {"columns": [], "source": None, "summary": None, "instruction": None}
+    names = list(_read_table(source).column_names)
+    summary = _pick(names, None, SUMMARY_NAMES, "reference summary", "", source)
+    src = _pick([n for n in names if n != summary], None, SOURCE_NAMES, "source text", "", source)
+    return {"columns": names, "source": src, "summary": summary,
+            "instruction": _pick(names, None, INSTRUCTION_NAMES, "instruction", "", source)}
+
+
+def load_summaries(source: str, *, source_column: Optional[str] = None, summary_column: Optional[str] = None,
+                   instruction_column: Optional[str] = None, val_frac: float = 0.15, test_frac: float = 0.15,
+                   max_train: Optional[int] = None, max_val: Optional[int] = None, max_test: Optional[int] = None,
+                   max_source_words: int = MAX_SOURCE_WORDS, seed: int = 0) -> SummaryTask:
+    """A summarization task from a table file or ``demo:aclsum``; DataError with a fix for bad input
+    (no summary column, empty summaries, non-text cells, too few rows)."""
+    if source.strip().lower() == ACLSUM_DEMO:
+        return load_aclsum(max_source_words=max_source_words, max_train=max_train, max_val=max_val,
+                           max_test=max_test)
+    if source.lower().startswith("demo:"):
+        raise DataError(f"Unknown summarization demo {source!r}; the offline one is {ACLSUM_DEMO}.")
+    table = _read_table(source)
     names = table.column_names
     src_col = _pick(names, source_column, SOURCE_NAMES, "source text", "--source-column", source)
     sum_col = _pick(names, summary_column, SUMMARY_NAMES, "reference summary", "--summary-column", source)
@@ -255,4 +273,5 @@ def load_summaries(source: str, *, source_column: Optional[str] = None, summary_
     return _finish(splits, source, cut, max_source_words)
 
 
-__all__ = ["ACLSUM_DEMO", "SummarySplit", "SummaryTask", "load_aclsum", "load_summaries", "split_sentences"]
+__all__ = ["ACLSUM_DEMO", "SummarySplit", "SummaryTask", "load_aclsum", "load_summaries", "split_sentences",
+           "summary_columns"]

@@ -207,6 +207,9 @@ def create_app(served: ServedSystem) -> FastAPI:
         from ea_core.data import normalize_label
 
         body = await read_body(request)
+        if not engine.labels:
+            raise ApiError(400, "This system writes summaries: feedback takes a label, and summaries have none.",
+                           code="no_labels")
         if served.request_log is None:
             raise ApiError(400, "This server keeps no request log, so feedback has nowhere to go: start it with "
                                 "--log-dir DIR.", code="no_request_log")

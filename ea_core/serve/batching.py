@@ -12,6 +12,12 @@ call (the benchmark's baseline).
 The wait is only worth it when more requests are on their way: `expected()` (given by the
 engine) counts the requests in progress that may still reach this model; once that many have
 parked, the batch goes at once, so a lone client never waits for the timer.
+
+While a batch runs, a free slot takes the parked inputs only once as many requests wait as run
+(or `max_batch` inputs wait); otherwise they go when a batch ends. Without this rule the first
+request back from a finished batch found a free slot and "everyone here" (the others had not
+sent their next request yet) and went alone: at 32 clients with two slots the batches averaged
+2.5 inputs, and the model spent 8.1 ms of CPU per request instead of 6.7.
 """
 
 from __future__ import annotations
@@ -54,9 +60,17 @@ class MicroBatcher:
         """Every request that may still come has parked (or is running): no reason to wait."""
         return self.expected is not None and self._parked_calls() + self._busy_calls >= self.expected()
 
+    def _ready(self) -> bool:
+        """Whether the parked inputs should start a batch now, a slot being free."""
+        if len(self._parked) >= self.max_batch:
+            return True
+        if self._running == 0:
+            return self._all_here()
+        return self._parked_calls() >= self._busy_calls  # a batch as big as the ones running, or wait for them
+
     def poke(self) -> None:
         """Re-check after `expected()` fell (a request left before reaching this model)."""
-        if self._parked and self._running < self.max_running and self._all_here():
+        if self._parked and self._running < self.max_running and self._ready():
             self._flush()
 
     async def submit(self, items: Sequence[Any]) -> list[Any]:
@@ -72,9 +86,9 @@ class MicroBatcher:
         self._submits += 1
         self._parked.extend((item, fut, self._submits) for item, fut in zip(items, futures))
         if self._running < self.max_running:
-            if len(self._parked) >= self.max_batch or self._all_here():
+            if self._ready():
                 self._flush()
-            elif self._timer is None:
+            elif self._running == 0 and self._timer is None:  # (while one runs, its end sends them)
                 self._timer = loop.call_later(self.wait_s, self._flush)
         return list(await asyncio.gather(*futures))
 
@@ -113,5 +127,5 @@ class MicroBatcher:
         finally:
             self._running -= 1
             self._busy_calls -= calls
-            if self._parked:  # they waited for a batch to end: go now
+            if self._parked and (self._running == 0 or self._ready()):  # they waited for a batch to end: go now
                 self._flush()

@@ -86,6 +86,17 @@ class Routed:
         }
 
 
+def _takes_batch_size(fn: Any) -> bool:
+    """Whether a model's `predict_proba` takes ``batch_size=`` (the small models' interface does;
+    a stage with a narrower one is called without it)."""
+    import inspect
+
+    try:
+        return "batch_size" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class _Open:
     """Per input, while it walks the stages: the last small model's answer (the fallback)."""
 
@@ -135,6 +146,9 @@ class ServeEngine:
     def _proba_fn(self, stage: SystemStage):
         model, temperature = stage.model, stage.temperature
         assert model is not None
+        # A text encoder runs a micro-batch in length-sorted passes of `encode_batch` (little padding).
+        options = ({"batch_size": self.settings.encode_batch}
+                   if not self.image_task and _takes_batch_size(getattr(model, "predict_proba", None)) else {})
 
         def run(items: list[ServeInput]) -> np.ndarray:
             if self.image_task:
@@ -142,7 +156,7 @@ class ServeEngine:
             else:
                 split = Split.from_texts([it.text for it in items],
                                          [it.pair or "" for it in items] if self.pair_task else None)
-            return apply_temperature(model.predict_proba(split), temperature)
+            return apply_temperature(model.predict_proba(split, **options), temperature)
 
         return run
 

@@ -1,5 +1,6 @@
 """Servers an app starts for its users' runs: a bundle served on this machine's loopback, in a
-thread of the app's own process, one per owner, stopped on request or when the app closes.
+thread of the app's own process, one per owner, stopped on request, when the page that started it
+closes (its session ends) or when the app closes.
 
 A client of the app (its Results tab) hands over a bundle folder and, for an API LM, the key the
 user pasted (kept in this process's memory only). Each server gets a fresh bearer key of its own,
@@ -36,6 +37,7 @@ class LocalServer:
     thread: Any  # ea_core.serve.main.ServerThread
     started: float = field(default_factory=time.time)
     readiness: dict[str, Any] = field(default_factory=dict)  # /readyz's answer when it started
+    session: Optional[str] = None  # the page session that started it (it stops when that session ends)
 
     @property
     def alive(self) -> bool:
@@ -93,12 +95,13 @@ class LocalServers:
 
     def start(self, owner: str, bundle: str | Path, *, port: int = 0, use_lm: bool = True,
               lm_api_key: Optional[str] = None, trust_endpoint: bool = True, cache: Optional[str] = None,
-              settings: Optional[ServeSettings] = None) -> LocalServer:
+              settings: Optional[ServeSettings] = None, session: Optional[str] = None) -> LocalServer:
         """Serve `bundle` for `owner` on the loopback (the owner's previous server stops first).
 
         `trust_endpoint`: the LM is called where the bundle says (the app's own run, whose endpoint
         the app's policy already allowed); `lm_api_key` is that LM's key, used in memory only;
-        `cache`: the LM answer cache (the owner's, shared with their runs; None: none)."""
+        `cache`: the LM answer cache (the owner's, shared with their runs; None: none); `session`:
+        the page session that starts it, whose end stops it (`stop_session`)."""
         from ea_core.bundle import read_bundle_meta
         from ea_core.serve.app import create_app
         from ea_core.serve.main import ServerThread, build_served
@@ -127,7 +130,8 @@ class LocalServers:
                 served.engine.close()
                 raise ConfigError(f"The local server did not start ({err}): the port may have been taken "
                                   "meanwhile; try again, or another port.") from None
-            server = LocalServer(Path(bundle), thread.url + "/v1", key, use_lm=use_lm, has_lm=has_lm, thread=thread)
+            server = LocalServer(Path(bundle), thread.url + "/v1", key, use_lm=use_lm, has_lm=has_lm, thread=thread,
+                                 session=session)
             server.readiness = thread.readiness()
             with self._lock:
                 self._servers[owner] = server
@@ -141,6 +145,17 @@ class LocalServers:
             return False
         server.stop()
         return True
+
+    def stop_session(self, session: Optional[str]) -> int:
+        """Stop the servers the page session `session` started (it closed); how many."""
+        if session is None:
+            return 0
+        with self._lock:
+            owners = [o for o, s in self._servers.items() if s.session == session]
+            servers = [self._servers.pop(o) for o in owners]
+        for server in servers:
+            server.stop()
+        return len(servers)
 
     def stop_all(self) -> None:
         with self._lock:

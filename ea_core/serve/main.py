@@ -45,6 +45,9 @@ def add_serve_args(p: Any) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=2.0, metavar="MS",
                    help="how long an input waits for others to share a small-model call (default 2 ms)")
     p.add_argument("--max-batch", type=int, default=64, metavar="N", help="largest small-model batch (default 64)")
+    p.add_argument("--encode-batch", type=int, default=16, metavar="N",
+                   help="inputs per forward pass of a text encoder within a batch, sorted by length so each pass "
+                        "pads little (default 16)")
     p.add_argument("--max-body-mb", type=float, default=8, metavar="MB", help="largest request body (default 8 MB)")
     p.add_argument("--max-batch-inputs", type=int, default=256, metavar="N",
                    help="most inputs in one /v1/classify request (default 256)")
@@ -76,7 +79,8 @@ def settings_from_args(args: Any, api_key: Optional[str]) -> ServeSettings:
     return ServeSettings(
         api_key=api_key, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_batch_inputs=args.max_batch_inputs, batching=not args.no_batching,
-        batch_wait_s=args.batch_wait_ms / 1000.0, max_batch=args.max_batch, lm_concurrency=args.lm_concurrency,
+        batch_wait_s=args.batch_wait_ms / 1000.0, max_batch=args.max_batch, encode_batch=args.encode_batch,
+        lm_concurrency=args.lm_concurrency,
         lm_timeout_s=args.lm_timeout, lm_max_retries=args.lm_retries, tuned_lm_share=args.tuned_lm_share,
         log_dir=args.log_dir, log_max_bytes=max(int(args.log_max_mb * 1024 * 1024), 1024))
 
@@ -98,6 +102,12 @@ def build_served(bundle: str | Path, settings: ServeSettings, *, lm_base_url: Op
     from ea_core.serve.metrics import DriftWatch, ServeMetrics
     from ea_core.serve.reqlog import RequestLog
 
+    from ea_core.summary_bundle import is_summary_bundle
+
+    if is_summary_bundle(bundle):  # the bundle's task kind: summaries, not labels
+        return _build_served_summaries(bundle, settings, lm_base_url=lm_base_url, lm_key_env=lm_key_env,
+                                       lm_api_key=lm_api_key, trust_endpoint=trust_endpoint, cache=cache,
+                                       budget_usd=budget_usd, use_lm=use_lm, warm_up=warm_up)
     meta = read_bundle_meta(bundle)
     task = meta.get("task") or {}
     image_task, pair_task = task.get("modality") == "image", bool(task.get("pair"))
@@ -210,6 +220,36 @@ def cmd_from_log(args: Any) -> int:
           f"gold labels from feedback, {counts['lm']} labelled by the LM). Adapt again with: python -m ea_core run "
           f"--data {args.out} ...", file=sys.stderr)
     return 0
+
+
+def _build_served_summaries(bundle: str | Path, settings: ServeSettings, *, lm_base_url: Optional[str],
+                            lm_key_env: Optional[str], lm_api_key: Optional[str], trust_endpoint: bool,
+                            cache: Optional[str], budget_usd: Optional[float], use_lm: bool, warm_up: bool) -> Any:
+    """A `ServedSystem` over a summarization bundle: the reply's content is the summary."""
+    from ea_core.serve.app import ServedSystem
+    from ea_core.serve.engine import ServeInput
+    from ea_core.serve.metrics import DriftWatch, ServeMetrics
+    from ea_core.serve.reqlog import RequestLog
+    from ea_core.serve.summaries import SummaryEngine
+
+    if lm_api_key is None:
+        lm_api_key = os.environ.get(lm_key_env or "OPENAI_API_KEY") or None
+    engine = SummaryEngine(bundle, settings, use_lm=use_lm, api_key=lm_api_key, cache=cache, base_url=lm_base_url,
+                           trust_endpoint=trust_endpoint, budget_usd=budget_usd)
+    drift = DriftWatch(settings.tuned_lm_share if engine.has_lm else None, settings.drift_window,
+                       settings.drift_min_inputs)
+    metrics = ServeMetrics([s.name for s in engine.system.stages], drift=drift, budget_usd=None)
+    engine.observer = metrics
+    if warm_up:
+        engine.warm_up(ServeInput("Warm up. The models load now."))
+    request_log = None
+    if settings.log_dir:
+        request_log = RequestLog(settings.log_dir, text_col="source", pair_col="instruction", image_task=False,
+                                 max_bytes=settings.log_max_bytes, keep=settings.log_keep)
+    lm = engine.lm
+    lm_check = getattr(lm, "check_endpoint", None)
+    return ServedSystem(engine, metrics, settings, model_ids=["ea", "ea:summaries"], request_log=request_log,
+                        lm_check=lm_check, description="summaries: the reply's content is the summary")
 
 
 def add_from_log_args(p: Any) -> None:

@@ -29,6 +29,10 @@ class ServeSettings:
     max_batch: int = 64
     # Threads running small models off the event loop.
     model_threads: int = 2
+    # Inputs per forward pass of a text encoder within one micro-batch (the batch sorted by length,
+    # so each pass pads little): on 2 cores, MiniLM took 5.7 ms of CPU per input in passes of 16
+    # out of a 64-input batch, 8.5-9.2 ms in one pass of 64 (padded to its longest), 10.3 ms alone.
+    encode_batch: int = 16
     # The LM stage: requests in flight at once, and the provider's retry / timeout settings (a
     # client waits for them, so shorter than a run's).
     lm_concurrency: int = 8
@@ -49,7 +53,7 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_input_chars", "max_image_bytes", "max_batch_inputs", "max_batch",
-                     "model_threads", "lm_concurrency", "drift_window", "log_max_bytes", "log_keep"):
+                     "model_threads", "encode_batch", "lm_concurrency", "drift_window", "log_max_bytes", "log_keep"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)!r}.")
         if not 0 <= self.batch_wait_s <= 1:
