@@ -86,7 +86,8 @@ class SummaryPredictions:
     confidence: np.ndarray
 
 
-def _read_meta(folder: Path) -> dict[str, Any]:
+def read_bundle_meta(folder: Path) -> dict[str, Any]:
+    """A summarization bundle's bundle.json, checked (untrusted): a ConfigError names what is wrong."""
     path = folder / BUNDLE_JSON
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -117,7 +118,7 @@ def predict_summaries(folder: str | Path, split: SummarySplit, *, use_lm: bool =
     last small model). A bundle is data from someone else: its recorded endpoint is called (with
     the caller's key) only with `trust_endpoint`; otherwise the caller names the endpoint."""
     root = Path(folder)
-    meta = _read_meta(root)
+    meta = read_bundle_meta(root)
     stages = [e for e in meta["stages"] if use_lm or not e.get("lm")]
     if not stages:
         raise ConfigError("This bundle has only an LM stage; run it with the LM.")
