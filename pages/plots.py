@@ -152,8 +152,8 @@ def tradeoff(front: Sequence[Any], references: Sequence[Any], current: tuple[Rou
              title: str = "Accuracy vs LM calls") -> Figure:
     """Accuracy (%) against the share of inputs sent to the LM (%): the validation Pareto front (a
     line with a marker per operating point), the current thresholds on validation and on test, and
-    reference systems, each named on the plot beside its marker (dashed, labelled lines for the LM
-    alone and the best small model, as RouteLLM draws them). References are drawn over the current
+    reference systems, each named on the plot beside its marker (dashed lines for the LM alone and
+    the best small model, named with their accuracy in the legend, as RouteLLM draws them). References are drawn over the current
     point and their labels placed apart, so a reference where the current point is stays visible."""
     val, test = current
     data: list[dict[str, Any]] = [
@@ -165,7 +165,6 @@ def tradeoff(front: Sequence[Any], references: Sequence[Any], current: tuple[Rou
          "name": "current (test)",
          "marker": {"color": "#1f4e9c", "size": 13, "symbol": "circle-open", "line": {"width": 2.5}},
          "hovertemplate": "current, test<br>LM calls %{x:.1f}%<br>acc %{y:.2f}%<extra></extra>"}]
-    shapes, annotations = [], []
     if front:
         data.append({"type": "scatter", "x": [100 * p.lm_call_rate for p in front],
                      "y": [100 * p.accuracy for p in front], "mode": "lines+markers",
@@ -179,25 +178,19 @@ def tradeoff(front: Sequence[Any], references: Sequence[Any], current: tuple[Rou
     for ref in references:
         color = REF_COLORS.get(ref.name.split(" (")[0], "#888")
         x, y = 100 * ref.lm_call_rate, 100 * ref.val_accuracy
-        if ref.name == "LM alone" or ref.name.startswith("best SSM"):
-            shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": y, "y1": y,
-                           "line": {"color": color, "dash": "dash", "width": 1}})
-            # the line's label at the end away from its own point (the LM alone sits at 100% LM calls,
-            # the best small model at 0%), where that point's own label is not; the best small model's
-            # under its line, since points' labels go up first (LABEL_OFFSETS) and routed points sit above it
-            left = ref.name == "LM alone"
-            annotations.append({"xref": "paper", "x": 0.01 if left else 0.99, "y": y, "yref": "y",
-                                "showarrow": False, "yanchor": "bottom" if left else "top",
-                                "xanchor": "left" if left else "right",
-                                "font": {"size": 10, "color": color}, "bgcolor": "rgba(255,255,255,0.8)",
-                                "text": f"{ref.name}: {y:.1f}% on validation"})
+        on_line = ref.name == "LM alone" or ref.name.startswith("best SSM")
+        if on_line:  # a dashed line across, named in the legend (as RouteLLM draws them): no text on the plot
+            data.append({"type": "scatter", "x": [-3, 103], "y": [y, y], "mode": "lines", "legendgroup": ref.name,
+                         "name": f"{ref.name}: {y:.1f}% on validation", "hoverinfo": "skip",
+                         "line": {"color": color, "dash": "dash", "width": 1}})
         data.append({"type": "scatter", "x": [x], "y": [y], "mode": "markers", "name": ref.name,
+                     "legendgroup": ref.name, "showlegend": not on_line,
                      "marker": {"color": color, "size": 11, "symbol": "diamond", "line": {"color": "white", "width": 1.5}},
                      "hovertemplate": (f"{ref.name}<br>LM calls %{{x:.1f}}%<br>val acc %{{y:.2f}}%"
                                        f"<br>test acc {100 * ref.test_accuracy:.2f}%<extra></extra>")})
         points.append((ref.name, x, y, color))
-    annotations += _point_labels(points, [(100 * val.lm_call_rate, 100 * val.accuracy)], y_span)
-    return _figure(data, title, 380, shapes=shapes, annotations=annotations,
+    annotations = _point_labels(points, [(100 * val.lm_call_rate, 100 * val.accuracy)], y_span)
+    return _figure(data, title, 380, annotations=annotations,
                    xaxis=_axis("inputs sent to the LM (%)", range=[-3, 103]), yaxis=_axis("accuracy (%)"))
 
 

@@ -131,8 +131,8 @@ def test_figures_are_plain_plotly_json_with_titles_and_axis_units(fruit_run):
     assert layout["title"]["text"] and "%" in layout["xaxis"]["title"]["text"] and "%" in layout["yaxis"]["title"]["text"]
     names = {t["name"] for t in fig["data"]}
     assert {"LM alone", "Specific Layer", "current (validation)", "current (test)", "tfidf", "lm"} <= names
-    dashed = [s for s in layout["shapes"] if s["line"]["dash"] == "dash"]
-    assert len(dashed) == 2  # LM alone and best SSM, as RouteLLM draws them
+    dashed = [t["name"] for t in fig["data"] if t.get("line", {}).get("dash") == "dash"]
+    assert len(dashed) == 2 and all("% on validation" in n for n in dashed)  # LM alone and best SSM, as RouteLLM draws them
 
 
 def test_the_model_checklist_estimates_grow_with_the_data():
@@ -269,8 +269,9 @@ def test_the_trade_off_plot_names_its_points_and_draws_the_front(fruit_run):
     texts = [a["text"] for a in fig["layout"]["annotations"]]
     for ref in ex.references:  # each reference named on the plot, beside its marker
         assert ref.name in texts
-    assert any(t.startswith("LM alone:") for t in texts) and any(t.startswith("best SSM (tfidf):") for t in texts)
     names = [t["name"] for t in fig["data"]]
+    dashed = [t["name"] for t in fig["data"] if t.get("line", {}).get("dash") == "dash"]  # named in the legend
+    assert any(n.startswith("LM alone:") for n in dashed) and any(n.startswith("best SSM (tfidf):") for n in dashed)
     assert names.index("current (validation)") < names.index("best SSM (tfidf)")  # references drawn on top
     arrows = [a for a in fig["layout"]["annotations"] if a.get("showarrow")]
     spots = {(a["x"], a["y"], a["ax"], a["ay"]) for a in arrows}
