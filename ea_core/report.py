@@ -346,9 +346,10 @@ def write_results(rows: list[dict[str, Any]], out_dir: Path) -> None:
             w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of the main columns (what the CLI prints)."""
-    cols = [c for c in TABLE_COLUMNS if any(c[0] in r for r in rows)]
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS) -> str:
+    """A plain-text table of `columns` ((key, header, format); by default the main ones), those that
+    some row has (what the CLI prints)."""
+    cols = [c for c in columns if any(c[0] in r for r in rows)]
     cells = [[h for _, h, _ in cols]]
     for r in rows:
         cells.append([fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in cols])

@@ -26,6 +26,7 @@ from ea_core.metrics import bootstrap_ci
 from ea_core.models.memory import EmbeddingMemory
 from ea_core.models.summarizers import ExtractiveSummarizer, LeadSummarizer, Summaries
 from ea_core.operating_point import HONEST_DEFAULT, choose_operating_point
+from ea_core.report import format_table
 from ea_core.resources import ResourceMeter
 from ea_core.rouge import ROUGE_KEYS, RougeScores, rouge
 from ea_core.router import StageOutput, StageStack
@@ -382,14 +383,7 @@ SUMMARY_TABLE = (("system", "system", "{}"), ("val_rouge1", "val R-1", "{:.4f}")
 
 def format_summary_table(rows: Sequence[dict[str, Any]]) -> str:
     """The results rows as a plain-text table (what the CLI prints)."""
-    cells = [[h for _, h, _ in SUMMARY_TABLE]]
-    for r in rows:
-        cells.append([fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in SUMMARY_TABLE])
-    widths = [max(len(c[i]) for c in cells) for i in range(len(SUMMARY_TABLE))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(rows, SUMMARY_TABLE)
 
 
 def write_summarization(result: SummarizationResult, out_dir: Path) -> Path:

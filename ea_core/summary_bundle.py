@@ -13,13 +13,14 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from ea_core.calibration import apply_quality_map
 from ea_core.data.summaries import SummarySplit, split_sentences
 from ea_core.errors import ConfigError, DataError
+from ea_core.events import ProgressEvent
 from ea_core.llm.summarize import summary_lm_from_settings
 from ea_core.models.summary_io import load_summarizer
 from ea_core.summarization import SummarizationResult, write_summarization
@@ -86,7 +87,7 @@ class SummaryPredictions:
     confidence: np.ndarray
 
 
-def read_bundle_meta(folder: Path) -> dict[str, Any]:
+def read_summary_bundle_meta(folder: Path) -> dict[str, Any]:
     """A summarization bundle's bundle.json, checked (untrusted): a ConfigError names what is wrong."""
     path = folder / BUNDLE_JSON
     try:
@@ -110,13 +111,10 @@ def read_bundle_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def predict_summaries(folder: str | Path, split: SummarySplit, *, use_lm: bool = True, api_key: Optional[str] = None,
-                      cache_path: Optional[str] = None, base_url: Optional[str] = None,
-                      trust_endpoint: bool = False) -> SummaryPredictions:
-    """Route every input down the bundle's cascade: a stage answers when its confidence (mapped to
-    expected ROUGE-L) reaches its threshold; the last stage answers the rest (without the LM: the
-    last small model). A bundle is data from someone else: its recorded endpoint is called (with
-    the caller's key) only with `trust_endpoint`; otherwise the caller names the endpoint."""
+def _load_cascade(folder: str | Path, *, use_lm: bool = True, api_key: Optional[str] = None,
+                  cache_path: Optional[str] = None, base_url: Optional[str] = None,
+                  trust_endpoint: bool = False) -> list[tuple[dict[str, Any], Any]]:
+    """The bundle's stages in order, each with its loaded summarizer or LM (see `predict_summaries`)."""
     root = Path(folder)
     meta = read_bundle_meta(root)
     stages = [e for e in meta["stages"] if use_lm or not e.get("lm")]
@@ -128,23 +126,26 @@ def predict_summaries(folder: str | Path, split: SummarySplit, *, use_lm: bool =
         raise ConfigError(f"This bundle's LM stage calls {lm_settings.get('base_url')!r}. A bundle never chooses "
                           "where your key is sent: pass --lm-base-url URL, or --trust-bundle-endpoint for a bundle "
                           "you made, or --no-lm to use the small models only.")
+    return [(e, summary_lm_from_settings(lm_settings, api_key=api_key, cache_path=cache_path, base_url=base_url)
+             if e.get("lm") else load_summarizer(root / e["folder"], root=root)) for e in stages]
+
+
+def _route(cascade: list[tuple[dict[str, Any], Any]], split: SummarySplit) -> SummaryPredictions:
     n = len(split)
     summaries, who, conf = [""] * n, [""] * n, np.zeros(n)
     todo = np.arange(n)
-    for k, e in enumerate(stages):
+    for k, (e, model) in enumerate(cascade):
         if todo.size == 0:
             break
         part = split.subset(todo)
         if e.get("lm"):
-            lm = summary_lm_from_settings(lm_settings, api_key=api_key, cache_path=cache_path,
-                                          base_url=base_url)
-            gen = lm.summarize(part.sources, part.instructions)
+            gen = model.summarize(part.sources, part.instructions)
             texts, raw = gen.texts, gen.confidence
         else:
-            out = load_summarizer(root / e["folder"], root=root).summarize(part)
+            out = model.summarize(part)
             texts, raw = out.texts, out.raw_conf
         c = apply_quality_map(e["quality_map"][0], e["quality_map"][1], raw)
-        take = np.ones(todo.size, bool) if k == len(stages) - 1 else c >= float(e["threshold"])
+        take = np.ones(todo.size, bool) if k == len(cascade) - 1 else c >= float(e["threshold"])
         for j in np.flatnonzero(take):
             i = int(todo[j])
             summaries[i], who[i], conf[i] = texts[j], e["name"], float(c[j])
@@ -152,25 +153,57 @@ def predict_summaries(folder: str | Path, split: SummarySplit, *, use_lm: bool =
     return SummaryPredictions(summaries, who, conf)
 
 
-def read_summary_inputs(path: str, source_column: Optional[str] = None,
-                        instruction_column: Optional[str] = None) -> tuple[Any, SummarySplit]:
-    """(the table, its rows as a split) of a file of texts to summarise (no reference needed)."""
+def predict_summaries(folder: str | Path, split: SummarySplit, *, use_lm: bool = True, api_key: Optional[str] = None,
+                      cache_path: Optional[str] = None, base_url: Optional[str] = None,
+                      trust_endpoint: bool = False) -> SummaryPredictions:
+    """Route every input down the bundle's cascade: a stage answers when its confidence (mapped to
+    expected ROUGE-L) reaches its threshold; the last stage answers the rest (without the LM: the
+    last small model). A bundle is data from someone else: its recorded endpoint is called (with
+    the caller's key) only with `trust_endpoint`; otherwise the caller names the endpoint."""
+    return _route(_load_cascade(folder, use_lm=use_lm, api_key=api_key, cache_path=cache_path, base_url=base_url,
+                                trust_endpoint=trust_endpoint), split)
+
+
+def _inputs_table(path: str) -> Any:
     from ea_core.data.formats import SUPPORTED_FORMATS, read_format
-    from ea_core.data.summaries import INSTRUCTION_NAMES, SOURCE_NAMES
 
     p = Path(path)
     fmt = SUPPORTED_FORMATS.get(p.suffix.lower())
     if not p.is_file() or fmt is None:
         raise DataError(f"{path}: give a CSV, TSV, JSON lines or Parquet file of texts to summarise.")
     with open(p, "rb") as fh:
-        table = read_format(fmt, str(p), path, None, fh.read(65536))
-    names = table.column_names
+        return read_format(fmt, str(p), path, None, fh.read(65536))
+
+
+def _detect(names: list[str], wanted: tuple[str, ...]) -> Optional[str]:
     lower = {c.lower(): c for c in names}
-    src = source_column or next((lower[c] for c in SOURCE_NAMES if c in lower), None)
+    return next((lower[c] for c in wanted if c in lower), None)
+
+
+def summary_input_columns(path: str) -> dict[str, Any]:
+    """The columns of a file of texts to summarise and the ones `read_summary_inputs` picks when none
+    is named: ``{"columns", "source", "instruction"}`` (what a client's pickers offer)."""
+    from ea_core.data.summaries import INSTRUCTION_NAMES, SOURCE_NAMES
+
+    names = list(_inputs_table(path).column_names)
+    return {"columns": names, "source": _detect(names, SOURCE_NAMES), "instruction": _detect(names, INSTRUCTION_NAMES)}
+
+
+def read_summary_inputs(path: str, source_column: Optional[str] = None, instruction_column: Optional[str] = None,
+                        *, how_to_name: str = "name one with --text-col") -> tuple[Any, SummarySplit]:
+    """(the table, its rows as a split) of a file of texts to summarise (no reference needed);
+    `how_to_name`: how the caller's user names the text column (in the error when none is found)."""
+    from ea_core.data.summaries import INSTRUCTION_NAMES, SOURCE_NAMES
+
+    table = _inputs_table(path)
+    names = table.column_names
+    src = source_column or _detect(names, SOURCE_NAMES)
     if src not in names:
         what = f"no column {source_column!r}" if source_column else "no source-text column"
-        raise DataError(f"{path} has {what} (columns: {', '.join(names)}); name one with --text-col.")
-    ins = instruction_column or next((lower[c] for c in INSTRUCTION_NAMES if c in lower), None)
+        raise DataError(f"{path} has {what} (columns: {', '.join(names)}); {how_to_name}.")
+    ins = instruction_column or _detect(names, INSTRUCTION_NAMES)
+    if instruction_column and ins not in names:
+        raise DataError(f"{path} has no column {instruction_column!r} (columns: {', '.join(names)}).")
     sources = ["" if v is None else str(v) for v in table.column(src).to_pylist()]
     instr = ["" if v is None else str(v) for v in table.column(ins).to_pylist()] if ins in names else [""] * len(sources)
     if not sources:
@@ -181,6 +214,29 @@ def read_summary_inputs(path: str, source_column: Optional[str] = None,
                         "fill them in or drop those rows.")
     sents = [split_sentences(s) for s in sources]
     return table, SummarySplit(sources, [""] * len(sources), instr, sents)
+
+
+def predict_summaries_in_chunks(folder: str | Path, split: SummarySplit, *, chunk_size: int = 16,
+                                progress: Optional[Callable[[ProgressEvent], None]] = None,
+                                **options: Any) -> SummaryPredictions:
+    """`predict_summaries` over `split` a chunk of rows at a time (each row is routed on its own, so
+    the answers are the same), with a ``predict`` progress event after each chunk; `options` go to
+    `predict_summaries`."""
+    cascade = _load_cascade(folder, **options)  # the models load once, not per chunk
+    n, size = len(split), max(int(chunk_size), 1)
+    summaries: list[str] = []
+    stage: list[str] = []
+    conf: list[np.ndarray] = []
+    if progress is not None:
+        progress(ProgressEvent("predict", 0, n))
+    for start in range(0, n, size):
+        part = _route(cascade, split.subset(range(start, min(start + size, n))))
+        summaries += part.summaries
+        stage += part.stage
+        conf.append(part.confidence)
+        if progress is not None:
+            progress(ProgressEvent("predict", min(start + size, n), n))
+    return SummaryPredictions(summaries, stage, np.concatenate(conf) if conf else np.zeros(0))
 
 
 def write_summary_predictions(table: Any, preds: SummaryPredictions, output: str) -> None:
@@ -197,4 +253,5 @@ def write_summary_predictions(table: Any, preds: SummaryPredictions, output: str
 
 __all__ = ["SUMMARY_BUNDLE_FORMAT", "SummaryPredictions", "export_summary_bundle", "export_summary_run",
            "is_summary_bundle",
-           "predict_summaries", "read_summary_inputs", "write_summary_predictions"]
+           "predict_summaries", "predict_summaries_in_chunks", "read_summary_inputs", "summary_input_columns",
+           "write_summary_predictions"]

@@ -43,10 +43,10 @@ class SummaryEngine:
                  trust_endpoint: bool = False, budget_usd: Optional[float] = None, observer: Any = None) -> None:
         from ea_core.llm.summarize import summary_lm_from_settings
         from ea_core.models.summary_io import load_summarizer
-        from ea_core.summary_bundle import read_bundle_meta
+        from ea_core.summary_bundle import read_summary_bundle_meta
 
         root = Path(folder)
-        meta = read_bundle_meta(root)
+        meta = read_summary_bundle_meta(root)
         self.settings = settings or ServeSettings()
         self.observer = observer
         entries = [e for e in meta["stages"] if use_lm or not e.get("lm")]
