@@ -253,6 +253,16 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
                              pick(sum_tab, *summaries.RUN_OUT), concurrency_limit=1)
         sum_tab["try_btn"].click(bind(summaries.try_text, sum_tab),
                                  pick(sum_tab, "state", "try_text", "try_instruction"), sum_tab["trace"])
+        sum_tab["batch_file"].upload(bind(summaries.batch_uploaded, sum_tab), sum_tab["batch_file"],
+                                     pick(sum_tab, *summaries.BATCH_UPLOAD_OUT))
+        sum_tab["batch_btn"].click(bind(summaries.batch_predict, sum_tab), pick(sum_tab, *summaries.BATCH_KEYS),
+                                   pick(sum_tab, *summaries.BATCH_OUT), concurrency_limit=2,
+                                   api_name="summaries_batch")
+        sum_tab["serve_start"].click(bind(summaries.serve_start, sum_tab),
+                                     [owner, *pick(sum_tab, *summaries.SERVE_KEYS)], sum_tab["serve_status"],
+                                     concurrency_limit=2, api_name="summaries_serve_start")
+        sum_tab["serve_stop"].click(bind(summaries.serve_stop, sum_tab), owner, sum_tab["serve_status"],
+                                    api_name="summaries_serve_stop")
     demo.studio = studio  # for tests and benchmarks: the run manager, and the form's fields by name
     demo.form_fields = form_fields
     return demo

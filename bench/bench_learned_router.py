@@ -14,6 +14,15 @@ Each run's router is fitted again with each of ``--methods`` (`ea_core.learned_r
 `run --router learned` fits it, so the methods are compared on the very same runs (cached runs are
 reused: only the router, the tuning and the results rows are recomputed, in memory).
 
+``--stack`` measures the other half of issue 22 instead ("combining, not only choosing"): on the
+inputs a run sends to the LM, the LM's answer against a stacked logistic regression over the small
+models' probabilities and the LM's answer (`ea_core.learned_router.fit_stacked_combiner`), fitted on
+the training inputs the probe (``--probe``, runs made with ``--probe-lm``) and optionally mining paid
+for, out of fold. Validation beside test; "guarded": the stack only where its cross-validated
+accuracy on its training rows beats the LM's there.
+
+    .venv/bin/python bench/bench_learned_router.py --stack [--seeds 10] [--probe 200]
+
 Targets (issue 22): >= +1.5 points mean over the cascade at equal LM share where the LM is better
 on a sub-distribution; never below it by more than 0.3 point mean; LM calls within the same budget.
 """
@@ -115,9 +124,16 @@ def main() -> None:
                     help="small, medium (demo tweets) and drugs (the 979 drug reviews, split 50/25/25 per seed)")
     ap.add_argument("--lms", default="chance,better_on_some,better_by_5,long_inputs")
     ap.add_argument("--methods", default="classwise,classwise_linear", help="learned-router methods to compare")
+    ap.add_argument("--stack", action="store_true", help="the stacked combiner against the LM's answer instead")
+    ap.add_argument("--stack-c", default="1", help="--stack: the stack's regularisation C, or 'cv' (chosen on its "
+                    "training rows by cross-validated log-loss, `STACK_CS`)")
+    ap.add_argument("--probe", type=int, default=200, help="--stack: the runs' --probe-lm (the stack's training rows)")
     args = ap.parse_args()
     configure_process(2)
     t0 = time.perf_counter()
+    if args.stack:
+        stack_main(args, t0)
+        return
     sizes = [s for s in SIZES if s[0] in args.sizes.split(",")] + [
         (name, *DRUGS_SIZES[name]) for name in args.sizes.split(",") if name in DRUGS_SIZES]
     print(f"{'setting':<31} {'small model':>11} {'cascade':>8} {'learned':>8} {'diff':>6} {'worst':>6} "
@@ -135,6 +151,103 @@ def main() -> None:
           "rows on validation; kept: the learned row where validation does not put it below the cascade, else "
           "the cascade, mean and worst); "
           f"{time.perf_counter() - t0:.0f} s)")
+
+
+def stack_study(state, with_mined: bool = False, C: Optional[float] = 1.0) -> Optional[dict[str, float]]:
+    """On the inputs routed to the LM (by the `ea` row and by the budget point), on validation and on
+    test: the LM's accuracy and the stack's (points), and what the stack learned from. None when the
+    stack cannot be fitted (too few probed rows of some class)."""
+    from ea_core.learned_router import fit_stacked_combiner
+    from ea_core.operating_point import budget_quantile_thresholds
+    from ea_core.router import StageStack
+    from ea_core.runstate import mining_probs
+
+    if state.probe is None:
+        return None
+    rows, lm = state.probe["index"], state.probe["lm_label"]
+    if with_mined and state.mining is not None:
+        rows = np.concatenate([rows, state.mining.candidates])
+        lm = np.concatenate([lm, state.mining.lm_labels])
+    train_probs = mining_probs(state)
+    k = len(state.task.labels)
+    stack = fit_stacked_combiner([p[rows] for p in train_probs], lm, state.task.train.labels[rows], k,
+                                 seed=state.config.seed, C=C)
+    if stack is None:
+        return None
+    out = {"rows": stack.rows, "cv_stack": 100 * stack.cv_accuracy, "cv_lm": 100 * stack.lm_accuracy}
+    use = stack.cv_accuracy > stack.lm_accuracy
+    layers = tuple(state.tuning["ea"]["layers"])
+    points = {"ea": state.tuning["ea"]["thresholds"],
+              "budget": budget_quantile_thresholds(state.stage_outputs("val", layers),
+                                                   max_lm_rate=state.config.max_lm_rate)}
+    for split in ("val", "test"):
+        y = state.task.split(split).labels
+        stages = state.stage_outputs(split, layers)
+        lm_split = state.lm_answers[split]["label"]
+        combined = stack.predict([r.outputs()[split] for r in state.ssms], lm_split)
+        for point, thr in points.items():
+            routed = StageStack(stages).answered_by(thr) == len(stages) - 1
+            n = int(routed.sum())
+            out[f"{point}_{split}_share"] = 100 * n / len(y)
+            lm_acc = 100 * float(np.mean(lm_split[routed] == y[routed])) if n else np.nan
+            st_acc = 100 * float(np.mean(combined[routed] == y[routed])) if n else np.nan
+            out[f"{point}_{split}_lm"], out[f"{point}_{split}_stack"] = lm_acc, st_acc
+            out[f"{point}_{split}_ssm"] = 100 * float(np.mean(stages[0].pred[routed] == y[routed])) if n else np.nan
+            out[f"{point}_{split}_guarded"] = st_acc if use else lm_acc
+    for point in points:  # validation decides: the stack where it beat the LM on validation's routed inputs
+        better = out[f"{point}_val_stack"] > out[f"{point}_val_lm"]
+        out[f"{point}_test_valguard"] = out[f"{point}_test_stack" if better else f"{point}_test_lm"]
+    return out
+
+
+def stack_main(args, t0: float) -> None:
+    """`--stack`: the stacked combiner against the LM's answer, per setting, mean and worst seed."""
+    sizes = [s for s in SIZES if s[0] in args.sizes.split(",")]
+    print(f"stacked combiner (C {args.stack_c}) vs the LM's answer on the inputs routed to the LM; runs with "
+          f"--probe-lm {args.probe} "
+          "(the stack's training rows); accuracy in % on those inputs, diff = stack - LM in points (mean / worst seed)")
+    print(f"{'setting':<34} {'seeds':>5} {'rows':>5} {'train CV st/LM':>14} | {'point':<6} {'LM %':>5} "
+          f"{'val LM':>6} {'val st':>6} {'val diff':>8} | {'test LM':>7} {'test st':>7} {'diff':>6} {'worst':>6} "
+          f"| {'guarded':>7} {'worst':>6} | {'val-gd':>7} {'worst':>6} | {'ssm':>6}")
+    for size in sizes:
+        for lm in args.lms.split(","):
+            states = [make_run(Path(args.runs) / f"stack{args.probe}-{size[0]}-{lm}-{seed}", size, lm, seed,
+                               probe=args.probe) for seed in range(args.seeds)]
+            for mined in (False, True):
+                c = None if args.stack_c == "cv" else float(args.stack_c)
+                res = [r for r in (stack_study(st, mined, c) for st in states) if r is not None]
+                name = f"{size[0]} {lm}" + (" +mined rows" if mined else "")
+                stack_report(name, res)
+    print(f"(val-gd: the stack where it beat the LM on validation's routed inputs, else the LM's answer; ssm: the "
+          "best small model's test accuracy on those inputs; "
+          f"guarded: the stack only where its cross-validated accuracy on its training rows beats the LM's "
+          f"there, else the LM's answer; ea: the reported row's operating point; budget: the {100 * 0.3:.0f}% "
+          f"of inputs the small model is least sure of; {time.perf_counter() - t0:.0f} s)")
+
+
+def stack_report(name: str, res: list[dict[str, float]]) -> None:
+    def col(key: str) -> np.ndarray:
+        return np.array([r.get(key, np.nan) for r in res])
+
+    if not res:
+        print(f"{name:<34} no seed had enough probed rows to fit the stack")
+        return
+    for point in ("ea", "budget"):
+        if np.all(np.isnan(col(f"{point}_test_lm"))):
+            print(f"{name:<34} {len(res):5d} {'':22}| {point:<6} no input routed to the LM on test in any seed")
+            continue
+        dv = col(f"{point}_val_stack") - col(f"{point}_val_lm")
+        dt = col(f"{point}_test_stack") - col(f"{point}_test_lm")
+        dg = col(f"{point}_test_guarded") - col(f"{point}_test_lm")
+        dvg = col(f"{point}_test_valguard") - col(f"{point}_test_lm")
+        print(f"{name:<34} {len(res):5d} {np.nanmean(col('rows')):5.0f} "
+              f"{np.nanmean(col('cv_stack')):6.1f}/{np.nanmean(col('cv_lm')):5.1f}  | {point:<6} "
+              f"{np.nanmean(col(f'{point}_test_share')):5.1f} {np.nanmean(col(f'{point}_val_lm')):6.2f} "
+              f"{np.nanmean(col(f'{point}_val_stack')):6.2f} {np.nanmean(dv):+8.2f} | "
+              f"{np.nanmean(col(f'{point}_test_lm')):7.2f} {np.nanmean(col(f'{point}_test_stack')):7.2f} "
+              f"{np.nanmean(dt):+6.2f} {np.nanmin(dt):+6.2f} | {np.nanmean(dg):+7.2f} {np.nanmin(dg):+6.2f} | "
+              f"{np.nanmean(dvg):+7.2f} {np.nanmin(dvg):+6.2f} | {np.nanmean(col(f'{point}_test_ssm')):6.2f}")
+    sys.stdout.flush()
 
 
 def report(name: str, res: list[dict[str, float]]) -> None:

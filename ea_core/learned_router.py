@@ -424,3 +424,63 @@ def fit_learned_router(train_probs: Sequence[np.ndarray], train: Split, lm_known
     combine = {"gain": "gain", "factored": "product"}.get(method, method)
     return LearnedRouter(RouterParams(params.mean, params.scale, params.coef, params.intercept, wrong, combine,
                                       edges), labels, auc)
+
+
+# -- combining, not only choosing: the LM's answer stacked with the small models' probabilities --------------
+
+
+@dataclass
+class StackedCombiner:
+    """A multinomial logistic regression over [every small model's probabilities, the LM's answer
+    one-hot] (`stack_features`), fitted on training rows whose LM answer is known; `cv_accuracy`
+    and `lm_accuracy` are the stack's out-of-fold accuracy and the LM's on those same rows."""
+
+    model_: Any
+    n_labels: int
+    rows: int
+    cv_accuracy: float
+    lm_accuracy: float
+
+    def predict(self, probs: Sequence[np.ndarray], lm_labels: np.ndarray) -> np.ndarray:
+        """The combined answer per input (the stack's most probable class)."""
+        return np.asarray(self.model_.predict(stack_features(probs, lm_labels, self.n_labels)), np.int64)
+
+
+def stack_features(probs: Sequence[np.ndarray], lm_labels: np.ndarray, n_labels: int) -> np.ndarray:
+    """Per input: each small model's probabilities, then the LM's answer one-hot (all zeros where
+    it failed or named no label)."""
+    lm = np.asarray(lm_labels, np.int64)
+    ok = (lm >= 0) & (lm < n_labels)
+    onehot = np.zeros((len(lm), n_labels))
+    onehot[np.flatnonzero(ok), lm[ok]] = 1.0
+    return np.hstack([np.asarray(p, np.float64) for p in probs] + [onehot])
+
+
+#: Regularisation strengths `fit_stacked_combiner` chooses among when given none, by cross-validated log-loss.
+STACK_CS = (0.01, 0.1, 1.0, 10.0)
+
+
+def fit_stacked_combiner(probs: Sequence[np.ndarray], lm_labels: np.ndarray, y: np.ndarray, n_labels: int,
+                         seed: int = 0, folds: int = 5, C: Optional[float] = 1.0) -> Optional[StackedCombiner]:
+    """Fit the stack on training rows whose LM answer is known (`probs`: the small models'
+    out-of-fold probabilities on those rows, `y` their labels), with its cross-validated accuracy
+    beside the LM's. None with fewer than two classes or two rows of the rarest class. The rows
+    should be a sample of where the LM will be asked (the probe's); mined rows alone are only those
+    the small models got wrong, from which it learns to contradict them. `C` None: the strength of
+    `STACK_CS` with the best cross-validated log-loss on these rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
+
+    y = np.asarray(y, np.int64)
+    _, counts = np.unique(y, return_counts=True)
+    if len(counts) < 2 or counts.min() < 2:
+        return None
+    X = stack_features(probs, lm_labels, n_labels)
+    cv = StratifiedKFold(min(folds, int(counts.min())), shuffle=True, random_state=seed)
+    if C is None:
+        C = max(STACK_CS, key=lambda c: cross_val_score(LogisticRegression(C=c, max_iter=2000), X, y, cv=cv,
+                                                        scoring="neg_log_loss").mean())
+    model = LogisticRegression(C=C, max_iter=2000)
+    cv_pred = cross_val_predict(model, X, y, cv=cv)
+    return StackedCombiner(model.fit(X, y), n_labels, len(y), float(np.mean(cv_pred == y)),
+                           float(np.mean(np.asarray(lm_labels) == y)))

@@ -116,7 +116,7 @@ def _load_cascade(folder: str | Path, *, use_lm: bool = True, api_key: Optional[
                   trust_endpoint: bool = False) -> list[tuple[dict[str, Any], Any]]:
     """The bundle's stages in order, each with its loaded summarizer or LM (see `predict_summaries`)."""
     root = Path(folder)
-    meta = read_bundle_meta(root)
+    meta = read_summary_bundle_meta(root)
     stages = [e for e in meta["stages"] if use_lm or not e.get("lm")]
     if not stages:
         raise ConfigError("This bundle has only an LM stage; run it with the LM.")
@@ -205,7 +205,8 @@ def read_summary_inputs(path: str, source_column: Optional[str] = None, instruct
     if instruction_column and ins not in names:
         raise DataError(f"{path} has no column {instruction_column!r} (columns: {', '.join(names)}).")
     sources = ["" if v is None else str(v) for v in table.column(src).to_pylist()]
-    instr = ["" if v is None else str(v) for v in table.column(ins).to_pylist()] if ins in names else [""] * len(sources)
+    instr = (["" if v is None else str(v) for v in table.column(ins).to_pylist()] if ins in names
+             else [""] * len(sources))
     if not sources:
         raise DataError(f"{path} has no rows; give at least one text to summarise.")
     empty = [i for i, s in enumerate(sources) if not s.strip()]

@@ -3,7 +3,9 @@
 local stand-in or an OpenAI-compatible endpoint this server allows) with its prompt previewed and a
 test call, a run with progress, the results in the shape of the paper's Table 2 with the ROUGE-L vs
 LM-calls plot and the files to download (results, bundle.zip), and Try it (each stage's summary and
-confidence against its threshold, which one answered, the LM's reply and cost).
+confidence against its threshold, which one answered, the LM's reply and cost). After a run, the
+adapted system summarises an uploaded file (summary, stage, confidence per row, to download) and can
+be served on 127.0.0.1 (OpenAI-compatible) until Stop or the page closes; the LM key stays in memory.
 
 Thin: the engine is `ea_core.summarization`. Unlike the classification tabs, the run happens in this
 browser session's handler (a thread streaming its progress), not in a worker process under the run
@@ -29,7 +31,7 @@ from ea_core.llm.summarize import DEFAULT_SUMMARY_PROMPT, LocalSummaryLM, OpenAI
 from ea_core.summarize_cli import DEMO_ACLSUM
 from pages.session import Studio
 from pages import plots
-from pages.ui import NONE, Components, as_plot, col, error_message, note
+from pages.ui import NONE, Components, as_plot, col, error_message, friendly, note
 
 SSM_CHOICES = [("extractive: sentence scorer over frozen MiniLM (seconds on CPU)", "extractive"),
                ("lead: the first sentence (instant)", "lead")]
@@ -93,6 +95,29 @@ def build() -> Components:
             c["try_instruction"] = gr.Textbox(label="Instruction (e.g. challenge)", scale=1)
         c["try_btn"] = gr.Button("Summarise")
         c["trace"] = gr.Dataframe(interactive=False, wrap=True, label="Each stage: summary, confidence, threshold")
+    with gr.Accordion("Summarise a file with this system", open=False):
+        c["batch_file"] = gr.File(label="Texts to summarise: CSV, TSV, JSON lines or Parquet",
+                                  file_types=[".csv", ".tsv", ".jsonl", ".parquet"], type="filepath",
+                                  elem_id="sum-batch-file")
+        with gr.Row():
+            c["batch_text_col"] = gr.Dropdown([], label="Text column", allow_custom_value=True)
+            c["batch_instruction_col"] = gr.Dropdown([], label="Instruction column (optional)", allow_custom_value=True)
+            c["batch_lm"] = gr.Checkbox(True, label="Call the LM stage (with the API key above)")
+        c["batch_btn"] = gr.Button("Summarise the file", elem_id="sum-batch-btn")
+        c["batch_status"] = gr.HTML(elem_id="sum-batch-status")
+        c["batch_preview"] = gr.Dataframe(interactive=False, wrap=True, max_height=300,
+                                          label="The first rows: summary, stage that answered, confidence")
+        c["batch_download"] = gr.File(label="Download: the input rows with summary, stage and confidence",
+                                      interactive=False, elem_id="sum-batch-download")
+    with gr.Accordion("Serve this system (OpenAI-compatible, on this machine)", open=False):
+        gr.Markdown("One local server per browser: starting this one stops one started in Results & export.")
+        with gr.Row():
+            c["serve_port"] = gr.Number(0, precision=0, minimum=0, maximum=65535,
+                                        label="port on 127.0.0.1 (0: any free port)")
+            c["serve_lm"] = gr.Checkbox(True, label="Call the LM stage (with the API key above)")
+            c["serve_start"] = gr.Button("Start a local server", variant="primary", elem_id="sum-serve-start")
+            c["serve_stop"] = gr.Button("Stop it", elem_id="sum-serve-stop")
+        c["serve_status"] = gr.Markdown(elem_id="sum-serve-status")
     c["state"] = gr.State(None)
     return c
 
@@ -296,8 +321,8 @@ def _run(studio: Studio, *args: Any) -> Iterator[dict[str, Any]]:
     mining = (f"**Mining** (gamma = {m['gamma']:.3f} ROUGE-L): {m['ssms_missed']} of {m['train']} training texts "
               f"missed by every small model, {m['lm_asked']} asked to the LM, {m['underfit']} underfit. "
               f"LM calls {m['lm_calls']}, output tokens {m['lm_output_tokens']}, ${m['lm_cost_usd']:.4f}.")
+    folder = studio.uploads_root / "summaries" / secrets.token_hex(12)  # unguessable, this session's only
     try:
-        folder = studio.uploads_root / "summaries" / secrets.token_hex(12)  # unguessable, this session's only
         folder.mkdir(parents=True, mode=0o700)
         downloads = [str(f) for f in export_summary_run(result, lm.settings(), folder)]
     except (EAError, OSError) as err:
@@ -307,7 +332,7 @@ def _run(studio: Studio, *args: Any) -> Iterator[dict[str, Any]]:
     why = f"\n\n**EA**: {ea.get('why', '')}" if ea.get("why") else ""
     yield {"log": "\n".join(lines + ["done"]), "results": results_frame(result.rows), "mining": mining + why,
            "plot": as_plot(plots.rouge_tradeoff(result.rows)), "downloads": downloads or None,
-           "state": {"result": result, "lm": lm}}
+           "state": {"result": result, "lm": lm, "bundle": str(folder / "bundle") if downloads else None}}
 
 
 def try_text(studio: Studio, tab: Components, state: Optional[dict[str, Any]], text: str, instruction: str) -> dict[Any, Any]:
@@ -329,12 +354,175 @@ def _try_text(state: Optional[dict[str, Any]], text: str, instruction: str) -> d
                                     "answered": "answered" if s["answered"] else ""} for s in steps])}
 
 
+# -- Summarise a file, serve the system: the run's bundle (kept in the session state) -------------
+
+BATCH_PREVIEW_ROWS = 20
+
+
+def _run_bundle(studio: Studio, state: Optional[dict[str, Any]], request: Optional[gr.Request]) -> Path:
+    """The bundle folder of this session's run (written again in the session's folder if the run's
+    downloads could not be written); an EAError when no run has finished here."""
+    from ea_core.summary_bundle import export_summary_bundle
+
+    if not state or "result" not in state:
+        raise EAError("Run EA on summaries first: the file is summarised by the system that run adapts.")
+    if state.get("bundle") and Path(state["bundle"]).is_dir():
+        return Path(state["bundle"])
+    folder = studio.session(request).upload_dir / "summary-bundle" / secrets.token_hex(8)
+    state["bundle"] = str(export_summary_bundle(state["result"], state["lm"].settings(), folder))
+    return Path(state["bundle"])
+
+
+def batch_uploaded(studio: Studio, tab: Components, file: Optional[str]) -> dict[Any, Any]:
+    """A file of texts was uploaded: its columns in the pickers, the detected ones picked."""
+    from ea_core.summary_bundle import summary_input_columns
+
+    empty = {"batch_text_col": gr.update(choices=[], value=None),
+             "batch_instruction_col": gr.update(choices=[], value=None), "batch_status": ""}
+    if not file:
+        return _keyed(tab, empty)
+    try:
+        _check_size(file, studio.limits.quota_bytes)
+        found = summary_input_columns(str(file))
+    except EAError as err:
+        return _keyed(tab, {**empty, "batch_status": note(_named(error_message(err), file), "error")})
+    names = found["columns"]
+    status = ("" if found["source"] else
+              note(f"No text column found by its name ({', '.join(names)}): pick the text column.", "warn"))
+    return _keyed(tab, {"batch_text_col": gr.update(choices=names, value=found["source"]),
+                        "batch_instruction_col": gr.update(choices=[NONE] + names, value=found["instruction"] or NONE),
+                        "batch_status": status})
+
+
+def batch_predict(studio: Studio, tab: Components, state: Optional[dict[str, Any]], file: Optional[str],
+                  text_col: Optional[str], instruction_col: Optional[str], use_lm: bool, lm_key: Optional[str],
+                  request: gr.Request) -> Iterator[dict[Any, Any]]:
+    """Summarise every row of the uploaded file with the run's system, streaming how many are done;
+    then a preview and the file to download (the input rows with summary, stage, confidence)."""
+    for updates in _batch_predict(studio, state, file, text_col, instruction_col, use_lm, lm_key, request):
+        yield _keyed(tab, updates)
+
+
+def _batch_predict(studio: Studio, state: Optional[dict[str, Any]], file: Optional[str], text_col: Optional[str],
+                   instruction_col: Optional[str], use_lm: bool, lm_key: Optional[str],
+                   request: Optional[gr.Request]) -> Iterator[dict[str, Any]]:
+    from ea_core.summary_bundle import (predict_summaries_in_chunks, read_summary_inputs,
+                                        write_summary_predictions)
+
+    try:
+        bundle = _run_bundle(studio, state, request)
+        if not file:
+            raise EAError("Upload a CSV, TSV, JSON lines or Parquet file of texts first.")
+        _check_size(file, studio.limits.quota_bytes)
+        table, split = read_summary_inputs(str(file), col(text_col), col(instruction_col),
+                                           how_to_name="pick the text column")
+    except EAError as err:
+        yield {"batch_status": note(_named(error_message(err), file), "error"), "batch_preview": pd.DataFrame(),
+               "batch_download": None}
+        return
+    events: "queue.Queue[Any]" = queue.Queue()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["preds"] = predict_summaries_in_chunks(bundle, split, progress=events.put, use_lm=bool(use_lm),
+                                                       api_key=(lm_key or "").strip() or None, trust_endpoint=True)
+        except EAError as err:
+            box["error"] = error_message(err)
+        finally:
+            events.put(None)
+
+    threading.Thread(target=work, daemon=True).start()
+    yield {"batch_status": note(f"Summarising {len(split)} texts...", "info"), "batch_preview": pd.DataFrame(),
+           "batch_download": None}
+    done = False
+    while not done:
+        ev = events.get()
+        if ev is None:
+            break
+        while True:  # only the latest count is shown
+            try:
+                nxt = events.get(timeout=0.3)
+            except queue.Empty:
+                break
+            if nxt is None:
+                done = True
+                break
+            ev = nxt
+        yield {"batch_status": note(f"Summarised {ev.step} / {ev.total} texts...", "info")}
+    if "error" in box:
+        hint = (" If the LM needs a key, paste it in 'API key' above, or untick 'Call the LM stage'."
+                if use_lm and not (lm_key or "").strip() else "")
+        yield {"batch_status": note(box["error"] + hint, "error"), "batch_download": None}
+        return
+    preds = box["preds"]
+    name = Path(str(file)).stem + (".summaries.jsonl" if str(file).lower().endswith(".jsonl") else ".summaries.csv")
+    out = studio.session(request).upload_dir / "summary-batch" / secrets.token_hex(8) / name
+    try:
+        out.parent.mkdir(parents=True, mode=0o700)
+        write_summary_predictions(table, preds, str(out))
+    except OSError as err:
+        yield {"batch_status": note(f"Could not write the output file: {error_message(err)}", "error"),
+               "batch_download": None}
+        return
+    counts = pd.Series(preds.stage).value_counts()
+    who = ", ".join(f"{stage} {n}" for stage, n in counts.items())
+    k = min(len(split), BATCH_PREVIEW_ROWS)
+    preview = pd.DataFrame({"text": [t[:200] for t in split.sources[:k]], "summary": preds.summaries[:k],
+                            "stage": preds.stage[:k], "confidence": [round(float(c), 3) for c in preds.confidence[:k]]})
+    yield {"batch_status": note(f"Summarised {len(split)} texts (who answered: {who}).", "ok"),
+           "batch_preview": preview, "batch_download": str(out)}
+
+
+def serve_text(server: Any) -> str:
+    """The running server: its URL, its key, and how to call it (curl and the openai SDK)."""
+    body = '{"model": "ea", "messages": [{"role": "user", "content": "The text to summarise."}]}'
+    return (f"{server.describe()} It stops when you press Stop, close this page or the app closes.\n\n"
+            f"Key (clients send it as the API key, in memory only): `{server.key}`\n\n"
+            "```bash\n"
+            f"export EA_SERVE_KEY={server.key}\n"
+            f"curl {server.url}/chat/completions -H \"Authorization: Bearer $EA_SERVE_KEY\" \\\n"
+            f"  -H 'Content-Type: application/json' -d '{body}'\n"
+            "```\n\n"
+            "```python\n"
+            "import os\nfrom openai import OpenAI\n\n"
+            f"client = OpenAI(base_url=\"{server.url}\", api_key=os.environ[\"EA_SERVE_KEY\"])\n"
+            "reply = client.chat.completions.create(model=\"ea\", messages=[{\"role\": \"user\", "
+            "\"content\": \"The text to summarise.\"}])\n"
+            "print(reply.choices[0].message.content)\n"
+            "```")
+
+
+@friendly(into="serve_status")
+def serve_start(studio: Studio, tab: Components, owner: Optional[str], state: Optional[dict[str, Any]],
+                use_lm: bool, lm_key: Optional[str], port: Optional[float],
+                request: gr.Request) -> dict[Any, Any]:
+    """Serve this session's run's system on 127.0.0.1 in the app (one server per browser: it replaces
+    one started in Results); the LM key stays in memory."""
+    bundle = _run_bundle(studio, state, request)
+    server = studio.servers.start(owner or "", bundle, port=int(port or 0), use_lm=bool(use_lm),
+                                  lm_api_key=(lm_key or "").strip() or None,
+                                  session=getattr(request, "session_hash", None))  # its end (the page closed) stops it
+    return {tab["serve_status"]: serve_text(server)}
+
+
+def serve_stop(studio: Studio, tab: Components, owner: Optional[str]) -> dict[Any, Any]:
+    """Stop this browser's local server."""
+    stopped = studio.servers.stop(owner)
+    return {tab["serve_status"]: note("The local server stopped." if stopped else "No local server runs.", "info")}
+
+
 PREVIEW_KEYS = ("source", "file", "source_col", "summary_col", "instruction_col", "max_val", "max_test", "template")
 PREVIEW_OUT = ("preview", "prompt_preview", "data_note", "source_col", "summary_col", "instruction_col")
 UPLOAD_KEYS = ("file", "max_val", "max_test", "template")
 UPLOAD_OUT = ("source",) + PREVIEW_OUT
 RUN_OUT = ("log", "results", "plot", "mining", "downloads", "state")
 TEST_LM_OUT = ("lm_reply",)
+BATCH_UPLOAD_OUT = ("batch_text_col", "batch_instruction_col", "batch_status")
+BATCH_KEYS = ("state", "batch_file", "batch_text_col", "batch_instruction_col", "batch_lm", "lm_key")
+BATCH_OUT = ("batch_status", "batch_preview", "batch_download")
+SERVE_KEYS = ("state", "serve_lm", "lm_key", "serve_port")  # after the browser's owner token
 
-__all__ = ["PREVIEW_KEYS", "PREVIEW_OUT", "RUN_KEYS", "RUN_OUT", "TEST_LM_OUT", "UPLOAD_KEYS", "UPLOAD_OUT", "build", "preview",
-           "results_frame", "run", "test_lm", "try_text", "uploaded"]
+__all__ = ["BATCH_KEYS", "BATCH_OUT", "BATCH_UPLOAD_OUT", "PREVIEW_KEYS", "PREVIEW_OUT", "RUN_KEYS", "RUN_OUT",
+           "SERVE_KEYS", "TEST_LM_OUT", "UPLOAD_KEYS", "UPLOAD_OUT", "batch_predict", "batch_uploaded", "build",
+           "preview", "results_frame", "run", "serve_start", "serve_stop", "test_lm", "try_text", "uploaded"]

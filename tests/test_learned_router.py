@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ea_core.learned_router import MIN_PER_CLASS, deferral_labels, features, fit_learned_router
+from ea_core.learned_router import (MIN_PER_CLASS, deferral_labels, features, fit_learned_router,
+                                    fit_stacked_combiner, stack_features)
 from ea_core.llm.base import FAILED, LMAnswer, LMProvider, LMUsage, normalize_request
 from ea_core.router import StageOutput, evaluate
 from ea_core.splits import Split
@@ -238,3 +239,37 @@ def test_a_damaged_learned_router_in_a_bundle_is_a_message(tmp_path, fruit_full_
     router.write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="'models' must be a count"):
         load_bundle(out, use_lm=False)
+
+
+def _three_class_rows(n: int, seed: int):
+    """A small model right on ~75% (its probabilities say so), and an LM right on classes 0 and 1
+    but answering 0 whenever the truth is 2."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(3, size=n)
+    guess = np.where(rng.random(n) < 0.75, y, rng.integers(3, size=n))
+    probs = np.full((n, 3), 0.15)
+    probs[np.arange(n), guess] = 0.7
+    lm = np.where(y == 2, 0, y)
+    return probs, lm, y
+
+
+def test_the_stack_recovers_the_small_model_where_the_lm_is_wrong_on_one_class():
+    probs, lm, y = _three_class_rows(300, seed=0)
+    stack = fit_stacked_combiner([probs], lm, y, 3, seed=0)
+    assert stack is not None and stack.rows == 300
+    assert stack.cv_accuracy > stack.lm_accuracy + 0.1  # out of fold, on its own training rows
+    probs_new, lm_new, y_new = _three_class_rows(600, seed=1)
+    combined = stack.predict([probs_new], lm_new)
+    lm_acc, stack_acc = np.mean(lm_new == y_new), np.mean(combined == y_new)
+    assert stack_acc > lm_acc + 0.1
+    # where the LM said 0 but the small model says 2, the stack answers 2: the small model's class back
+    said_2 = (lm_new == 0) & (probs_new.argmax(axis=1) == 2)
+    assert said_2.any() and np.all(combined[said_2] == 2)
+    # where the LM is reliable (it says 1) the stack keeps its answer
+    assert np.all(combined[lm_new == 1] == 1)
+
+
+def test_stack_features_one_hot_the_lm_answer_and_leave_a_failed_one_blank():
+    X = stack_features([np.array([[0.2, 0.8], [0.6, 0.4]])], np.array([1, FAILED]), 2)
+    np.testing.assert_array_equal(X, [[0.2, 0.8, 0.0, 1.0], [0.6, 0.4, 0.0, 0.0]])
+    assert fit_stacked_combiner([np.eye(2)[[0, 0, 0]]], np.array([0, 0, 0]), np.array([0, 0, 0]), 2) is None

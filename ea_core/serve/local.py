@@ -105,6 +105,7 @@ class LocalServers:
         from ea_core.bundle import read_bundle_meta
         from ea_core.serve.app import create_app
         from ea_core.serve.main import ServerThread, build_served
+        from ea_core.summary_bundle import is_summary_bundle, read_summary_bundle_meta
 
         if not owner:
             raise ConfigError("The page has no owner yet: reload it and try again.")
@@ -118,7 +119,7 @@ class LocalServers:
                 raise ConfigError(f"{running} local server(s) already run here, the most this app allows: stop one "
                                   "first.")
             port = _check_port(port)
-            meta = read_bundle_meta(bundle)
+            meta = read_summary_bundle_meta(Path(bundle)) if is_summary_bundle(bundle) else read_bundle_meta(bundle)
             has_lm = any(e.get("lm") for e in meta["stages"])
             key = "ea-local-" + secrets.token_urlsafe(18)
             settings = dataclasses.replace(settings or ServeSettings(), api_key=key)
