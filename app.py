@@ -33,7 +33,7 @@ from pages.session import Studio, new_owner_token  # noqa: E402
 from pages.ui import CSS, bind as _bind, pick  # noqa: E402
 
 TITLE = "Easy Adaptation Studio"
-INTRO = ("Adapt a large model (LM) to your classification task without touching its weights: small models learn "
+INTRO = ("Adapt a large model (LM) to your classification or summarization task without touching its weights: small models learn "
          "your data, the LM answers only what they are unsure of, and augmented small models patch the LM's blind "
          "spots. Works offline on a laptop CPU with the demo; bring an API key for real gains.")
 

@@ -75,7 +75,7 @@ def build() -> Components:
                 c["budget"] = gr.Number(None, label="Budget USD (empty: none)")
             with gr.Row():
                 c["max_lm_rate"] = gr.Slider(0, 1, value=0.3, step=0.05, label="LM budget: share of inputs")
-                c["gamma"] = gr.Number(None, label="Underfit gamma (ROUGE-L; empty: median)")
+                c["gamma"] = gr.Number(None, label="Underfit gamma (ROUGE-L; empty or 0: median)")
             c["template"] = gr.Textbox(DEFAULT_SUMMARY_PROMPT, lines=4, label="Prompt ({source}, {instruction})")
             c["prompt_preview"] = gr.Textbox(label="The prompt of the first example", lines=5, interactive=False)
             c["test_lm_btn"] = gr.Button("Test the LM on the first example", elem_id="sum-test-lm")
@@ -252,9 +252,17 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for k in TABLE_COLUMNS[1:7]:
         frame[k] = (frame[k] * 100).round(2)
     frame["test_lm_call_rate"] = (frame["test_lm_call_rate"].astype(float) * 100).round(1)
-    return frame.rename(columns={"test_lm_call_rate": "test LM calls %", "seconds": "time (s)",
-                                 "peak_rss_mb": "peak memory (MB)", "lm_calls": "LM calls (run)",
-                                 "lm_cost_usd": "LM cost (USD)"})
+    # short headers, as the CLI's, so all 12 columns fit at 1280 px
+    return frame.rename(columns={"val_rouge1": "val R-1", "val_rouge2": "val R-2", "val_rougeL": "val R-L",
+                                 "test_rouge1": "test R-1", "test_rouge2": "test R-2", "test_rougeL": "test R-L",
+                                 "test_lm_call_rate": "test LM %", "seconds": "time s",
+                                 "peak_rss_mb": "peak MB", "lm_calls": "LM calls", "lm_cost_usd": "LM $"})
+
+
+def _gamma(value: Any) -> Optional[float]:
+    """The underfit threshold typed in, or None (the small models' median): an empty box can reach
+    the server as 0, and gamma 0 would mine nothing (no ROUGE-L is below 0)."""
+    return float(value) if value not in (None, "") and float(value) > 0 else None
 
 
 def run(studio: Studio, tab: Components, *args: Any) -> Iterator[dict[Any, Any]]:
@@ -287,7 +295,7 @@ def _run(studio: Studio, *args: Any) -> Iterator[dict[str, Any]]:
         try:
             mine = DEMO_ACLSUM["mine_lm_max"] if values["source"] == "demo" else None
             box["result"] = run_summarization(task, lm, ssms=list(values["ssm"]), max_lm_rate=float(values["max_lm_rate"]),
-                                              gamma=float(values["gamma"]) if values.get("gamma") not in (None, "") else None,
+                                              gamma=_gamma(values.get("gamma")),
                                               mine_lm_max=mine, progress=on_event)
         except EAError as err:
             box["error"] = error_message(err)
