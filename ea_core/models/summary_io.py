@@ -3,12 +3,11 @@ holds. Runs no pickled code: settings are JSON, weights safetensors."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 from ea_core.errors import ModelError
-from ea_core.models.base import load_model
+from ea_core.models.base import load_model, read_json_file
 from ea_core.models.memory import EmbeddingMemory
 from ea_core.models.seq2seq import Seq2SeqSummarizer
 from ea_core.models.summarizers import SUMMARIZER_JSON, ExtractiveSummarizer, LeadSummarizer
@@ -17,10 +16,7 @@ from ea_core.models.summarizers import SUMMARIZER_JSON, ExtractiveSummarizer, Le
 def load_summarizer(folder: Path, *, root: Optional[Path] = None, memory: Optional[EmbeddingMemory] = None) -> Any:
     """The summarizer saved in `folder` (a ModelError naming the file when it is missing or damaged)."""
     path = folder / SUMMARIZER_JSON
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"No readable summarizer in {folder} ({path.name}: {exc}).") from None
+    meta = read_json_file(path)  # strict JSON, or a ModelError naming the file
     kind = meta.get("kind") if isinstance(meta, dict) else None
     if kind == "lead":
         return LeadSummarizer(int(meta.get("n_sentences", 1)))
