@@ -365,3 +365,23 @@ def test_cli_k_shot_prompt_carries_worked_examples(tmp_path: Path, monkeypatch, 
         assert srv.requests and all(shot in r.text for r in srv.requests)
     settings = json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())["lm"]
     assert len(settings["shots"]) == 2  # predict asks the LM with the same prompt
+
+
+def test_a_tampered_saved_summarizer_is_a_message_naming_its_file(tmp_path):
+    """A bundle is untrusted: broken JSON, NaN or a non-integer setting is a ModelError naming the
+    file, never a ValueError traceback."""
+    import json as _json
+
+    from ea_core.errors import ModelError
+    from ea_core.models.summarizers import SUMMARIZER_JSON, LeadSummarizer
+    from ea_core.models.summary_io import load_summarizer
+
+    LeadSummarizer(2).save(tmp_path)
+    assert load_summarizer(tmp_path).n_sentences == 2
+    for text in ('{"kind": "lead", "n_sentences": "x"}', '{"kind": "lead", "n_sentences": NaN}',
+                 '{"kind": "lead", "n_sentences": 0}', '{"kind": "lea'):
+        (tmp_path / SUMMARIZER_JSON).write_text(text)
+        with pytest.raises(ModelError, match=SUMMARIZER_JSON):
+            load_summarizer(tmp_path)
+    (tmp_path / SUMMARIZER_JSON).write_text(_json.dumps({"kind": "lead", "n_sentences": 1}))
+    assert load_summarizer(tmp_path).n_sentences == 1

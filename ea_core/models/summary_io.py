@@ -18,10 +18,14 @@ def load_summarizer(folder: Path, *, root: Optional[Path] = None, memory: Option
     path = folder / SUMMARIZER_JSON
     meta = read_json_file(path)  # strict JSON, or a ModelError naming the file
     kind = meta.get("kind") if isinstance(meta, dict) else None
+    if kind in ("lead", "extractive"):
+        n = meta.get("n_sentences", 1)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ModelError(f"{path}: n_sentences must be a whole number >= 1; export the bundle again.")
     if kind == "lead":
-        return LeadSummarizer(int(meta.get("n_sentences", 1)))
+        return LeadSummarizer(n)
     if kind == "extractive":
-        m = ExtractiveSummarizer(str(meta.get("encoder", "minilm")), n_sentences=int(meta.get("n_sentences", 1)),
+        m = ExtractiveSummarizer(str(meta.get("encoder", "minilm")), n_sentences=n,
                                  memory=memory, name=str(meta.get("name", "extractive")))
         m.head_ = load_model(folder / "head", root=root, memory=m.memory)
         return m
