@@ -73,6 +73,8 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
                 results_tab = results.build()
             with gr.Tab("8 · Summaries", id="summaries", elem_id="tab-summaries"):
                 sum_tab = summaries.build()
+                sum_tab["current"] = gr.BrowserState(None, storage_key="ea-studio-summary-run",
+                                                     secret=studio.server_secret())
 
         setup_ui = {**data_tab, **models_tab, **lm_tab}  # the setup tabs' components by name
         form_fields = {k: setup_ui[k] for k in form.KEYS}
@@ -111,7 +113,8 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
         refresh_models = dict(fn=bind(models.refresh, models_tab), inputs=model_inputs,
                               outputs=pick(models_tab, "ssm", "catalog", "ssm_note"), show_progress="hidden")
         models_tab["ssm"].input(models.on_ticked, models_tab["ssm"], models_tab["ssm_note"], show_progress="hidden")
-        estimate = dict(fn=bind(lm.estimate), inputs=[models_tab["ea_full"], models_tab["probe_lm"], *lm_inputs],
+        extra_calls = pick(models_tab, "ea_full", "probe_lm", "router", "router_labels")
+        estimate = dict(fn=bind(lm.estimate), inputs=[*extra_calls, *lm_inputs],
                         outputs=lm_tab["estimate"], show_progress="hidden")
         preview = dict(fn=bind(lm.render_preview), inputs=lm_inputs, outputs=lm_tab["preview"],
                        show_progress="hidden")
@@ -125,7 +128,7 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
         gr.on([lm_tab[k].input for k in ("prompt_system", "prompt_instruction", "prompt_input", "prompt_pair")]
               + [lm_tab["few_shot"].change], **preview)
         gr.on([lm_tab[k].change for k in ("price_in", "price_out", "free", "budget_usd", "model")]
-              + [models_tab["ea_full"].change, models_tab["probe_lm"].change], **estimate)
+              + [models_tab[k].change for k in ("ea_full", "probe_lm", "router", "router_labels")], **estimate)
         lm_tab["test"].click(bind(lm.run_test), [api_key, *lm_inputs], lm_tab["test_out"], concurrency_limit=4,
                              api_name="test_connection")
 
@@ -167,7 +170,10 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
         # -- Thresholds --------------------------------------------------------------------------
         figures = thresholds.slider_outputs(thresholds_tab)  # the plot, the metrics, the route in words, memory
         gr.on([s.input for s in sliders] + [s.release for s in sliders], bind(thresholds.on_slider, thresholds_tab),
-              [*route_state, memory, *sliders], figures, api_name="thresholds", **fast)
+              [*route_state, memory, *sliders], figures, api_name="thresholds", queue=False, **fast)
+        # queue=False: a move answers over one HTTP request, without the queue's status messages, each of
+        # which makes Gradio's front end walk every component of the app (bench_shared_load: p95 under
+        # others' runs 274-290 -> 203-227 ms); the handler takes < 1 ms, so it never needs a queue slot.
         gr.on([s.release for s in sliders], **examples)
         gr.on([thresholds_tab["order"].input, thresholds_tab["calibrated"].input],
               bind(thresholds.on_order, thresholds_tab), [*route_state, memory], thr_outputs) \
@@ -235,11 +241,14 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
         gr.on([field.change for field in form_inputs], bind(setup.save), [owner, restored, *form_inputs], None,
               trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
 
-        # -- Page load: owner token, the saved setup, the run this browser was watching, the data
+        # -- Page load: owner token, the saved setup, the run this browser was watching (and its
+        # summarization run), the data
+        sum_attach = dict(fn=bind(summaries.attach, sum_tab), inputs=[owner, sum_tab["current"]],
+                          outputs=pick(sum_tab, *summaries.ATTACH_OUT), show_progress="hidden")
         demo.load(_ensure_owner, owner, owner) \
             .then(bind(setup.restore, setup_ui, restored), owner, setup.outputs(setup_ui, restored)) \
             .then(**attach).then(**runs_list).then(**load_data) \
-            .then(**refresh_models).then(**estimate).then(**preview)
+            .then(**refresh_models).then(**estimate).then(**preview).then(**sum_attach)
         demo.unload(studio.drop)
 
         # -- Summaries (issue 18): its own data, models, LM, run and Try it ------------------------
@@ -249,15 +258,27 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
                                pick(sum_tab, *summaries.UPLOAD_OUT))
         sum_tab["test_lm_btn"].click(bind(summaries.test_lm, sum_tab), pick(sum_tab, *summaries.RUN_KEYS),
                                      pick(sum_tab, *summaries.TEST_LM_OUT), concurrency_limit=1)
-        sum_tab["run"].click(bind(summaries.run, sum_tab), pick(sum_tab, *summaries.RUN_KEYS),
-                             pick(sum_tab, *summaries.RUN_OUT), concurrency_limit=1)
-        sum_tab["try_btn"].click(bind(summaries.try_text, sum_tab),
-                                 pick(sum_tab, "state", "try_text", "try_instruction"), sum_tab["trace"])
+        sum_tab["run"].click(bind(summaries.start, sum_tab), [owner, *pick(sum_tab, *summaries.RUN_KEYS)],
+                             pick(sum_tab, *summaries.RUN_OUT), concurrency_limit=2)
+        sum_tab["timer"].tick(bind(summaries.tick, sum_tab), [owner, sum_tab["current"]],
+                              pick(sum_tab, *summaries.TICK_OUT), show_progress="hidden")
+        sum_tab["cancel"].click(bind(summaries.cancel, sum_tab), [owner, sum_tab["current"]],
+                                pick(sum_tab, *summaries.CANCEL_OUT))
+        sum_tab["runs"].input(summaries.pick_run, sum_tab["runs"], sum_tab["current"]).then(**sum_attach)
+        sum_sliders = [sum_tab["state"], *pick(sum_tab, *summaries.SLIDER_KEYS)]
+        gr.on([sum_tab[k].input for k in summaries.SLIDER_KEYS], bind(summaries.move, sum_tab), sum_sliders,
+              pick(sum_tab, "point", "plot"), **fast)
+        sum_tab["use_point"].click(bind(summaries.use_point, sum_tab), sum_sliders,
+                                   pick(sum_tab, "state", "downloads", "point"))
+        sum_tab["try_btn"].click(bind(summaries.try_text, sum_tab), pick(sum_tab, *summaries.TRY_KEYS),
+                                 sum_tab["trace"])
         sum_tab["batch_file"].upload(bind(summaries.batch_uploaded, sum_tab), sum_tab["batch_file"],
                                      pick(sum_tab, *summaries.BATCH_UPLOAD_OUT))
         sum_tab["batch_btn"].click(bind(summaries.batch_predict, sum_tab), pick(sum_tab, *summaries.BATCH_KEYS),
                                    pick(sum_tab, *summaries.BATCH_OUT), concurrency_limit=2,
                                    api_name="summaries_batch")
+        sum_tab["batch_stop"].click(bind(summaries.batch_stop, sum_tab), None, sum_tab["batch_status"],
+                                    concurrency_limit=None)
         sum_tab["serve_start"].click(bind(summaries.serve_start, sum_tab),
                                      [owner, *pick(sum_tab, *summaries.SERVE_KEYS)], sum_tab["serve_status"],
                                      concurrency_limit=2, api_name="summaries_serve_start")

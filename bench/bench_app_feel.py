@@ -35,9 +35,10 @@ CHROMIUM = os.environ.get("EA_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 
-#: One slider move, timed to the routing figure redrawn with new data. Gradio redraws a plot with
-#: Plotly.react then Plotly.Plots.resize, so each update fires plotly_afterplot twice; under load
-#: the late second one (the previous move's figure) would end the next move's timer early. Only an
+#: One slider move, timed to the routing figure redrawn with new data. A gr.Plot redraws with
+#: Plotly.react then Plotly.Plots.resize (two afterplots per update; under load the late second one,
+#: the previous move's figure, would end the next move's timer early); the Thresholds tab's plot host
+#: (pages.thresholds.plot_host) calls Plotly.react once on the same div. Either way only an
 #: afterplot whose figure data is new (``gd.data`` replaced by react) counts. NaN after 30 s.
 MOVE_JS = """async (v) => {
   const gd = document.querySelector('#thr-routing .js-plotly-plot');

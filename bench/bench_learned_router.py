@@ -8,11 +8,19 @@ the small model's confidence, the learned one by its deferral score). LMs: at ch
 some classes, better by 5 points where the small model is unsure, and right on 90% of long inputs
 and 50% of short ones (a sub-distribution the small model's confidence cannot show).
 
-    .venv/bin/python bench/bench_learned_router.py [--seeds 10] [--sizes small,medium] [--methods classwise,gain]
+    .venv/bin/python bench/bench_learned_router.py [--seeds 10] [--sizes small,medium,drugs] [--methods classwise,gain]
+        [--router-labels 200] [--variants 0,100,200,200l,200lc]
 
-Each run's router is fitted again with each of ``--methods`` (`ea_core.learned_router.METHODS`), as
-`run --router learned` fits it, so the methods are compared on the very same runs (cached runs are
-reused: only the router, the tuning and the results rows are recomputed, in memory).
+Runs are made once with ``--router-labels 200`` (a uniform sample of training inputs the LM is asked
+about, `RunConfig.router_labels`) and cached under ``--runs``. Each run's router is then fitted again
+in memory with each of ``--methods`` (`ea_core.learned_router.METHODS`) and each variant, as `run
+--router learned` fits it, so methods and variants are compared on the very same runs (only the
+router, the tuning and the results rows are recomputed). Variants: ``N`` the router learns from N
+of the sampled answers (a uniform subsample; 0: mining's alone, the router without the option);
+suffix ``l``: the learned row's guard pools the sampled inputs its out-of-fold scores would send to
+the LM, ``c``: the cascade's guard those its small model is least sure of (``Nlc`` is what a run
+with ``--router-labels N`` does, `Pipeline._tune_with_training_evidence`). Column c0: the cascade's
+change from the first variant's. Figures: docs/learned-router.md.
 
 ``--stack`` measures the other half of issue 22 instead ("combining, not only choosing"): on the
 inputs a run sends to the LM, the LM's answer against a stacked logistic regression over the small
@@ -46,9 +54,10 @@ from bench_honest import SIZES, make_run  # noqa: E402
 DRUGS_SIZES: dict[str, tuple[Optional[int], Optional[int], Optional[int]]] = {"drugs": (None, None, None)}
 
 
-def drugs_run(folder: Path, lm: str, seed: int, sizes: tuple[Optional[int], Optional[int], Optional[int]]):
-    """One run on a sample of the drug reviews (cached in `folder`), as `bench_honest.make_run`
-    makes its runs (TF-IDF, the same scripted LMs, 3-fold mining, the learned router)."""
+def bench_run(folder: Path, size: tuple, lm: str, seed: int, router_labels: int = 0):
+    """One run (cached in `folder`) as `bench_honest.make_run` makes its runs (TF-IDF, the same
+    scripted LMs, 3-fold mining, `--router learned`), on the demo tweets (`SIZES`) or a sample of the
+    drug reviews (`DRUGS_SIZES`), with ``--router-labels router_labels``."""
     from bench_honest import BETTER_BY, LMS, SUBGROUP_LMS, ScriptedLM, difficulty_accuracy, drug_reviews_csv
 
     from ea_core.data import load_dataset
@@ -56,37 +65,83 @@ def drugs_run(folder: Path, lm: str, seed: int, sizes: tuple[Optional[int], Opti
     from ea_core.runconfig import RunConfig
     from ea_core.runstate import is_run_folder, open_run
 
+    name, *caps_ = size
     if not (is_run_folder(folder) and (folder / "results.json").is_file()):
-        data = str(drug_reviews_csv(folder.parent / "data"))
-        caps = dict(zip(("max_train", "max_val", "max_test"), sizes), val_frac=0.25, test_frac=0.25)
+        if name in DRUGS_SIZES:
+            data = str(drug_reviews_csv(folder.parent / "data"))
+            caps = dict(zip(("max_train", "max_val", "max_test"), caps_), val_frac=0.25, test_frac=0.25)
+        else:
+            data, caps = "demo:tweets", dict(zip(("max_train", "max_val", "max_test"), caps_))
         task = load_dataset(data, seed=seed, **caps)
         truth = {t: int(y) for sp in (task.train, task.val, task.test) for t, y in zip(sp.texts, sp.labels)}
         cfg = RunConfig(data=data, ssm=["tfidf"], seed=seed, lm="openai", lm_model=f"scripted-{lm}", oof_folds=3,
-                        cache=str(folder / "answers.sqlite"), router="learned", **caps)
+                        cache=str(folder / "answers.sqlite"), router="learned", router_labels=router_labels, **caps)
         text_acc = (difficulty_accuracy(task, BETTER_BY[lm], seed) if lm in BETTER_BY else
                     SUBGROUP_LMS[lm](task) if lm in SUBGROUP_LMS else None)
         Pipeline(cfg, folder, provider=ScriptedLM(truth, len(task.labels), LMS.get(lm), lm, text_acc)).run()
     return open_run(folder)
 
 
-def refit(state, method: str):
+def refit(state, method: str, n_labels: int = 0, evidence: str = ""):
     """The run with its learned router fitted again by `method`, tuned and scored as the pipeline
-    does (`Pipeline._fit_learned_router`, `report.tune_systems`, `report.build_rows`), in memory."""
+    does (`Pipeline._fit_learned_router`, `Pipeline.stage_tune`, `report.build_rows`), in memory.
+    `n_labels`: how many of the run's router-label answers (`--router-labels`, a uniform subsample)
+    the router learns from (0: mining's alone). `evidence` (with `n_labels`): "l" gives the learned
+    row's guard the labelled training inputs its out-of-fold scores send to the LM, "c" the cascade's
+    guard those its small model is least sure of (`learned_router.region_pairs`)."""
+    return refit_variants(state, method, n_labels, (evidence,))[evidence]
+
+
+def refit_variants(state, method: str, n_labels: int, evidences) -> dict:
+    """`refit` for several `evidence`s at once, the router fitted once."""
     import copy
 
-    from ea_core.learned_router import fit_learned_router
+    from ea_core.learned_router import (EVIDENCE_FOLDS, fit_learned_router, known_lm_answers, load_router_labels,
+                                        oof_router_scores, region_pairs)
     from ea_core.report import build_rows, tune_systems
     from ea_core.runstate import mining_probs
 
     st = copy.copy(state)
-    known = {} if st.mining is None else dict(zip(st.mining.candidates.tolist(), st.mining.lm_labels.tolist()))
-    if st.probe is not None:
-        known.update(zip(st.probe["index"].tolist(), st.probe["lm_label"].tolist()))
-    router = fit_learned_router(mining_probs(st), st.task.train, known, seed=st.config.seed, method=method)
+    known = known_lm_answers(st, router_labels=n_labels)
+    train_probs = mining_probs(st)
+    router = fit_learned_router(train_probs, st.task.train, known, seed=st.config.seed, method=method)
     st.learned = {} if router is None else {
         split: router.score([r.outputs()[split] for r in st.ssms], st.task.split(split)) for split in ("val", "test")}
-    st.tuning = tune_systems(st)
-    st.rows = build_rows(st, st.tuning)
+    base_tuning = tune_systems(st)
+    sample = load_router_labels(st, n_labels) if n_labels else None
+    y, share = st.task.train.labels, st.config.max_lm_rate
+    oof, out = None, {}
+    for evidence in evidences:
+        tuning = dict(base_tuning)
+        if sample is not None and "l" in evidence and router is not None:
+            if oof is None:
+                oof = oof_router_scores(train_probs, st.task.train, known, seed=st.config.seed, method=method,
+                                        folds=EVIDENCE_FOLDS)
+            tuning["ea_learned"] = tune_systems(with_pairs(st, region_pairs(oof, sample, y, share)))["ea_learned"]
+        if sample is not None and "c" in evidence:
+            pairs = region_pairs(1.0 - train_probs[0].max(axis=1), sample, y, share)
+            tuned = tune_systems(with_pairs(st, pairs, keep_probe=True))
+            tuning.update({k: v for k, v in tuned.items() if k != "ea_learned"})
+        v = copy.copy(st)
+        v.tuning = tuning
+        v.rows = build_rows(v, tuning)
+        out[evidence] = v
+    return out
+
+
+def with_pairs(state, pairs: dict, keep_probe: bool = False):
+    """A copy of the run whose probe (the guard's paired training evidence) is `pairs` (and, with
+    `keep_probe`, the run's own probe, both uniform samples of the same region)."""
+    import copy
+
+    st = copy.copy(state)
+    idx, ssm, lm = pairs["index"], pairs["ssm_label"], pairs["lm_label"]
+    if keep_probe and state.probe is not None:
+        new = ~np.isin(idx, state.probe["index"])
+        idx = np.concatenate([state.probe["index"], idx[new]])
+        ssm = np.concatenate([state.probe["ssm_label"], ssm[new]])
+        lm = np.concatenate([state.probe["lm_label"], lm[new]])
+    st.probe = {"index": idx, "ssm_label": ssm, "lm_label": lm} if len(idx) else None
     return st
 
 
@@ -119,11 +174,18 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--runs", default="/tmp/ea_learned_runs")
+    ap.add_argument("--runs", default="/tmp/ea_learned_runs_rl{labels}")
     ap.add_argument("--sizes", default="small,medium",
                     help="small, medium (demo tweets) and drugs (the 979 drug reviews, split 50/25/25 per seed)")
     ap.add_argument("--lms", default="chance,better_on_some,better_by_5,long_inputs")
-    ap.add_argument("--methods", default="classwise,classwise_linear", help="learned-router methods to compare")
+    ap.add_argument("--methods", default="classwise", help="learned-router methods to compare")
+    ap.add_argument("--router-labels", type=int, default=200,
+                    help="the runs' --router-labels (extra LM calls on uniform random training inputs)")
+    ap.add_argument("--variants", default="0,100,200,200l,200lc",
+                    help="per method (the first: the baseline of c0): N = the router learns from N of the router-label answers (0: mining's "
+                         "only, the runs' router without the option); suffix l: the learned row's guard also "
+                         "pools the labelled training inputs its out-of-fold scores send to the LM; c: the "
+                         "cascade's guard those its small model is least sure of")
     ap.add_argument("--stack", action="store_true", help="the stacked combiner against the LM's answer instead")
     ap.add_argument("--stack-c", default="1", help="--stack: the stack's regularisation C, or 'cv' (chosen on its "
                     "training rows by cross-validated log-loss, `STACK_CS`)")
@@ -136,20 +198,34 @@ def main() -> None:
         return
     sizes = [s for s in SIZES if s[0] in args.sizes.split(",")] + [
         (name, *DRUGS_SIZES[name]) for name in args.sizes.split(",") if name in DRUGS_SIZES]
-    print(f"{'setting':<31} {'small model':>11} {'cascade':>8} {'learned':>8} {'diff':>6} {'worst':>6} "
+    print(f"{'setting':<40} {'small model':>11} {'cascade':>8} {'learned':>8} {'diff':>6} {'worst':>6} "
           f"{'LM % c/l':>10} | budget point: {'cascade':>8} {'learned':>8} {'diff':>6} {'worst':>6} {'LM % c/l':>10}")
     methods = args.methods.split(",")
     for size in sizes:
         for lm in args.lms.split(","):
-            states = [drugs_run(Path(args.runs) / f"{size[0]}-{lm}-{seed}", lm, seed, size[1:])
-                      if size[0] in DRUGS_SIZES else
-                      make_run(Path(args.runs) / f"{size[0]}-{lm}-{seed}", size, lm, seed, router="learned")
+            runs = Path(args.runs.format(labels=args.router_labels))
+            states = [bench_run(runs / f"{size[0]}-{lm}-{seed}", size, lm, seed, args.router_labels)
                       for seed in range(args.seeds)]
+            variants = args.variants.split(",")
+            by_n: dict[int, list[str]] = {}
+            for variant in variants:
+                n = int(variant.rstrip("lc"))
+                by_n.setdefault(n, []).append(variant[len(str(n)):])
             for method in methods:
-                report(f"{size[0]} {lm} {method}", [compare(refit(st, method)) for st in states])
+                res: dict[str, list] = {v: [] for v in variants}
+                for st in states:
+                    for n, evs in by_n.items():
+                        for ev, v in refit_variants(st, method, n, evs).items():
+                            res[f"{n}{ev}"].append(compare(v))
+                base = res[variants[0]]
+                for variant in variants:
+                    for r, b in zip(res[variant], base):
+                        r["ea_base"] = b["ea"]
+                    report(f"{size[0]} {lm} {method} {variant}", res[variant])
     print(f"({args.seeds} seeds; test accuracy in %, diff = learned - cascade in points (val diff: the reported "
           "rows on validation; kept: the learned row where validation does not put it below the cascade, else "
-          "the cascade, mean and worst); "
+          "the cascade, mean and worst; c0: the cascade's change from the runs' own cascade row, mean / worst; "
+          "extra LM calls: the variant's N router-label answers, some cached from mining); "
           f"{time.perf_counter() - t0:.0f} s)")
 
 
@@ -211,7 +287,7 @@ def stack_main(args, t0: float) -> None:
           f"| {'guarded':>7} {'worst':>6} | {'val-gd':>7} {'worst':>6} | {'ssm':>6}")
     for size in sizes:
         for lm in args.lms.split(","):
-            states = [make_run(Path(args.runs) / f"stack{args.probe}-{size[0]}-{lm}-{seed}", size, lm, seed,
+            states = [make_run(Path(args.runs.format(labels="stack")) / f"stack{args.probe}-{size[0]}-{lm}-{seed}", size, lm, seed,
                                probe=args.probe) for seed in range(args.seeds)]
             for mined in (False, True):
                 c = None if args.stack_c == "cv" else float(args.stack_c)
@@ -259,13 +335,15 @@ def report(name: str, res: list[dict[str, float]]) -> None:
     d, db = col("ea_learned") - col("ea"), col("ea_learned_budget") - col("ea_budget")
     dv = col("ea_learned_val") - col("ea_val")  # the same rows on validation (where they were tuned)
     dk = col("kept") - col("ea")
-    print(f"{name:<31} {np.nanmean(col('ssm')):11.2f} {np.nanmean(col('ea')):8.2f} "
+    dc = col("ea") - col("ea_base")
+    print(f"{name:<40} {np.nanmean(col('ssm')):11.2f} {np.nanmean(col('ea')):8.2f} "
           f"{np.nanmean(col('ea_learned')):8.2f} {np.nanmean(d):+6.2f} {np.nanmin(d):+6.2f} "
           f"{np.nanmean(col('ea_lm')):4.1f}/{np.nanmean(col('ea_learned_lm')):4.1f} | {'':14}"
           f"{np.nanmean(col('ea_budget')):8.2f} {np.nanmean(col('ea_learned_budget')):8.2f} "
           f"{np.nanmean(db):+6.2f} {np.nanmin(db):+6.2f} "
           f"{np.nanmean(col('ea_budget_lm')):4.1f}/{np.nanmean(col('ea_learned_budget_lm')):4.1f} | "
-          f"val diff {np.nanmean(dv):+6.2f} | kept {np.nanmean(dk):+6.2f} {np.nanmin(dk):+6.2f}")
+          f"val diff {np.nanmean(dv):+6.2f} | kept {np.nanmean(dk):+6.2f} {np.nanmin(dk):+6.2f} | "
+          f"c0 {np.nanmean(dc):+5.2f} {np.nanmin(dc):+5.2f}")
     sys.stdout.flush()
 
 

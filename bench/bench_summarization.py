@@ -8,7 +8,10 @@
    random share the router cannot see) and "useless" (poor everywhere). EA's routing (the honest rule, LM budget 30%) against the best single system
    on test ROUGE-L: mean and worst over seeds.
 
-    python bench/bench_summarization.py [--skip-demo] [--seeds 10] [--p-good 0.8]
+    python bench/bench_summarization.py [--skip-demo] [--seeds 10] [--p-good 0.8] [--summary-ssm SPEC ...]
+
+The small summarizers and their confidence signals are compared in bench/bench_summary_confidence.py
+(docs/SUMMARY_CONFIDENCE.md).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ea_core.rouge import rouge  # noqa: E402
 from ea_core.router import StageOutput, StageStack  # noqa: E402
 
 
-def demo_run(out: Path) -> None:
+def demo_run(out: Path, ssms: tuple[str, ...] = ()) -> None:
     from ea_core.llm.summarize import LocalSummaryLM
     from ea_core.resources import ResourceMeter
     from ea_core.summarization import format_summary_table, run_summarization, write_summarization
@@ -40,7 +43,8 @@ def demo_run(out: Path) -> None:
 
     with ResourceMeter() as whole:
         task = load_aclsum(max_val=DEMO_ACLSUM["max_val"], max_test=DEMO_ACLSUM["max_test"])
-        res = run_summarization(task, LocalSummaryLM(cache_path=None), mine_lm_max=DEMO_ACLSUM["mine_lm_max"])
+        extra = {"ssms": ssms} if ssms else {}
+        res = run_summarization(task, LocalSummaryLM(cache_path=None), mine_lm_max=DEMO_ACLSUM["mine_lm_max"], **extra)
         write_summarization(res, out)
     print(f"\n== demo:aclsum end to end ({len(task.train)}/{len(task.val)}/{len(task.test)} examples, "
           f"LM: {res.lm}) ==")
@@ -130,12 +134,15 @@ def main() -> None:
                     help="the LM is good on the inputs the best small model is least sure of, this share of them")
     ap.add_argument("--keep", type=float, default=0.3, help="share of the reference's words a good LM summary keeps")
     ap.add_argument("--out", default="runs/bench-aclsum")
+    ap.add_argument("--summary-ssm", action="append", default=[], metavar="SPEC",
+                    help="small summarizers of the demo run instead of the default (extractive, lead), e.g. "
+                         "causal:smollm2 (the packaged SmolLM2 with LoRA: tens of minutes on 2 CPU cores); repeat")
     args = ap.parse_args()
     configure_process()
     if not args.skip_router:
         router_check(args.seeds, args.p_good, args.max_lm_rate, args.share, args.keep)
     if not args.skip_demo:
-        demo_run(Path(args.out))
+        demo_run(Path(args.out), tuple(args.summary_ssm))
 
 
 if __name__ == "__main__":

@@ -176,6 +176,11 @@ def _add_lm_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                         "is least sure of (out of fold; the --max-lm-rate share), so that the operating point's "
                         "guard sees hundreds of paired examples, not only validation's; N extra paid calls, "
                         "cached and reused by mining (default 0: off)")
+    g.add_argument("--router-labels", type=int, default=0, metavar="N",
+                   help="with --router learned: ask the LM about N more training inputs drawn uniformly at random "
+                        "(out of fold), so the learned router also learns where the LM is wrong and the small model "
+                        "right, not only from the mined inputs, and the operating points' guards pool those of them each "
+                        "router would send to the LM; N extra paid calls at most, cached (default 0: off)")
     g.add_argument("--lm-batch", action="store_true",
                    help="ask the LM about training inputs (mining, --ea-full, --probe-lm) through the endpoint's "
                         "Batch API: half price at OpenAI, answers within 24 h; the run waits, polling, and a "
@@ -367,6 +372,7 @@ def _config_from_args(args: argparse.Namespace, lm: bool):
         cfg.max_lm_rate, cfg.calibrate = args.max_lm_rate, not args.no_calibration
         cfg.max_cost_per_1k, cfg.operating_point = args.max_cost_per_1k, args.operating_point
         cfg.probe_lm, cfg.router, cfg.lm_batch = args.probe_lm, args.router, args.lm_batch
+        cfg.router_labels = getattr(args, "router_labels", 0)
         cfg.price_in, cfg.price_out = args.price_in, args.price_out
         cfg.prompt = _read_prompt_file(args.prompt_file) if args.prompt_file else None
     return cfg

@@ -34,6 +34,10 @@ MIN_PER_CLASS = 10
 #: A learned stage's folder (in a bundle): its scorer, and the small models it reads under ``ssm/NN``.
 ROUTER_JSON = "router.json"
 ROUTER_FORMAT = "ea-learned-router/1"
+#: `RunConfig.router_labels`: the LM stage's name (its answers under the run's LM folder) and the run
+#: folder's file holding the sample (row index, the best small model's out-of-fold label, the LM's).
+ROUTER_LABELS_STAGE = "router_labels"
+ROUTER_LABELS_NPZ = "router_labels.npz"
 
 
 #: Quantiles of the training inputs' log length that cut it into bins (`features`' length_edges).
@@ -70,6 +74,43 @@ def length_edges_of(split: Split) -> tuple[float, ...]:
     chars = np.array([len(t) + (len(split.pairs[i]) if split.pairs is not None else 0)
                       for i, t in enumerate(split.texts)], dtype=np.float64)
     return tuple(float(v) for v in np.quantile(np.log1p(chars), LENGTH_QUANTILES))
+
+
+def router_label_sample(n_train: int, n: int, *, seed: int, shown: Sequence[int] = ()) -> np.ndarray:
+    """Up to `n` training rows drawn uniformly at random (seeded; not the few-shot rows `shown`),
+    sorted: the LM's answers there are labels of the learned router on inputs the small model gets
+    right as well as wrong (`RunConfig.router_labels`). Rows mining asked anyway come from the cache."""
+    pool = np.setdiff1d(np.arange(int(n_train)), np.asarray(shown, dtype=np.int64))
+    rng = np.random.default_rng([int(seed), 22])
+    return np.sort(rng.choice(pool, size=min(int(n), len(pool)), replace=False)).astype(np.int64)
+
+
+def load_router_labels(state: Any, n: Optional[int] = None) -> Optional[dict[str, np.ndarray]]:
+    """The run's `router_label_sample` with the LM's answers (``index``, ``ssm_label``, ``lm_label``),
+    None when it has none; `n`: a uniform subsample of that many (the bench's smaller budgets)."""
+    from ea_core.runfolder import load_arrays
+
+    path = state.folder.path(ROUTER_LABELS_NPZ)
+    if not path.is_file():
+        return None
+    arrays = {k: np.asarray(v) for k, v in load_arrays(path).items()}
+    if n is not None and n < len(arrays["index"]):
+        keep = np.sort(np.random.default_rng(0).permutation(len(arrays["index"]))[:n])
+        arrays = {k: v[keep] for k, v in arrays.items()}
+    return arrays
+
+
+def known_lm_answers(state: Any, router_labels: Optional[int] = None) -> dict[int, int]:
+    """Training row -> the LM's answer, wherever the run paid for one: mining, the probe and (with
+    `router_labels` > 0, up to that many of) the router-label sample."""
+    known = {} if state.mining is None else dict(zip(state.mining.candidates.tolist(),
+                                                     state.mining.lm_labels.tolist()))
+    if state.probe is not None:
+        known.update(zip(state.probe["index"].tolist(), state.probe["lm_label"].tolist()))
+    extra = load_router_labels(state, router_labels) if router_labels else None
+    if extra is not None:
+        known.update(zip(extra["index"].tolist(), extra["lm_label"].tolist()))
+    return known
 
 
 @dataclass
@@ -484,3 +525,52 @@ def fit_stacked_combiner(probs: Sequence[np.ndarray], lm_labels: np.ndarray, y: 
     cv_pred = cross_val_predict(model, X, y, cv=cv)
     return StackedCombiner(model.fit(X, y), n_labels, len(y), float(np.mean(cv_pred == y)),
                            float(np.mean(np.asarray(lm_labels) == y)))
+
+
+# -- more evidence than validation: the training split's out-of-fold outputs where the LM answered ----------
+
+
+#: Folds of `oof_router_scores` in a run (`Pipeline._tune_with_training_evidence`) and the bench.
+EVIDENCE_FOLDS = 3
+
+
+def oof_router_scores(train_probs: Sequence[np.ndarray], train: Split, lm_known: dict[int, int], seed: int = 0,
+                      method: str = "classwise", folds: int = 5) -> np.ndarray:
+    """Each training row's deferral score from a router fitted (`fit_learned_router`) without the
+    row's fold, on the other folds' out-of-fold small-model outputs and known LM answers: scores
+    comparable to what the run's router gives new inputs. NaN in a fold whose router could not be
+    fitted (too few LM answers)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(train.labels)
+    out = np.full(len(y), np.nan)
+    _, counts = np.unique(y, return_counts=True)
+    k = int(min(folds, counts.min()))
+    if k < 2:
+        return out
+    for fit_rows, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        pos = {int(r): j for j, r in enumerate(fit_rows)}
+        known = {pos[i]: code for i, code in lm_known.items() if i in pos}
+        router = fit_learned_router([p[fit_rows] for p in train_probs], train.subset(fit_rows), known, seed=seed,
+                                    method=method)
+        if router is not None:
+            out[held] = router.score([p[held] for p in train_probs], train.subset(held))
+    return out
+
+
+def region_pairs(unsure: np.ndarray, sample: dict[str, np.ndarray], y: np.ndarray, share: float) -> dict[str, np.ndarray]:
+    """The paired evidence a budget point's guard can pool with validation's (`RunConfig.probe_lm`'s
+    form: ``y``, ``ssm_label``, ``lm_label``): the rows of `sample` (a uniform sample of the training
+    split with the best small model's out-of-fold label and the LM's, `load_router_labels`) that fall
+    in the `share` of training rows a router is least sure of (`unsure`: higher is less sure, e.g.
+    the learned router's out-of-fold score or 1 - the small model's out-of-fold confidence; NaN rows
+    are never in it), as `mining.probe_sample` draws the probe from the region the point sends."""
+    unsure = np.asarray(unsure, dtype=np.float64)
+    n = int(np.floor(share * len(unsure) + 1e-9))
+    order = np.argsort(np.where(np.isnan(unsure), np.inf, -unsure), kind="stable")[:n]
+    region = np.zeros(len(unsure), dtype=bool)
+    region[order[~np.isnan(unsure[order])]] = True
+    keep = region[sample["index"]]
+    idx = sample["index"][keep]
+    return {"index": idx, "y": np.asarray(y)[idx], "ssm_label": sample["ssm_label"][keep],
+            "lm_label": sample["lm_label"][keep]}

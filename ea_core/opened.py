@@ -37,6 +37,7 @@ from ea_core.runfolder import read_json
 from ea_core.runs import RunManager, RunStatus
 from ea_core.runstate import RunState, open_run
 from ea_core.splits import Split
+from ea_core.summary_opened import is_summary_run
 from ea_core.system import AdaptedSystem
 
 #: A run in one of these states can continue where it stopped.
@@ -173,8 +174,10 @@ def read_past_run(manager: RunManager, status: RunStatus) -> PastRun:
 
 
 def past_runs(manager: RunManager, owner: Optional[str]) -> list[PastRun]:
-    """The owner's runs, newest first (nobody else's), each with what it ran on and its results."""
-    return [read_past_run(manager, status) for status in manager.runs(owner)] if owner else []
+    """The owner's classification runs, newest first (nobody else's), each with what it ran on and
+    its results (summarization runs are the Summaries tab's: `ea_core.summary_opened`)."""
+    return [read_past_run(manager, status) for status in manager.runs(owner)
+            if not is_summary_run(manager, status.run_id)] if owner else []
 
 
 @dataclass

@@ -24,7 +24,9 @@ from ea_core.calibration import Calibration, apply_temperature, expected_calibra
 from ea_core.data import load_dataset
 from ea_core.errors import ConfigError
 from ea_core.events import CancelToken, Callbacks, EventKind, ProgressEvent, callback_list, tagged
-from ea_core.learned_router import fit_learned_router
+from ea_core.learned_router import (EVIDENCE_FOLDS, ROUTER_LABELS_NPZ, ROUTER_LABELS_STAGE, LearnedRouter,
+                                   fit_learned_router, known_lm_answers, load_router_labels, oof_router_scores,
+                                   region_pairs, router_label_sample)
 from ea_core.llm import IMAGE_KNN_SPEC, make_provider
 from ea_core.llm.base import FAILED, UNPARSEABLE, LMProvider
 from ea_core.llm.batch_api import BATCH_PRICE_FACTOR
@@ -58,7 +60,7 @@ from ea_core.splits import Split
 from ea_core.tuning import autotune
 
 #: LM stages over the training split, which `RunConfig.lm_batch` sends through the Batch API.
-BATCH_STAGES = ("mine", "train_full", "probe")
+BATCH_STAGES = ("mine", "train_full", "probe", ROUTER_LABELS_STAGE)
 
 #: Few-shot examples per label the offline image stand-in (local:image-knn) sees when --few-shot is not given.
 IMAGE_KNN_FEW_SHOT = 5
@@ -208,7 +210,8 @@ class Pipeline:
     def _lm_work_left(self) -> bool:
         """Whether some LM stage of this run has no saved answers yet, or saved failures to retry."""
         stages = ["mine", "val", "test"] + (["train_full"] if self.config.ea_full else []) + (
-            ["probe"] if self.config.probe_lm else [])
+            ["probe"] if self.config.probe_lm else []) + (
+            [ROUTER_LABELS_STAGE] if self._asks_router_labels() else [])
         for stage in stages:
             path = self._lm_dir() / f"{stage}.npz"
             if not path.is_file() or np.any(load_arrays(path)["label"] == FAILED):
@@ -429,6 +432,24 @@ class Pipeline:
                     candidates=candidates, failed=self.state.mining.failed, shown=np.asarray(shown, dtype=np.int64))
         if cfg.probe_lm:
             self._probe(train_probs[0], shown)
+        if self._asks_router_labels():
+            self._router_labels(train_probs[0], shown)
+
+    def _asks_router_labels(self) -> bool:
+        return self.config.router == "learned" and self.config.router_labels > 0
+
+    def _router_labels(self, top_probs: np.ndarray, shown: list[int]) -> None:
+        """The LM on a uniform random sample of the training inputs (`RunConfig.router_labels`): the
+        learned router's labels where the best small model is right too, not only where mining looked."""
+        cfg = self.config
+        index = router_label_sample(len(self.task.train), cfg.router_labels, seed=cfg.seed, shown=shown)
+        answers = self._lm_answers("train", index, ROUTER_LABELS_STAGE)
+        ssm_label = top_probs[index].argmax(axis=1)
+        save_arrays(self.folder.path(ROUTER_LABELS_NPZ), index=index, ssm_label=ssm_label, lm_label=answers["label"])
+        y = self.task.train.labels[index]
+        self.emit(ProgressEvent(stage="mine", step=0, total=0, message=(
+            f"Router labels: the LM on {len(index)} training inputs drawn at random: LM right on "
+            f"{int(np.sum(answers['label'] == y))}, the best small model (out of fold) on {int(np.sum(ssm_label == y))}")))
 
     def _probe(self, top_probs: np.ndarray, shown: list[int]) -> None:
         """The LM on a random sample of the training inputs the best small model is least sure of
@@ -551,23 +572,56 @@ class Pipeline:
     def stage_tune(self) -> None:
         """Thresholds of every routed system for the run's LM budget, chosen on validation by the
         honest rule of `report.tune_systems` (cross-fitted; a simpler system unless the gain is beyond noise)."""
+        router = None
         if self.config.router == "learned" and self.state.lm_answers:
-            self._fit_learned_router()
+            router = self._fit_learned_router()
         self.state.tuning = tune_systems(self.state, callback=self.emit)
+        if router is not None and self.config.router_labels > 0:
+            self._tune_with_training_evidence()
         write_json(self.folder.path("tuning.json"), self.state.tuning)
 
-    def _fit_learned_router(self) -> None:
+    def _tune_with_training_evidence(self) -> None:
+        """With router labels (`RunConfig.router_labels`, a uniform sample of the training split with
+        the LM's answers): each budget point's guard also pools the sampled training inputs in the
+        region it sends to the LM, out of fold: the learned row's those its router, fitted without
+        them (`oof_router_scores`), is least sure of; the cascade's those the best small model is
+        least sure of (with the probe's, a sample of the same region). Validation stays the only
+        evidence of the tuned thresholds; these inputs only join the paired test of the budget point."""
+        import copy
+
+        st, cfg = self.state, self.config
+        sample = load_router_labels(st, cfg.router_labels)
+        if sample is None or not len(sample["index"]):
+            return
+        train_probs, y = mining_probs(st), self.task.train.labels
+        known = known_lm_answers(st, router_labels=cfg.router_labels)
+        oof = oof_router_scores(train_probs, self.task.train, known, seed=cfg.seed, folds=EVIDENCE_FOLDS)
+        learned_pairs = region_pairs(oof, sample, y, cfg.max_lm_rate)
+        cascade_pairs = region_pairs(1.0 - train_probs[0].max(axis=1), sample, y, cfg.max_lm_rate)
+        if st.probe is not None:  # the probe: a uniform sample of the same region
+            new = ~np.isin(cascade_pairs["index"], st.probe["index"])
+            cascade_pairs = {k: np.concatenate([st.probe[k] if k != "y" else y[st.probe["index"]],
+                                                cascade_pairs[k][new]]) for k in cascade_pairs}
+        for pairs, pick in ((learned_pairs, lambda s: s == "ea_learned"), (cascade_pairs, lambda s: s != "ea_learned")):
+            if not len(pairs["index"]):
+                continue
+            with_pairs = copy.copy(st)
+            with_pairs.probe = {k: pairs[k] for k in ("index", "ssm_label", "lm_label")}
+            st.tuning.update({k: v for k, v in tune_systems(with_pairs).items() if pick(k)})
+        self.emit(ProgressEvent(stage="tune", step=0, total=0, message=(
+            f"router labels as evidence beside validation: {len(learned_pairs['index'])} training inputs where the "
+            f"learned router would call the LM, {len(cascade_pairs['index'])} where the cascade would")))
+
+    def _fit_learned_router(self) -> Optional[LearnedRouter]:
         """The deferral router (`RunConfig.router` "learned"), trained on the training split's
         out-of-fold outputs and the LM answers mining and the probe bought; its scores on val and test."""
         st = self.state
-        known = {} if st.mining is None else dict(zip(st.mining.candidates.tolist(), st.mining.lm_labels.tolist()))
-        if st.probe is not None:
-            known.update(zip(st.probe["index"].tolist(), st.probe["lm_label"].tolist()))
+        known = known_lm_answers(st, router_labels=self.config.router_labels)
         router = fit_learned_router(mining_probs(st), self.task.train, known, seed=self.config.seed)
         if router is None:
             st.notes.append("learned router: too few LM answers on training inputs to learn from (mining found "
-                            "under 10 inputs the LM fixed); no ea_learned row. --probe-lm adds some.")
-            return
+                            "under 10 inputs the LM fixed); no ea_learned row. --router-labels or --probe-lm adds some.")
+            return None
         st.learned = {split: router.score([r.outputs()[split] for r in st.ssms], self.task.split(split))
                       for split in ("val", "test")}
         save_arrays(self.folder.path(LEARNED_NPZ), **st.learned)
@@ -576,6 +630,7 @@ class Pipeline:
         self.emit(ProgressEvent(stage="tune", step=0, total=0, message=(
             f"learned router: trained on {info['training_rows']} training inputs ({info['lm_fixes']} the LM fixed), "
             f"cross-validated AUC {info['cv_auc']:.2f}")))
+        return router
 
     def stage_report(self) -> None:
         """The results table (results.json / .csv) and, with an LM, the validation Pareto front."""

@@ -310,7 +310,8 @@ def plan_run(cfg: RunConfig) -> list[str]:
     if cfg.lm:
         spec = cfg.lm_spec(environ={})
         est = estimate_run_cost(task, cfg.lm_model or "local", template=prompt_template(cfg.prompt),
-                                ea_full=cfg.ea_full, local=spec.is_local, probe=cfg.probe_lm, price=spec.price)
+                                ea_full=cfg.ea_full, local=spec.is_local, price=spec.price,
+                                probe=cfg.probe_lm + (cfg.router_labels if cfg.router == "learned" else 0))
         money = (f"${est.usd_low:,.4f}-${est.usd_high:,.4f}" if est.price_known and not spec.price.free
                  else spec.price.label())
         if est.price_known and not spec.price.free and not spec.is_local:

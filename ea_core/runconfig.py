@@ -26,6 +26,23 @@ from ea_core.runfolder import fingerprint
 from ea_core.splits import TaskData
 
 
+def settings_from_dict(cls: Any, data: Any, required: tuple[str, ...], what: str) -> Any:
+    """The dataclass `cls` from saved settings, checked: a JSON object, no unknown key, the
+    `required` keys present, values the constructor takes (`ConfigError` naming what is wrong)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what.capitalize()} settings must be a JSON object of setting -> value.")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"Unknown {what} setting(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+    if any(key not in data for key in required):
+        raise ConfigError(f"{what.capitalize()} settings need at least {' and '.join(repr(k) for k in required)}.")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise ConfigError(f"Bad {what} settings: {err}.") from None
+
+
 #: Routers a run can add to the paper's cascade ("cascade": that one alone).
 ROUTERS = ("cascade", "learned")
 
@@ -71,6 +88,9 @@ class RunConfig:
     # Extra LM calls on a random sample of the training inputs the best small model is least sure of
     # (out of fold), so the operating point's guard sees more paired evidence than validation holds.
     probe_lm: int = 0
+    # Extra LM calls on a uniform random sample of the training inputs (out of fold), so the learned
+    # router's labels are not only from misclassified inputs (needs `--router learned`).
+    router_labels: int = 0
     # "learned": also route with a deferral classifier trained on mining's answers (ea_core.learned_router).
     router: str = "cascade"
     # Mining, EA(Full) and the probe through the endpoint's Batch API (billed at a discount, answers
@@ -104,6 +124,13 @@ class RunConfig:
         if self.probe_lm and self.oof_folds < 2:
             raise ConfigError("--probe-lm needs out-of-fold small models (--oof-folds 2 or more): in-sample "
                               "confidences on the training split say nothing about new inputs.")
+        if self.router_labels < 0:
+            raise ConfigError("--router-labels must be 0 (off) or a number of extra LM calls.")
+        if self.router_labels and self.router != "learned":
+            raise ConfigError("--router-labels trains the learned router: give --router learned too.")
+        if self.router_labels and self.oof_folds < 2:
+            raise ConfigError("--router-labels needs out-of-fold small models (--oof-folds 2 or more): the learned "
+                              "router learns where in-sample answers are wrong, which they rarely are.")
         if self.oof_folds == 1 or self.oof_folds < 0:
             raise ConfigError("--oof-folds must be 0 (off) or at least 2.")
         if self.max_cost_per_1k is not None and self.max_cost_per_1k < 0:
@@ -165,18 +192,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         """A config from saved settings (config.json, or a file a user loads back); unknown keys are an error."""
-        if not isinstance(data, dict):
-            raise ConfigError("Run settings must be a JSON object of setting -> value.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"Unknown run setting(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
-        if "data" not in data or "ssm" not in data:
-            raise ConfigError("Run settings need at least 'data' and 'ssm'.")
-        try:
-            return cls(**data)
-        except TypeError as err:
-            raise ConfigError(f"Bad run settings: {err}.") from None
+        return settings_from_dict(cls, data, ("data", "ssm"), "run")
 
     def data_fingerprint(self) -> str:
         keys = ("data", "text_col", "text_pair_col", "label_col", "split_col", "val_source", "test_source",

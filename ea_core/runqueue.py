@@ -181,7 +181,7 @@ def _rss_mb(pid: Optional[int]) -> float:
 #: Parameters (millions) of the encoders a spec may name; others count as a base-size encoder.
 _PARAMS_M = {"minilm": 23, "distilbert": 66, "albert": 12, "bert": 110, "roberta": 125, "xlnet": 117,
              "efficientnet_lite0": 5, "mobilenet_v2": 4, "resnet34": 22, "squeezenet1_0": 1, "resnet18": 12,
-             "mobilenet_v3_small": 3, "tiny_cnn": 0.1}
+             "mobilenet_v3_small": 3, "tiny_cnn": 0.1, "smollm": 135}
 
 
 def _params_m(model: str) -> float:
@@ -209,6 +209,9 @@ def estimate_memory_mb(config: Any) -> float:
             torch = True
         elif kind == "finetune":
             mb += 500 + 16 * _params_m(model)
+            torch = True
+        elif kind in ("causal", "causal-full"):  # a causal LM fine-tuned on summaries: ~6 GB measured (135M)
+            mb += 1500 + 30 * _params_m(model or "smollm2")
             torch = True
         else:
             mb += 300

@@ -37,16 +37,17 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ea_core.errors import Cancelled, ConfigError, EAError, RunBusy
-from ea_core.events import Callbacks, CancelToken, EventKind, ProgressEvent
+from ea_core.events import Callbacks, CancelToken, EventKind, ProgressEvent, callback_list
 from ea_core.llm.endpoints import EndpointPolicy
 from ea_core.llm.spec import LMSpec
 from ea_core.logins import AUTH_ENV
 from ea_core.pipeline import Pipeline
 from ea_core.process import PASSIVE_WAIT, configure_process
 from ea_core.quotas import DiskQuota, folder_bytes
-from ea_core.runconfig import RunConfig
 from ea_core.runfolder import RunFolder, read_json, write_json
 from ea_core.runqueue import Place, QueueSettings, RunQueue, estimate_memory_mb, lower_priority, signature
+from ea_core.summary_config import is_summary_config, load_run_config
+from ea_core.summary_run import run_summary
 
 STATUS_JSON = "status.json"
 EVENTS_JSONL = "events.jsonl"
@@ -204,7 +205,9 @@ class StatusKeeper:
 def execute_run(config: Any, folder: str | Path, *, api_key: Optional[str] = None,
                 callback: Callbacks = None, cancel: Optional[CancelToken] = None,
                 title: str = "") -> Any:
-    """Run (or resume) a pipeline in this process with an honest status file; returns the RunState.
+    """Run (or resume) a run in this process with an honest status file; returns the RunState (a
+    classification run's pipeline) or the `ea_core.summary_run.SummaryRun` (a summarization run,
+    `config` a `SummaryRunConfig`: started again, it reuses the LM answers its cache holds).
 
     The terminal status is written whatever happens: done, cancelled (`Cancelled`), failed (a
     user-facing `EAError`, or any other exception, reported as an internal error). Exceptions are
@@ -219,7 +222,12 @@ def execute_run(config: Any, folder: str | Path, *, api_key: Optional[str] = Non
     # The lock is held until the terminal status is written: a watcher that finds the folder
     # unlocked while the status still says running knows the worker died.
     try:
-        state = Pipeline(config, run_folder, api_key=api_key, callback=callback, cancel=cancel).run()
+        if is_summary_config(config):
+            logged = callback_list([run_folder.log_event, callback_list(callback)])
+            state = run_summary(config, folder, api_key=api_key, callback=logged, cancel=cancel,
+                                endpoint_policy=EndpointPolicy.from_env())
+        else:
+            state = Pipeline(config, run_folder, api_key=api_key, callback=callback, cancel=cancel).run()
         keeper.finish("done", "finished")
         return state
     except Cancelled:
@@ -389,7 +397,7 @@ class RunManager:
 
     def _enqueue(self, run_id: str, folder: Path, owner_hash_: str) -> None:
         """The run at the end of the queue, with what it is expected to take (time, memory)."""
-        cfg = RunConfig.from_dict(read_json(folder / "config.json"))
+        cfg = load_run_config(read_json(folder / "config.json"))
         LMSpec.from_config(cfg, environ={}).check_endpoint(self.endpoints)  # the policy may have changed
         sig = signature(cfg)
         seconds, memory = self.queue.estimates(sig, estimate_memory_mb(cfg))
@@ -572,7 +580,7 @@ def worker_main(argv: Optional[list[str]] = None, key_line: Optional[str] = None
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: cancel.cancel())
     try:
-        config = RunConfig.from_dict(read_json(folder / "config.json"))
+        config = load_run_config(read_json(folder / "config.json"))
         status = read_status(folder)
         execute_run(config, folder, api_key=api_key, cancel=cancel, title=status.title if status else "")
     except EAError:

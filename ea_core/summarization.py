@@ -32,7 +32,9 @@ from ea_core.rouge import ROUGE_KEYS, RougeScores, rouge
 from ea_core.router import StageOutput, StageStack
 from ea_core.tuning import pareto_front
 
-#: The small summarizers a run can train (``finetune:MODEL`` adds a seq2seq one when available).
+#: The small summarizers a run trains by default. ``finetune:MODEL`` (seq2seq) and ``causal:smollm2``
+#: (the packaged SmolLM2 with LoRA) are opt-in: on 2 CPU cores the causal one takes tens of minutes
+#: on demo:aclsum (docs/SUMMARY_CONFIDENCE.md), past the demo's 10-minute budget.
 SUMMARY_SSMS = ("extractive", "lead")
 
 
@@ -86,7 +88,9 @@ class SummarizationResult:
 
 
 def make_summarizer(spec: str, *, seed: int, memory: EmbeddingMemory) -> Any:
-    """A small summarizer from its spec: ``extractive``, ``lead`` or ``finetune:MODEL``."""
+    """A small summarizer from its spec: ``extractive``, ``lead``, ``finetune:MODEL`` (seq2seq),
+    ``causal:MODEL`` (a causal LM with LoRA; ``causal`` alone or ``causal:smollm2`` is the packaged
+    SmolLM2-135M-Instruct) or ``causal-full:MODEL`` (full fine-tuning). GPU when present, else CPU."""
     if spec == "lead":
         return LeadSummarizer()
     if spec == "extractive" or spec.startswith("extractive:"):
@@ -96,7 +100,13 @@ def make_summarizer(spec: str, *, seed: int, memory: EmbeddingMemory) -> Any:
         from ea_core.models.seq2seq import Seq2SeqSummarizer
 
         return Seq2SeqSummarizer(spec.split(":", 1)[1], seed=seed)
-    raise ConfigError(f"Unknown summarization model {spec!r}; choose extractive, lead or finetune:MODEL.")
+    if spec in ("causal", "causal-full") or spec.startswith(("causal:", "causal-full:")):
+        from ea_core.models.causal_summarizer import PACKAGED, CausalSummarizer
+
+        kind, _, model = spec.partition(":")
+        return CausalSummarizer(model or PACKAGED, seed=seed, lora=kind == "causal", name=spec)
+    raise ConfigError(f"Unknown summarization model {spec!r}; choose extractive, lead, finetune:MODEL, "
+                      "causal:MODEL (LoRA) or causal-full:MODEL.")
 
 
 def _scores(out: Summaries, split: SummarySplit) -> RougeScores:
@@ -336,43 +346,6 @@ def run_summarization(
                                list(task.warnings), models=models)
 
 
-def trace_one(result: SummarizationResult, lm: SummaryLM, source: str, instruction: str = "",
-              system: str = "ea") -> list[dict[str, Any]]:
-    """One pasted text down the chosen cascade of `system`: per stage its summary, confidence
-    (expected ROUGE-L) against its threshold and whether it answered; stages after the one that
-    answered are not run (the LM is asked, and paid, only when reached)."""
-    from ea_core.calibration import apply_quality_map
-    from ea_core.data.summaries import split_sentences
-
-    row = next((r for r in result.rows if r["system"] == system and r.get("stages")), None)
-    if row is None:
-        raise ConfigError(f"No routed system {system!r} in this run.")
-    if not source.strip():
-        raise ConfigError("Paste a text to summarise.")
-    split = SummarySplit([source], [""], [instruction], [split_sentences(source)])
-    by_name = {s.name: s for s in result.stages}
-    out, answered = [], False
-    last = len(row["stages"]) - 1
-    for k, (name, thr) in enumerate(zip(row["stages"], row["thresholds"])):
-        entry: dict[str, Any] = {"stage": name, "threshold": None if k == last else float(thr)}
-        if answered:
-            out.append({**entry, "summary": "", "confidence": None, "answered": False, "note": "not reached"})
-            continue
-        run = by_name[name]
-        cost = 0.0
-        if run.kind == "lm":
-            gen = lm.summarize([source], [instruction])
-            text, raw, cost = gen.texts[0], gen.confidence, gen.cost_usd
-        else:
-            o = result.models[name].summarize(split)
-            text, raw = o.texts[0], o.raw_conf
-        conf = float(apply_quality_map(*run.quality_map, raw)[0])
-        answered = k == last or conf >= float(thr)
-        out.append({**entry, "summary": text, "confidence": conf, "answered": answered,
-                    "note": (f"LM cost ${cost:.5f}" if run.kind == "lm" else "")})
-    return out
-
-
 #: Columns of the CLI table: (key, header, format).
 SUMMARY_TABLE = (("system", "system", "{}"), ("val_rouge1", "val R-1", "{:.4f}"), ("val_rouge2", "val R-2", "{:.4f}"),
                  ("val_rougeL", "val R-L", "{:.4f}"), ("test_rouge1", "test R-1", "{:.4f}"),
@@ -404,8 +377,25 @@ def write_summarization(result: SummarizationResult, out_dir: Path) -> Path:
     summaries = {s.name: {"test": s.test_texts, "test_confidence": [float(c) for c in s.test_conf]}
                  for s in result.stages}
     (out_dir / "summaries.json").write_text(json.dumps(summaries, indent=1))
+    (out_dir / STAGES_JSON).write_text(json.dumps(stage_arrays(result)))
     return out_dir / "results.json"
 
 
+#: Every stage's per-input confidence, quality and cost on validation and test: what threshold
+#: sliders route again (`ea_core.summary_explore`), without the models.
+STAGES_JSON = "stages.json"
+
+
+def stage_arrays(result: SummarizationResult) -> dict[str, Any]:
+    """The router's view of every stage, as plain numbers (cost in USD per input). Not rounded: a
+    chosen threshold often equals some input's confidence, and routing again must give the same."""
+    def numbers(values: Optional[np.ndarray]) -> Optional[list[float]]:
+        return None if values is None else [float(v) for v in np.asarray(values, float)]
+    return {"stages": [{"name": s.name, "kind": s.kind,
+                        "val_confidence": numbers(s.val_conf), "test_confidence": numbers(s.test_conf),
+                        "val_quality": numbers(s.val_rouge.rougeL), "test_quality": numbers(s.test_rouge.rougeL),
+                        "val_cost": numbers(s.val_cost), "test_cost": numbers(s.test_cost)} for s in result.stages]}
+
+
 __all__ = ["SUMMARY_SSMS", "SummarizationResult", "format_summary_table", "make_summarizer",
-           "run_summarization", "trace_one", "write_summarization"]
+           "STAGES_JSON", "run_summarization", "stage_arrays", "write_summarization"]

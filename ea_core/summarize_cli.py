@@ -6,17 +6,14 @@ commands stay as they are; the engine is imported inside the command (start-up t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from ea_core.errors import ConfigError
-from ea_core.events import ProgressCallback
-
-#: The demo's defaults (the offline LM is slow on CPU: a small validation and test sample).
-DEMO_ACLSUM = {"max_train": None, "max_val": 45, "max_test": 60, "mine_lm_max": 24}
+from ea_core.events import ProgressCallback, ProgressEvent
+from ea_core.summary_config import DEFAULT_SUMMARY_SSMS, DEMO_ACLSUM, SummaryRunConfig
 
 
 def add_summary_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
@@ -31,7 +28,9 @@ def add_summary_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
         p.add_argument("--out", default="runs/summarize", metavar="DIR", help="run folder (default runs/summarize)")
     p.add_argument("--summary-ssm", action="append", metavar="SPEC", dest="summary_ssm",
                    help="small summarizer: extractive (sentence scorer over MiniLM), lead, finetune:MODEL "
-                        "(seq2seq); repeat for several (default extractive and lead)")
+                        "(seq2seq), causal:MODEL (a causal LM with LoRA; causal:smollm2 is the packaged "
+                        "SmolLM2-135M, offline) or causal-full:MODEL (full fine-tuning); repeat for several "
+                        "(default extractive and lead)")
     p.add_argument("--summary-lm", default="local", metavar="LM", dest="summary_lm",
                    help="'local' (the packaged SmolLM2, a weak offline stand-in) or the base URL of an "
                         "OpenAI-compatible endpoint (with --summary-lm-model)")
@@ -53,66 +52,56 @@ def add_summary_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     p.add_argument("--cache", default=None, metavar="FILE", help="LM answer cache (default DIR/lm_cache.sqlite)")
 
 
-def _lm(args: argparse.Namespace, out: Path, task: Any = None) -> Any:
-    from ea_core.llm.summarize import LocalSummaryLM, OpenAISummaryLM
-
-    cache = args.cache or str(out / "lm_cache.sqlite")
-    k = int(getattr(args, "summary_shots", 0) or 0)
-    if k < 0 or (k and task is not None and k >= len(task.train) - 1):
-        raise ConfigError(f"--summary-shots is 0 or more and leaves at least two training examples, not {k}.")
-    shots = [] if not k or task is None else [
-        (task.train.sources[i], task.train.instructions[i], task.train.references[i]) for i in range(k)]
-    if args.summary_lm == "local":
-        return LocalSummaryLM(cache_path=cache, budget_usd=args.budget_usd, shots=shots)
-    if not args.summary_lm.startswith(("http://", "https://")):
+def config_from_args(args: argparse.Namespace, *, demo: bool = False) -> SummaryRunConfig:
+    """The run's settings from the flags (what the app's worker gets from the Summaries tab)."""
+    lm, url = ("local", None) if args.summary_lm == "local" else ("openai", args.summary_lm)
+    if lm == "openai" and not url.startswith(("http://", "https://")):
         raise ConfigError(f"--summary-lm is 'local' or an http(s) base URL, not {args.summary_lm!r}.")
-    if not args.summary_lm_model:
+    if lm == "openai" and not args.summary_lm_model:
         raise ConfigError("--summary-lm URL needs --summary-lm-model NAME.")
-    return OpenAISummaryLM(args.summary_lm, args.summary_lm_model, api_key=os.environ.get(args.summary_lm_key_env),
-                           price_in_per_1m=args.price_in, price_out_per_1m=args.price_out, cache_path=cache,
-                           budget_usd=args.budget_usd, shots=shots)
+    if int(getattr(args, "summary_shots", 0) or 0) < 0:
+        raise ConfigError(f"--summary-shots is 0 or more, not {args.summary_shots}.")
+    common = {"ssm": list(args.summary_ssm or DEFAULT_SUMMARY_SSMS), "max_source_words": args.max_source_words,
+              "lm": lm, "lm_base_url": url, "lm_model": args.summary_lm_model, "lm_key_env": args.summary_lm_key_env,
+              "price_in": args.price_in, "price_out": args.price_out, "budget_usd": args.budget_usd,
+              "shots": int(getattr(args, "summary_shots", 0) or 0), "gamma": args.gamma,
+              "max_lm_rate": args.max_lm_rate, "cache": args.cache}
+    sizes = {k: getattr(args, k, None) for k in ("max_train", "max_val", "max_test")}
+    if demo:
+        changes = {k: v for k, v in sizes.items() if v is not None}
+        if args.mine_lm_max is not None:
+            changes["mine_lm_max"] = args.mine_lm_max
+        return SummaryRunConfig.demo(**common, **changes)
+    return SummaryRunConfig(data=args.data, source_column=args.source_column, summary_column=args.summary_column,
+                            instruction_column=args.instruction_column, mine_lm_max=args.mine_lm_max,
+                            **sizes, **common)
 
 
 def cmd_summarize(args: argparse.Namespace, *, demo: bool = False, progress: Optional[ProgressCallback] = None) -> int:
     """Run EA on a summarization task and print the table; results in DIR/results.json. `progress`:
     the CLI's progress bars (any callback of typed events)."""
-    from ea_core.data.summaries import load_summaries
-    from ea_core.summarization import format_summary_table, run_summarization, write_summarization
+    from ea_core.summarization import format_summary_table
+    from ea_core.summary_run import run_summary
 
-    if demo:
-        data, out = "demo:aclsum", Path(args.out or "runs/demo-aclsum")
-        sizes = {k: getattr(args, k, None) if getattr(args, k, None) is not None else DEMO_ACLSUM[k]
-                 for k in ("max_train", "max_val", "max_test")}
-        cols: dict[str, Any] = {}
-        mine = args.mine_lm_max if args.mine_lm_max is not None else DEMO_ACLSUM["mine_lm_max"]
-    else:
-        data, out = args.data, Path(args.out)
-        sizes = {k: getattr(args, k, None) for k in ("max_train", "max_val", "max_test")}
-        cols = {"source_column": args.source_column, "summary_column": args.summary_column,
-                "instruction_column": args.instruction_column}
-        mine = args.mine_lm_max
-    task = load_summaries(data, max_source_words=args.max_source_words, **cols, **sizes)
-    for w in task.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    out = Path((args.out or "runs/demo-aclsum") if demo else args.out)
+    config = config_from_args(args, demo=demo)
+    config.cache = config.cache or str(out / "lm_cache.sqlite")
     out.mkdir(parents=True, exist_ok=True)
-    lm = _lm(args, out, task)
-    if lm.shots:  # the worked examples leave the training split: mining never asks the LM about its own shots
-        task = dataclasses.replace(task, train=task.train.subset(range(len(lm.shots), len(task.train))))
-    print(f"Summarization: {len(task.train)}/{len(task.val)}/{len(task.test)} examples from {task.origin}; "
-          f"LM: {lm.describe()}", file=sys.stderr)
-    result = run_summarization(task, lm, ssms=args.summary_ssm or ("extractive", "lead"),
-                               max_lm_rate=args.max_lm_rate, gamma=args.gamma, mine_lm_max=mine, progress=progress)
-    path = write_summarization(result, out)
-    from ea_core.summary_bundle import export_summary_bundle
 
-    bundle = export_summary_bundle(result, lm.settings(), out / "bundle")
-    print(f"Exported the adapted summarizer to {bundle}", file=sys.stderr)
+    def said(event: ProgressEvent) -> None:  # the run's messages (warnings, sizes) go to stderr
+        if event.is_message and event.stage == "data":
+            print(event.message, file=sys.stderr)
+
+    api_key = os.environ.get(config.lm_key_env) if config.lm == "openai" else None
+    run = run_summary(config, out, api_key=api_key, callback=[said, progress])
+    result = run.result
+    print(f"Exported the adapted summarizer to {out / 'bundle'}", file=sys.stderr)
     print(format_summary_table(result.rows))
     m = result.mining
     print(f"Mining: gamma {m['gamma']:.3f}; {m['ssms_missed']} of {m['train']} training examples missed by every "
           f"small model, {m['lm_asked']} asked to the LM, {m['underfit']} underfit. LM calls {m['lm_calls']}, "
           f"output tokens {m['lm_output_tokens']}, ${m['lm_cost_usd']:.4f}.")
-    print(f"Results: {path}", file=sys.stderr)
+    print(f"Results: {out / 'results.json'}", file=sys.stderr)
     return 0
 
 

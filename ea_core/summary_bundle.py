@@ -13,14 +13,14 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from ea_core.calibration import apply_quality_map
 from ea_core.data.summaries import SummarySplit, split_sentences
 from ea_core.errors import ConfigError, DataError, ModelError
-from ea_core.events import ProgressEvent
+from ea_core.events import CancelToken, ProgressEvent
 from ea_core.llm.summarize import summary_lm_from_settings
 from ea_core.models.base import read_json_file
 from ea_core.models.summary_io import load_summarizer
@@ -79,6 +79,26 @@ def export_summary_run(result: SummarizationResult, lm_settings: dict[str, Any],
     return [out / "results.json", out / "results.csv", out / "summaries.json", archive]
 
 
+def bundle_with_thresholds(src: str | Path, thresholds: Sequence[float], out_dir: str | Path,
+                           metrics: Optional[dict[str, Any]] = None) -> Path:
+    """A copy of the bundle at `src` whose stages answer at `thresholds` (an operating point picked
+    on the sliders), zipped beside it; `metrics`: what those thresholds gave on validation and test."""
+    src, out = Path(src), Path(out_dir)
+    meta = read_summary_bundle_meta(src)
+    if len(thresholds) != len(meta["stages"]):
+        raise ConfigError(f"Give one threshold per stage ({len(meta['stages'])}), not {len(thresholds)}.")
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src, out)
+    for entry, thr in zip(meta["stages"], thresholds):
+        entry["threshold"] = float(thr)
+    meta["chosen"] = "thresholds picked on the sliders"
+    if metrics is not None:
+        meta["metrics"] = metrics
+    (out / BUNDLE_JSON).write_text(json.dumps(meta, indent=2))
+    return Path(shutil.make_archive(str(out), "zip", root_dir=out))
+
+
 @dataclass
 class SummaryPredictions:
     """One summary, answering stage and confidence per input."""
@@ -112,10 +132,11 @@ def read_summary_bundle_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def _load_cascade(folder: str | Path, *, use_lm: bool = True, api_key: Optional[str] = None,
+def load_summary_cascade(folder: str | Path, *, use_lm: bool = True, api_key: Optional[str] = None,
                   cache_path: Optional[str] = None, base_url: Optional[str] = None,
                   trust_endpoint: bool = False) -> list[tuple[dict[str, Any], Any]]:
-    """The bundle's stages in order, each with its loaded summarizer or LM (see `predict_summaries`)."""
+    """The bundle's stages in order, each with its loaded summarizer or LM (see `predict_summaries`):
+    load once, then route (`predict_summaries_in_chunks`) or trace one input (`trace_summary`)."""
     root = Path(folder)
     meta = read_summary_bundle_meta(root)
     stages = [e for e in meta["stages"] if use_lm or not e.get("lm")]
@@ -154,6 +175,36 @@ def _route(cascade: list[tuple[dict[str, Any], Any]], split: SummarySplit) -> Su
     return SummaryPredictions(summaries, who, conf)
 
 
+def trace_summary(cascade: list[tuple[dict[str, Any], Any]], source: str,
+                  instruction: str = "") -> list[dict[str, Any]]:
+    """One pasted text down a loaded cascade: per stage its summary, confidence (expected ROUGE-L)
+    against its threshold and whether it answered; stages after the one that answered are not run
+    (the LM is asked, and paid, only when reached)."""
+    if not source.strip():
+        raise ConfigError("Paste a text to summarise.")
+    split = SummarySplit([source], [""], [instruction], [split_sentences(source)])
+    out: list[dict[str, Any]] = []
+    answered = False
+    last = len(cascade) - 1
+    for k, (e, model) in enumerate(cascade):
+        entry: dict[str, Any] = {"stage": e["name"], "threshold": None if k == last else float(e["threshold"])}
+        if answered:
+            out.append({**entry, "summary": "", "confidence": None, "answered": False, "note": "not reached"})
+            continue
+        cost = None
+        if e.get("lm"):
+            gen = model.summarize([source], [instruction])
+            text, raw, cost = gen.texts[0], gen.confidence, gen.cost_usd
+        else:
+            o = model.summarize(split)
+            text, raw = o.texts[0], o.raw_conf
+        conf = float(apply_quality_map(e["quality_map"][0], e["quality_map"][1], raw)[0])
+        answered = k == last or conf >= float(e["threshold"])
+        out.append({**entry, "summary": text, "confidence": conf, "answered": answered,
+                    "note": f"LM cost ${cost:.5f}" if cost is not None else ""})
+    return out
+
+
 def predict_summaries(folder: str | Path, split: SummarySplit, *, use_lm: bool = True, api_key: Optional[str] = None,
                       cache_path: Optional[str] = None, base_url: Optional[str] = None,
                       trust_endpoint: bool = False) -> SummaryPredictions:
@@ -161,7 +212,7 @@ def predict_summaries(folder: str | Path, split: SummarySplit, *, use_lm: bool =
     expected ROUGE-L) reaches its threshold; the last stage answers the rest (without the LM: the
     last small model). A bundle is data from someone else: its recorded endpoint is called (with
     the caller's key) only with `trust_endpoint`; otherwise the caller names the endpoint."""
-    return _route(_load_cascade(folder, use_lm=use_lm, api_key=api_key, cache_path=cache_path, base_url=base_url,
+    return _route(load_summary_cascade(folder, use_lm=use_lm, api_key=api_key, cache_path=cache_path, base_url=base_url,
                                 trust_endpoint=trust_endpoint), split)
 
 
@@ -220,11 +271,12 @@ def read_summary_inputs(path: str, source_column: Optional[str] = None, instruct
 
 def predict_summaries_in_chunks(folder: str | Path, split: SummarySplit, *, chunk_size: int = 16,
                                 progress: Optional[Callable[[ProgressEvent], None]] = None,
-                                **options: Any) -> SummaryPredictions:
+                                cancel: Optional[CancelToken] = None, **options: Any) -> SummaryPredictions:
     """`predict_summaries` over `split` a chunk of rows at a time (each row is routed on its own, so
-    the answers are the same), with a ``predict`` progress event after each chunk; `options` go to
+    the answers are the same), with a ``predict`` progress event after each chunk; `cancel` is
+    looked at before each chunk (`Cancelled`: no LM call is made after Stop); `options` go to
     `predict_summaries`."""
-    cascade = _load_cascade(folder, **options)  # the models load once, not per chunk
+    cascade = load_summary_cascade(folder, **options)  # the models load once, not per chunk
     n, size = len(split), max(int(chunk_size), 1)
     summaries: list[str] = []
     stage: list[str] = []
@@ -232,6 +284,8 @@ def predict_summaries_in_chunks(folder: str | Path, split: SummarySplit, *, chun
     if progress is not None:
         progress(ProgressEvent("predict", 0, n))
     for start in range(0, n, size):
+        if cancel is not None:
+            cancel.check()
         part = _route(cascade, split.subset(range(start, min(start + size, n))))
         summaries += part.summaries
         stage += part.stage
@@ -243,8 +297,6 @@ def predict_summaries_in_chunks(folder: str | Path, split: SummarySplit, *, chun
 
 def write_summary_predictions(table: Any, preds: SummaryPredictions, output: str) -> None:
     """The input rows with `summary`, `stage` and `confidence` columns (CSV, or JSON lines by extension)."""
-    import pandas as pd
-
     df = table.to_pandas()
     df["summary"], df["stage"], df["confidence"] = preds.summaries, preds.stage, np.round(preds.confidence, 4)
     if output.lower().endswith((".jsonl", ".ndjson")):
@@ -253,7 +305,7 @@ def write_summary_predictions(table: Any, preds: SummaryPredictions, output: str
         df.to_csv(output, index=False)
 
 
-__all__ = ["SUMMARY_BUNDLE_FORMAT", "SummaryPredictions", "export_summary_bundle", "export_summary_run",
-           "is_summary_bundle",
-           "predict_summaries", "predict_summaries_in_chunks", "read_summary_inputs", "summary_input_columns",
+__all__ = ["SUMMARY_BUNDLE_FORMAT", "SummaryPredictions", "bundle_with_thresholds", "export_summary_bundle",
+           "export_summary_run", "is_summary_bundle", "load_summary_cascade", "predict_summaries",
+           "predict_summaries_in_chunks", "read_summary_inputs", "summary_input_columns", "trace_summary",
            "write_summary_predictions"]

@@ -101,7 +101,7 @@ def form_from_config(cfg: RunConfig) -> dict[str, Any]:
                                                                                       "max_length"))),
         "oof_folds": cfg.oof_folds, "mining": cfg.mining, "assm": cfg.assm, "ea_full": cfg.ea_full,
         "calibrate": cfg.calibrate, "max_lm_rate": cfg.max_lm_rate, "probe_lm": cfg.probe_lm,
-        "router": cfg.router,
+        "router": cfg.router, "router_labels": cfg.router_labels,
         "preset": preset, "base_url": cfg.lm_base_url or preset_url or "", "model": cfg.lm_model or "",
         # Prices 0 / 0 are the "self-hosted, free" tick (the price boxes stay empty).
         "free": free, "price_in": None if free else cfg.price_in, "price_out": None if free else cfg.price_out,

@@ -241,8 +241,10 @@ def price_line(spec: LMSpec) -> str:
     return f"price: {spec.price.label()}"
 
 
-def estimate(studio: Studio, ea_full: bool, probe_lm: Optional[float], request: gr.Request, *values: Any) -> str:
-    """The LM's price case, and what the run will ask of it (calls, tokens, USD) for the loaded data."""
+def estimate(studio: Studio, ea_full: bool, probe_lm: Optional[float], router: Optional[str],
+             router_labels: Optional[float], request: gr.Request, *values: Any) -> str:
+    """The LM's price case, and what the run will ask of it (calls, tokens, USD) for the loaded data
+    (extra calls: the probe, and the learned router's random training inputs when it is chosen)."""
     form = dict(zip(FORM_KEYS, values))
     try:
         s = settings_of(form)
@@ -256,7 +258,8 @@ def estimate(studio: Studio, ea_full: bool, probe_lm: Optional[float], request: 
                     "info" if price.known else "warn")
     prices = PriceTable({s["lm_model"]: [s["price_in"], s["price_out"]]} if s.get("price_in") is not None else None)
     est = estimate_run_cost(task, s.get("lm_model") or "local", template=template_of(form), prices=prices,
-                            ea_full=bool(ea_full), probe=int(probe_lm or 0), price=price)
+                            ea_full=bool(ea_full), price=price,
+                            probe=int(probe_lm or 0) + (int(router_labels or 0) if router == "learned" else 0))
     money = (price.label() if price.free else (f"{usd(est.usd_low)}-{usd(est.usd_high)}" if est.price_known
                                                else "unknown: enter the model's prices, or tick self-hosted if free"))
     items = "".join(f"<li>{html.escape(line)}</li>" for line in est.lines)

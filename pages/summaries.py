@@ -7,13 +7,17 @@ confidence against its threshold, which one answered, the LM's reply and cost). 
 adapted system summarises an uploaded file (summary, stage, confidence per row, to download) and can
 be served on 127.0.0.1 (OpenAI-compatible) until Stop or the page closes; the LM key stays in memory.
 
-Thin: the engine is `ea_core.summarization`. Unlike the classification tabs, the run happens in this
-browser session's handler (a thread streaming its progress), not in a worker process under the run
-queue, and it is kept in the session only (no run folder, no resume after a refresh).
+Thin: a run is a background worker under the server's run queue, like a classification run
+(`ea_core.runs`: queued within the server's limits, cancellable, at a lower CPU priority than the
+page), with its own run folder; this browser's run id is kept in its storage, so a reload or a
+return re-attaches and the owner's past summarization runs can be opened again. The page reads a
+run through `ea_core.summary_opened` only.
 """
 
 from __future__ import annotations
 
+import hashlib
+import html
 import queue
 import secrets
 import threading
@@ -24,17 +28,27 @@ from typing import Any, Iterator, Optional
 import gradio as gr
 import pandas as pd
 
-from ea_core.data.summaries import ACLSUM_DEMO, load_summaries, summary_columns
-from ea_core.errors import EAError
-from ea_core.events import ProgressEvent
+from ea_core.data.summaries import summary_columns
+from ea_core.errors import Cancelled, EAError
+from ea_core.events import CancelToken
 from ea_core.llm.summarize import DEFAULT_SUMMARY_PROMPT, LocalSummaryLM, OpenAISummaryLM, render_prompt
-from ea_core.summarize_cli import DEMO_ACLSUM
+from ea_core.runs import RunStatus
+from ea_core.summary_bundle import load_summary_cascade, trace_summary
+from ea_core.summary_config import DEMO_ACLSUM, SummaryRunConfig
+from ea_core.summary_explore import SummaryExplorer, SummaryPoint
+from ea_core.summary_opened import OpenedSummaryRun, progress_lines, summary_runs
+from ea_core.summary_run import load_summary_task
 from pages.session import Studio
-from pages import plots
+from pages import plots, train
 from pages.ui import NONE, Components, as_plot, col, error_message, friendly, note
 
+TICK_S = 1.0
+LOG_LINES = 40
+MAX_SLIDERS = 4  # thresholds shown for the routed system's stages (all but the last)
 SSM_CHOICES = [("extractive: sentence scorer over frozen MiniLM (seconds on CPU)", "extractive"),
-               ("lead: the first sentence (instant)", "lead")]
+               ("lead: the first sentence (instant)", "lead"),
+               ("causal:smollm2: the packaged SmolLM2-135M fine-tuned with LoRA (best ROUGE-L here; ~2.5 s per "
+                "training example and ~1.4 s per summary on 2 CPU cores, ~6 GB; fast on a GPU)", "causal:smollm2")]
 RUN_KEYS = ("source", "file", "source_col", "summary_col", "instruction_col", "ssm", "lm_kind", "lm_url", "lm_model",
             "lm_key", "price_in", "price_out", "budget", "max_lm_rate", "gamma", "max_val", "max_test", "template")
 TABLE_COLUMNS = ["system", "val_rouge1", "val_rouge2", "val_rougeL", "test_rouge1", "test_rouge2", "test_rougeL",
@@ -80,11 +94,28 @@ def build() -> Components:
             c["prompt_preview"] = gr.Textbox(label="The prompt of the first example", lines=5, interactive=False)
             c["test_lm_btn"] = gr.Button("Test the LM on the first example", elem_id="sum-test-lm")
             c["lm_reply"] = gr.Markdown(elem_id="sum-lm-reply")
-    c["run"] = gr.Button("Run EA on summaries", variant="primary", elem_id="sum-run")
+    with gr.Row(equal_height=True):
+        c["run"] = gr.Button("Run EA on summaries", variant="primary", elem_id="sum-run", scale=2)
+        c["cancel"] = gr.Button("Cancel", interactive=False, elem_id="sum-cancel", scale=1)
+        c["runs"] = gr.Dropdown([], value=None, label="Your summarization runs (pick one to open it)", scale=4,
+                                elem_id="sum-runs")
+    c["status"] = gr.HTML(elem_id="sum-status")
     c["log"] = gr.Textbox(label="Progress", lines=6, interactive=False, elem_id="sum-log")
+    c["timer"] = gr.Timer(TICK_S, active=False)
     c["results"] = gr.Dataframe(interactive=False, label="Results in the shape of the paper's Table 2 (ROUGE F1 "
                                 "in points, validation and test; 95% intervals in results.json)", elem_id="sum-results")
     c["plot"] = gr.Plot(as_plot(plots.rouge_tradeoff([])), show_label=False, elem_id="sum-plot")
+    c["thr_note"] = gr.Markdown(visible=False, value=(
+        "**Thresholds**: a stage answers when its confidence (its expected ROUGE-L) reaches its threshold; the "
+        "rest go on down the cascade (1: the stage never answers). Drag to see validation and test move; the star "
+        "on the plot is this point."))
+    with gr.Row():
+        for k in range(MAX_SLIDERS):
+            c[f"thr{k}"] = gr.Slider(0, 1, value=0.5, step=0.001, label=f"stage {k + 1}", visible=False,
+                                     elem_id=f"sum-thr{k}")
+    c["point"] = gr.Markdown(elem_id="sum-point")
+    c["use_point"] = gr.Button("Use these thresholds (Try it, a file and the server use them; a bundle to download)",
+                               visible=False, elem_id="sum-use-point")
     c["mining"] = gr.Markdown()
     c["downloads"] = gr.File(label="Download: results (JSON, CSV), the summaries, the adapted system (bundle.zip: "
                                    "unzip, then python -m ea_core predict --bundle FOLDER --input texts.csv)",
@@ -103,7 +134,9 @@ def build() -> Components:
             c["batch_text_col"] = gr.Dropdown([], label="Text column", allow_custom_value=True)
             c["batch_instruction_col"] = gr.Dropdown([], label="Instruction column (optional)", allow_custom_value=True)
             c["batch_lm"] = gr.Checkbox(True, label="Call the LM stage (with the API key above)")
-        c["batch_btn"] = gr.Button("Summarise the file", elem_id="sum-batch-btn")
+        with gr.Row():
+            c["batch_btn"] = gr.Button("Summarise the file", elem_id="sum-batch-btn")
+            c["batch_stop"] = gr.Button("Stop", elem_id="sum-batch-stop")
         c["batch_status"] = gr.HTML(elem_id="sum-batch-status")
         c["batch_preview"] = gr.Dataframe(interactive=False, wrap=True, max_height=300,
                                           label="The first rows: summary, stage that answered, confidence")
@@ -136,12 +169,13 @@ def _task(values: dict[str, Any], limit: Optional[int] = None) -> Any:
         raise EAError("Upload a file, or pick the ACLSum demo.")
     if not demo:
         _check_size(values["file"], limit)
-    cols = {} if demo else {"source_column": col(values.get("source_col")),
-                            "summary_column": col(values.get("summary_col")),
-                            "instruction_column": col(values.get("instruction_col"))}
     caps = {"max_val": int(values["max_val"]) if values.get("max_val") else None,
             "max_test": int(values["max_test"]) if values.get("max_test") else None}
-    return load_summaries(ACLSUM_DEMO if demo else str(values["file"]), **cols, **caps)
+    if demo:
+        return load_summary_task(SummaryRunConfig.demo(**caps))
+    return load_summary_task(SummaryRunConfig(data=str(values["file"]), source_column=col(values.get("source_col")),
+                                              summary_column=col(values.get("summary_col")),
+                                              instruction_column=col(values.get("instruction_col")), **caps))
 
 
 def _keyed(tab: Components, updates: dict[str, Any]) -> dict[Any, Any]:
@@ -260,101 +294,270 @@ def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _gamma(value: Any) -> Optional[float]:
-    """The underfit threshold typed in, or None (the small models' median): an empty box can reach
-    the server as 0, and gamma 0 would mine nothing (no ROUGE-L is below 0)."""
+    """The gamma box: empty or 0 means the median (what its label says)."""
     return float(value) if value not in (None, "") and float(value) > 0 else None
 
 
-def run(studio: Studio, tab: Components, *args: Any) -> Iterator[dict[Any, Any]]:
-    """Train, mine, route and report, streaming progress lines; the result stays in this session."""
-    for updates in _run(studio, *args):
-        yield _keyed(tab, updates)
+def config_from_form(values: dict[str, Any]) -> SummaryRunConfig:
+    """The run's settings as the tab shows them (never the key: it goes to the worker through a pipe)."""
+    demo = values["source"] == "demo"
+    if not demo and not values.get("file"):
+        raise EAError("Upload a file, or pick the ACLSum demo.")
+    if not values.get("ssm"):
+        raise EAError("Tick at least one small summarizer.")
+    openai = values["lm_kind"] == "openai"
+    if openai and not (values.get("lm_url") and values.get("lm_model")):
+        raise EAError("An OpenAI-compatible LM needs its base URL and model name.")
+    template = values.get("template") or DEFAULT_SUMMARY_PROMPT
+    common: dict[str, Any] = {
+        "ssm": list(values["ssm"]), "lm": "openai" if openai else "local",
+        "lm_base_url": str(values["lm_url"]).strip() if openai else None,
+        "lm_model": str(values["lm_model"]).strip() if openai else None,
+        "price_in": float(values.get("price_in") or 0), "price_out": float(values.get("price_out") or 0),
+        "budget_usd": float(values["budget"]) if values.get("budget") else None,
+        "prompt_template": None if template == DEFAULT_SUMMARY_PROMPT else template,
+        "gamma": _gamma(values.get("gamma")), "max_lm_rate": float(values["max_lm_rate"]),
+        "max_val": int(values["max_val"]) if values.get("max_val") else None,
+        "max_test": int(values["max_test"]) if values.get("max_test") else None}
+    if demo:
+        return SummaryRunConfig.demo(**common)
+    return SummaryRunConfig(data=str(values["file"]), source_column=col(values.get("source_col")),
+                            summary_column=col(values.get("summary_col")),
+                            instruction_column=col(values.get("instruction_col")), **common)
 
 
-def _run(studio: Studio, *args: Any) -> Iterator[dict[str, Any]]:
-    from ea_core.summarization import run_summarization
-    from ea_core.summary_bundle import export_summary_run
+def _title(cfg: SummaryRunConfig, values: dict[str, Any]) -> str:
+    """The run's one-line title for lists: data · small summarizers · LM."""
+    data = "ACLSum demo" if values["source"] == "demo" else Path(str(values.get("file"))).name
+    lm_name = "local stand-in LM" if cfg.lm == "local" else str(cfg.lm_model)
+    return f"{data} · {' + '.join(cfg.ssm)} · {lm_name}"
 
+
+def run_choices(studio: Studio, owner: Optional[str]) -> list[tuple[str, str]]:
+    """The owner's summarization runs for the picker: title, state and when."""
+    return [(f"{s.title or s.run_id} · {s.state} · {time.strftime('%d %b %H:%M', time.localtime(s.created))}",
+             s.run_id) for s in summary_runs(studio.manager, owner)]
+
+
+@friendly(into="status")
+def start(studio: Studio, tab: Components, owner: Optional[str], *args: Any) -> dict[Any, Any]:
+    """Run: the settings the tab shows go to a background worker under the server's run queue (the
+    key through a pipe); the run's id goes to this browser's ``current`` (a reload re-attaches)."""
     values = dict(zip(RUN_KEYS, args))
+    if not owner:
+        raise EAError("The page is still starting: try again in a second.")
+    cfg = config_from_form(values)
+    from_file = values["source"] == "file"
+    if from_file:
+        _check_size(values["file"], studio.limits.quota_bytes)
     try:
-        task, lm = _task(values, studio.limits.quota_bytes), _lm(studio, values)
-        if not values.get("ssm"):
-            raise EAError("Tick at least one small summarizer.")
+        load_summary_task(cfg)  # bad data is a message now, not a failed run a minute later
     except EAError as err:
-        yield {"log": error_message(err)}
-        return
-    lines: list[str] = [f"{len(task.train)}/{len(task.val)}/{len(task.test)} examples; LM: {lm.describe()}"]
-    events: "queue.Queue[Any]" = queue.Queue()
+        raise EAError(_named(error_message(err), values.get("file"))) from None
+    run_id = studio.manager.launch(cfg, owner, (values.get("lm_key") or "").strip() or None,
+                                   title=_title(cfg, values), data_file=values["file"] if from_file else None)
+    return _keyed(tab, {"current": run_id, "timer": gr.Timer(active=True), "status": note("Starting the run…", "info"),
+                        "cancel": gr.update(interactive=True), "log": "", "results": pd.DataFrame(),
+                        "plot": as_plot(plots.rouge_tradeoff([])), "mining": "", "downloads": None, "state": None,
+                        "runs": gr.update(choices=run_choices(studio, owner), value=run_id), **_sliders(None)})
 
-    def on_event(ev: ProgressEvent) -> None:
-        events.put(ev)
 
-    box: dict[str, Any] = {}
+def _status_html(status: RunStatus) -> str:
+    took = f" in {status.elapsed_s:.0f} s" if status.elapsed_s is not None else ""
+    if status.state == "done":
+        return note(f"Run finished{took}: the table, the plot and Try it below use it. ({html.escape(status.title)})",
+                    "ok")
+    if status.state == "cancelled":
+        return note("Run cancelled. The LM's answers it paid for are cached: Run again asks only the rest.", "warn")
+    if status.state == "failed":
+        return note(f"Run failed: {html.escape(status.message)}", "error")
+    return train.status_html(status)
 
-    def work() -> None:
+
+def _finished(run: OpenedSummaryRun) -> dict[str, Any]:
+    """A finished run's table, plot, mining line, downloads and the state Try it and a batch use."""
+    data = run.results() or {"rows": []}
+    rows, m = data["rows"], data.get("mining") or {}
+    mining = (f"**Mining** (gamma = {m.get('gamma', 0):.3f} ROUGE-L): {m.get('ssms_missed')} of {m.get('train')} "
+              f"training texts missed by every small model, {m.get('lm_asked')} asked to the LM, {m.get('underfit')} "
+              f"underfit. LM calls {m.get('lm_calls')}, output tokens {m.get('lm_output_tokens')}, "
+              f"${float(m.get('lm_cost_usd') or 0):.4f}." if m else "")
+    ea = next((r for r in rows if r.get("system") == "ea"), {})
+    why = f"\n\n**EA**: {ea['why']}" if ea.get("why") else ""
+    warned = "".join(f"\n\n*warning*: {w}" for w in data.get("warnings") or [])
+    bundle = run.bundle()
+    picked = run.picked_bundle()
+    explorer = run.explorer()
+    downloads = [str(f) for f in run.downloads()] + ([str(picked) + ".zip"] if picked else [])
+    out = {"results": results_frame(rows), "mining": mining + why + warned, "plot": as_plot(plots.rouge_tradeoff(rows)),
+           "downloads": downloads or None,
+           "state": {"run_id": run.run_id, "bundle": str(picked or bundle) if bundle else None}, **_sliders(explorer)}
+    if explorer is not None:
+        at = (run.picked_thresholds() or explorer.chosen)[:len(explorer.sliders)]
+        point = explorer.evaluate(at)
+        out.update(_sliders(explorer, at), point=_point_text(point, picked is not None), plot=_plot(rows, point))
+    return out
+
+
+def _sliders(explorer: Optional[SummaryExplorer], at: Optional[list[float]] = None) -> dict[str, Any]:
+    """One slider per stage a threshold decides, at `at` (default: the run's chosen thresholds;
+    none: hidden)."""
+    names = explorer.sliders if explorer is not None else []
+    at = at if at is not None else (explorer.chosen if explorer is not None else [])
+    out: dict[str, Any] = {"thr_note": gr.update(visible=bool(names)), "use_point": gr.update(visible=bool(names))}
+    for k in range(MAX_SLIDERS):
+        if k < len(names) and explorer is not None:
+            out[f"thr{k}"] = gr.update(visible=True, value=round(float(at[k]), 3),
+                                       label=f"{names[k]} answers at expected ROUGE-L >=")
+        else:
+            out[f"thr{k}"] = gr.update(visible=False)
+    if not names:
+        out["point"] = ""
+    return out
+
+
+def _point_text(point: SummaryPoint, picked: bool = False) -> str:
+    used = (" Try it, a file and the server use the thresholds last picked with *Use these thresholds*."
+            if picked else "")
+    return point.describe() + used
+
+
+def _plot(rows: list[dict[str, Any]], point: SummaryPoint) -> Any:
+    """The trade-off plot with the sliders' point (validation filled, test open) as a star."""
+    figure = plots.rouge_tradeoff(rows)
+    for split, m, symbol in (("validation", point.val, "star"), ("test", point.test, "star-open")):
+        figure["data"].append({"type": "scatter", "x": [100 * m.lm_call_rate], "y": [100 * m.accuracy],
+                               "mode": "markers", "name": f"the sliders ({split})",
+                               "marker": {"color": "#111111", "size": 16, "symbol": symbol, "line": {"width": 2}},
+                               "hovertemplate": f"the sliders, {split}<br>LM calls %{{x:.1f}}%"
+                                                f"<br>ROUGE-L %{{y:.2f}}<extra></extra>"})
+    return as_plot(figure)
+
+
+def _explorer(studio: Studio, state: Optional[dict[str, Any]], request: Optional[gr.Request]) -> Any:
+    """The run's explorer and results rows, loaded once per session (the state holds a run this
+    session was shown, after its owner was checked)."""
+    if not state or not state.get("run_id"):
+        raise EAError("Run EA on summaries first (or pick a finished run above).")
+    run = OpenedSummaryRun(studio.manager, state["run_id"])
+    return run, studio.session(request).cached(("summary-explorer", run.run_id),
+                                               lambda: (run.explorer(), (run.results() or {}).get("rows", [])), keep=4)
+
+
+def move(studio: Studio, tab: Components, state: Optional[dict[str, Any]], thr0: float, thr1: float, thr2: float,
+         thr3: float, request: gr.Request) -> dict[Any, Any]:
+    """A slider moved: validation and test at these thresholds, and the star on the plot."""
+    values = (thr0, thr1, thr2, thr3)[:MAX_SLIDERS]
+    try:
+        _, (explorer, rows) = _explorer(studio, state, request)
+        if explorer is None:
+            return {}
+        point = explorer.evaluate([float(v) for v in values[:len(explorer.sliders)]])
+    except EAError as err:
+        return {tab["point"]: note(error_message(err), "error")}
+    return {tab["point"]: _point_text(point), tab["plot"]: _plot(rows, point)}
+
+
+@friendly(into="point")
+def use_point(studio: Studio, tab: Components, state: Optional[dict[str, Any]], thr0: float, thr1: float,
+              thr2: float, thr3: float, request: gr.Request) -> dict[Any, Any]:
+    """Export the system at the sliders' thresholds: Try it, a file and the local server use it from
+    now on, and its bundle.zip joins the downloads."""
+    values = (thr0, thr1, thr2, thr3)[:MAX_SLIDERS]
+    run, (explorer, _) = _explorer(studio, state, request)
+    if explorer is None:
+        raise EAError("This run saved no stage arrays to pick thresholds from (run it again).")
+    point = explorer.evaluate([float(v) for v in values[:len(explorer.sliders)]])
+    metrics = {"val_rougeL": point.val.accuracy, "test_rougeL": point.test.accuracy,
+               "val_lm_call_rate": point.val.lm_call_rate, "test_lm_call_rate": point.test.lm_call_rate}
+    archive = run.export_thresholds(point.thresholds, metrics)
+    downloads = [str(f) for f in run.downloads()] + [str(archive)]
+    return {tab["state"]: {**state, "bundle": str(archive.with_suffix(""))}, tab["downloads"]: downloads,
+            tab["point"]: _point_text(point, picked=True)}
+
+
+def refresh(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str],
+            request: Optional[gr.Request], force: bool = False) -> dict[Any, Any]:
+    """One tick: the new progress lines, the status, and once the run is done its results (once)."""
+    return _keyed(tab, _refresh(studio, owner, run_id, request, force))
+
+
+def _refresh(studio: Studio, owner: Optional[str], run_id: Optional[str], request: Optional[gr.Request],
+             force: bool = False) -> dict[str, Any]:
+    run = OpenedSummaryRun.of_owner(studio.manager, run_id, owner)
+    if run is None:
+        return {"timer": gr.Timer(active=False)}
+    status = run.status()
+    feed = studio.session(request).cached(("summary-feed", run.run_id),
+                                          lambda: {"offset": 0, "lines": [], "shown": False})
+    if force:
+        feed.update(offset=0, lines=[], shown=False, state=None)
+    events, feed["offset"] = run.events(feed["offset"])
+    progress_lines(events, feed["lines"])
+    out: dict[str, Any] = {"timer": gr.Timer(active=status.active), "status": _status_html(status),
+                           "cancel": gr.update(interactive=status.active)}
+    if events or force:
+        out["log"] = "\n".join(feed["lines"][-LOG_LINES:])
+    if feed.get("state") != status.state:  # the list of runs says where each one stands
+        feed["state"] = status.state
+        out["runs"] = gr.update(choices=run_choices(studio, owner), value=run.run_id)
+    if status.state == "done" and not feed["shown"]:
+        feed["shown"] = True
         try:
-            mine = DEMO_ACLSUM["mine_lm_max"] if values["source"] == "demo" else None
-            box["result"] = run_summarization(task, lm, ssms=list(values["ssm"]), max_lm_rate=float(values["max_lm_rate"]),
-                                              gamma=_gamma(values.get("gamma")),
-                                              mine_lm_max=mine, progress=on_event)
+            out.update(_finished(run))
         except EAError as err:
-            box["error"] = error_message(err)
-        finally:
-            events.put(None)
-
-    threading.Thread(target=work, daemon=True).start()
-    done = False
-    while not done:
-        time.sleep(0.5)
-        while True:
-            try:
-                ev = events.get_nowait()
-            except queue.Empty:
-                break
-            if ev is None:
-                done = True
-                break
-            if ev.is_message:
-                lines.append(ev.message or ev.stage)
-            elif lines and lines[-1].startswith(ev.stage + " "):
-                lines[-1] = f"{ev.stage} {ev.step}/{ev.total}"
-            else:
-                lines.append(f"{ev.stage} {ev.step}/{ev.total}")
-        yield {"log": "\n".join(lines[-40:])}
-    if "error" in box:
-        yield {"log": "\n".join(lines + [box["error"]])}
-        return
-    result = box["result"]
-    m = result.mining
-    mining = (f"**Mining** (gamma = {m['gamma']:.3f} ROUGE-L): {m['ssms_missed']} of {m['train']} training texts "
-              f"missed by every small model, {m['lm_asked']} asked to the LM, {m['underfit']} underfit. "
-              f"LM calls {m['lm_calls']}, output tokens {m['lm_output_tokens']}, ${m['lm_cost_usd']:.4f}.")
-    folder = studio.uploads_root / "summaries" / secrets.token_hex(12)  # unguessable, this session's only
-    try:
-        folder.mkdir(parents=True, mode=0o700)
-        downloads = [str(f) for f in export_summary_run(result, lm.settings(), folder)]
-    except (EAError, OSError) as err:
-        lines.append(f"Could not write the downloads: {error_message(err)}")
-        downloads = []
-    ea = next((r for r in result.rows if r["system"] == "ea"), {})
-    why = f"\n\n**EA**: {ea.get('why', '')}" if ea.get("why") else ""
-    yield {"log": "\n".join(lines + ["done"]), "results": results_frame(result.rows), "mining": mining + why,
-           "plot": as_plot(plots.rouge_tradeoff(result.rows)), "downloads": downloads or None,
-           "state": {"result": result, "lm": lm, "bundle": str(folder / "bundle") if downloads else None}}
+            out["status"] = note(error_message(err), "error")
+    elif force and status.state != "done":
+        out.update({"results": pd.DataFrame(), "plot": as_plot(plots.rouge_tradeoff([])), "mining": "",
+                    "downloads": None, "state": None, **_sliders(None)})
+    return out
 
 
-def try_text(studio: Studio, tab: Components, state: Optional[dict[str, Any]], text: str, instruction: str) -> dict[Any, Any]:
+def attach(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str],
+           request: gr.Request) -> dict[Any, Any]:
+    """Show the run this browser is on (a reload re-attaches), and the list of its runs."""
+    out = refresh(studio, tab, owner, run_id, request, force=True)
+    if tab["runs"] not in out:  # no run of this owner's on this browser: the list alone
+        out[tab["runs"]] = gr.update(choices=run_choices(studio, owner), value=None)
+    return out
+
+
+def tick(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str],
+         request: gr.Request) -> dict[Any, Any]:
+    return refresh(studio, tab, owner, run_id, request)
+
+
+def pick_run(run_id: Optional[str]) -> Optional[str]:
+    """A run picked in the list becomes the one this browser is on (then `attach` shows it)."""
+    return run_id or None
+
+
+@friendly(into="status")
+def cancel(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str]) -> dict[Any, Any]:
+    """Cancel: the worker stops at its next step (a queued run leaves the queue)."""
+    if not run_id or not owner or OpenedSummaryRun.of_owner(studio.manager, run_id, owner) is None:
+        return {tab["status"]: note("No run to cancel.", "info")}
+    status = studio.manager.cancel(run_id, owner)
+    shown = note("Cancelling: the run stops at its next step…", "warn") if status.active else _status_html(status)
+    return {tab["status"]: shown, tab["timer"]: gr.Timer(active=True)}
+
+
+def try_text(studio: Studio, tab: Components, state: Optional[dict[str, Any]], text: str, instruction: str,
+             lm_key: Optional[str], request: gr.Request) -> dict[Any, Any]:
     """Each stage's summary of a pasted text, its confidence against its threshold, who answered."""
-    return _keyed(tab, _try_text(state, text, instruction))
+    return _keyed(tab, _try_text(studio, state, text, instruction, lm_key, request))
 
 
-def _try_text(state: Optional[dict[str, Any]], text: str, instruction: str) -> dict[str, Any]:
-    from ea_core.summarization import trace_one
-
-    if not state:
-        return {"trace": pd.DataFrame([{"stage": "", "summary": "Run EA on summaries first."}])}
+def _try_text(studio: Studio, state: Optional[dict[str, Any]], text: str, instruction: str,
+              lm_key: Optional[str] = None, request: Optional[gr.Request] = None) -> dict[str, Any]:
     try:
-        steps = trace_one(state["result"], state["lm"], text or "", instruction or "")
+        bundle = _run_bundle(state)
+        key = (lm_key or "").strip() or None
+        mark = hashlib.sha256((key or "").encode()).hexdigest()[:12]  # a new key loads the LM stage again
+        cascade = studio.session(request).cached(
+            ("summary-cascade", str(bundle), mark),
+            lambda: load_summary_cascade(bundle, api_key=key, trust_endpoint=True), keep=4)
+        steps = trace_summary(cascade, text or "", instruction or "")
     except EAError as err:
         return {"trace": pd.DataFrame([{"stage": "", "summary": error_message(err)}])}
     return {"trace": pd.DataFrame([{**s, "confidence": None if s["confidence"] is None else round(s["confidence"], 3),
@@ -365,19 +568,14 @@ def _try_text(state: Optional[dict[str, Any]], text: str, instruction: str) -> d
 # -- Summarise a file, serve the system: the run's bundle (kept in the session state) -------------
 
 BATCH_PREVIEW_ROWS = 20
+BATCH_STOP = "summary-batch-stop"  # the session's cancel token of the file being summarised
 
 
-def _run_bundle(studio: Studio, state: Optional[dict[str, Any]], request: Optional[gr.Request]) -> Path:
-    """The bundle folder of this session's run (written again in the session's folder if the run's
-    downloads could not be written); an EAError when no run has finished here."""
-    from ea_core.summary_bundle import export_summary_bundle
-
-    if not state or "result" not in state:
-        raise EAError("Run EA on summaries first: the file is summarised by the system that run adapts.")
-    if state.get("bundle") and Path(state["bundle"]).is_dir():
-        return Path(state["bundle"])
-    folder = studio.session(request).upload_dir / "summary-bundle" / secrets.token_hex(8)
-    state["bundle"] = str(export_summary_bundle(state["result"], state["lm"].settings(), folder))
+def _run_bundle(state: Optional[dict[str, Any]]) -> Path:
+    """The bundle folder of the run this browser is on; an EAError when no finished run is shown."""
+    if not state or not state.get("bundle") or not Path(state["bundle"]).is_dir():
+        raise EAError("Run EA on summaries first (or pick a finished run above): the adapted system it exports "
+                      "is what answers here.")
     return Path(state["bundle"])
 
 
@@ -418,7 +616,7 @@ def _batch_predict(studio: Studio, state: Optional[dict[str, Any]], file: Option
                                         write_summary_predictions)
 
     try:
-        bundle = _run_bundle(studio, state, request)
+        bundle = _run_bundle(state)
         if not file:
             raise EAError("Upload a CSV, TSV, JSON lines or Parquet file of texts first.")
         _check_size(file, studio.limits.quota_bytes)
@@ -430,11 +628,19 @@ def _batch_predict(studio: Studio, state: Optional[dict[str, Any]], file: Option
         return
     events: "queue.Queue[Any]" = queue.Queue()
     box: dict[str, Any] = {}
+    stop = CancelToken()
+    session = studio.session(request)
+    with session.lock:
+        session.cache[BATCH_STOP] = stop  # Stop (this browser's) reaches this batch
 
     def work() -> None:
         try:
             box["preds"] = predict_summaries_in_chunks(bundle, split, progress=events.put, use_lm=bool(use_lm),
-                                                       api_key=(lm_key or "").strip() or None, trust_endpoint=True)
+                                                       api_key=(lm_key or "").strip() or None, trust_endpoint=True,
+                                                       cancel=stop)
+        except Cancelled:
+            box["error"] = (f"Stopped at your request after {box.get('done', 0)} of {len(split)} texts; nothing was "
+                            "written. Press the button again to summarise the file.")
         except EAError as err:
             box["error"] = error_message(err)
         finally:
@@ -457,10 +663,11 @@ def _batch_predict(studio: Studio, state: Optional[dict[str, Any]], file: Option
                 done = True
                 break
             ev = nxt
+        box["done"] = ev.step
         yield {"batch_status": note(f"Summarised {ev.step} / {ev.total} texts...", "info")}
     if "error" in box:
         hint = (" If the LM needs a key, paste it in 'API key' above, or untick 'Call the LM stage'."
-                if use_lm and not (lm_key or "").strip() else "")
+                if use_lm and not (lm_key or "").strip() and not stop.cancelled else "")
         yield {"batch_status": note(box["error"] + hint, "error"), "batch_download": None}
         return
     preds = box["preds"]
@@ -480,6 +687,15 @@ def _batch_predict(studio: Studio, state: Optional[dict[str, Any]], file: Option
                             "stage": preds.stage[:k], "confidence": [round(float(c), 3) for c in preds.confidence[:k]]})
     yield {"batch_status": note(f"Summarised {len(split)} texts (who answered: {who}).", "ok"),
            "batch_preview": preview, "batch_download": str(out)}
+
+
+def batch_stop(studio: Studio, tab: Components, request: gr.Request) -> dict[Any, Any]:
+    """Stop this browser's file being summarised: no chunk (and no LM call) starts after this."""
+    stop = studio.session(request).cache.get(BATCH_STOP)
+    if stop is None or stop.cancelled:
+        return {tab["batch_status"]: note("No file is being summarised.", "info")}
+    stop.cancel()
+    return {tab["batch_status"]: note("Stopping after the texts being summarised now…", "warn")}
 
 
 def serve_text(server: Any) -> str:
@@ -507,7 +723,7 @@ def serve_start(studio: Studio, tab: Components, owner: Optional[str], state: Op
                 request: gr.Request) -> dict[Any, Any]:
     """Serve this session's run's system on 127.0.0.1 in the app (one server per browser: it replaces
     one started in Results); the LM key stays in memory."""
-    bundle = _run_bundle(studio, state, request)
+    bundle = _run_bundle(state)
     server = studio.servers.start(owner or "", bundle, port=int(port or 0), use_lm=bool(use_lm),
                                   lm_api_key=(lm_key or "").strip() or None,
                                   session=getattr(request, "session_hash", None))  # its end (the page closed) stops it
@@ -524,13 +740,22 @@ PREVIEW_KEYS = ("source", "file", "source_col", "summary_col", "instruction_col"
 PREVIEW_OUT = ("preview", "prompt_preview", "data_note", "source_col", "summary_col", "instruction_col")
 UPLOAD_KEYS = ("file", "max_val", "max_test", "template")
 UPLOAD_OUT = ("source",) + PREVIEW_OUT
-RUN_OUT = ("log", "results", "plot", "mining", "downloads", "state")
+TICK_OUT = ("timer", "status", "cancel", "log", "results", "plot", "mining", "downloads", "state", "thr_note",
+            "use_point", "point", "runs") + tuple(f"thr{k}" for k in range(MAX_SLIDERS))
+RUN_OUT = ("current",) + TICK_OUT  # what Run sets (after the browser's owner token: start's inputs)
+ATTACH_OUT = TICK_OUT
+CANCEL_OUT = ("status", "timer")
+TRY_KEYS = ("state", "try_text", "try_instruction", "lm_key")
+SLIDER_KEYS = tuple(f"thr{k}" for k in range(MAX_SLIDERS))
+SLIDERS_OUT = ("thr_note", "use_point", "point") + SLIDER_KEYS
 TEST_LM_OUT = ("lm_reply",)
 BATCH_UPLOAD_OUT = ("batch_text_col", "batch_instruction_col", "batch_status")
 BATCH_KEYS = ("state", "batch_file", "batch_text_col", "batch_instruction_col", "batch_lm", "lm_key")
 BATCH_OUT = ("batch_status", "batch_preview", "batch_download")
 SERVE_KEYS = ("state", "serve_lm", "lm_key", "serve_port")  # after the browser's owner token
 
-__all__ = ["BATCH_KEYS", "BATCH_OUT", "BATCH_UPLOAD_OUT", "PREVIEW_KEYS", "PREVIEW_OUT", "RUN_KEYS", "RUN_OUT",
-           "SERVE_KEYS", "TEST_LM_OUT", "UPLOAD_KEYS", "UPLOAD_OUT", "batch_predict", "batch_uploaded", "build",
-           "preview", "results_frame", "run", "serve_start", "serve_stop", "test_lm", "try_text", "uploaded"]
+__all__ = ["ATTACH_OUT", "BATCH_KEYS", "BATCH_OUT", "BATCH_UPLOAD_OUT", "CANCEL_OUT", "PREVIEW_KEYS", "PREVIEW_OUT",
+           "RUN_KEYS", "RUN_OUT", "SERVE_KEYS", "TEST_LM_OUT", "TICK_OUT", "TRY_KEYS", "UPLOAD_KEYS", "UPLOAD_OUT",
+           "SLIDER_KEYS", "SLIDERS_OUT", "attach", "batch_predict", "batch_stop", "batch_uploaded", "build",
+           "cancel", "config_from_form", "move", "pick_run", "preview", "results_frame", "run_choices",
+           "serve_start", "serve_stop", "start", "test_lm", "tick", "try_text", "uploaded", "use_point"]

@@ -3,6 +3,12 @@
 Thin: routing, scoring, the Pareto front, auto-tune and reliability bins are the opened run's
 `Explorer`'s (`ea_core.opened`), built once per routing order and calibration. The slider handler
 is registered with ``concurrency_limit=None`` so it never waits behind a slow event of any session.
+
+The routing figure is drawn by `plot_host`, not `gr.Plot`: Gradio 6's Plot re-creates its Plotly div
+on every new value (a keyed block) after one `Plotly.react` on the div it is about to drop, then
+calls ``Plots.resize`` (a relayout 100 ms later): two full draws and a relayout per slider move
+(seen in Chromium's profiler). The host keeps one div and calls `Plotly.react` once per move.
+
 The sliders' values are remembered per run, routing order and calibration (the tab's ``memory``
 state), so an auto-tuned point survives a look at another order.
 """
@@ -10,6 +16,8 @@ state), so an auto-tuned point survives a look at another order.
 from __future__ import annotations
 
 import html
+import json
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import gradio as gr
@@ -19,13 +27,76 @@ from ea_core.explore import ORDERS, Explorer, Headroom, is_never, threshold_to_s
 from ea_core.router import RoutingMetrics
 from pages import plots
 from pages.session import Studio
-from pages.ui import Components, as_plot, friendly, note, pct, usd
+from pages.ui import Components, _json_scalar, as_plot, friendly, note, pct, usd
 
 MAX_SLIDERS = 8
 KIND_TITLES = {"ssm": "SSM", "assm": "augmented SSM", "assm_full": "EA(Full) augmented SSM",
                "learned": "learned router (1 − its deferral score)", "lm": "LM (its confidence)"}
 BUDGETS = [("LM calls (% of inputs)", "calls"), ("USD per 1,000 inputs", "usd")]
 CONNECT = "Connect a real LM → Large model tab"
+
+
+def _plotly_chunk() -> str:
+    """The file name of Gradio's Plotly bundle (it sets ``window.Plotly``), for a page that has not
+    loaded it through a gr.Plot yet; "" if this Gradio has none by that name."""
+    folder = Path(gr.__file__).parent / "templates" / "frontend" / "assets"
+    found = sorted(folder.glob("PlotlyPlot-*.js"))
+    return found[0].name if found else ""
+
+
+#: The routing figure's host (runs once in the page): one Plotly div, redrawn with `Plotly.react`
+#: when the value (the figure's JSON) changes; drawn when first visible and resized with its column.
+PLOT_JS = r"""
+const host = element.querySelector('.ea-plot-host');
+const gd = document.createElement('div');
+host.appendChild(gd);
+let stale = true, width = 0, queued = false, busy = Promise.resolve();
+async function plotly() {
+  for (let i = 0; i < 60 && !window.Plotly; i++) await new Promise(r => setTimeout(r, 50));
+  if (!window.Plotly && props.plotly_chunk) {
+    const ref = [...document.querySelectorAll('script[src],link[href]')].map(e => e.src || e.href)
+      .find(u => u.includes('/assets/'));
+    if (ref) { try { await import(ref.replace(/[^/]*$/, props.plotly_chunk)); } catch (e) { console.error(e); } }
+  }
+  return window.Plotly;
+}
+async function draw() {
+  if (!props.value) return;
+  if (host.clientWidth === 0) { stale = true; return; }  // a hidden tab: drawn once it shows
+  const P = window.Plotly || await plotly();
+  if (!P) return;
+  const fig = JSON.parse(props.value);
+  fig.layout.autosize = true;
+  fig.layout.margin = Object.assign({}, fig.layout.margin, {autoexpand: true});
+  stale = false;
+  width = host.clientWidth;
+  await P.react(gd, fig.data, fig.layout, Object.assign({responsive: true}, fig.config || {}));
+}
+function redraw() {  // one draw at a time, of the latest value; values that came meanwhile are skipped
+  if (queued) return;
+  queued = true;
+  busy = busy.then(() => { queued = false; return draw(); }).catch(e => console.error(e));
+}
+watch('value', redraw);
+new ResizeObserver(() => {
+  if (host.clientWidth === 0) return;
+  if (stale) redraw();
+  else if (host.clientWidth !== width && window.Plotly) { width = host.clientWidth; window.Plotly.Plots.resize(gd); }
+}).observe(host);
+redraw();
+"""
+
+
+def figure_json(figure: dict[str, Any]) -> str:
+    """A plotly JSON figure as the routing host's value (``<`` escaped: never markup in the page)."""
+    return json.dumps(figure, default=_json_scalar, separators=(",", ":")).replace("<", "\\u003c")
+
+
+def plot_host(figure: dict[str, Any], elem_id: str) -> Any:
+    """A Plotly figure in a gr.HTML that keeps its div between values (see `PLOT_JS`)."""
+    return gr.HTML(figure_json(figure), html_template="<div class='ea-plot-host' style='min-height:560px'></div>",
+                   js_on_load=PLOT_JS, plotly_chunk=_plotly_chunk(), apply_default_css=False, container=False,
+                   padding=False, elem_id=elem_id)
 
 
 def build() -> Components:
@@ -53,8 +124,8 @@ def build() -> Components:
                 c["autotune"] = gr.Button("Auto-tune on validation", elem_id="thr-autotune")
             c["tune_msg"] = gr.HTML("", elem_id="thr-tune-msg")
         with gr.Column(scale=7, min_width=380):
-            c["routing"] = gr.Plot(as_plot(plots.empty("Accuracy vs LM calls · who answers", "No run opened.", 600)),
-                                   show_label=False, elem_id="thr-routing")
+            c["routing"] = plot_host(plots.empty("Accuracy vs LM calls · who answers", "No run opened.", 600),
+                                     "thr-routing")
             c["metrics"] = gr.HTML("", elem_id="thr-metrics")
     with gr.Accordion("Calibration: reliability per small model", open=False):
         with gr.Row():
@@ -100,10 +171,10 @@ def metrics_html(rows: list[list[str]]) -> str:
     return f"<table class='ea-trace ea-metrics'><tr>{head}</tr>{body}</table>"
 
 
-def figures(ex: Explorer, thresholds: Sequence[float]) -> tuple[Any, str]:
-    """(routing figure, metrics table) at `thresholds`: what a slider move redraws."""
+def figures(ex: Explorer, thresholds: Sequence[float]) -> tuple[str, str]:
+    """(routing figure as `plot_host`'s JSON, metrics table) at `thresholds`: what a slider move redraws."""
     val, test = ex.evaluate(thresholds)
-    return (as_plot(plots.routing(ex.front, ex.references, ex.names, (val, test))),
+    return (figure_json(plots.routing(ex.front, ex.references, ex.names, (val, test))),
             metrics_html(metrics_rows(ex, val, test)))
 
 

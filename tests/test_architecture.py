@@ -24,14 +24,15 @@ LAYERS = (
     ("small models and LM", ("ea_core.models", "ea_core.llm")),
     ("routing maths", ("ea_core.router", "ea_core.calibration", "ea_core.tuning", "ea_core.operating_point")),
     ("mining", ("ea_core.mining", "ea_core.learned_router")),
-    ("run state", ("ea_core.runconfig", "ea_core.runstate")),
+    ("run state", ("ea_core.runconfig", "ea_core.runstate", "ea_core.summary_config")),
     ("engine and services", ("ea_core.pipeline", "ea_core.report", "ea_core.bundle", "ea_core.explore",
                              "ea_core.system", "ea_core.inputs", "ea_core.monitor", "ea_core.findings",
                              "ea_core.cascade", "ea_core.batch_predict", "ea_core.ray_predict", "ea_core.plan",
-                             "ea_core.summarization", "ea_core.summary_bundle")),
+                             "ea_core.summarization", "ea_core.summary_bundle", "ea_core.summary_run",
+                             "ea_core.summary_explore")),
     ("runs and entry points", ("ea_core.runs", "ea_core.runqueue", "ea_core.opened", "ea_core.uploads",
                                "ea_core.worker", "ea_core.cli", "ea_core.__main__", "ea_core.serve",
-                               "ea_core.summarize_cli")),
+                               "ea_core.summarize_cli", "ea_core.summary_opened")),
 )
 
 #: (modules, what they must never reach, directly or through other ea_core modules).

@@ -273,3 +273,94 @@ def test_stack_features_one_hot_the_lm_answer_and_leave_a_failed_one_blank():
     X = stack_features([np.array([[0.2, 0.8], [0.6, 0.4]])], np.array([1, FAILED]), 2)
     np.testing.assert_array_equal(X, [[0.2, 0.8, 0.0, 1.0], [0.6, 0.4, 0.0, 0.0]])
     assert fit_stacked_combiner([np.eye(2)[[0, 0, 0]]], np.array([0, 0, 0]), np.array([0, 0, 0]), 2) is None
+
+
+# -- router labels (`--router-labels`) and the training split's evidence beside validation ----------------------
+
+
+def test_router_label_sample_is_uniform_seeded_and_skips_the_few_shot_rows():
+    from ea_core.learned_router import router_label_sample
+
+    a = router_label_sample(1000, 200, seed=3, shown=[0, 1, 2])
+    assert len(a) == 200 and len(np.unique(a)) == 200 and np.all(np.diff(a) > 0)
+    assert not np.isin([0, 1, 2], a).any()
+    assert np.array_equal(a, router_label_sample(1000, 200, seed=3, shown=[0, 1, 2]))
+    assert not np.array_equal(a, router_label_sample(1000, 200, seed=4, shown=[0, 1, 2]))
+    # uniform over the split, not drawn from one end of it (as a probe of the unsure region is)
+    assert 350 < a.mean() < 650
+    assert len(router_label_sample(10, 50, seed=0)) == 10
+
+
+def test_region_pairs_keep_the_sampled_rows_among_the_least_sure_share():
+    from ea_core.learned_router import region_pairs
+
+    unsure = np.array([0.9, 0.1, np.nan, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4, 0.5])
+    y = np.arange(10) % 2
+    sample = {"index": np.array([0, 1, 2, 3, 5]), "ssm_label": np.array([1, 1, 0, 0, 0]),
+              "lm_label": np.array([0, 1, 0, 1, 1])}
+    pairs = region_pairs(unsure, sample, y, share=0.3)  # the 3 least sure: rows 0, 3, 5
+    assert pairs["index"].tolist() == [0, 3, 5]
+    assert pairs["y"].tolist() == [0, 1, 1] and pairs["ssm_label"].tolist() == [1, 0, 0]
+    assert pairs["lm_label"].tolist() == [0, 1, 1]
+    assert region_pairs(np.full(10, np.nan), sample, y, share=0.5)["index"].size == 0  # NaN: never in it
+
+
+def test_out_of_fold_router_scores_rank_where_deferring_helps_on_rows_they_were_not_fitted_on():
+    from ea_core.learned_router import oof_router_scores
+    from sklearn.metrics import roc_auc_score
+
+    train, p_train, lm_train = _length_task(900, 2)
+    y = train.labels
+    rng = np.random.default_rng(0)
+    wrong = np.flatnonzero(p_train.argmax(1) != y)
+    sample = rng.choice(len(y), 200, replace=False)
+    known = {int(i): int(lm_train[i]) for i in np.union1d(wrong, sample)}
+    oof = oof_router_scores([p_train], train, known, seed=0, folds=3)
+    assert oof.shape == (900,) and np.all(np.isfinite(oof))
+    helps = (p_train.argmax(1) != y) & (lm_train == y)
+    assert roc_auc_score(helps, oof) > 0.75
+    # too few LM answers in every fold: nothing is scored, nothing is made up
+    assert np.all(np.isnan(oof_router_scores([p_train], train, {}, seed=0, folds=3)))
+
+
+def test_a_run_with_router_labels_asks_the_lm_on_random_training_inputs_and_learns_from_them(tmp_path):
+    from ea_core.cli import _config_from_args, build_parser
+    from ea_core.errors import ConfigError
+    from ea_core.learned_router import known_lm_answers, load_router_labels
+    from ea_core.pipeline import Pipeline
+    from ea_core.runconfig import RunConfig
+    from ea_core.runfolder import read_json
+    from ea_core.runstate import open_run
+
+    args = build_parser().parse_args(["run", "--data", "demo:tweets", "--ssm", "tfidf", "--lm", "local",
+                                      "--router", "learned", "--router-labels", "60"])
+    assert _config_from_args(args, lm=True).router_labels == 60
+    with pytest.raises(ConfigError, match="router-labels"):
+        RunConfig(data="demo:tweets", ssm=["tfidf"], router="learned", router_labels=-1).validate()
+    with pytest.raises(ConfigError, match="router-labels"):
+        RunConfig(data="demo:tweets", ssm=["tfidf"], router="learned", router_labels=10, oof_folds=0).validate()
+    with pytest.raises(ConfigError, match="router learned"):
+        RunConfig(data="demo:tweets", ssm=["tfidf"], router_labels=10).validate()
+    kw = dict(data="demo:tweets", ssm=["tfidf"], max_train=300, max_val=150, max_test=150, lm="openai",
+              lm_model="always-0", router="learned")
+    Pipeline(RunConfig(**kw, cache=str(tmp_path / "a.sqlite")), tmp_path / "plain", provider=_ZeroLM()).run()
+    cfg = RunConfig(**kw, cache=str(tmp_path / "b.sqlite"), router_labels=60)
+    Pipeline(cfg, tmp_path / "run", provider=_ZeroLM()).run()
+    plain, state = open_run(tmp_path / "plain"), open_run(tmp_path / "run")
+    assert load_router_labels(plain) is None and "router_labels" not in plain.lm_usage
+    sample = load_router_labels(state)
+    assert len(sample["index"]) == 60 and np.all(sample["lm_label"] == 0)
+    mined = set(state.mining.candidates.tolist())
+    # counted like the other LM calls, as its own stage (an endpoint's cache answers the rows mining asked)
+    assert state.lm_usage["router_labels"]["calls"] == 60
+    assert set(sample["index"].tolist()) - mined and set(sample["index"].tolist()) & mined  # right and wrong rows
+    assert len(known_lm_answers(state, cfg.router_labels)) == len(mined | set(sample["index"].tolist()))
+    assert len(known_lm_answers(state, 0)) == len(mined)
+    info, info_plain = read_json(tmp_path / "run" / "learned_router.json"), read_json(tmp_path / "plain" /
+                                                                                       "learned_router.json")
+    assert info["training_rows"] == info_plain["training_rows"]  # the small-model-right rows count either way
+    assert len(load_router_labels(state, 25)["index"]) == 25
+    # the sampled inputs where each router would call the LM join validation's in its budget point's guard
+    assert "probed training inputs" in state.tuning["ea_learned"]["why"]
+    assert "probed training inputs" in state.tuning["ea"]["why"]
+    assert "probed training inputs" not in plain.tuning["ea_learned"]["why"]

@@ -25,6 +25,7 @@ def test_settings_survive_a_round_trip_through_the_form(tmp_path):
     cfg = RunConfig(data="demo:tweets", ssm=["tfidf", "head:minilm"], max_train=500, oof_folds=4, mining="top",
                     lm="deepseek", lm_model="deepseek-chat", lm_base_url="https://api.deepseek.com/v1",
                     price_in=0.27, price_out=1.1, budget_usd=2.0, few_shot=2, max_lm_rate=0.25,
+                    router="learned", router_labels=50,
                     ssm_settings={"head": {"epochs": 7, "max_length": 64}, "finetune": {"epochs": 2, "max_length": 64}},
                     prompt={"system": "S", "instruction": "Pick one of {labels}.", "input_format": "T: {text}",
                             "pair_format": "A: {text} B: {pair}"})
@@ -33,8 +34,11 @@ def test_settings_survive_a_round_trip_through_the_form(tmp_path):
     studio = Studio(tmp_path / "runs")
     again = form.config_from_form(studio.store("owner-s1"), values)
     for field in ("data", "ssm", "max_train", "oof_folds", "mining", "lm", "lm_model", "lm_base_url", "price_in",
-                  "price_out", "budget_usd", "few_shot", "max_lm_rate", "ssm_settings", "prompt"):
+                  "price_out", "budget_usd", "few_shot", "max_lm_rate", "ssm_settings", "prompt", "router",
+                  "router_labels"):
         assert getattr(again, field) == getattr(cfg, field), field
+    # Router labels are the learned router's: with the cascade alone, none are bought.
+    assert form.config_from_form(studio.store("owner-s1"), {**values, "router": "cascade"}).router_labels == 0
 
 
 def test_a_settings_file_never_holds_the_cache_path_or_the_upload_path(tmp_path):
@@ -176,7 +180,7 @@ def test_a_zip_of_image_class_folders_uploads_loads_and_offers_image_models(tmp_
     ticked = models.refresh(studio, models_tab, req, *[
         {"ssm": ["tfidf", "head:minilm"], "head_epochs": 3, "finetune_epochs": 1, "max_length": 64, "oof_folds": 0,
          "mining": "all", "assm": "top", "ea_full": False, "calibrate": True, "max_lm_rate": 0.3, "probe_lm": 0,
-         "router": "cascade"}[k]
+         "router": "cascade", "router_labels": 0}[k]
         for k in models.FORM_KEYS])[models_tab["ssm"]]
     specs = {spec for _, spec in ticked["choices"]}
     assert "tfidf" not in specs and "head:efficientnet_lite0" in specs
@@ -230,6 +234,33 @@ def test_thresholds_remember_each_order_s_sliders_and_say_never(tmp_path, fruit_
     assert [again[s]["value"] for s in sliders[:2]] != [0.25, 1.0]  # uncalibrated: a point of its own
     again = thresholds.on_order(studio, tab, "alice", run_id, "ea", True, again[tab["memory"]], req)
     assert [again[s]["value"] for s in sliders[:2]] == [0.25, 1.0]
+
+
+def test_a_slider_move_sends_the_routing_figure_as_json_for_one_plotly_div(tmp_path, fruit_run):
+    """The routing plot is a gr.HTML host that keeps one Plotly div (gr.Plot re-created it on every
+    move): a move sends the figure as JSON, the same figure `plots.routing` draws, with no markup."""
+    from ea_core.explore import Explorer
+    from ea_core.runstate import open_run
+    from pages import thresholds
+
+    studio, run_id = _owned_run(tmp_path, fruit_run[1])
+    req = request("thr-json")
+    with gr.Blocks():
+        tab = thresholds.build()
+    assert isinstance(tab["routing"], gr.HTML) and "${value}" not in tab["routing"].html_template
+    assert "P.react(gd" in tab["routing"].js_on_load and json.loads(tab["routing"].value)["data"] == []
+    opened = thresholds.on_open(studio, tab, "alice", run_id, {}, req)
+    moved = thresholds.on_slider(studio, tab, "alice", run_id, "ea", True, opened[tab["memory"]], req, 0.7, 0.9,
+                                 *[0.5] * 6)
+    sent = moved[tab["routing"]]
+    assert isinstance(sent, str) and "<" not in sent
+    ex = Explorer.build(open_run(fruit_run[1]), "ea")
+    want = plots.routing(ex.front, ex.references, ex.names, ex.evaluate(ex.thresholds([0.7, 0.9])))
+    assert json.loads(sent) == json.loads(json.dumps(want))
+    current = next(t for t in json.loads(sent)["data"] if t["name"] == "current (validation)")
+    val, _ = ex.evaluate(ex.thresholds([0.7, 0.9]))
+    assert current["x"] == [100 * val.lm_call_rate] and current["y"] == [100 * val.accuracy]
+    assert thresholds.figure_json({"data": [{"name": "<b>x</b>"}]}) == '{"data":[{"name":"\\u003cb>x\\u003c/b>"}]}'
 
 
 def test_a_run_that_kept_its_small_model_says_what_a_real_lm_would_change(tmp_path, fruit_chance_run):

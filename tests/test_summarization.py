@@ -385,3 +385,54 @@ def test_a_tampered_saved_summarizer_is_a_message_naming_its_file(tmp_path):
             load_summarizer(tmp_path)
     (tmp_path / SUMMARIZER_JSON).write_text(_json.dumps({"kind": "lead", "n_sentences": 1}))
     assert load_summarizer(tmp_path).n_sentences == 1
+
+
+def test_a_hugging_face_dataset_by_name_is_read_with_its_usual_columns(monkeypatch) -> None:
+    """`--data xsum` (online) stacks the dataset's splits and finds xsum's document/summary columns;
+    the download alone is replaced here (no network), the objects are the real `datasets` ones."""
+    import datasets
+
+    docs = [f"Sentence one of article {i}. It says more about item {i}. A third line." for i in range(40)]
+    sums = [f"article {i} in short" for i in range(40)]
+    asked: list[tuple] = []
+
+    def fake_load(*args, **kwargs):  # noqa: ANN002, ANN003
+        asked.append(args)
+        make = lambda lo, hi: datasets.Dataset.from_dict(  # noqa: E731
+            {"document": docs[lo:hi], "summary": sums[lo:hi], "id": [str(i) for i in range(lo, hi)]})
+        return datasets.DatasetDict({"train": make(0, 30), "validation": make(30, 35), "test": make(35, 40)})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    task = load_summaries("xsum")
+    assert asked == [("xsum",)]
+    assert len(task.train) + len(task.val) + len(task.test) == 40
+    assert set(task.train.references + task.val.references + task.test.references) == set(sums)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
+    with pytest.raises(DataError, match="needs the internet"):
+        load_summaries("samsum")
+
+
+def test_the_summary_sliders_route_saved_arrays_and_refuse_damaged_ones() -> None:
+    """`summary_explore`: thresholds route the saved (confidence, quality, cost) arrays like the
+    router does; a stage array of the wrong length, a NaN or a missing stage is a message, not a crash."""
+    from ea_core.errors import EAError
+    from ea_core.summary_explore import explorer_from
+
+    small = {"name": "extractive", "kind": "ssm", "val_confidence": [0.9, 0.2, 0.6, 0.1],
+             "test_confidence": [0.8, 0.3], "val_quality": [0.5, 0.1, 0.4, 0.2], "test_quality": [0.6, 0.2],
+             "val_cost": None, "test_cost": None}
+    lm = {"name": "lm", "kind": "lm", "val_confidence": [0.5] * 4, "test_confidence": [0.5] * 2,
+          "val_quality": [0.3, 0.5, 0.3, 0.6], "test_quality": [0.1, 0.7], "val_cost": [0.01] * 4, "test_cost": [0.01] * 2}
+    rows = [{"system": "ea", "stages": ["extractive", "lm"], "thresholds": [0.5, 0.0]}]
+    ex = explorer_from({"stages": [small, lm]}, rows)
+    assert ex.sliders == ["extractive"]
+    p = ex.evaluate([0.5])  # validation: inputs 0 and 2 stay with the small model, 1 and 3 go to the LM
+    assert p.val.accuracy == pytest.approx((0.5 + 0.5 + 0.4 + 0.6) / 4) and p.val.lm_call_rate == 0.5
+    assert p.test.accuracy == pytest.approx((0.6 + 0.7) / 2) and p.test.cost_per_1k_usd == pytest.approx(5.0)
+    assert ex.evaluate([1.0]).val.lm_call_rate == 1.0 and ex.evaluate([0.0]).test.lm_call_rate == 0.0
+    assert "Validation" in p.describe() and "lm 50%" in p.describe()
+    for damaged, says in (({**small, "test_quality": [0.6]}, "1 values"),
+                          ({**small, "val_confidence": [float("nan")] * 4}, "list of numbers"),
+                          ({**small, "name": "other"}, "extractive")):
+        with pytest.raises(EAError, match=says):
+            explorer_from({"stages": [damaged, lm]}, rows)

@@ -35,6 +35,8 @@ class Seq2SeqSummarizer:
         self.model_: Any = None
         self.tokenizer_: Any = None
         self.losses_: list[float] = []
+        #: Per-token log-probs of each summary of the last `summarize` call (confidence studies).
+        self.token_logprobs_: list[np.ndarray] = []
 
     def _build(self) -> None:
         import torch
@@ -130,7 +132,7 @@ class Seq2SeqSummarizer:
         if self.model_ is None:
             raise ModelError(f"{self.name} is not trained yet.")
         tok, model = self.tokenizer_, self.model_
-        texts, conf = [], []
+        texts, conf, token_lp = [], [], []
         src = self._inputs(split)
         for start in range(0, len(src), self.batch_size):
             enc = tok(src[start:start + self.batch_size], return_tensors="pt", padding=True, truncation=True,
@@ -143,6 +145,7 @@ class Seq2SeqSummarizer:
             if not out.scores:
                 texts += [""] * seq.shape[0]
                 conf += [0.0] * seq.shape[0]
+                token_lp += [np.zeros(0)] * seq.shape[0]
                 continue
             lp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)
             tok_lp = lp.gather(2, seq[:, : lp.shape[1]].unsqueeze(-1)).squeeze(-1)
@@ -151,6 +154,8 @@ class Seq2SeqSummarizer:
                 stop = next((j for j, t in enumerate(ids) if t in (tok.eos_token_id, tok.pad_token_id)), len(ids))
                 texts.append(tok.decode(ids[:stop], skip_special_tokens=True).strip())
                 conf.append(float(np.exp(tok_lp[b, : max(stop, 1)].mean().item())))
+                token_lp.append(tok_lp[b, : max(stop, 1)].cpu().numpy().astype(np.float64))
+        self.token_logprobs_ = token_lp
         return Summaries(texts, np.clip(np.asarray(conf, dtype=np.float64), 0, 1))
 
 

@@ -1,4 +1,4 @@
-"""Saved summarizers loaded back by kind (lead, extractive, seq2seq): what a summarization bundle
+"""Saved summarizers loaded back by kind (lead, extractive, seq2seq, causal): what a summarization bundle
 holds. Runs no pickled code: settings are JSON, weights safetensors."""
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ def load_summarizer(folder: Path, *, root: Optional[Path] = None, memory: Option
         return m
     if kind == "seq2seq":
         return Seq2SeqSummarizer.load(folder, meta)
-    raise ModelError(f"{path}: unknown summarizer kind {kind!r} (lead, extractive or seq2seq).")
+    if kind == "causal":
+        from ea_core.models.causal_summarizer import CausalSummarizer
+
+        return CausalSummarizer.load(folder, meta)
+    raise ModelError(f"{path}: unknown summarizer kind {kind!r} (lead, extractive, seq2seq or causal).")
 
 
 __all__ = ["load_summarizer"]
