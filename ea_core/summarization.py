@@ -177,7 +177,7 @@ def run_summarization(
     runs: list[StageRun] = []
     for spec in ssms:
         model = make_summarizer(spec, seed=seed, memory=memory)
-        timed(f"train {spec}", lambda: model.fit(task.train, task.val))
+        timed(f"train {spec}", lambda: model.fit(task.train, task.val, callback=progress))
         val_out, test_out = timed(f"predict {spec}", lambda: (model.summarize(task.val), model.summarize(task.test)))
         runs.append(StageRun(spec, "ssm", val_out.texts, test_out.texts, val_out.raw_conf, test_out.raw_conf,
                              _scores(val_out, task.val), _scores(test_out, task.test)))

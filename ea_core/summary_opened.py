@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 from ea_core.errors import EAError, ModelError
 from ea_core.events import EventKind, ProgressEvent
 from ea_core.models.base import read_json_file
+from ea_core.monitor import RunProgress
 from ea_core.runfolder import read_json
 from ea_core.runs import RunManager, RunStatus
 from ea_core.summarization import STAGES_JSON
@@ -61,6 +62,29 @@ def progress_lines(events: Sequence[dict[str, Any]], lines: Optional[list[str]] 
     return lines
 
 
+class SummaryFeed:
+    """A summarization run's progress as its event log grows: the lines a person reads and the
+    small models' training curves (`ea_core.monitor.RunProgress`, as the Train & mine tab folds them)."""
+
+    def __init__(self, run: "OpenedSummaryRun") -> None:
+        self.run = run
+        self.offset = 0
+        self.lines: list[str] = []
+        self.progress = RunProgress()
+
+    def poll(self) -> bool:
+        """Fold in what was logged since the last poll; True if anything was."""
+        events, self.offset = self.run.events(self.offset)
+        progress_lines(events, self.lines)
+        self.progress.update(events)
+        return bool(events)
+
+    @property
+    def n_points(self) -> int:
+        """Points on the training curves (a redraw is needed when this grows)."""
+        return sum(len(points) for points in self.progress.curves.values())
+
+
 class OpenedSummaryRun:
     """One summarization run, finished or not, by id; `of_owner` checks who asks."""
 
@@ -84,6 +108,10 @@ class OpenedSummaryRun:
             return SummaryRunConfig.from_dict(read_json(self.folder / "config.json"))
         except (EAError, OSError, ValueError, TypeError):
             return None
+
+    def feed(self) -> SummaryFeed:
+        """A new reader of the run's progress, from its first event."""
+        return SummaryFeed(self)
 
     def events(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Events logged since byte `offset`, and the next offset."""
@@ -148,4 +176,4 @@ class OpenedSummaryRun:
         return path if (path / "bundle.json").is_file() else None
 
 
-__all__ = ["DOWNLOADS", "OpenedSummaryRun", "is_summary_run", "progress_lines", "summary_runs"]
+__all__ = ["DOWNLOADS", "OpenedSummaryRun", "SummaryFeed", "is_summary_run", "progress_lines", "summary_runs"]

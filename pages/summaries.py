@@ -36,7 +36,8 @@ from ea_core.runs import RunStatus
 from ea_core.summary_bundle import load_summary_cascade, trace_summary
 from ea_core.summary_config import DEMO_ACLSUM, SummaryRunConfig
 from ea_core.summary_explore import SummaryExplorer, SummaryPoint
-from ea_core.summary_opened import OpenedSummaryRun, progress_lines, summary_runs
+from ea_core.monitor import RunProgress
+from ea_core.summary_opened import OpenedSummaryRun, summary_runs
 from ea_core.summary_run import load_summary_task
 from pages.session import Studio
 from pages import plots, train
@@ -101,6 +102,7 @@ def build() -> Components:
                                 elem_id="sum-runs")
     c["status"] = gr.HTML(elem_id="sum-status")
     c["log"] = gr.Textbox(label="Progress", lines=6, interactive=False, elem_id="sum-log")
+    c["curves"] = gr.Plot(as_plot(plots.training_curves(RunProgress())), show_label=False, elem_id="sum-curves")
     c["timer"] = gr.Timer(TICK_S, active=False)
     c["results"] = gr.Dataframe(interactive=False, label="Results in the shape of the paper's Table 2 (ROUGE F1 "
                                 "in points, validation and test; 95% intervals in results.json)", elem_id="sum-results")
@@ -488,21 +490,23 @@ def _refresh(studio: Studio, owner: Optional[str], run_id: Optional[str], reques
     if run is None:
         return {"timer": gr.Timer(active=False)}
     status = run.status()
-    feed = studio.session(request).cached(("summary-feed", run.run_id),
-                                          lambda: {"offset": 0, "lines": [], "shown": False})
-    if force:
-        feed.update(offset=0, lines=[], shown=False, state=None)
-    events, feed["offset"] = run.events(feed["offset"])
-    progress_lines(events, feed["lines"])
+    watched = studio.session(request).cached(("summary-feed", run.run_id), lambda: {"shown": False})
+    if force or "feed" not in watched:
+        watched.update(feed=run.feed(), shown=False, state=None, points=-1)
+    feed = watched["feed"]
+    new = feed.poll()
     out: dict[str, Any] = {"timer": gr.Timer(active=status.active), "status": _status_html(status),
                            "cancel": gr.update(interactive=status.active)}
-    if events or force:
-        out["log"] = "\n".join(feed["lines"][-LOG_LINES:])
-    if feed.get("state") != status.state:  # the list of runs says where each one stands
-        feed["state"] = status.state
+    if new or force:
+        out["log"] = "\n".join(feed.lines[-LOG_LINES:])
+    if feed.n_points != watched["points"]:  # the training curves, redrawn only when they grew
+        watched["points"] = feed.n_points
+        out["curves"] = as_plot(plots.training_curves(feed.progress))
+    if watched.get("state") != status.state:  # the list of runs says where each one stands
+        watched["state"] = status.state
         out["runs"] = gr.update(choices=run_choices(studio, owner), value=run.run_id)
-    if status.state == "done" and not feed["shown"]:
-        feed["shown"] = True
+    if status.state == "done" and not watched["shown"]:
+        watched["shown"] = True
         try:
             out.update(_finished(run))
         except EAError as err:
@@ -741,7 +745,7 @@ PREVIEW_OUT = ("preview", "prompt_preview", "data_note", "source_col", "summary_
 UPLOAD_KEYS = ("file", "max_val", "max_test", "template")
 UPLOAD_OUT = ("source",) + PREVIEW_OUT
 TICK_OUT = ("timer", "status", "cancel", "log", "results", "plot", "mining", "downloads", "state", "thr_note",
-            "use_point", "point", "runs") + tuple(f"thr{k}" for k in range(MAX_SLIDERS))
+            "use_point", "point", "runs", "curves") + tuple(f"thr{k}" for k in range(MAX_SLIDERS))
 RUN_OUT = ("current",) + TICK_OUT  # what Run sets (after the browser's owner token: start's inputs)
 ATTACH_OUT = TICK_OUT
 CANCEL_OUT = ("status", "timer")

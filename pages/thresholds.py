@@ -27,7 +27,7 @@ from ea_core.explore import ORDERS, Explorer, Headroom, is_never, threshold_to_s
 from ea_core.router import RoutingMetrics
 from pages import plots
 from pages.session import Studio
-from pages.ui import Components, _json_scalar, as_plot, friendly, note, pct, usd
+from pages.ui import Components, json_scalar, as_plot, friendly, note, pct, usd
 
 MAX_SLIDERS = 8
 KIND_TITLES = {"ssm": "SSM", "assm": "augmented SSM", "assm_full": "EA(Full) augmented SSM",
@@ -89,7 +89,7 @@ redraw();
 
 def figure_json(figure: dict[str, Any]) -> str:
     """A plotly JSON figure as the routing host's value (``<`` escaped: never markup in the page)."""
-    return json.dumps(figure, default=_json_scalar, separators=(",", ":")).replace("<", "\\u003c")
+    return json.dumps(figure, default=json_scalar, separators=(",", ":")).replace("<", "\\u003c")
 
 
 def plot_host(figure: dict[str, Any], elem_id: str) -> Any:

@@ -120,10 +120,11 @@ def as_plot(figure: dict[str, Any]) -> Any:
     """A plotly JSON figure (see pages.plots) as gr.Plot's value, serialised once, without graph objects."""
     from gradio.components.plot import PlotData
 
-    return PlotData(type="plotly", plot=json.dumps(figure, default=_json_scalar))
+    return PlotData(type="plotly", plot=json.dumps(figure, default=json_scalar))
 
 
-def _json_scalar(value: Any) -> Any:
+def json_scalar(value: Any) -> Any:
+    """A numpy scalar as the plain number it holds (json.dumps' ``default`` for figures)."""
     if hasattr(value, "item"):  # numpy scalars
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

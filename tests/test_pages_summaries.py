@@ -59,7 +59,8 @@ def test_run_and_try_it_with_an_endpoint(tmp_path: Path) -> None:
     page = SimpleNamespace(session_hash="page-1")
     with ScriptedServer(gold) as srv:
         values = {"source": "demo", "file": None, "source_col": "", "summary_col": "", "instruction_col": "",
-                  "ssm": ["lead"], "lm_kind": "openai", "lm_url": srv.url, "lm_model": "m", "lm_key": "k",
+                  "ssm": ["lead", "extractive"], "lm_kind": "openai", "lm_url": srv.url, "lm_model": "m",
+                  "lm_key": "k",
                   "price_in": 0.1, "price_out": 0.4, "budget": None, "max_lm_rate": 0.5, "gamma": None,
                   "max_val": 15, "max_test": 15, "template": summaries.DEFAULT_SUMMARY_PROMPT}
         reply = summaries.test_lm(studio, TAB, *[values[k] for k in summaries.RUN_KEYS])["lm_reply"]
@@ -70,7 +71,9 @@ def test_run_and_try_it_with_an_endpoint(tmp_path: Path) -> None:
         run_id = final["current"]
         assert studio.manager.status(run_id).state == "done", final["status"]
         assert "Run finished" in final["status"] and "lm:test" in final["log"] and "train lead" in final["log"]
-        assert set(final["results"]["system"]) >= {"lm", "lead", "specific_layer", "ea"}
+        assert set(final["results"]["system"]) >= {"lm", "lead", "extractive", "specific_layer", "ea"}
+        curves = json.loads(final["curves"].plot)  # the extractive scorer's loss per epoch, as it trained
+        assert any(t.get("name") == "extractive" and len(t["y"]) > 1 for t in curves["data"])
         assert "Mining" in final["mining"] and "ROUGE-L vs LM calls" in final["plot"].plot
         assert [Path(f).name for f in final["downloads"]] == ["results.json", "results.csv", "summaries.json",
                                                                "bundle.zip"]

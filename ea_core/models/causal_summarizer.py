@@ -33,7 +33,8 @@ import numpy as np
 
 from ea_core.data.summaries import SummarySplit
 from ea_core.errors import ModelError
-from ea_core.models.summarizers import SUMMARIZER_JSON, Summaries
+from ea_core.events import ProgressCallback
+from ea_core.models.summarizers import SUMMARIZER_JSON, Summaries, report_step
 
 #: The spec name of the packaged offline model, its package and file.
 PACKAGED = "smollm2"
@@ -206,9 +207,10 @@ class CausalSummarizer:
         return ids + [int(self.tokenizer_.eos_token_id)]
 
     # -- training -----------------------------------------------------------------------------
-    def fit(self, train: SummarySplit, val: Optional[SummarySplit] = None, *, warm_start: bool = False) -> "CausalSummarizer":
+    def fit(self, train: SummarySplit, val: Optional[SummarySplit] = None, *, warm_start: bool = False,
+            callback: Optional[ProgressCallback] = None) -> "CausalSummarizer":
         """Fine-tune (`warm_start`: continue from the current weights, e.g. on mined examples);
-        at most `max_steps` optimizer steps in all when set."""
+        at most `max_steps` optimizer steps in all when set; `callback` gets each step's loss."""
         import torch
 
         from ea_core.models.hf_common import autocast
@@ -226,6 +228,8 @@ class CausalSummarizer:
         gen = np.random.default_rng(self.seed + len(self.losses_))
         model.train()
         steps = 0
+        planned = self.epochs * -(-len(rows) // self.batch_size)
+        planned = min(planned, self.max_steps) if self.max_steps is not None else planned
         for _ in range(self.epochs):
             order = gen.permutation(len(rows))
             total, seen = 0.0, 0
@@ -247,6 +251,7 @@ class CausalSummarizer:
                 opt.step()
                 steps += 1
                 total += float(loss.detach()) * len(batch)
+                report_step(callback, self.name, steps, planned, float(loss.detach()))
                 seen += len(batch)
             if seen:
                 self.losses_.append(total / seen)

@@ -17,7 +17,8 @@ import numpy as np
 
 from ea_core.data.summaries import SummarySplit
 from ea_core.errors import ModelError
-from ea_core.models.summarizers import SUMMARIZER_JSON, Summaries
+from ea_core.events import ProgressCallback
+from ea_core.models.summarizers import SUMMARIZER_JSON, Summaries, report_step
 
 
 class Seq2SeqSummarizer:
@@ -67,8 +68,10 @@ class Seq2SeqSummarizer:
     def _inputs(split: SummarySplit) -> list[str]:
         return [f"summarize {i}: {s}" if i else f"summarize: {s}" for s, i in zip(split.sources, split.instructions)]
 
-    def fit(self, train: SummarySplit, val: Optional[SummarySplit] = None, *, warm_start: bool = False) -> "Seq2SeqSummarizer":
-        """Fine-tune (`warm_start`: continue from the current weights, e.g. on mined examples)."""
+    def fit(self, train: SummarySplit, val: Optional[SummarySplit] = None, *, warm_start: bool = False,
+            callback: Optional[ProgressCallback] = None) -> "Seq2SeqSummarizer":
+        """Fine-tune (`warm_start`: continue from the current weights, e.g. on mined examples);
+        `callback` gets each step's loss."""
         import torch
 
         if len(train) == 0:
@@ -80,6 +83,8 @@ class Seq2SeqSummarizer:
         gen = np.random.default_rng(self.seed)
         src, tgt = self._inputs(train), list(train.references)
         model.train()
+        per_epoch = -(-len(src) // self.batch_size)
+        step = 0
         for _ in range(self.epochs):
             order = gen.permutation(len(src))
             total = 0.0
@@ -95,6 +100,8 @@ class Seq2SeqSummarizer:
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
+                step += 1
+                report_step(callback, self.name, step, per_epoch * self.epochs, float(loss.detach()))
             self.losses_.append(total / len(src))
         model.eval()
         return self

@@ -22,6 +22,7 @@ import numpy as np
 
 from ea_core.data.summaries import SummarySplit
 from ea_core.errors import ModelError
+from ea_core.events import EventKind, ProgressCallback, ProgressEvent, tagged
 from ea_core.models.memory import EmbeddingMemory
 from ea_core.rouge import rouge_l
 from ea_core.splits import Split
@@ -56,6 +57,14 @@ def oracle_sentences(sentences: Sequence[str], reference: str, max_sentences: in
     return sorted(chosen)
 
 
+def report_step(callback: Optional[ProgressCallback], name: str, step: int, total: int, loss: float) -> None:
+    """A generator's training step as a TRAIN event (its loss): what the Summaries tab draws as a
+    curve, and where a cancelled run stops (the run's callback checks Cancel on every event)."""
+    if callback is not None:
+        callback(ProgressEvent(f"train:{name}", step, max(total, step), kind=EventKind.TRAIN, model=name,
+                               loss=float(loss)))
+
+
 class LeadSummarizer:
     """The first sentence(s) of the source: the classic baseline, free and instant."""
 
@@ -64,7 +73,8 @@ class LeadSummarizer:
     def __init__(self, n_sentences: int = 1) -> None:
         self.n_sentences = int(n_sentences)
 
-    def fit(self, train: SummarySplit, val: Optional[SummarySplit] = None, *, warm_start: bool = False) -> "LeadSummarizer":
+    def fit(self, train: SummarySplit, val: Optional[SummarySplit] = None, *, warm_start: bool = False,
+            callback: Optional[ProgressCallback] = None) -> "LeadSummarizer":
         return self
 
     def save(self, folder: Path) -> None:
@@ -112,8 +122,9 @@ class ExtractiveSummarizer:
         return Split(texts, np.asarray(labels, dtype=np.int64))
 
     def fit(self, train: SummarySplit, val: Optional[SummarySplit] = None, *,
-            warm_start: bool = False) -> "ExtractiveSummarizer":
-        """Train the sentence scorer (`warm_start`: go on from the current head, e.g. on mined examples)."""
+            warm_start: bool = False, callback: Optional[ProgressCallback] = None) -> "ExtractiveSummarizer":
+        """Train the sentence scorer (`warm_start`: go on from the current head, e.g. on mined examples);
+        `callback` gets the head's epochs (loss, validation accuracy of the sentence labels)."""
         from ea_core.models import make_model
 
         if len(train) == 0:
@@ -128,7 +139,7 @@ class ExtractiveSummarizer:
             self.head_ = make_model(f"head:{self.encoder}", SENTENCE_LABELS, memory=self.memory, seed=self.seed,
                                     epochs=self.epochs, **self.head_settings)
             warm_start = False
-        self.head_.fit(tr, va, SENTENCE_LABELS, warm_start=warm_start)
+        self.head_.fit(tr, va, SENTENCE_LABELS, warm_start=warm_start, callback=tagged(callback, model=self.name))
         return self
 
     def save(self, folder: Path) -> None:
