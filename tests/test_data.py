@@ -560,3 +560,10 @@ def test_invalid_options_are_config_errors(tmp_path):
         load_dataset(path, max_train=0)
     with pytest.raises(ConfigError, match="Unknown encoding"):
         load_dataset(path, encoding="klingon")
+
+
+def test_a_summarization_file_loaded_for_classification_says_where_it_belongs(tmp_path: Path) -> None:
+    path = tmp_path / "articles.csv"
+    path.write_text("document,summary\n" + "".join(f'"Article {i} text. More.","short {i}"\n' for i in range(30)))
+    with pytest.raises(DataError, match="looks like reference summaries.*8 · Summaries"):
+        load_dataset(str(path))

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ea_core.data.formats import SUPPORTED_FORMATS, encoding_message
+from ea_core.data.summaries import SUMMARY_NAMES
 from ea_core.errors import DataError
 
 __all__ = [
@@ -140,7 +141,10 @@ def resolve_columns(
                 f"Several columns could be the label: {', '.join(found)}. Pass --label-col (label_col=...). {listing}"
             )
         if not found:
-            raise DataError(f"Could not find the label column. Pass --label-col (label_col=...). {listing}")
+            summary = next((c for c in (find_column(names, n) for n in SUMMARY_NAMES) if c), None)
+            hint = (f" Its column {summary!r} looks like reference summaries: for summarization, use the app's "
+                    "tab 8 · Summaries or `python -m ea_core summarize --data FILE`." if summary else "")
+            raise DataError(f"Could not find the label column. Pass --label-col (label_col=...). {listing}{hint}")
         label = found[0]
 
     pair = explicit_column(part, pair_col, "--text-pair-col") if pair_col else None
