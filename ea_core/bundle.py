@@ -44,7 +44,7 @@ from ea_core.llm.prompt import example_from_json
 from ea_core.llm.spec import LOCAL_IMAGE, LMSpec
 from ea_core.llm.urls import strip_userinfo
 from ea_core.models import EmbeddingMemory, load_model
-from ea_core.models.base import is_hub_id, read_json_file
+from ea_core.models.base import is_hub_id, read_bundle_json
 from ea_core.runconfig import prompt_template
 from ea_core.runfolder import read_json, write_json
 from ea_core.runstate import LEARNED_STAGE
@@ -328,10 +328,7 @@ def read_bundle_meta(folder: str | Path) -> dict[str, Any]:
     """bundle.json of a bundle folder, checked (see `check_bundle_meta`), or a clear error."""
     root = _root(folder)
     path = root / BUNDLE_JSON
-    try:
-        meta = read_json_file(path)
-    except ModelError as err:
-        raise ConfigError(str(err)) from None
+    meta = read_bundle_json(path)  # the strict reader every bundle file goes through (no NaN, named errors)
     meta = check_bundle_meta(meta, path)
     lm = meta.get("lm")
     if lm and lm.get("base_url"):  # shown to people: never with a secret in it

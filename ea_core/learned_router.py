@@ -25,7 +25,7 @@ import numpy as np
 from ea_core.errors import ConfigError, ModelError
 from ea_core.llm.base import FAILED
 from ea_core.models import load_model
-from ea_core.models.base import read_json_file
+from ea_core.models.base import read_bundle_json
 from ea_core.runfolder import write_json
 from ea_core.splits import Split
 
@@ -352,10 +352,7 @@ def load_learned_stage(folder: str | Path, labels: Sequence[str], *, root: Optio
     ``ssm/NN`` names inside it, nothing pickled runs); a ConfigError names what is wrong."""
     folder = Path(folder)
     path = folder / ROUTER_JSON
-    try:
-        meta = read_json_file(path)
-    except ModelError as err:
-        raise ConfigError(str(err)) from None
+    meta = read_bundle_json(path)  # the strict reader every bundle file goes through (no NaN, named errors)
     if not isinstance(meta, dict) or meta.get("format") != ROUTER_FORMAT:
         raise ConfigError(f"{path}: not a learned router ({ROUTER_FORMAT}). Export the bundle again.")
     n = meta.get("models")

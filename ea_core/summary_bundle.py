@@ -19,10 +19,10 @@ import numpy as np
 
 from ea_core.calibration import apply_quality_map
 from ea_core.data.summaries import SummarySplit, split_sentences
-from ea_core.errors import ConfigError, DataError, ModelError
+from ea_core.errors import ConfigError, DataError
 from ea_core.events import CancelToken, ProgressEvent
 from ea_core.llm.summarize import summary_lm_from_settings
-from ea_core.models.base import read_json_file
+from ea_core.models.base import read_bundle_json
 from ea_core.models.summary_io import load_summarizer
 from ea_core.summarization import SummarizationResult, write_summarization
 
@@ -111,10 +111,7 @@ class SummaryPredictions:
 def read_summary_bundle_meta(folder: Path) -> dict[str, Any]:
     """A summarization bundle's bundle.json, checked (untrusted): a ConfigError names what is wrong."""
     path = folder / BUNDLE_JSON
-    try:
-        meta = read_json_file(path)  # the strict reader every bundle file goes through (no NaN, named errors)
-    except ModelError as err:
-        raise ConfigError(str(err)) from None
+    meta = read_bundle_json(path)  # the strict reader every bundle file goes through (no NaN, named errors)
     if not isinstance(meta, dict) or meta.get("format") != SUMMARY_BUNDLE_FORMAT:
         raise ConfigError(f"{path}: not a summarization bundle (format {SUMMARY_BUNDLE_FORMAT}).")
     stages = meta.get("stages")

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Optional
 
 import numpy as np
 
-from ea_core.errors import ModelError
+from ea_core.errors import ConfigError, ModelError
 from ea_core.events import CancelToken, ProgressCallback
 from ea_core.models.catalog import catalog_entry
 from ea_core.models.common import EpochScore
@@ -218,6 +218,15 @@ def read_json_file(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=no_constants)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise damaged(path, f"not readable JSON: {_first_line(err)}") from None
+
+
+def read_bundle_json(path: Path) -> Any:
+    """`read_json_file` for a bundle's own description (bundle.json, router.json): a damaged one is
+    a `ConfigError` (the bundle is wrong, not a model in it), naming the file."""
+    try:
+        return read_json_file(path)
+    except ModelError as err:
+        raise ConfigError(str(err)) from None
 
 
 def read_tensors(path: Path, framework: str = "numpy") -> dict[str, Any]:
