@@ -5,7 +5,8 @@ TF-IDF + frozen MiniLM head, the packaged local LM), waits for the run (about 4 
 cores), then saves a 1280x800 view of every tab into assets/ (app-data.png ... app-results.png),
 and of three places below the fold: a file of inputs predicted in Try it (app-batch.png), what EA
 found (app-mined.png) and the past runs (app-runs.png); then a small summarization run
-(app-summaries.png). Needs Debian's chromium
+(app-summaries.png: the table and plot; app-summaries-run.png: status, log and training curves;
+app-summaries-sliders.png: the thresholds). Needs Debian's chromium
 (./install.sh --test). With ``--runs-dir DIR`` the runs (and the LM answer cache beside them) are
 kept there, so a second attempt pays for no LM answer again.
 
@@ -111,6 +112,10 @@ def main() -> None:
             expect(page.locator("#sum-results")).to_contain_text("specific_layer", timeout=3_600_000)
             page.locator("#sum-results").evaluate("e => e.scrollIntoView({block: 'start'})")
             shot("summaries")
+            page.locator("#sum-status").evaluate("e => e.scrollIntoView({block: 'start'})")
+            shot("summaries-run")  # the worker's status, its log and the small summarizers' training curves
+            page.locator("#sum-point").evaluate("e => e.scrollIntoView({block: 'end'})")
+            shot("summaries-sliders")  # a threshold per routed stage, validation and test at that point
             browser.close()
         demo.close()
     print("saved " + ", ".join(str(HERE / name) for name in saved))
