@@ -264,6 +264,8 @@ def build_app(runs_dir: str | Path = "runs", *, queue: Optional[QueueSettings] =
                               pick(sum_tab, *summaries.TICK_OUT), show_progress="hidden")
         sum_tab["cancel"].click(bind(summaries.cancel, sum_tab), [owner, sum_tab["current"]],
                                 pick(sum_tab, *summaries.CANCEL_OUT))
+        sum_tab["resume"].click(bind(summaries.resume, sum_tab), [owner, sum_tab["current"], sum_tab["lm_key"]],
+                                pick(sum_tab, *summaries.RESUME_OUT))
         sum_tab["runs"].input(summaries.pick_run, sum_tab["runs"], sum_tab["current"]).then(**sum_attach)
         sum_sliders = [sum_tab["state"], *pick(sum_tab, *summaries.SLIDER_KEYS)]
         gr.on([sum_tab[k].input for k in summaries.SLIDER_KEYS], bind(summaries.move, sum_tab), sum_sliders,

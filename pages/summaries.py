@@ -32,6 +32,7 @@ from ea_core.data.summaries import summary_columns
 from ea_core.errors import Cancelled, EAError
 from ea_core.events import CancelToken
 from ea_core.llm.summarize import DEFAULT_SUMMARY_PROMPT, LocalSummaryLM, OpenAISummaryLM, render_prompt
+from ea_core.llm.spec import LMSpec
 from ea_core.runs import RunStatus
 from ea_core.summary_bundle import load_summary_cascade, trace_summary
 from ea_core.summary_config import DEMO_ACLSUM, SummaryRunConfig
@@ -44,6 +45,7 @@ from pages import plots, train
 from pages.ui import NONE, Components, as_plot, col, error_message, friendly, note
 
 TICK_S = 1.0
+RESUMABLE = ("cancelled", "failed", "interrupted")
 LOG_LINES = 40
 MAX_SLIDERS = 4  # thresholds shown for the routed system's stages (all but the last)
 SSM_CHOICES = [("extractive: sentence scorer over frozen MiniLM (seconds on CPU)", "extractive"),
@@ -98,6 +100,8 @@ def build() -> Components:
     with gr.Row(equal_height=True):
         c["run"] = gr.Button("Run EA on summaries", variant="primary", elem_id="sum-run", scale=2)
         c["cancel"] = gr.Button("Cancel", interactive=False, elem_id="sum-cancel", scale=1)
+        c["resume"] = gr.Button("Resume (the LM answers it paid for are reused)", visible=False,
+                                elem_id="sum-resume", scale=2)
         c["runs"] = gr.Dropdown([], value=None, label="Your summarization runs (pick one to open it)", scale=4,
                                 elem_id="sum-runs")
     c["status"] = gr.HTML(elem_id="sum-status")
@@ -359,7 +363,8 @@ def start(studio: Studio, tab: Components, owner: Optional[str], *args: Any) -> 
     run_id = studio.manager.launch(cfg, owner, (values.get("lm_key") or "").strip() or None,
                                    title=_title(cfg, values), data_file=values["file"] if from_file else None)
     return _keyed(tab, {"current": run_id, "timer": gr.Timer(active=True), "status": note("Starting the run…", "info"),
-                        "cancel": gr.update(interactive=True), "log": "", "results": pd.DataFrame(),
+                        "cancel": gr.update(interactive=True), "resume": gr.update(visible=False), "log": "",
+                        "results": pd.DataFrame(),
                         "plot": as_plot(plots.rouge_tradeoff([])), "mining": "", "downloads": None, "state": None,
                         "runs": gr.update(choices=run_choices(studio, owner), value=run_id), **_sliders(None)})
 
@@ -370,7 +375,7 @@ def _status_html(status: RunStatus) -> str:
         return note(f"Run finished{took}: the table, the plot and Try it below use it. ({html.escape(status.title)})",
                     "ok")
     if status.state == "cancelled":
-        return note("Run cancelled. The LM's answers it paid for are cached: Run again asks only the rest.", "warn")
+        return note("Run cancelled. The LM's answers it paid for are cached: Resume asks only the rest.", "warn")
     if status.state == "failed":
         return note(f"Run failed: {html.escape(status.message)}", "error")
     return train.status_html(status)
@@ -496,7 +501,8 @@ def _refresh(studio: Studio, owner: Optional[str], run_id: Optional[str], reques
     feed = watched["feed"]
     new = feed.poll()
     out: dict[str, Any] = {"timer": gr.Timer(active=status.active), "status": _status_html(status),
-                           "cancel": gr.update(interactive=status.active)}
+                           "cancel": gr.update(interactive=status.active),
+                           "resume": gr.update(visible=status.state in RESUMABLE)}
     if new or force:
         out["log"] = "\n".join(feed.lines[-LOG_LINES:])
     if feed.n_points != watched["points"]:  # the training curves, redrawn only when they grew
@@ -544,6 +550,22 @@ def cancel(studio: Studio, tab: Components, owner: Optional[str], run_id: Option
     status = studio.manager.cancel(run_id, owner)
     shown = note("Cancelling: the run stops at its next step…", "warn") if status.active else _status_html(status)
     return {tab["status"]: shown, tab["timer"]: gr.Timer(active=True)}
+
+
+@friendly(into="status")
+def resume(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str],
+           lm_key: Optional[str]) -> dict[Any, Any]:
+    """Resume a cancelled, failed or interrupted run in its own folder: the worker runs it again,
+    and every LM answer the run already paid for comes from the owner's answer cache."""
+    run = OpenedSummaryRun.of_owner(studio.manager, run_id, owner)
+    if run is None or run.status().state not in RESUMABLE:
+        raise EAError("No stopped summarization run to resume.")
+    config = run.config()
+    if config is not None and LMSpec.from_config(config, environ={}).needs_key and not (lm_key or "").strip():
+        raise EAError("This run calls an API model: paste its key above, then Resume.")
+    studio.manager.start(run.run_id, owner or "", (lm_key or "").strip() or None)
+    return {tab["timer"]: gr.Timer(active=True), tab["status"]: note("Resuming…", "info"),
+            tab["cancel"]: gr.update(interactive=True), tab["resume"]: gr.update(visible=False)}
 
 
 def try_text(studio: Studio, tab: Components, state: Optional[dict[str, Any]], text: str, instruction: str,
@@ -745,10 +767,11 @@ PREVIEW_OUT = ("preview", "prompt_preview", "data_note", "source_col", "summary_
 UPLOAD_KEYS = ("file", "max_val", "max_test", "template")
 UPLOAD_OUT = ("source",) + PREVIEW_OUT
 TICK_OUT = ("timer", "status", "cancel", "log", "results", "plot", "mining", "downloads", "state", "thr_note",
-            "use_point", "point", "runs", "curves") + tuple(f"thr{k}" for k in range(MAX_SLIDERS))
+            "use_point", "point", "runs", "curves", "resume") + tuple(f"thr{k}" for k in range(MAX_SLIDERS))
 RUN_OUT = ("current",) + TICK_OUT  # what Run sets (after the browser's owner token: start's inputs)
 ATTACH_OUT = TICK_OUT
 CANCEL_OUT = ("status", "timer")
+RESUME_OUT = ("timer", "status", "cancel", "resume")
 TRY_KEYS = ("state", "try_text", "try_instruction", "lm_key")
 SLIDER_KEYS = tuple(f"thr{k}" for k in range(MAX_SLIDERS))
 SLIDERS_OUT = ("thr_note", "use_point", "point") + SLIDER_KEYS
@@ -759,7 +782,8 @@ BATCH_OUT = ("batch_status", "batch_preview", "batch_download")
 SERVE_KEYS = ("state", "serve_lm", "lm_key", "serve_port")  # after the browser's owner token
 
 __all__ = ["ATTACH_OUT", "BATCH_KEYS", "BATCH_OUT", "BATCH_UPLOAD_OUT", "CANCEL_OUT", "PREVIEW_KEYS", "PREVIEW_OUT",
-           "RUN_KEYS", "RUN_OUT", "SERVE_KEYS", "TEST_LM_OUT", "TICK_OUT", "TRY_KEYS", "UPLOAD_KEYS", "UPLOAD_OUT",
-           "SLIDER_KEYS", "SLIDERS_OUT", "attach", "batch_predict", "batch_stop", "batch_uploaded", "build",
-           "cancel", "config_from_form", "move", "pick_run", "preview", "results_frame", "run_choices",
-           "serve_start", "serve_stop", "start", "test_lm", "tick", "try_text", "uploaded", "use_point"]
+           "RESUME_OUT", "RUN_KEYS", "RUN_OUT", "SERVE_KEYS", "SLIDERS_OUT", "SLIDER_KEYS", "TEST_LM_OUT",
+           "TICK_OUT", "TRY_KEYS", "UPLOAD_KEYS", "UPLOAD_OUT", "attach", "batch_predict", "batch_stop",
+           "batch_uploaded", "build", "cancel", "config_from_form", "move", "pick_run", "preview", "results_frame",
+           "resume", "run_choices", "serve_start", "serve_stop", "start", "test_lm", "tick", "try_text", "uploaded",
+           "use_point"]

@@ -143,15 +143,28 @@ def test_cancel_stops_a_summarization_run_and_bad_data_never_starts_one(tmp_path
         started = summaries.start(studio, TAB, "alice", *[{**values, "lm_url": srv.url}[k] for k in summaries.RUN_KEYS])
         run_id = started["current"]
         deadline = time.time() + 120
-        while studio.manager.status(run_id).state != "running" and time.time() < deadline:
+        while len(srv.requests) < 3 and time.time() < deadline:  # cancelled while the LM answers
             time.sleep(0.3)
         shown = summaries.cancel(studio, TAB, "alice", run_id)["status"]
         assert "Cancelling" in shown or "cancelled" in shown
         deadline = time.time() + 60
         while studio.manager.status(run_id).active and time.time() < deadline:
             time.sleep(0.3)
-    assert studio.manager.status(run_id).state == "cancelled"
-    assert "Run cancelled" in summaries.tick(studio, TAB, "alice", run_id, page)["status"]
+        assert studio.manager.status(run_id).state == "cancelled"
+        stopped = summaries.tick(studio, TAB, "alice", run_id, page)
+        assert "Run cancelled" in stopped["status"] and stopped["resume"]["visible"]
+        assert "No stopped" in summaries.resume(studio, TAB, "bob", run_id, "")["status"]  # not bob's run
+        asked = len(srv.requests)
+        resumed = summaries.resume(studio, TAB, "alice", run_id, "")
+        assert "Resuming" in resumed["status"] and not resumed["resume"]["visible"]
+        deadline = time.time() + 240
+        while studio.manager.status(run_id).active and time.time() < deadline:
+            time.sleep(0.5)
+        assert studio.manager.status(run_id).state == "done"
+        # The answers paid before Cancel came from the cache: only those in flight then were asked again.
+        prompts = [r.text for r in srv.requests]
+        assert asked >= 3 and len(prompts) - len(set(prompts)) <= 8  # at most one batch in flight
+        assert len(srv.requests) - asked < len(set(prompts))
     bad = tmp_path / "notes.csv"
     pd.DataFrame({"a": ["x"], "b": ["y"]}).to_csv(bad, index=False)
     refused = summaries.start(studio, TAB, "alice", *[{**values, "source": "file", "file": str(bad)}[k]
@@ -196,6 +209,7 @@ def test_the_app_wires_the_summaries_tab(tmp_path: Path) -> None:
                            (summaries.tick, ("owner", "current"), summaries.TICK_OUT),
                            (summaries.attach, ("owner", "current"), summaries.ATTACH_OUT),
                            (summaries.cancel, ("owner", "current"), summaries.CANCEL_OUT),
+                           (summaries.resume, ("owner", "current", "lm_key"), summaries.RESUME_OUT),
                            (summaries.try_text, summaries.TRY_KEYS, ("trace",)),
                            (summaries.move, ("state",) + summaries.SLIDER_KEYS, ("point", "plot")),
                            (summaries.use_point, ("state",) + summaries.SLIDER_KEYS, ("state", "downloads", "point")),
