@@ -493,7 +493,9 @@ def _refresh(studio: Studio, owner: Optional[str], run_id: Optional[str], reques
              force: bool = False) -> dict[str, Any]:
     run = OpenedSummaryRun.of_owner(studio.manager, run_id, owner)
     if run is None:
-        return {"timer": gr.Timer(active=False)}
+        # Nothing to show; the timer is left as it is: it is only ever switched on with a run of this
+        # owner's, and a tick can arrive before the browser has stored the id Run just returned.
+        return {}
     status = run.status()
     watched = studio.session(request).cached(("summary-feed", run.run_id), lambda: {"shown": False})
     if force or "feed" not in watched:
