@@ -97,7 +97,7 @@ def refit_variants(state, method: str, n_labels: int, evidences) -> dict:
     import copy
 
     from ea_core.learned_router import (EVIDENCE_FOLDS, fit_learned_router, known_lm_answers, load_router_labels,
-                                        oof_router_scores, region_pairs)
+                                        oof_router_scores, paired_vs_cascade, region_pairs)
     from ea_core.report import build_rows, tune_systems
     from ea_core.runstate import mining_probs
 
@@ -117,7 +117,9 @@ def refit_variants(state, method: str, n_labels: int, evidences) -> dict:
             if oof is None:
                 oof = oof_router_scores(train_probs, st.task.train, known, seed=st.config.seed, method=method,
                                         folds=EVIDENCE_FOLDS)
-            tuning["ea_learned"] = tune_systems(with_pairs(st, region_pairs(oof, sample, y, share)))["ea_learned"]
+            tuning["ea_learned"] = dict(tune_systems(with_pairs(st, region_pairs(oof, sample, y, share)))["ea_learned"])
+            tuning["ea_learned"]["train_vs_cascade"] = paired_vs_cascade(
+                oof, 1.0 - train_probs[0].max(axis=1), sample, y, share).tolist()
         if sample is not None and "c" in evidence:
             pairs = region_pairs(1.0 - train_probs[0].max(axis=1), sample, y, share)
             tuned = tune_systems(with_pairs(st, pairs, keep_probe=True))
@@ -147,8 +149,9 @@ def with_pairs(state, pairs: dict, keep_probe: bool = False):
 
 def compare(state) -> dict[str, float]:
     """Test accuracy (points) of the cascade and the learned router: reported points and budget points."""
+    from ea_core.bundle import default_system
     from ea_core.operating_point import budget_quantile_thresholds
-    from ea_core.report import SYSTEM_LAYERS
+    from ea_core.report import SYSTEM_LAYERS, row_hits
     from ea_core.router import evaluate
 
     y_test, cfg = state.task.test.labels, state.config
@@ -163,9 +166,20 @@ def compare(state) -> dict[str, float]:
             thr = budget_quantile_thresholds(state.stage_outputs("val", layers), max_lm_rate=cfg.max_lm_rate)
             m = evaluate(state.stage_outputs("test", layers), thr, y_test)
             out[f"{system}_budget"], out[f"{system}_budget_lm"] = 100 * m.accuracy, 100 * m.lm_call_rate
-    # What a user following the results gets: the learned row where it is not below the cascade on
-    # validation (`beats_cascade_on_val`), else the cascade's.
-    out["kept"] = out["ea_learned"] if rows.get("ea_learned", {}).get("beats_cascade_on_val") else out["ea"]
+    # What a `--router learned` run exports (`bundle.default_system`): the learned row where validation
+    # pooled with the router-label training inputs does not put it below the cascade
+    # (`report.learned_vs_cascade`), else the cascade's; "kept on val" the same on validation alone.
+    learned_row = rows.get("ea_learned", {})
+    out["kept"] = out["ea_learned"] if learned_row.get("beats_cascade") else out["ea"]
+    out["kept_val"] = out["ea_learned"] if learned_row.get("beats_cascade_on_val") else out["ea"]
+    # Against the best single system (each small model alone, the LM alone), chosen on validation:
+    # per-example hits on test, pooled over seeds for a paired interval (`report`).
+    singles = [s for s in [r.name for r in state.ssms] + ["lm"] if s in rows]
+    best = max(singles, key=lambda s: rows[s]["val_accuracy"])
+    out["best_single"] = 100 * rows[best]["test_accuracy"]
+    out["best_single_on_test"] = max(100 * rows[s]["test_accuracy"] for s in singles)
+    out["hits_vs_best_single"] = (row_hits(state, default_system(state.rows), "test", state.tuning).astype(int)
+                                  - row_hits(state, best, "test", state.tuning).astype(int))
     return out
 
 
@@ -223,9 +237,12 @@ def main() -> None:
                         r["ea_base"] = b["ea"]
                     report(f"{size[0]} {lm} {method} {variant}", res[variant])
     print(f"({args.seeds} seeds; test accuracy in %, diff = learned - cascade in points (val diff: the reported "
-          "rows on validation; kept: the learned row where validation does not put it below the cascade, else "
-          "the cascade, mean and worst; c0: the cascade's change from the runs' own cascade row, mean / worst; "
-          "extra LM calls: the variant's N router-label answers, some cached from mining); "
+          "rows on validation; kept: what the run exports, the learned row where validation pooled with the "
+          "router-label training inputs does not put it below the cascade, else the cascade, mean and worst; "
+          "c0: the cascade's change from the runs' own cascade row, mean / worst; "
+          "extra LM calls: the variant's N router-label answers, some cached from mining; exported - best single: "
+          "what the run exports minus the single system (a small model or the LM alone) best on validation, "
+          "mean over seeds [95% paired bootstrap interval over every seed's test inputs] and worst seed); "
           f"{time.perf_counter() - t0:.0f} s)")
 
 
@@ -328,22 +345,29 @@ def stack_report(name: str, res: list[dict[str, float]]) -> None:
 
 def report(name: str, res: list[dict[str, float]]) -> None:
     """One printed line: means over the seeds, and the worst seed's difference."""
+    from ea_core.operating_point import paired_bootstrap
 
     def col(key: str) -> np.ndarray:
         return np.array([r.get(key, np.nan) for r in res])
 
     d, db = col("ea_learned") - col("ea"), col("ea_learned_budget") - col("ea_budget")
     dv = col("ea_learned_val") - col("ea_val")  # the same rows on validation (where they were tuned)
-    dk = col("kept") - col("ea")
+    dk, dkv = col("kept") - col("ea"), col("kept_val") - col("ea")
     dc = col("ea") - col("ea_base")
+    pooled = np.concatenate([r["hits_vs_best_single"] for r in res])
+    lo, hi = 100 * np.quantile(paired_bootstrap(pooled, np.zeros_like(pooled), n_boot=2000), [0.025, 0.975])
+    over_best = col("kept") - col("best_single")
     print(f"{name:<40} {np.nanmean(col('ssm')):11.2f} {np.nanmean(col('ea')):8.2f} "
           f"{np.nanmean(col('ea_learned')):8.2f} {np.nanmean(d):+6.2f} {np.nanmin(d):+6.2f} "
           f"{np.nanmean(col('ea_lm')):4.1f}/{np.nanmean(col('ea_learned_lm')):4.1f} | {'':14}"
           f"{np.nanmean(col('ea_budget')):8.2f} {np.nanmean(col('ea_learned_budget')):8.2f} "
           f"{np.nanmean(db):+6.2f} {np.nanmin(db):+6.2f} "
           f"{np.nanmean(col('ea_budget_lm')):4.1f}/{np.nanmean(col('ea_learned_budget_lm')):4.1f} | "
-          f"val diff {np.nanmean(dv):+6.2f} | kept {np.nanmean(dk):+6.2f} {np.nanmin(dk):+6.2f} | "
-          f"c0 {np.nanmean(dc):+5.2f} {np.nanmin(dc):+5.2f}")
+          f"val diff {np.nanmean(dv):+6.2f} | kept {np.nanmean(dk):+6.2f} {np.nanmin(dk):+6.2f} "
+          f"(on val alone {np.nanmean(dkv):+6.2f} {np.nanmin(dkv):+6.2f}) | "
+          f"c0 {np.nanmean(dc):+5.2f} {np.nanmin(dc):+5.2f} | exported - best single {np.nanmean(over_best):+6.2f} "
+          f"[{lo:+.2f}, {hi:+.2f}] worst {np.nanmin(over_best):+6.2f} "
+          f"(best single {np.nanmean(col('best_single')):.2f}, on test {np.nanmean(col('best_single_on_test')):.2f})")
     sys.stdout.flush()
 
 

@@ -527,15 +527,24 @@ def _learned_entry(state, threshold: float) -> dict[str, Any]:
             "models": [r.folder / "model" for r in state.ssms], "temperature": 1.0}
 
 
+def default_system(rows: Sequence[dict[str, Any]]) -> str:
+    """The routed system a run exports unless told otherwise: the learned router (``ea_learned``,
+    `run --router learned`) where the evidence does not put it behind the cascade
+    (`report.learned_vs_cascade`), else ``ea``, else ``specific_layer`` (no LM)."""
+    by_name = {r["system"]: r for r in rows}
+    if by_name.get("ea_learned", {}).get("beats_cascade"):
+        return "ea_learned"
+    return "ea" if "ea" in by_name else "specific_layer"
+
+
 def export_run_bundle(state, rows: list[dict[str, Any]], out_dir: str | Path, system: Optional[str] = None,
                       thresholds: Optional[Sequence[float]] = None, layers: Optional[Sequence[str]] = None,
                       calibrated: bool = True) -> Path:
-    """Export a run's cascade as a bundle: `system` (default ``ea`` if trained, else
-    ``specific_layer``) at its thresholds tuned on validation, or any `layers` at given `thresholds`
-    (the app's sliders)."""
+    """Export a run's cascade as a bundle: `system` (default `default_system`) at its thresholds
+    tuned on validation, or any `layers` at given `thresholds` (the app's sliders)."""
     by_name = {r["system"]: r for r in rows}
     if thresholds is None:
-        system = system or ("ea" if "ea" in by_name else "specific_layer")
+        system = system or default_system(rows)
         if system not in state.tuning:
             raise ConfigError(f"No routed system {system!r} in this run; have: {', '.join(state.tuning) or 'none'}.")
         layers, thresholds = state.tuning[system]["layers"], state.tuning[system]["thresholds"]

@@ -138,6 +138,9 @@ class Explorer:
     test: StageStack
     front: list[OperatingPoint] = field(default_factory=list)
     references: list[Reference] = field(default_factory=list)
+    #: Other routing orders' validation fronts drawn beside this one's, by title: the learned
+    #: router's order shows the paper's cascade's front, so the two routers compare at every LM share.
+    other_fronts: dict[str, list[OperatingPoint]] = field(default_factory=dict)
     _tuned: Optional[list[float]] = field(default=None, repr=False)
 
     @classmethod
@@ -168,6 +171,10 @@ class Explorer:
         if len(state.task.val):
             ex.front = pareto_front(val, state.task.val.labels) if val.n_stages > 1 else []
             ex.references = ex._references()
+            if order == "ea_learned":
+                cascade = StageStack(state.stage_outputs("val", ORDERS["ea"][1], calibrated), state.task.val.labels,
+                                     state.task.n_labels)
+                ex.other_fronts = {"EA cascade": pareto_front(cascade, state.task.val.labels)}
         return ex
 
     # -- the sliders -------------------------------------------------------------------

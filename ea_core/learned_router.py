@@ -571,3 +571,24 @@ def region_pairs(unsure: np.ndarray, sample: dict[str, np.ndarray], y: np.ndarra
     idx = sample["index"][keep]
     return {"index": idx, "y": np.asarray(y)[idx], "ssm_label": sample["ssm_label"][keep],
             "lm_label": sample["lm_label"][keep]}
+
+
+def paired_vs_cascade(learned_unsure: np.ndarray, cascade_unsure: np.ndarray, sample: dict[str, np.ndarray],
+                      y: np.ndarray, share: float) -> np.ndarray:
+    """Per row of `sample` (the router-label sample: a uniform draw of the training split with the
+    best small model's out-of-fold label and the LM's), whether the learned router's routing is
+    right (1) minus whether the cascade's is (0 or 1), each sending the `share` of training rows it
+    is least sure of (`region_pairs`, out of fold) to the LM: -1, 0 or 1. Their mean estimates the
+    accuracy the learned router gains over the cascade at that share, on training inputs validation
+    never saw; `report.build_rows` pools them with validation's to decide which of the two a run
+    exports (`beats_cascade`)."""
+    idx = np.asarray(sample["index"])
+    y_s = np.asarray(y)[idx]
+    ssm_right = np.asarray(sample["ssm_label"]) == y_s
+    lm_right = np.asarray(sample["lm_label"]) == y_s
+
+    def right(unsure: np.ndarray) -> np.ndarray:
+        sent = np.isin(idx, region_pairs(unsure, sample, y, share)["index"])
+        return np.where(sent, lm_right, ssm_right).astype(np.int64)
+
+    return right(learned_unsure) - right(cascade_unsure)

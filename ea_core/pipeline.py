@@ -19,14 +19,14 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ea_core import mining
-from ea_core.bundle import export_run_bundle
+from ea_core.bundle import default_system, export_run_bundle
 from ea_core.calibration import Calibration, apply_temperature, expected_calibration_error
 from ea_core.data import load_dataset
 from ea_core.errors import ConfigError
 from ea_core.events import CancelToken, Callbacks, EventKind, ProgressEvent, callback_list, tagged
 from ea_core.learned_router import (EVIDENCE_FOLDS, ROUTER_LABELS_NPZ, ROUTER_LABELS_STAGE, LearnedRouter,
                                    fit_learned_router, known_lm_answers, load_router_labels, oof_router_scores,
-                                   region_pairs, router_label_sample)
+                                   paired_vs_cascade, region_pairs, router_label_sample)
 from ea_core.llm import IMAGE_KNN_SPEC, make_provider
 from ea_core.llm.base import FAILED, UNPARSEABLE, LMProvider
 from ea_core.llm.batch_api import BATCH_PRICE_FACTOR
@@ -596,8 +596,10 @@ class Pipeline:
         train_probs, y = mining_probs(st), self.task.train.labels
         known = known_lm_answers(st, router_labels=cfg.router_labels)
         oof = oof_router_scores(train_probs, self.task.train, known, seed=cfg.seed, folds=EVIDENCE_FOLDS)
+        cascade_unsure = 1.0 - train_probs[0].max(axis=1)
         learned_pairs = region_pairs(oof, sample, y, cfg.max_lm_rate)
-        cascade_pairs = region_pairs(1.0 - train_probs[0].max(axis=1), sample, y, cfg.max_lm_rate)
+        cascade_pairs = region_pairs(cascade_unsure, sample, y, cfg.max_lm_rate)
+        versus = paired_vs_cascade(oof, cascade_unsure, sample, y, cfg.max_lm_rate)
         if st.probe is not None:  # the probe: a uniform sample of the same region
             new = ~np.isin(cascade_pairs["index"], st.probe["index"])
             cascade_pairs = {k: np.concatenate([st.probe[k] if k != "y" else y[st.probe["index"]],
@@ -608,6 +610,8 @@ class Pipeline:
             with_pairs = copy.copy(st)
             with_pairs.probe = {k: pairs[k] for k in ("index", "ssm_label", "lm_label")}
             st.tuning.update({k: v for k, v in tune_systems(with_pairs).items() if pick(k)})
+        if "ea_learned" in st.tuning:  # which of the two the run exports: report.build_rows pools these with val
+            st.tuning["ea_learned"]["train_vs_cascade"] = versus.tolist()
         self.emit(ProgressEvent(stage="tune", step=0, total=0, message=(
             f"router labels as evidence beside validation: {len(learned_pairs['index'])} training inputs where the "
             f"learned router would call the LM, {len(cascade_pairs['index'])} where the cascade would")))
@@ -639,8 +643,9 @@ class Pipeline:
 
     def stage_export(self) -> None:
         """The best routed system as a bundle (bundle/), ready for `predict` and the app."""
-        export_run_bundle(self.state, self.state.rows, self.folder.path("bundle"))
-        self.emit(ProgressEvent(stage="export", step=1, total=1, message="bundle written"))
+        system = default_system(self.state.rows)
+        export_run_bundle(self.state, self.state.rows, self.folder.path("bundle"), system=system)
+        self.emit(ProgressEvent(stage="export", step=1, total=1, message=f"bundle written ({system})"))
 
     def summary(self) -> dict[str, Any]:
         st = self.state

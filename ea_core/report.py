@@ -253,11 +253,11 @@ def build_rows(state: RunState, tuning: Optional[dict[str, dict[str, Any]]] = No
         rows.append(row)
     ea = next(r for r in rows if r["system"] == "ea")
     learned = next((r for r in rows if r["system"] == "ea_learned"), None)
-    if learned is not None:  # which to use, as validation says (test decides nothing): bench_learned_router's "kept"
-        learned["beats_cascade_on_val"] = bool(learned["val_accuracy"] >= ea["val_accuracy"])
-        if not learned["beats_cascade_on_val"]:
+    if learned is not None:
+        learned.update(learned_vs_cascade(state, tuning))
+        if not learned["beats_cascade"]:
             learned["note"] = ((learned["note"] + "; ") if learned.get("note") else "") + \
-                "below the cascade (ea) on validation: use ea"
+                f"below the cascade (ea) on {learned['versus_cascade']['evidence']}: the run exports ea"
     oracle = {}
     for split, y in (("val", y_val), ("test", y_test)):
         stages = state.stage_outputs(split)
@@ -266,6 +266,27 @@ def build_rows(state: RunState, tuning: Optional[dict[str, dict[str, Any]]] = No
                  "lm_call_rate": 1.0, "train_time_s": ea["train_time_s"],
                  "note": "right if any EA stage is right: the ceiling of routing"})
     return add_accuracy_cis(state, rows, tuning)
+
+
+def learned_vs_cascade(state: RunState, tuning: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Which of the learned router (``ea_learned``) and the cascade (``ea``) a run exports, each at
+    its tuned thresholds: the learned one unless it is behind on validation's inputs pooled with the
+    router-label training inputs (`learned_router.paired_vs_cascade`, out of fold; none without
+    `--router-labels`). Test decides nothing. One validation split of a few hundred inputs let a
+    learned router that loses a point on test through (bench_learned_router.py: drug reviews, an LM
+    better on two classes); the pooled evidence keeps such a run on the cascade."""
+    val = row_hits(state, "ea_learned", "val", tuning).astype(np.int64) - \
+        row_hits(state, "ea", "val", tuning).astype(np.int64)
+    train = np.asarray(tuning["ea_learned"].get("train_vs_cascade", []), dtype=np.int64)
+    pooled = np.concatenate([val, train])
+    diff = float(pooled.mean()) if len(pooled) else 0.0
+    evidence = f"validation ({len(val)} inputs)"
+    if len(train):
+        evidence += f" and {len(train)} router-label training inputs"
+    return {"beats_cascade_on_val": bool(val.mean() >= 0) if len(val) else True,
+            "beats_cascade": diff >= 0.0,
+            "versus_cascade": {"accuracy_diff": diff, "val_inputs": int(len(val)), "train_inputs": int(len(train)),
+                               "evidence": evidence}}
 
 
 def row_pred(state: RunState, system: str, split: str, tuning: dict[str, dict[str, Any]]) -> Optional[np.ndarray]:

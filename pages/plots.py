@@ -22,6 +22,7 @@ COLORS = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EE
 LM_COLOR = "#E45756"
 REF_COLORS = {"LM alone": LM_COLOR, "best SSM": "#B279A2", "Specific Layer": "#54A24B",
               "LM budget on the least sure": "#E45756"}
+OTHER_FRONT_COLORS = ["#F58518", "#72B7B2"]  # other routers' fronts (the cascade's beside the learned one's)
 FONT = {"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 12}
 
 
@@ -149,12 +150,13 @@ def _point_labels(points: Sequence[tuple[str, float, float, str]], occupied: Seq
 
 
 def tradeoff(front: Sequence[Any], references: Sequence[Any], current: tuple[RoutingMetrics, RoutingMetrics],
-             title: str = "Accuracy vs LM calls") -> Figure:
+             title: str = "Accuracy vs LM calls", others: Optional[dict[str, Sequence[Any]]] = None) -> Figure:
     """Accuracy (%) against the share of inputs sent to the LM (%): the validation Pareto front (a
     line with a marker per operating point), the current thresholds on validation and on test, and
     reference systems, each named on the plot beside its marker (dashed lines for the LM alone and
     the best small model, named with their accuracy in the legend, as RouteLLM draws them). References are drawn over the current
-    point and their labels placed apart, so a reference where the current point is stays visible."""
+    point and their labels placed apart, so a reference where the current point is stays visible.
+    `others`: other routers' validation fronts by name, dotted (the learned router beside the cascade)."""
     val, test = current
     data: list[dict[str, Any]] = [
         {"type": "scatter", "x": [100 * val.lm_call_rate], "y": [100 * val.accuracy], "mode": "markers",
@@ -171,6 +173,14 @@ def tradeoff(front: Sequence[Any], references: Sequence[Any], current: tuple[Rou
                      "name": "best thresholds (validation front)", "line": {"color": "#555", "shape": "hv", "width": 2},
                      "marker": {"size": 7, "color": "#555", "symbol": "circle"},
                      "hovertemplate": "front: LM calls %{x:.1f}%<br>val acc %{y:.2f}%<extra></extra>"})
+    for k, (name, other) in enumerate((others or {}).items()):
+        color = OTHER_FRONT_COLORS[k % len(OTHER_FRONT_COLORS)]
+        data.append({"type": "scatter", "x": [100 * p.lm_call_rate for p in other],
+                     "y": [100 * p.accuracy for p in other], "mode": "lines+markers",
+                     "name": f"{name} (validation front)", "line": {"color": color, "shape": "hv", "width": 1.5,
+                                                                   "dash": "dot"},
+                     "marker": {"size": 5, "color": color, "symbol": "square"},
+                     "hovertemplate": f"{name} front: LM calls %{{x:.1f}}%<br>val acc %{{y:.2f}}%<extra></extra>"})
     ys = [100 * val.accuracy, 100 * test.accuracy] + [100 * r.val_accuracy for r in references] + [
         100 * p.accuracy for p in front]
     y_span = (max(ys) - min(ys)) if ys else 1.0
@@ -195,11 +205,12 @@ def tradeoff(front: Sequence[Any], references: Sequence[Any], current: tuple[Rou
 
 
 def routing(front: Sequence[Any], references: Sequence[Any], names: Sequence[str],
-            current: tuple[RoutingMetrics, RoutingMetrics]) -> Figure:
+            current: tuple[RoutingMetrics, RoutingMetrics],
+            others: Optional[dict[str, Sequence[Any]]] = None) -> Figure:
     """What a threshold move redraws, as ONE figure (one Plotly redraw per move, not two): the
     accuracy / LM-calls trade-off on top, each stage's share of inputs below. Bar labels are left
     to the hover and the metrics table: text inside bars doubled the redraw time."""
-    top = tradeoff(front, references, current, "Accuracy vs LM calls (top) · who answers (bottom)")
+    top = tradeoff(front, references, current, "Accuracy vs LM calls (top) · who answers (bottom)", others)
     bars = stage_shares(names, current)["data"]
     for bar in bars:
         bar.update(xaxis="x2", yaxis="y2", legendgroup="stages", legendgrouptitle={"text": "stages"})

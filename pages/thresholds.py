@@ -174,7 +174,7 @@ def metrics_html(rows: list[list[str]]) -> str:
 def figures(ex: Explorer, thresholds: Sequence[float]) -> tuple[str, str]:
     """(routing figure as `plot_host`'s JSON, metrics table) at `thresholds`: what a slider move redraws."""
     val, test = ex.evaluate(thresholds)
-    return (figure_json(plots.routing(ex.front, ex.references, ex.names, (val, test))),
+    return (figure_json(plots.routing(ex.front, ex.references, ex.names, (val, test), ex.other_fronts)),
             metrics_html(metrics_rows(ex, val, test)))
 
 

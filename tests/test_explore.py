@@ -118,6 +118,17 @@ def test_ea_full_and_the_learned_router_are_orders_when_the_run_has_them(state, 
         assert (ex.names, ex.kinds) == (names, kinds) and ORDERS[order][1] == tuple(full.tuning[order]["layers"])
         val, test = ex.evaluate(ex.thresholds(ex.sliders(ex.tuned_thresholds())))
         assert (val.accuracy, test.accuracy) == (rows[order]["val_accuracy"], rows[order]["test_accuracy"])
+    # the learned router's order draws the cascade's validation front beside its own, and only it does
+    from pages import plots
+
+    learned, cascade = Explorer.build(full, "ea_learned"), Explorer.build(full, "ea")
+    assert list(learned.other_fronts) == ["EA cascade"] and cascade.other_fronts == {}
+    assert [(p.lm_call_rate, p.accuracy) for p in learned.other_fronts["EA cascade"]] == \
+        [(p.lm_call_rate, p.accuracy) for p in cascade.front]
+    fig = plots.routing(learned.front, learned.references, learned.names,
+                        learned.evaluate(learned.tuned_thresholds()), learned.other_fronts)
+    drawn = next(t for t in fig["data"] if t.get("name") == "EA cascade (validation front)")
+    assert drawn["y"] == [100 * p.accuracy for p in cascade.front] and drawn["line"]["dash"] == "dot"
 
 
 def test_sliders_show_3_decimals_rounded_down_and_the_tuned_point_routes_exactly(state):

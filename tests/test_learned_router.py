@@ -150,6 +150,7 @@ def test_a_run_with_the_learned_router_reports_an_ea_learned_row(tmp_path):
     from ea_core.cli import _config_from_args, build_parser
     from ea_core.pipeline import Pipeline
     from ea_core.runconfig import RunConfig
+    from ea_core.runfolder import read_json
     from ea_core.runstate import open_run
 
     args = build_parser().parse_args(["run", "--data", "demo:tweets", "--ssm", "tfidf", "--lm", "local",
@@ -167,9 +168,15 @@ def test_a_run_with_the_learned_router_reports_an_ea_learned_row(tmp_path):
     assert lo <= row["test_accuracy"] <= hi
     assert set(state.learned) == {"val", "test"} and len(state.learned["test"]) == len(state.task.test)
     assert "learned_router" in row["stage_shares"]
-    # which row to use, as validation (never test) says
-    assert row["beats_cascade_on_val"] == (row["val_accuracy"] >= rows["ea"]["val_accuracy"])
-    assert row["beats_cascade_on_val"] or "below the cascade (ea) on validation" in row["note"]
+    # which row the run exports, as validation (never test) says: no router labels, no training evidence
+    assert row["beats_cascade_on_val"] == (row["val_accuracy"] >= rows["ea"]["val_accuracy"] - 1e-12)
+    assert row["beats_cascade"] == row["beats_cascade_on_val"]
+    assert row["versus_cascade"]["train_inputs"] == 0
+    assert row["versus_cascade"]["accuracy_diff"] == pytest.approx(row["val_accuracy"] - rows["ea"]["val_accuracy"])
+    assert row["beats_cascade"] or \
+        "below the cascade (ea) on validation (150 inputs): the run exports ea" in row["note"]
+    exported = read_json(tmp_path / "run" / "bundle" / "bundle.json")["metrics"]["system"]
+    assert exported == ("ea_learned" if row["beats_cascade"] else "ea")
 
 
 def test_the_learned_router_travels_in_a_bundle_and_answers_as_the_run_scored(tmp_path, fruit_full_run):
@@ -305,6 +312,23 @@ def test_region_pairs_keep_the_sampled_rows_among_the_least_sure_share():
     assert region_pairs(np.full(10, np.nan), sample, y, share=0.5)["index"].size == 0  # NaN: never in it
 
 
+def test_paired_vs_cascade_scores_each_sampled_row_by_which_routing_gets_it_right():
+    from ea_core.learned_router import paired_vs_cascade
+
+    y = np.zeros(10, dtype=np.int64)
+    # sampled rows 0-3: the small model right on 0 and 1, the LM right on 1 and 2
+    sample = {"index": np.array([0, 1, 2, 3]), "ssm_label": np.array([0, 0, 1, 1]),
+              "lm_label": np.array([1, 0, 0, 1])}
+    learned = np.array([0.0, 0.9, 0.8, 0.0, 0, 0, 0, 0, 0, 0.1])  # sends rows 1, 2 (the 20% least sure)
+    cascade = np.array([0.9, 0.0, 0.0, 0.8, 0, 0, 0, 0, 0, 0.1])  # sends rows 0, 3
+    d = paired_vs_cascade(learned, cascade, sample, y, share=0.2)
+    # row 0: the learned keeps the right small answer, the cascade asks a wrong LM: +1; row 1: both
+    # right; row 2: the learned asks a right LM, the cascade keeps a wrong answer: +1; row 3: both wrong
+    assert d.tolist() == [1, 0, 1, 0]
+    assert paired_vs_cascade(cascade, learned, sample, y, share=0.2).tolist() == [-1, 0, -1, 0]
+    assert not paired_vs_cascade(learned, learned, sample, y, share=0.2).any()
+
+
 def test_out_of_fold_router_scores_rank_where_deferring_helps_on_rows_they_were_not_fitted_on():
     from ea_core.learned_router import oof_router_scores
     from sklearn.metrics import roc_auc_score
@@ -364,3 +388,13 @@ def test_a_run_with_router_labels_asks_the_lm_on_random_training_inputs_and_lear
     assert "probed training inputs" in state.tuning["ea_learned"]["why"]
     assert "probed training inputs" in state.tuning["ea"]["why"]
     assert "probed training inputs" not in plain.tuning["ea_learned"]["why"]
+    # ... and decide, pooled with validation's, which of the two the run exports
+    versus = state.tuning["ea_learned"]["train_vs_cascade"]
+    assert len(versus) == 60 and set(versus) <= {-1, 0, 1} and "train_vs_cascade" not in plain.tuning["ea_learned"]
+    row, ea = ({r["system"]: r for r in state.rows}[s] for s in ("ea_learned", "ea"))
+    assert row["versus_cascade"]["train_inputs"] == 60 and row["versus_cascade"]["val_inputs"] == 150
+    pooled = (150 * (row["val_accuracy"] - ea["val_accuracy"]) + sum(versus)) / 210
+    assert row["versus_cascade"]["accuracy_diff"] == pytest.approx(pooled)
+    assert row["beats_cascade"] == (pooled >= -1e-12)
+    assert read_json(tmp_path / "run" / "bundle" / "bundle.json")["metrics"]["system"] == \
+        ("ea_learned" if row["beats_cascade"] else "ea")
