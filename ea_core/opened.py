@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ea_core.bundle import export_run_bundle, system_from_run
+from ea_core.bundle import default_system, export_run_bundle, system_from_run
 from ea_core.cascade import Routed, route_split
 from ea_core.errors import Cancelled, ConfigError, DataError, EAError
 from ea_core.events import CancelToken
@@ -348,6 +348,13 @@ class OpenedRun:
         """The routing orders this run can show (`ea_core.explore.available_orders`): LM-first needs
         augmented models and LM confidences, EA(Full) its models, the learned router its scores."""
         return available_orders(self.state())
+
+    def exported_order(self) -> str:
+        """The routing order the run exported (`bundle.default_system`: the learned router where
+        the evidence does not put it behind the cascade), where the Thresholds tab opens; else "ea"."""
+        state = self.state()
+        system = default_system(state.rows or [])
+        return system if system in available_orders(state) else "ea"
 
     def headroom(self) -> Optional[Headroom]:
         """What a better LM could change, when the run's EA kept the best small model alone."""

@@ -262,12 +262,13 @@ def reliability_plot(ex: Explorer, name: str) -> Any:
 
 @friendly(into="intro")
 def open_views(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], request: gr.Request,
-               order: str = "ea", calibrated: bool = True, memory: Optional[dict] = None) -> dict[Any, Any]:
+               order: Optional[str] = None, calibrated: bool = True, memory: Optional[dict] = None) -> dict[Any, Any]:
     """Everything the tab shows for a run: at the sliders it last had in this order and calibration
-    (`memory`), else at the run's own tuned thresholds."""
+    (`memory`), else at the run's own tuned thresholds. No `order`: the one the run exported."""
     run = studio.opened(request, owner, run_id)
     if run is None:
         return gr.skip()
+    order = order or run.exported_order()
     orders = run.orders()
     if order not in orders:
         order = "ea"
@@ -301,7 +302,7 @@ def open_views(studio: Studio, tab: Components, owner: Optional[str], run_id: Op
 
 def on_open(studio: Studio, tab: Components, owner: Optional[str], run_id: Optional[str], memory: Optional[dict],
             request: gr.Request) -> dict[Any, Any]:
-    """A run opened: the tab in the default order, at the sliders it last had there in this page."""
+    """A run opened: the tab in the order the run exported, at the sliders it last had there in this page."""
     return open_views(studio, tab, owner, run_id, request, memory=memory)
 
 

@@ -202,6 +202,24 @@ def _owned_run(tmp_path, folder, owner="alice", run_id="fruit-run-0123456789abcd
     return Studio(runs), run_id
 
 
+def test_thresholds_open_in_the_order_the_run_exported(tmp_path, fruit_run, fruit_full_run):
+    """A run with the learned router opens at the system its bundle holds (`bundle.default_system`),
+    its plot with the cascade's front beside the learned one's; a cascade run opens at ea."""
+    from ea_core.bundle import default_system
+    from ea_core.runstate import open_run
+    from pages import thresholds
+
+    with gr.Blocks():
+        tab = thresholds.build()
+    for k, folder in enumerate((fruit_run[1], fruit_full_run[0])):
+        studio, run_id = _owned_run(tmp_path / str(k), folder)
+        opened = thresholds.on_open(studio, tab, "alice", run_id, {}, request(f"open-{run_id}"))
+        exported = default_system(open_run(folder).rows)
+        assert opened[tab["order"]]["value"] == (exported if folder == fruit_full_run[0] else "ea")
+        fronts = [t["name"] for t in json.loads(opened[tab["routing"]])["data"] if "front" in t.get("name", "")]
+        assert ("EA cascade (validation front)" in fronts) == (opened[tab["order"]]["value"] == "ea_learned")
+
+
 def test_thresholds_remember_each_order_s_sliders_and_say_never(tmp_path, fruit_run):
     """Auto-tune, look at the LM-first order, come back: the auto-tuned sliders are still there.
     Slider values are rounded to 3 decimals; a slider at 1 reads "never"."""
