@@ -255,9 +255,10 @@ def build_rows(state: RunState, tuning: Optional[dict[str, dict[str, Any]]] = No
     learned = next((r for r in rows if r["system"] == "ea_learned"), None)
     if learned is not None:
         learned.update(learned_vs_cascade(state, tuning))
-        if not learned["beats_cascade"]:
-            learned["note"] = ((learned["note"] + "; ") if learned.get("note") else "") + \
-                f"below the cascade (ea) on {learned['versus_cascade']['evidence']}: the run exports ea"
+        evidence = learned["versus_cascade"]["evidence"]
+        learned["note"] = ((learned["note"] + "; ") if learned.get("note") else "") + (
+            f"level with or ahead of the cascade (ea) on {evidence}: the run exports this row" if learned["beats_cascade"]
+            else f"below the cascade (ea) on {evidence}: the run exports ea")
     oracle = {}
     for split, y in (("val", y_val), ("test", y_test)):
         stages = state.stage_outputs(split)
