@@ -426,7 +426,9 @@ def run_and_report(cfg, out: str, queue: str = "auto") -> int:
     rows = state.rows
     out_dir = Path(out)
     if cfg.lm:
-        print(f"Exported the adapted system to {out_dir / 'bundle'}", file=sys.stderr)
+        from ea_core.bundle import default_system
+
+        print(f"Exported the adapted system ({default_system(rows)}) to {out_dir / 'bundle'}", file=sys.stderr)
     if state.mining is not None:
         m = state.mining.summary()
         print(f"Mining: {m['sent_to_lm']} of {m['n_train']} training examples sent to the LM, "

@@ -26,6 +26,8 @@ def test_demo_runs_end_to_end_offline(tmp_path):
         assert rows[name]["test_accuracy"] > 0.4  # above the 3-class chance level on real tweets
     assert rows["oracle"]["test_accuracy"] >= max(r["test_accuracy"] for r in rows.values() if r["system"] != "oracle")
     assert (out / "results.csv").is_file() and (out / "bundle" / "bundle.json").is_file()
+    exported = json.loads((out / "bundle" / "bundle.json").read_text())["metrics"]["system"]
+    assert exported == "ea" and f"Exported the adapted system (ea) to {out / 'bundle'}" in res.stderr
     assert "test acc" in res.stdout  # the printed table
     summary = json.loads((out / "summary.json").read_text())
     assert "stand-in" in json.dumps(summary["lm"]).lower()
