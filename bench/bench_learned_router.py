@@ -169,16 +169,16 @@ def compare(state) -> dict[str, float]:
     # What a `--router learned` run exports (`bundle.default_system`): the learned row where validation
     # pooled with the router-label training inputs does not put it below the cascade
     # (`report.learned_vs_cascade`), else the cascade's; "kept on val" the same on validation alone.
-    learned_row = rows.get("ea_learned", {})
-    out["kept"] = out["ea_learned"] if learned_row.get("beats_cascade") else out["ea"]
-    out["kept_val"] = out["ea_learned"] if learned_row.get("beats_cascade_on_val") else out["ea"]
+    exported = default_system(state.rows)
+    out["kept"] = out[exported]
+    out["kept_val"] = out["ea_learned"] if rows.get("ea_learned", {}).get("beats_cascade_on_val") else out["ea"]
     # Against the best single system (each small model alone, the LM alone), chosen on validation:
     # per-example hits on test, pooled over seeds for a paired interval (`report`).
     singles = [s for s in [r.name for r in state.ssms] + ["lm"] if s in rows]
     best = max(singles, key=lambda s: rows[s]["val_accuracy"])
     out["best_single"] = 100 * rows[best]["test_accuracy"]
     out["best_single_on_test"] = max(100 * rows[s]["test_accuracy"] for s in singles)
-    out["hits_vs_best_single"] = (row_hits(state, default_system(state.rows), "test", state.tuning).astype(int)
+    out["hits_vs_best_single"] = (row_hits(state, exported, "test", state.tuning).astype(int)
                                   - row_hits(state, best, "test", state.tuning).astype(int))
     return out
 
