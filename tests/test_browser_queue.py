@@ -89,6 +89,20 @@ class User:
     def tab(self, name: str) -> None:
         self.page.get_by_role("tab", name=name).click()
 
+    def reopen(self) -> None:
+        """Reload the page after a server restart. Gradio's own page polls a lost server every 2 s and
+        reloads itself once it answers, so that reload may abort ours ("net::ERR_ABORTED"): either
+        one brings the page back, and the wait below is for whichever came last."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        try:
+            self.page.reload()
+        except PlaywrightError as e:
+            if "ERR_ABORTED" not in str(e) and "frame was detached" not in str(e):
+                raise
+        self.page.wait_for_load_state("load")
+        self.expect(self.page.get_by_role("tab", name=TRAIN)).to_be_visible(timeout=120_000)
+
     def setup(self, server: ScriptedServer) -> None:
         """The demo tweets cut to 300 / 100 / 100, TF-IDF only, the scripted LM one request at a time."""
         p = self.page
@@ -197,7 +211,7 @@ def test_a_restarted_server_keeps_the_queue_and_pages_re_attach(browser, lm, tmp
     demo, url2 = launch(runs, port)
     assert url2 == url
     for u in (a, b):
-        u.page.reload()
+        u.reopen()
         u.tab(TRAIN)
     a.expect(a.status).to_contain_text("Running", timeout=120_000)
     b.expect(b.status).to_contain_text("Queued: 1st", timeout=120_000)
