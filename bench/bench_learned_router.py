@@ -8,7 +8,8 @@ the small model's confidence, the learned one by its deferral score). LMs: at ch
 some classes, better by 5 points where the small model is unsure, and right on 90% of long inputs
 and 50% of short ones (a sub-distribution the small model's confidence cannot show); and one real
 model that nobody scripted, ``minilm_elsewhere`` (`ELSEWHERE_LMS`: a MiniLM head trained on other
-demo tweets, about as accurate as the run's TF-IDF; tweets settings only).
+demo tweets, about as accurate as the run's TF-IDF; tweets settings only); and the packaged LM
+(``packaged``: `run --lm local`, SmolLM2-135M, near chance).
 
     .venv/bin/python bench/bench_learned_router.py [--seeds 10] [--sizes small,medium,drugs] [--methods classwise,gain]
         [--router-labels 200] [--variants 0,100,200,200l,200lc]
@@ -65,6 +66,8 @@ DRUGS_SIZES: dict[str, tuple[Optional[int], Optional[int], Optional[int]]] = {"d
 #: on 300 more): a real model that never saw the run's data, about as accurate as the run's TF-IDF,
 #: right on other inputs (embedding vs words), whose errors nobody scripted. Tweets settings only.
 ELSEWHERE_LMS: dict[str, int] = {"minilm_elsewhere": 300}
+#: The packaged LM (`--lm local`: SmolLM2-135M-Instruct, offline, near chance on these tasks).
+PACKAGED_LM = "packaged"
 ELSEWHERE_SEED = 12345  # the sample of demo tweets the stand-in's rows come from (the run's rows left out)
 
 
@@ -120,13 +123,15 @@ def bench_run(folder: Path, size: tuple, lm: str, seed: int, router_labels: int 
             data, caps = "demo:tweets", dict(zip(("max_train", "max_val", "max_test"), caps_))
         task = load_dataset(data, seed=seed, **caps)
         truth = {t: int(y) for sp in (task.train, task.val, task.test) for t, y in zip(sp.texts, sp.labels)}
-        cfg = RunConfig(data=data, ssm=["tfidf"], seed=seed, lm="openai", lm_model=f"scripted-{lm}", oof_folds=3,
-                        cache=str(folder / "answers.sqlite"), router="learned", router_labels=router_labels, **caps)
+        lm_spec = {"lm": "local"} if lm == PACKAGED_LM else {"lm": "openai", "lm_model": f"scripted-{lm}"}
+        cfg = RunConfig(data=data, ssm=["tfidf"], seed=seed, oof_folds=3, cache=str(folder / "answers.sqlite"),
+                        router="learned", router_labels=router_labels, **lm_spec, **caps)
+        provider: Optional[LMProvider] = None  # the packaged LM: the run loads it as `run --lm local` does
         if lm in ELSEWHERE_LMS:
             if name in DRUGS_SIZES:
                 raise SystemExit(f"{lm} is trained on tweets: it answers the tweets settings only, not {name}")
             provider = TrainedElsewhereLM(task, ELSEWHERE_LMS[lm], lm)
-        else:
+        elif lm != PACKAGED_LM:
             text_acc = (difficulty_accuracy(task, BETTER_BY[lm], seed) if lm in BETTER_BY else
                         SUBGROUP_LMS[lm](task) if lm in SUBGROUP_LMS else None)
             provider = ScriptedLM(truth, len(task.labels), LMS.get(lm), lm, text_acc)
