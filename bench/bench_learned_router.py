@@ -66,9 +66,9 @@ DRUGS_SIZES: dict[str, tuple[Optional[int], Optional[int], Optional[int]]] = {"d
 #: on 300 more): a real model that never saw the run's data, about as accurate as the run's TF-IDF,
 #: right on other inputs (embedding vs words), whose errors nobody scripted. Tweets settings only.
 ELSEWHERE_LMS: dict[str, int] = {"minilm_elsewhere": 300}
+ELSEWHERE_SEED = 12345  # the sample of demo tweets the stand-in's rows come from (the run's rows left out)
 #: The packaged LM (`--lm local`: SmolLM2-135M-Instruct, offline, near chance on these tasks).
 PACKAGED_LM = "packaged"
-ELSEWHERE_SEED = 12345  # the sample of demo tweets the stand-in's rows come from (the run's rows left out)
 
 
 class TrainedElsewhereLM(LMProvider):
