@@ -148,8 +148,13 @@ class ScriptedLM(LMProvider):
 
     def classify(self, inputs, labels, *, stage="lm", callback=None, cancel=None):
         inputs, labels = normalize_request(inputs, labels)
-        answers = [LMAnswer(label=self._answer(t), prompt_tokens=50, completion_tokens=2) for t, _ in inputs]
-        return answers, LMUsage(calls=len(answers), prompt_tokens=50 * len(answers), completion_tokens=2 * len(answers))
+        return bench_reply([self._answer(t) for t, _ in inputs])
+
+
+def bench_reply(labels: Sequence[int]) -> tuple[list[LMAnswer], LMUsage]:
+    """A bench LM's answers and usage: one call per input, 50 prompt and 2 completion tokens each."""
+    answers = [LMAnswer(label=int(y), prompt_tokens=50, completion_tokens=2) for y in labels]
+    return answers, LMUsage(calls=len(answers), prompt_tokens=50 * len(answers), completion_tokens=2 * len(answers))
 
 
 def make_run(folder: Path, size: tuple[str, int, int, int], lm: str, seed: int, c_selection: str = "val",

